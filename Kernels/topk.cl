@@ -1,0 +1,54 @@
+#include "common.h"
+
+#ifdef SCRATCH_GLOBAL
+#define SCRATCH __global
+#define FENCE (CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE)
+#else
+#define SCRATCH __local
+#define FENCE CLK_LOCAL_MEM_FENCE
+#endif
+
+// Row-wise top-k, one work-group of GROUP work-items per row. Each column becomes a 64-bit key
+// (descending value key, then column index), the row's keys are sorted ascending by a bitonic
+// network over `padded` (a power of two >= cols) slots, and the first k are written out. Keys
+// are unique, so the order is total and ties go to the lower index. The scratch is local memory
+// (rows that fit) or a global buffer of rows * padded keys (SCRATCH_GLOBAL).
+__kernel void topk_rows(__global const X_T* x, __global X_T* values, __global int* indices, int rows,
+                        int cols, int k, int padded, SCRATCH ulong* scratch) {
+    const int row = get_group_id(0);
+    const int lid = get_local_id(0);
+
+#ifdef SCRATCH_GLOBAL
+    SCRATCH ulong* keys = scratch + (size_t)row * (size_t)padded;
+#else
+    SCRATCH ulong* keys = scratch;
+#endif
+    const size_t base = (size_t)row * (size_t)cols;
+    for (int c = lid; c < padded; c += GROUP) {
+        keys[c] = c < cols ? (((ulong)descending_key(X_LOAD(x, base + c)) << 32) | (ulong)c) : ~(ulong)0;
+    }
+    barrier(FENCE);
+    const uint half_n = (uint)padded >> 1;
+    for (uint size = 2; size <= (uint)padded; size <<= 1) {
+        for (uint stride = size >> 1; stride > 0; stride >>= 1) {
+            for (uint t = lid; t < half_n; t += GROUP) {
+                const uint a = 2 * t - (t & (stride - 1));
+                const uint b = a + stride;
+                const bool ascending = (a & size) == 0;
+                const ulong ka = keys[a];
+                const ulong kb = keys[b];
+                if ((ka > kb) == ascending) {
+                    keys[a] = kb;
+                    keys[b] = ka;
+                }
+            }
+            barrier(FENCE);
+        }
+    }
+    const size_t out = (size_t)row * (size_t)k;
+    for (int j = lid; j < k; j += GROUP) {
+        const int c = (int)(keys[j] & 0xFFFFFFFFu);
+        indices[out + j] = c;
+        X_STORE(values, out + j, X_LOAD(x, base + c));
+    }
+}

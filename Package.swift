@@ -1,0 +1,57 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "Switchyard",
+    products: [
+        .library(name: "Switchyard", targets: ["Switchyard"]),
+        .library(name: "SwitchyardConformance", targets: ["SwitchyardConformance"]),
+        .library(name: "OpenCLHost", targets: ["OpenCLHost"]),
+        .executable(name: "switchyard", targets: ["switchyard"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // The OpenCL C API as a system library; the shim fixes CL_TARGET_OPENCL_VERSION.
+        .systemLibrary(
+            name: "COpenCL",
+            pkgConfig: "OpenCL",
+            providers: [.apt(["ocl-icd-opencl-dev", "opencl-headers"])]
+        ),
+        // Safe Swift over the OpenCL C API: platforms, devices, contexts, queues, buffers,
+        // programs (with build logs and a cache), kernels, events, CLError.
+        .target(name: "OpenCLHost", dependencies: ["COpenCL"]),
+        // The CPU reference: the definition of every op. Plain loops, Double accumulation.
+        .target(name: "SwitchyardReference"),
+        // Build-time tool that turns Kernels/*.cl into a Swift source file.
+        .executableTarget(name: "KernelEmbedder"),
+        .plugin(
+            name: "EmbedKernels",
+            capability: .buildTool(),
+            dependencies: ["KernelEmbedder"]
+        ),
+        // The public API: tensors, backends, ops.
+        .target(
+            name: "Switchyard",
+            dependencies: ["OpenCLHost", "SwitchyardReference"],
+            plugins: ["EmbedKernels"]
+        ),
+        // Op cases shared by the tests, the conformance command and the benchmarks.
+        .target(name: "SwitchyardConformance", dependencies: ["Switchyard", "SwitchyardReference"]),
+        .executableTarget(
+            name: "switchyard",
+            dependencies: [
+                "Switchyard", "SwitchyardConformance", "OpenCLHost",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "OpenCLHostTests", dependencies: ["OpenCLHost", "Switchyard"]),
+        .testTarget(name: "SwitchyardReferenceTests", dependencies: ["SwitchyardReference"]),
+        .testTarget(
+            name: "SwitchyardConformanceTests",
+            dependencies: ["Switchyard", "SwitchyardConformance", "OpenCLHost"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,207 @@
+import COpenCL
+import Foundation
+
+/// Errors of the host layer that are not a single failed OpenCL call.
+public enum OpenCLHostError: Error, Sendable, CustomStringConvertible {
+    /// No OpenCL platform is installed (the ICD loader found no driver).
+    case noPlatform(status: Int32)
+    /// `SWITCHYARD_DEVICE` (or a `--device` option) matches no device.
+    case noSuchDevice(selector: String, available: [String])
+    /// The program failed to build; `log` is the device compiler's full build log.
+    case buildFailed(device: String, options: String, log: String, error: CLError)
+    /// A transfer or fill does not fit the buffer.
+    case sizeMismatch(what: String, expected: Int, actual: Int)
+    /// A launch shape the device cannot take.
+    case invalidLaunch(String)
+
+    public var description: String {
+        switch self {
+        case .noPlatform(let status):
+            let how = status == 0 ? "found zero OpenCL platforms" : "reported \(CLError.name(of: status)) (\(status))"
+            return """
+                No OpenCL platform is available: the OpenCL ICD loader \(how). Switchyard needs an OpenCL \
+                driver registered under /etc/OpenCL/vendors (or the folder named by OCL_ICD_VENDORS). On \
+                Debian or Ubuntu, `apt-get install pocl-opencl-icd` gives a CPU device that runs every \
+                kernel; GPU vendors ship their own ICD (nvidia-opencl-icd, mesa-opencl-icd or rocm-opencl, \
+                intel-opencl-icd). `clinfo` lists what the loader sees.
+                """
+        case .noSuchDevice(let selector, let available):
+            let list = available.enumerated().map { "  \($0.offset): \($0.element)" }.joined(separator: "\n")
+            return "No OpenCL device matches '\(selector)' (an index or a case-insensitive name substring). Devices:\n\(list)"
+        case .buildFailed(let device, let options, let log, let error):
+            return "OpenCL program build failed on \(device) with options '\(options)': \(error)\nBuild log:\n\(log)"
+        case .sizeMismatch(let what, let expected, let actual):
+            return "\(what): expected at most \(expected) bytes, got \(actual)"
+        case .invalidLaunch(let message):
+            return "invalid kernel launch: \(message)"
+        }
+    }
+}
+
+/// The kind of an OpenCL device.
+public enum DeviceKind: String, Sendable, Comparable {
+    case gpu = "GPU", accelerator = "Accelerator", cpu = "CPU", other = "Other"
+
+    /// Preference order for the default device: GPU, then accelerator, then CPU.
+    var rank: Int {
+        switch self {
+        case .gpu: 0
+        case .accelerator: 1
+        case .cpu: 2
+        case .other: 3
+        }
+    }
+
+    public static func < (a: DeviceKind, b: DeviceKind) -> Bool { a.rank < b.rank }
+}
+
+/// An OpenCL platform (driver). Platform ids are owned by the ICD loader and never released.
+public struct Platform: @unchecked Sendable {
+    public let id: cl_platform_id
+    public let name: String
+    public let vendor: String
+    public let version: String
+
+    /// Every platform the ICD loader knows. Throws `OpenCLHostError.noPlatform` when there is none.
+    public static func all() throws -> [Platform] {
+        var count: cl_uint = 0
+        let status = clGetPlatformIDs(0, nil, &count)
+        if status == CL_PLATFORM_NOT_FOUND_KHR || (status == CL_SUCCESS && count == 0) {
+            throw OpenCLHostError.noPlatform(status: status == CL_SUCCESS ? 0 : status)
+        }
+        try check(status, "clGetPlatformIDs")
+        var ids = [cl_platform_id?](repeating: nil, count: Int(count))
+        try check(clGetPlatformIDs(count, &ids, nil), "clGetPlatformIDs")
+        return try ids.compactMap { $0 }.map { id in
+            Platform(
+                id: id,
+                name: try platformString(id, cl_platform_info(CL_PLATFORM_NAME)),
+                vendor: try platformString(id, cl_platform_info(CL_PLATFORM_VENDOR)),
+                version: try platformString(id, cl_platform_info(CL_PLATFORM_VERSION)))
+        }
+    }
+
+    /// The devices of this platform, of every type.
+    public func devices() throws -> [Device] {
+        var count: cl_uint = 0
+        let status = clGetDeviceIDs(id, cl_device_type(CL_DEVICE_TYPE_ALL), 0, nil, &count)
+        if status == CL_DEVICE_NOT_FOUND { return [] }
+        try check(status, "clGetDeviceIDs")
+        var ids = [cl_device_id?](repeating: nil, count: Int(count))
+        try check(clGetDeviceIDs(id, cl_device_type(CL_DEVICE_TYPE_ALL), count, &ids, nil), "clGetDeviceIDs")
+        return try ids.compactMap { $0 }.map { try Device(id: $0, platform: self) }
+    }
+}
+
+private func platformString(_ id: cl_platform_id, _ param: cl_platform_info) throws -> String {
+    var size = 0
+    try check(clGetPlatformInfo(id, param, 0, nil, &size), "clGetPlatformInfo")
+    var bytes = [CChar](repeating: 0, count: size + 1)
+    try check(clGetPlatformInfo(id, param, size, &bytes, nil), "clGetPlatformInfo")
+    return String(decoding: bytes.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        .trimmingCharacters(in: .whitespaces)
+}
+
+/// An OpenCL device and the properties Switchyard uses to pick kernels and check sizes.
+/// Root device ids are owned by the driver and need no release.
+public struct Device: @unchecked Sendable, CustomStringConvertible {
+    public let id: cl_device_id
+    public let platformName: String
+    public let name: String
+    public let vendor: String
+    public let driverVersion: String
+    public let deviceVersion: String
+    public let openCLCVersion: String
+    public let kind: DeviceKind
+    public let computeUnits: Int
+    public let globalMemoryBytes: Int
+    public let maxAllocationBytes: Int
+    public let localMemoryBytes: Int
+    public let maxWorkGroupSize: Int
+    public let memoryBaseAlignBytes: Int
+    public let extensions: Set<String>
+
+    init(id: cl_device_id, platform: Platform) throws {
+        self.id = id
+        platformName = platform.name
+        name = try Device.string(id, CL_DEVICE_NAME)
+        vendor = try Device.string(id, CL_DEVICE_VENDOR)
+        driverVersion = try Device.string(id, CL_DRIVER_VERSION)
+        deviceVersion = try Device.string(id, CL_DEVICE_VERSION)
+        openCLCVersion = try Device.string(id, CL_DEVICE_OPENCL_C_VERSION)
+        let type: cl_device_type = try Device.scalar(id, CL_DEVICE_TYPE)
+        if type & cl_device_type(CL_DEVICE_TYPE_GPU) != 0 {
+            kind = .gpu
+        } else if type & cl_device_type(CL_DEVICE_TYPE_ACCELERATOR) != 0 {
+            kind = .accelerator
+        } else if type & cl_device_type(CL_DEVICE_TYPE_CPU) != 0 {
+            kind = .cpu
+        } else {
+            kind = .other
+        }
+        computeUnits = Int(try Device.scalar(id, CL_DEVICE_MAX_COMPUTE_UNITS) as cl_uint)
+        globalMemoryBytes = Int(try Device.scalar(id, CL_DEVICE_GLOBAL_MEM_SIZE) as cl_ulong)
+        maxAllocationBytes = Int(try Device.scalar(id, CL_DEVICE_MAX_MEM_ALLOC_SIZE) as cl_ulong)
+        localMemoryBytes = Int(try Device.scalar(id, CL_DEVICE_LOCAL_MEM_SIZE) as cl_ulong)
+        maxWorkGroupSize = Int(try Device.scalar(id, CL_DEVICE_MAX_WORK_GROUP_SIZE) as Int)
+        memoryBaseAlignBytes = Int(try Device.scalar(id, CL_DEVICE_MEM_BASE_ADDR_ALIGN) as cl_uint) / 8
+        extensions = Set(try Device.string(id, CL_DEVICE_EXTENSIONS).split(separator: " ").map(String.init))
+    }
+
+    public var supportsFP16: Bool { extensions.contains("cl_khr_fp16") }
+    public var supportsFP64: Bool { extensions.contains("cl_khr_fp64") || openCLCVersion.contains("fp64") }
+
+    /// A key that changes when the device or its driver does (for tuning entries and binary caches).
+    public var identity: String { "\(name) | \(driverVersion)" }
+
+    public var description: String { "\(name) (\(kind.rawValue), \(platformName))" }
+
+    static func string(_ id: cl_device_id, _ param: Int32) throws -> String {
+        var size = 0
+        try check(clGetDeviceInfo(id, cl_device_info(param), 0, nil, &size), "clGetDeviceInfo")
+        var bytes = [CChar](repeating: 0, count: size + 1)
+        try check(clGetDeviceInfo(id, cl_device_info(param), size, &bytes, nil), "clGetDeviceInfo")
+        return String(decoding: bytes.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            .trimmingCharacters(in: .whitespaces)
+    }
+
+    static func scalar<T: FixedWidthInteger>(_ id: cl_device_id, _ param: Int32) throws -> T {
+        var value: T = 0
+        try check(clGetDeviceInfo(id, cl_device_info(param), MemoryLayout<T>.size, &value, nil), "clGetDeviceInfo")
+        return value
+    }
+
+    /// Every device of every platform, in platform order.
+    public static func all() throws -> [Device] {
+        try Platform.all().flatMap { try $0.devices() }
+    }
+
+    /// The device `selector` names (an index into `all()` or a case-insensitive substring of the
+    /// device name), or, when `selector` is nil, `SWITCHYARD_DEVICE`, or else the first GPU, then
+    /// accelerator, then CPU.
+    public static func select(_ selector: String? = nil) throws -> Device {
+        let devices = try all()
+        let chosen = selector ?? ProcessInfo.processInfo.environment["SWITCHYARD_DEVICE"]
+        if let chosen, !chosen.trimmingCharacters(in: .whitespaces).isEmpty {
+            let trimmed = chosen.trimmingCharacters(in: .whitespaces)
+            if let index = Int(trimmed), devices.indices.contains(index) {
+                return devices[index]
+            }
+            if Int(trimmed) == nil,
+                let match = devices.first(where: { $0.name.lowercased().contains(trimmed.lowercased()) })
+            {
+                return match
+            }
+            throw OpenCLHostError.noSuchDevice(selector: trimmed, available: devices.map(\.description))
+        }
+        guard let best = defaultDevice(among: devices) else {
+            throw OpenCLHostError.noPlatform(status: 0)
+        }
+        return best
+    }
+
+    /// The default choice among `devices`: the first GPU, else accelerator, else CPU.
+    public static func defaultDevice(among devices: [Device]) -> Device? {
+        devices.enumerated().min { ($0.element.kind, $0.offset) < ($1.element.kind, $1.offset) }?.element
+    }
+}

@@ -1,0 +1,90 @@
+import OpenCLHost
+
+/// A place ops run: the OpenCL device (`OpenCLBackend`) or the CPU reference
+/// (`ReferenceBackend`). Both take and return `Tensor`s of their own storage.
+public protocol ComputeBackend: AnyObject, Sendable {
+    /// A human-readable name ("reference", or the device name).
+    var name: String { get }
+
+    /// A tensor holding `values` (rounded to `dtype`, a floating-point type).
+    func tensor(_ values: [Float], shape: [Int], dtype: DType) throws -> Tensor
+    /// An Int32 tensor holding `values`.
+    func tensor(_ values: [Int32], shape: [Int]) throws -> Tensor
+    /// The values of a floating-point tensor, widened to Float.
+    func floats(_ tensor: Tensor) throws -> [Float]
+    /// The values of an Int32 tensor.
+    func ints(_ tensor: Tensor) throws -> [Int32]
+    /// Waits until every op issued so far has finished.
+    func synchronize() throws
+
+    /// Row-wise softmax of `x [rows, cols]` (any float dtype; the result has x's dtype).
+    func softmax(_ x: Tensor) throws -> Tensor
+    /// Row-wise top-k of `x [rows, cols]`: `values [rows, k]` (x's dtype) and `indices [rows, k]`
+    /// (i32), descending, ties to the lower index, NaN above every number.
+    func topK(_ x: Tensor, k: Int) throws -> (values: Tensor, indices: Tensor)
+}
+
+func checkHostCount(_ count: Int, _ shape: [Int], _ argument: String) throws {
+    if let bad = shape.first(where: { $0 < 0 }) {
+        throw SwitchyardError.outOfRange(argument: "\(argument) extent", value: bad, range: "0...")
+    }
+    let expected = shape.reduce(1, *)
+    if count != expected { throw SwitchyardError.hostData(argument: argument, expected: expected, actual: count) }
+}
+
+// MARK: - Op descriptors
+
+/// Row-wise softmax: `y[r, c] = exp(x[r, c] − max_r) / Σ_c exp(x[r, c] − max_r)`.
+public struct Softmax: Hashable, Sendable {
+    public var rows: Int
+    public var cols: Int
+    public var dtype: DType
+
+    public init(rows: Int, cols: Int, dtype: DType) {
+        self.rows = rows
+        self.cols = cols
+        self.dtype = dtype
+    }
+
+    init(validating x: Tensor) throws {
+        let s = try x.expectRank(2, "softmax x", "[rows, cols]")
+        try x.expectDType(DType.floatingPoint, "softmax x")
+        if s[0] > 0 && s[1] == 0 {
+            throw SwitchyardError.shape(argument: "softmax x", expected: "[rows, cols ≥ 1]", actual: s)
+        }
+        self.init(rows: s[0], cols: s[1], dtype: x.dtype)
+    }
+
+    public var flops: Double { Double(rows * cols) * 5 }
+    public var bytes: Double { Double(rows * cols * dtype.size * 2) }
+}
+
+/// Row-wise top-k: the k largest values of each row, descending, with their column indices.
+public struct TopK: Hashable, Sendable {
+    public var rows: Int
+    public var cols: Int
+    public var k: Int
+    public var dtype: DType
+
+    public init(rows: Int, cols: Int, k: Int, dtype: DType) {
+        self.rows = rows
+        self.cols = cols
+        self.k = k
+        self.dtype = dtype
+    }
+
+    init(validating x: Tensor, k: Int) throws {
+        let s = try x.expectRank(2, "topK x", "[rows, cols]")
+        try x.expectDType(DType.floatingPoint, "topK x")
+        guard s[1] >= 1 else {
+            throw SwitchyardError.shape(argument: "topK x", expected: "[rows, cols ≥ 1]", actual: s)
+        }
+        guard k >= 1 && k <= s[1] else {
+            throw SwitchyardError.outOfRange(argument: "topK k", value: k, range: "1...\(s[1]) (the row length)")
+        }
+        self.init(rows: s[0], cols: s[1], k: k, dtype: x.dtype)
+    }
+
+    public var flops: Double { 0 }
+    public var bytes: Double { Double(rows * cols * dtype.size + rows * k * (dtype.size + 4)) }
+}

@@ -1,0 +1,41 @@
+import SwitchyardReference
+
+/// Storage type of a tensor. Floating-point types are always computed in f32 on the device.
+public enum DType: String, Sendable, Hashable, CaseIterable, CustomStringConvertible {
+    case f32, f16, bf16, i32
+
+    /// Bytes per element.
+    public var size: Int {
+        switch self {
+        case .f32, .i32: 4
+        case .f16, .bf16: 2
+        }
+    }
+
+    public var isFloatingPoint: Bool { self != .i32 }
+
+    public var description: String { rawValue }
+
+    /// The floating-point storage types.
+    public static let floatingPoint: [DType] = [.f32, .f16, .bf16]
+
+    /// Rounds `value` to the nearest value this type can store (identity for f32).
+    public func round(_ value: Float) -> Float {
+        switch self {
+        case .f32, .i32: value
+        case .f16: FloatBits.fromF16(FloatBits.f16(value))
+        case .bf16: FloatBits.fromBF16(FloatBits.bf16(value))
+        }
+    }
+
+    /// The `-D` options that make `PREFIX_T`, `PREFIX_LOAD(p, i)` and `PREFIX_STORE(p, i, v)`
+    /// read and write this type in a kernel (see Kernels/common.h).
+    func defines(_ prefix: String) -> [String: String] {
+        switch self {
+        case .f32: ["\(prefix)_T": "float", "\(prefix)_LOAD": "LOAD_F32", "\(prefix)_STORE": "STORE_F32"]
+        case .f16: ["\(prefix)_T": "half", "\(prefix)_LOAD": "LOAD_F16", "\(prefix)_STORE": "STORE_F16"]
+        case .bf16: ["\(prefix)_T": "ushort", "\(prefix)_LOAD": "LOAD_BF16", "\(prefix)_STORE": "STORE_BF16"]
+        case .i32: ["\(prefix)_T": "int", "\(prefix)_LOAD": "LOAD_I32", "\(prefix)_STORE": "STORE_I32"]
+        }
+    }
+}

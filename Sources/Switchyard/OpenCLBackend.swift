@@ -1,0 +1,266 @@
+import Foundation
+import OpenCLHost
+import SwitchyardReference
+
+/// Launch parameters Switchyard picks per device class. Sizes are kernel arguments; these are
+/// the `-D` and local-size choices, fixed per device so results are reproducible.
+public struct Tuning: Sendable, Hashable {
+    /// Work-group size of the row-wise kernels (softmax, top-k): one work-group per row.
+    public var rowGroup: Int
+
+    public init(rowGroup: Int) {
+        self.rowGroup = rowGroup
+    }
+
+    /// Defaults by device class: CPUs run few wide work-items, GPUs many.
+    public static func defaults(for device: Device) -> Tuning {
+        switch device.kind {
+        case .cpu: Tuning(rowGroup: 16)
+        case .gpu, .accelerator, .other: Tuning(rowGroup: min(256, max(1, device.maxWorkGroupSize)))
+        }
+    }
+}
+
+/// Runs Switchyard's ops on one OpenCL device through one in-order queue.
+public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
+    public let context: Context
+    public let tuning: Tuning
+    /// Bytes of poisoned sentinel placed after every op output (0: outputs are exact-size and
+    /// not poisoned). Conformance runs with sentinels so unwritten elements and writes past the
+    /// end are caught.
+    public let sentinelBytes: Int
+
+    private let lock = NSLock()
+    private var kernels: [KernelKey: Kernel] = [:]
+    private var sources: [String: String] = [:]
+    private var recorder: [(String, Event)]?
+
+    struct KernelKey: Hashable {
+        let file: String
+        let name: String
+        let options: String
+    }
+
+    /// The pattern outputs are poisoned with: a NaN in f32, f16 and bf16, and 0x7FBF7FBF in i32.
+    public static let poison: [UInt8] = [0xBF, 0x7F]
+
+    public var device: Device { context.device }
+    public var name: String { device.name }
+
+    /// A backend on `device`, or on the default device (`SWITCHYARD_DEVICE`, else first GPU,
+    /// accelerator, CPU).
+    public init(device: Device? = nil, tuning: Tuning? = nil, sentinelBytes: Int = 0) throws {
+        let device = try device ?? Device.select()
+        self.context = try Context(device: device)
+        self.tuning = tuning ?? Tuning.defaults(for: device)
+        self.sentinelBytes = max(0, sentinelBytes + (sentinelBytes & 1))
+    }
+
+    // MARK: tensors
+
+    /// A new device tensor; with sentinels enabled it is poisoned and followed by a sentinel tail.
+    public func empty(shape: [Int], dtype: DType, label: String = "output") throws -> Tensor {
+        if let bad = shape.first(where: { $0 < 0 }) {
+            throw SwitchyardError.outOfRange(argument: "\(label) extent", value: bad, range: "0...")
+        }
+        let bytes = shape.reduce(1, *) * dtype.size
+        let buffer = try context.buffer(byteCount: bytes + sentinelBytes, label: label)
+        if sentinelBytes > 0 { try buffer.fill(pattern: Self.poison) }
+        return Tensor(shape: shape, dtype: dtype, storage: .device(buffer))
+    }
+
+    /// Describes how the sentinel tail after `tensor` was overwritten, or nil if it is intact.
+    public func sentinelViolation(_ tensor: Tensor) throws -> String? {
+        guard sentinelBytes > 0, let buffer = tensor.buffer else { return nil }
+        let tail = try buffer.download(UInt8.self, count: sentinelBytes, byteOffset: tensor.byteCount)
+        for (i, byte) in tail.enumerated() where byte != Self.poison[i % 2] {
+            return "write past the end of \(tensor): byte \(i) after the last element was overwritten"
+        }
+        return nil
+    }
+
+    public func tensor(_ values: [Float], shape: [Int], dtype: DType) throws -> Tensor {
+        try checkHostCount(values.count, shape, "tensor values")
+        let t = try empty(shape: shape, dtype: dtype, label: "input")
+        switch dtype {
+        case .f32: try t.buffer!.upload(values)
+        case .f16: try t.buffer!.upload(values.map(FloatBits.f16))
+        case .bf16: try t.buffer!.upload(values.map(FloatBits.bf16))
+        case .i32:
+            throw SwitchyardError.dtype(argument: "tensor dtype", expected: "f32, f16 or bf16", actual: dtype)
+        }
+        return t
+    }
+
+    public func tensor(_ values: [Int32], shape: [Int]) throws -> Tensor {
+        try checkHostCount(values.count, shape, "tensor values")
+        let t = try empty(shape: shape, dtype: .i32, label: "input")
+        try t.buffer!.upload(values)
+        return t
+    }
+
+    func deviceBuffer(_ tensor: Tensor, _ argument: String) throws -> Buffer {
+        guard let buffer = tensor.buffer else {
+            throw SwitchyardError.backendMismatch(argument: argument, expected: name, actual: "the reference backend")
+        }
+        guard buffer.context === context else {
+            throw SwitchyardError.backendMismatch(argument: argument, expected: name, actual: "another OpenCL context")
+        }
+        return buffer
+    }
+
+    public func floats(_ tensor: Tensor) throws -> [Float] {
+        let buffer = try deviceBuffer(tensor, "tensor")
+        switch tensor.dtype {
+        case .f32: return try buffer.download(Float.self, count: tensor.count)
+        case .f16: return try buffer.download(UInt16.self, count: tensor.count).map(FloatBits.fromF16)
+        case .bf16: return try buffer.download(UInt16.self, count: tensor.count).map(FloatBits.fromBF16)
+        case .i32: throw SwitchyardError.dtype(argument: "tensor", expected: "f32, f16 or bf16", actual: .i32)
+        }
+    }
+
+    public func ints(_ tensor: Tensor) throws -> [Int32] {
+        guard tensor.dtype == .i32 else {
+            throw SwitchyardError.dtype(argument: "tensor", expected: "i32", actual: tensor.dtype)
+        }
+        return try deviceBuffer(tensor, "tensor").download(Int32.self, count: tensor.count)
+    }
+
+    /// The raw bytes of a tensor (for bitwise comparisons).
+    public func bytes(_ tensor: Tensor) throws -> [UInt8] {
+        try deviceBuffer(tensor, "tensor").download(UInt8.self, count: tensor.byteCount)
+    }
+
+    public func synchronize() throws {
+        try context.queue.finish()
+    }
+
+    // MARK: launching
+
+    /// A kernel argument.
+    enum Arg {
+        case buffer(Buffer)
+        case int(Int)
+        case float(Float)
+        case local(bytes: Int)
+    }
+
+    /// The `-D` option string for `defines`, in a stable order so equal sets share one program.
+    static func options(_ defines: [String: String]) -> String {
+        (["-cl-std=CL1.2"] + defines.sorted { $0.key < $1.key }.map { "-D\($0.key)=\($0.value)" })
+            .joined(separator: " ")
+    }
+
+    /// Builds (once) the program of `file` with `defines` and returns its kernel `name`.
+    /// Call with `lock` held.
+    private func kernelLocked(_ file: String, _ name: String, _ defines: [String: String]) throws -> Kernel {
+        let options = Self.options(defines)
+        let key = KernelKey(file: file, name: name, options: options)
+        if let kernel = kernels[key] { return kernel }
+        let source: String
+        if let cached = sources[file] {
+            source = cached
+        } else {
+            source = try KernelLibrary.source(of: file)
+            sources[file] = source
+        }
+        let kernel = try context.program(source: source, options: options).kernel(name)
+        kernels[key] = kernel
+        return kernel
+    }
+
+    /// Builds the program of `file` with `defines` ahead of its first launch.
+    public func prepare(_ file: String, _ name: String, defines: [String: String] = [:]) throws {
+        lock.lock()
+        defer { lock.unlock() }
+        _ = try kernelLocked(file, name, defines)
+    }
+
+    /// Sets the arguments of kernel `name` from `file` and enqueues it. Local sizes are always
+    /// explicit (a driver's own choice was measured slower, and each new local size is a compile).
+    @discardableResult
+    func launch(
+        _ file: String, _ name: String, defines: [String: String] = [:], args: [Arg], global: [Int], local: [Int]
+    ) throws -> Event {
+        lock.lock()
+        defer { lock.unlock() }
+        let kernel = try kernelLocked(file, name, defines)
+        for (i, arg) in args.enumerated() {
+            switch arg {
+            case .buffer(let buffer): try kernel.set(i, buffer)
+            case .int(let value):
+                guard let v = Int32(exactly: value) else {
+                    throw SwitchyardError.outOfRange(argument: "\(name) argument \(i)", value: value, range: "Int32")
+                }
+                try kernel.set(i, value: v)
+            case .float(let value): try kernel.set(i, value: value)
+            case .local(let bytes): try kernel.setLocal(i, bytes: max(bytes, 4))
+            }
+        }
+        let event = try context.queue.enqueue(kernel, global: global, local: local)
+        recorder?.append((name, event))
+        return event
+    }
+
+    /// Runs `body` and returns, with its result, every kernel launch it made and its event
+    /// (for device-side timing of each stage).
+    public func recordingLaunches<T>(_ body: () throws -> T) throws -> (T, [(kernel: String, event: Event)]) {
+        lock.lock()
+        recorder = []
+        lock.unlock()
+        defer {
+            lock.lock()
+            recorder = nil
+            lock.unlock()
+        }
+        let result = try body()
+        lock.lock()
+        let events = recorder ?? []
+        lock.unlock()
+        return (result, events.map { (kernel: $0.0, event: $0.1) })
+    }
+
+    // MARK: ops
+
+    public func softmax(_ x: Tensor) throws -> Tensor {
+        let op = try Softmax(validating: x)
+        let xb = try deviceBuffer(x, "softmax x")
+        let y = try empty(shape: x.shape, dtype: x.dtype, label: "softmax y")
+        let group = tuning.rowGroup
+        try launch(
+            "softmax.cl", "softmax_rows",
+            defines: x.dtype.defines("X").merging(x.dtype.defines("Y")) { a, _ in a }
+                .merging(["GROUP": "\(group)"]) { a, _ in a },
+            args: [.buffer(xb), .buffer(y.buffer!), .int(op.rows), .int(op.cols)],
+            global: [op.rows * group], local: [group])
+        return y
+    }
+
+    public func topK(_ x: Tensor, k: Int) throws -> (values: Tensor, indices: Tensor) {
+        let op = try TopK(validating: x, k: k)
+        let xb = try deviceBuffer(x, "topK x")
+        let values = try empty(shape: [op.rows, k], dtype: x.dtype, label: "topK values")
+        let indices = try empty(shape: [op.rows, k], dtype: .i32, label: "topK indices")
+        if op.rows == 0 { return (values, indices) }
+        var padded = 1
+        while padded < op.cols { padded <<= 1 }
+        let group = min(tuning.rowGroup, max(1, padded / 2))
+        // Sort keys live in local memory when a row fits, else in a global scratch buffer with
+        // the same bitonic network (one work-group per row either way).
+        let inLocal = padded * 8 <= device.localMemoryBytes / 2
+        var defines = x.dtype.defines("X").merging(["GROUP": "\(group)"]) { a, _ in a }
+        var args: [Arg] = [.buffer(xb), .buffer(values.buffer!), .buffer(indices.buffer!)]
+        args += [.int(op.rows), .int(op.cols), .int(k), .int(padded)]
+        var scratch: Buffer?
+        if inLocal {
+            args.append(.local(bytes: padded * 8))
+        } else {
+            defines["SCRATCH_GLOBAL"] = "1"
+            scratch = try context.buffer(byteCount: op.rows * padded * 8, label: "topK scratch")
+            args.append(.buffer(scratch!))
+        }
+        try launch("topk.cl", "topk_rows", defines: defines, args: args, global: [op.rows * group], local: [group])
+        _ = scratch  // kept alive until the launch was enqueued; OpenCL retains it while in use
+        return (values, indices)
+    }
+}

@@ -1,0 +1,66 @@
+import SwitchyardReference
+
+/// The CPU reference behind the `ComputeBackend` protocol: each op calls its definition in
+/// `SwitchyardReference` and rounds the result to the output's storage type.
+public final class ReferenceBackend: ComputeBackend {
+    public init() {}
+
+    public var name: String { "reference" }
+
+    public func tensor(_ values: [Float], shape: [Int], dtype: DType) throws -> Tensor {
+        try checkHostCount(values.count, shape, "tensor values")
+        guard dtype.isFloatingPoint else {
+            throw SwitchyardError.dtype(argument: "tensor dtype", expected: "f32, f16 or bf16", actual: dtype)
+        }
+        return Tensor(shape: shape, dtype: dtype, storage: .host(.floats(values.map(dtype.round))))
+    }
+
+    public func tensor(_ values: [Int32], shape: [Int]) throws -> Tensor {
+        try checkHostCount(values.count, shape, "tensor values")
+        return Tensor(shape: shape, dtype: .i32, storage: .host(.ints(values)))
+    }
+
+    func host(_ tensor: Tensor, _ argument: String) throws -> Tensor.HostValues {
+        guard case .host(let values) = tensor.storage else {
+            throw SwitchyardError.backendMismatch(argument: argument, expected: name, actual: "an OpenCL device")
+        }
+        return values
+    }
+
+    func hostFloats(_ tensor: Tensor, _ argument: String) throws -> [Float] {
+        guard case .floats(let values) = try host(tensor, argument) else {
+            throw SwitchyardError.dtype(argument: argument, expected: "f32, f16 or bf16", actual: tensor.dtype)
+        }
+        return values
+    }
+
+    func hostInts(_ tensor: Tensor, _ argument: String) throws -> [Int32] {
+        guard case .ints(let values) = try host(tensor, argument) else {
+            throw SwitchyardError.dtype(argument: argument, expected: "i32", actual: tensor.dtype)
+        }
+        return values
+    }
+
+    func output(_ values: [Double], shape: [Int], dtype: DType) -> Tensor {
+        Tensor(shape: shape, dtype: dtype, storage: .host(.floats(values.map { dtype.round(Float($0)) })))
+    }
+
+    public func floats(_ tensor: Tensor) throws -> [Float] { try hostFloats(tensor, "tensor") }
+    public func ints(_ tensor: Tensor) throws -> [Int32] { try hostInts(tensor, "tensor") }
+    public func synchronize() throws {}
+
+    public func softmax(_ x: Tensor) throws -> Tensor {
+        let op = try Softmax(validating: x)
+        let y = Reference.softmax(try hostFloats(x, "softmax x"), rows: op.rows, cols: op.cols)
+        return output(y, shape: x.shape, dtype: x.dtype)
+    }
+
+    public func topK(_ x: Tensor, k: Int) throws -> (values: Tensor, indices: Tensor) {
+        let op = try TopK(validating: x, k: k)
+        let r = Reference.topK(try hostFloats(x, "topK x"), rows: op.rows, cols: op.cols, k: k)
+        return (
+            Tensor(shape: [op.rows, k], dtype: x.dtype, storage: .host(.floats(r.values))),
+            Tensor(shape: [op.rows, k], dtype: .i32, storage: .host(.ints(r.indices)))
+        )
+    }
+}

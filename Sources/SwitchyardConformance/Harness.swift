@@ -1,0 +1,179 @@
+import Foundation
+import OpenCLHost
+import Switchyard
+import SwitchyardReference
+
+/// How one output of a case is compared with the reference.
+public enum Comparison: Sendable, Hashable, CustomStringConvertible {
+    /// Integer outputs and copied values: every element bitwise equal.
+    case exact
+    /// Float outputs: normalized mean squared error at most this.
+    case nmse(Double)
+
+    public var description: String {
+        switch self {
+        case .exact: "exact"
+        case .nmse(let t): "nmse≤\(t)"
+        }
+    }
+
+    /// The default NMSE threshold for an op computed in f32 and stored as `dtype`.
+    public static func nmse(for dtype: DType) -> Comparison {
+        switch dtype {
+        case .f32, .i32: .nmse(1e-9)
+        case .f16: .nmse(1e-5)
+        case .bf16: .nmse(1e-4)
+        }
+    }
+}
+
+/// A named output of a case run and how it is compared.
+public struct CaseOutput {
+    public let name: String
+    public let tensor: Tensor
+    public let comparison: Comparison
+
+    public init(_ name: String, _ tensor: Tensor, _ comparison: Comparison) {
+        self.name = name
+        self.tensor = tensor
+        self.comparison = comparison
+    }
+}
+
+/// One conformance case: an op on one shape, dtype and option set, with a seeded input
+/// generator. The same description serves the tests, `switchyard conformance` and the
+/// benchmarks (which time `prepare`'s returned closure).
+public struct ConformanceCase: Sendable, CustomStringConvertible {
+    public let op: String
+    public let shape: String
+    public let dtype: DType
+    public let options: String
+    public let seed: UInt64
+    /// Floating-point operations and bytes moved by one run (for benchmarks).
+    public let flops: Double
+    public let bytes: Double
+    /// Whether the op must refuse this input with a `SwitchyardError` on every backend.
+    public let expectsError: Bool
+    /// Uploads the seeded inputs to a backend and returns the op's launch.
+    public let prepare: @Sendable (any ComputeBackend) throws -> () throws -> [CaseOutput]
+
+    public init(
+        op: String, shape: String, dtype: DType, options: String = "", seed: UInt64, flops: Double, bytes: Double,
+        expectsError: Bool = false, prepare: @escaping @Sendable (any ComputeBackend) throws -> () throws -> [CaseOutput]
+    ) {
+        self.op = op
+        self.shape = shape
+        self.dtype = dtype
+        self.options = options
+        self.seed = seed
+        self.flops = flops
+        self.bytes = bytes
+        self.expectsError = expectsError
+        self.prepare = prepare
+    }
+
+    public var name: String { [op, shape, dtype.rawValue, options].filter { !$0.isEmpty }.joined(separator: " ") }
+    public var description: String { name }
+}
+
+/// The result of one case on one device.
+public struct CaseResult: Sendable {
+    public let name: String
+    public let op: String
+    public let shape: String
+    public let dtype: DType
+    public let passed: Bool
+    /// The largest NMSE over the float outputs (0 when every output matched exactly).
+    public let error: Double
+    /// Why it failed, or a note.
+    public let detail: String
+    public let seconds: Double
+}
+
+/// Runs conformance cases on an OpenCL device against the reference backend.
+public final class ConformanceRunner: @unchecked Sendable {
+    public let device: OpenCLBackend
+    public let reference = ReferenceBackend()
+
+    /// A runner on `device`; its backend poisons outputs and guards them with sentinel tails.
+    public init(device: Device, tuning: Tuning? = nil) throws {
+        self.device = try OpenCLBackend(device: device, tuning: tuning, sentinelBytes: 256)
+    }
+
+    /// Runs one case: reference, then the device twice (the second run must be bitwise equal to
+    /// the first), comparing every output and checking every sentinel.
+    public func run(_ c: ConformanceCase) -> CaseResult {
+        let start = Date()
+        func result(_ passed: Bool, _ error: Double, _ detail: String) -> CaseResult {
+            CaseResult(
+                name: c.name, op: c.op, shape: c.shape, dtype: c.dtype, passed: passed, error: error, detail: detail,
+                seconds: Date().timeIntervalSince(start))
+        }
+        if c.expectsError {
+            var messages: [String] = []
+            for backend in [reference as any ComputeBackend, device] {
+                do {
+                    _ = try c.prepare(backend)()
+                    try backend.synchronize()
+                    return result(false, .nan, "\(backend.name) accepted an input it must refuse")
+                } catch let error as SwitchyardError {
+                    messages.append("\(error)")
+                } catch {
+                    return result(false, .nan, "\(backend.name) threw a non-Switchyard error: \(error)")
+                }
+            }
+            return result(true, 0, "refused: \(messages.last ?? "")")
+        }
+        do {
+            let expected = try c.prepare(reference)()
+            let launch = try c.prepare(device)
+            let first = try launch()
+            try device.synchronize()
+            var worst = 0.0
+            for (e, a) in zip(expected, first) {
+                guard e.tensor.shape == a.tensor.shape, e.tensor.dtype == a.tensor.dtype else {
+                    return result(false, .nan, "\(a.name): device gave \(a.tensor), reference \(e.tensor)")
+                }
+                if let violation = try device.sentinelViolation(a.tensor) {
+                    return result(false, .nan, "\(a.name): \(violation)")
+                }
+                switch (e.tensor.dtype, a.comparison) {
+                case (.i32, _):
+                    let want = try reference.ints(e.tensor)
+                    let got = try device.ints(a.tensor)
+                    if let i = want.indices.first(where: { want[$0] != got[$0] }) {
+                        return result(false, .nan, "\(a.name)[\(i)] = \(got[i]), reference \(want[i])")
+                    }
+                case (_, .exact):
+                    let want = try reference.floats(e.tensor)
+                    let got = try device.floats(a.tensor)
+                    // Bitwise equal, except that any NaN matches any NaN (payloads differ across converters).
+                    let differs = { (i: Int) in
+                        want[i].bitPattern != got[i].bitPattern && !(want[i].isNaN && got[i].isNaN)
+                    }
+                    if let i = want.indices.first(where: differs) {
+                        return result(false, .nan, "\(a.name)[\(i)] = \(got[i]), reference \(want[i])")
+                    }
+                case (_, .nmse(let threshold)):
+                    let want = try reference.floats(e.tensor)
+                    let got = try device.floats(a.tensor)
+                    let error = ErrorMeasure.nmse(got, want)
+                    worst = max(worst, error.isNaN ? .infinity : error)
+                    if !(error <= threshold) {
+                        let unwritten = got.firstIndex { $0.isNaN } ?? -1
+                        let hint = unwritten >= 0 && !want[unwritten].isNaN ? " (element \(unwritten) unwritten)" : ""
+                        return result(false, error, "\(a.name): nmse \(error) over \(threshold)\(hint)")
+                    }
+                }
+            }
+            // Same input, same device: bitwise the same output.
+            let second = try launch()
+            for (a, b) in zip(first, second) where try device.bytes(a.tensor) != device.bytes(b.tensor) {
+                return result(false, worst, "\(a.name): a second run on the same input differs bitwise")
+            }
+            return result(true, worst, "")
+        } catch {
+            return result(false, .nan, "threw \(error)")
+        }
+    }
+}
