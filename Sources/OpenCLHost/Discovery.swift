@@ -171,8 +171,13 @@ public struct Device: @unchecked Sendable, CustomStringConvertible {
         return value
     }
 
-    /// Every device of every platform, in platform order.
+    /// Every device of every platform, in platform order. Discovery runs once per process (the
+    /// ICD loader's first initialisation is not safe to race from several threads).
     public static func all() throws -> [Device] {
+        try discovered.get()
+    }
+
+    private static let discovered: Result<[Device], any Error> = Result {
         try Platform.all().flatMap { try $0.devices() }
     }
 

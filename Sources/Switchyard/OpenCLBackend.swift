@@ -7,16 +7,21 @@ import SwitchyardReference
 public struct Tuning: Sendable, Hashable {
     /// Work-group size of the row-wise kernels (softmax, top-k): one work-group per row.
     public var rowGroup: Int
+    /// Largest row (rounded up to a power of two) whose top-k sort keys are kept in local
+    /// memory; wider rows sort in a global scratch buffer with the same network.
+    public var topKLocalKeys: Int
 
-    public init(rowGroup: Int) {
+    public init(rowGroup: Int, topKLocalKeys: Int = 4096) {
         self.rowGroup = rowGroup
+        self.topKLocalKeys = topKLocalKeys
     }
 
     /// Defaults by device class: CPUs run few wide work-items, GPUs many.
     public static func defaults(for device: Device) -> Tuning {
         switch device.kind {
-        case .cpu: Tuning(rowGroup: 16)
-        case .gpu, .accelerator, .other: Tuning(rowGroup: min(256, max(1, device.maxWorkGroupSize)))
+        case .cpu: Tuning(rowGroup: 16, topKLocalKeys: min(16384, device.localMemoryBytes / 16))
+        case .gpu, .accelerator, .other:
+            Tuning(rowGroup: min(256, max(1, device.maxWorkGroupSize)), topKLocalKeys: device.localMemoryBytes / 16)
         }
     }
 }
@@ -247,7 +252,7 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
         let group = min(tuning.rowGroup, max(1, padded / 2))
         // Sort keys live in local memory when a row fits, else in a global scratch buffer with
         // the same bitonic network (one work-group per row either way).
-        let inLocal = padded * 8 <= device.localMemoryBytes / 2
+        let inLocal = padded <= tuning.topKLocalKeys
         var defines = x.dtype.defines("X").merging(["GROUP": "\(group)"]) { a, _ in a }
         var args: [Arg] = [.buffer(xb), .buffer(values.buffer!), .buffer(indices.buffer!)]
         args += [.int(op.rows), .int(op.cols), .int(k), .int(padded)]

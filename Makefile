@@ -1,0 +1,24 @@
+# Switchyard: `make run` (the main job) and `make test` (the test suite). Both install the
+# system packages they need first when they are missing (Debian 12; run as root or with sudo).
+
+SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PACKAGES := ocl-icd-opencl-dev opencl-headers pocl-opencl-icd pkg-config clinfo
+
+.PHONY: run test deps build bench
+
+deps:
+	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+build: deps
+	$(SWIFT) build -c release --product switchyard
+
+run: build
+	.build/release/switchyard run
+
+test: deps
+	$(SWIFT) test

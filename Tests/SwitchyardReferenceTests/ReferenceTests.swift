@@ -1,0 +1,67 @@
+import Foundation
+import SwitchyardReference
+import Testing
+
+@Suite("CPU reference, hand-checked")
+struct ReferenceTests {
+    @Test func softmaxOfASmallRow() {
+        // exp([0, ln 2, ln 3 ... ]) = [1, 2, 3, 2] / 8
+        let y = Reference.softmax([0, Float(log(2.0)), Float(log(3.0)), Float(log(2.0))], rows: 1, cols: 4)
+        let expected = [1.0, 2, 3, 2].map { $0 / 8 }
+        for (a, b) in zip(y, expected) { #expect(abs(a - b) < 1e-7) }
+    }
+
+    @Test func softmaxIsShiftInvariantPerRow() {
+        let y = Reference.softmax([1, 2, 3, 101, 102, 103], rows: 2, cols: 3)
+        for i in 0..<3 { #expect(abs(y[i] - y[i + 3]) < 1e-12) }
+        #expect(abs(y[0..<3].reduce(0, +) - 1) < 1e-12)
+    }
+
+    @Test func topKDescendingWithTiesToTheLowerIndex() {
+        let r = Reference.topK([3, 1, 3, 2, 5, 2], rows: 1, cols: 6, k: 4)
+        #expect(r.values == [5, 3, 3, 2])
+        #expect(r.indices == [4, 0, 2, 3])
+    }
+
+    @Test func topKPutsNaNFirstAndTreatsSignedZerosAsEqual() {
+        let r = Reference.topK([-0.0, .nan, 0.0, -.infinity, .infinity], rows: 1, cols: 5, k: 5)
+        #expect(r.indices == [1, 4, 0, 2, 3])
+    }
+
+    @Test func topKPerRow() {
+        let r = Reference.topK([1, 2, 3, 6, 5, 4], rows: 2, cols: 3, k: 1)
+        #expect(r.values == [3, 6])
+        #expect(r.indices == [2, 0])
+    }
+
+    @Test func halfPrecisionRounding() {
+        #expect(FloatBits.f16(1) == 0x3C00)
+        #expect(FloatBits.f16(-2) == 0xC000)
+        #expect(FloatBits.f16(65504) == 0x7BFF)
+        #expect(FloatBits.f16(65520) == 0x7C00)  // rounds to infinity
+        #expect(FloatBits.f16(1 + 0x1p-11) == 0x3C00)  // tie to even
+        #expect(FloatBits.f16(1 + 0x1p-11 + 0x1p-20) == 0x3C01)
+        #expect(FloatBits.f16(0x1p-24) == 0x0001)  // smallest subnormal
+        #expect(FloatBits.f16(0x1p-26) == 0)
+        #expect(FloatBits.fromF16(0x0001) == 0x1p-24)
+        #expect(FloatBits.fromF16(0x3555) == Float(0x1.554p-2))
+        for h in stride(from: 0, to: 0x7C00, by: 7) {
+            #expect(FloatBits.f16(FloatBits.fromF16(UInt16(h))) == UInt16(h))
+        }
+    }
+
+    @Test func bfloat16Rounding() {
+        #expect(FloatBits.bf16(1) == 0x3F80)
+        #expect(FloatBits.bf16(Float(bitPattern: 0x3F80_8000)) == 0x3F80)  // tie to even
+        #expect(FloatBits.bf16(Float(bitPattern: 0x3F81_8000)) == 0x3F82)
+        #expect(FloatBits.fromBF16(FloatBits.bf16(.nan)).isNaN)
+        #expect(FloatBits.fromBF16(0xC040) == -3)
+    }
+
+    @Test func nmseMeasuresRelativeError() {
+        #expect(ErrorMeasure.nmse([1, 2], [1, 2]) == 0)
+        #expect(abs(ErrorMeasure.nmse([1.1, 2], [1, 2]) - 0.01 / 5) < 1e-9)
+        #expect(ErrorMeasure.nmse([.nan], [1]).isNaN)
+        #expect(ErrorMeasure.nmse([], []) == 0)
+    }
+}
