@@ -14,6 +14,21 @@
 #define LOAD_I32(p, i) ((p)[i])
 #define STORE_I32(p, i, v) ((p)[i] = (v))
 
+// Defaults, so every kernel of a file builds whatever subset of defines its launch passes.
+#ifndef X_T
+#define X_T float
+#define X_LOAD LOAD_F32
+#define X_STORE STORE_F32
+#endif
+#ifndef Y_T
+#define Y_T float
+#define Y_LOAD LOAD_F32
+#define Y_STORE STORE_F32
+#endif
+#ifndef GROUP
+#define GROUP 1
+#endif
+
 // bfloat16 bits of v, rounded to nearest even; NaN stays a quiet NaN.
 inline ushort f32_to_bf16(float v) {
     uint u = as_uint(v);

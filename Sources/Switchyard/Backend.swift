@@ -22,6 +22,22 @@ public protocol ComputeBackend: AnyObject, Sendable {
     /// Row-wise top-k of `x [rows, cols]`: `values [rows, k]` (x's dtype) and `indices [rows, k]`
     /// (i32), descending, ties to the lower index, NaN above every number.
     func topK(_ x: Tensor, k: Int) throws -> (values: Tensor, indices: Tensor)
+
+    /// Token-choice top-k gating of router logits `[T, E]` (see `Reference.gating`), with an
+    /// optional correction bias `[E]` (f32) used for choosing only.
+    func gating(_ logits: Tensor, bias: Tensor?, config: RouterConfig) throws -> Gating
+    /// The stable counting sort of a gating's assignments by expert, with capacity dropping,
+    /// each expert's rows padded to `blockSize` (see `Reference.permute`). No host read.
+    func permute(_ gating: Gating, blockSize: Int) throws -> Routing
+    /// Dispatch: the rows of `x [T, d]` in expert order, `[maxRows, d]`, padding rows zero.
+    func gather(_ x: Tensor, routing: Routing, dtype: DType?) throws -> Tensor
+    /// Weighted combine of expert outputs `ys [maxRows, d]` back to `[T, d]`, plus `residual`.
+    func combine(_ ys: Tensor, routing: Routing, residual: Tensor?, dtype: DType?) throws -> Tensor
+    /// Expert-choice routing: each expert takes its top ceil(capacityFactor · T · k / E) tokens
+    /// (capacityFactor 1 when unset) by router score.
+    func expertChoice(_ logits: Tensor, config: RouterConfig) throws -> ExpertChoice
+    /// Tokens per expert, dropped count, mean probabilities and the auxiliary losses (a read).
+    func routingStats(_ routing: Routing) throws -> RoutingStats
 }
 
 func checkHostCount(_ count: Int, _ shape: [Int], _ argument: String) throws {

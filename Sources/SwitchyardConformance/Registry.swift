@@ -2,7 +2,9 @@ import Switchyard
 
 /// Every registered conformance case, in a stable order.
 public enum Conformance {
-    public static let cases: [ConformanceCase] = RowCases.softmax + RowCases.topK
+    public static let cases: [ConformanceCase] =
+        RowCases.softmax + RowCases.topK + RoutingCases.gating + RoutingCases.permute + RoutingCases.route
+        + RoutingCases.gather + RoutingCases.combine + RoutingCases.expertChoice + RoutingCases.routingStats
 
     /// The cases whose name matches `pattern` (a regular expression), or all when nil.
     public static func cases(matching pattern: String?) throws -> [ConformanceCase] {

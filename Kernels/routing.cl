@@ -1,0 +1,348 @@
+#include "common.h"
+
+// MoE routing: gating, capacity, the stable counting sort by expert, dispatch and combine,
+// expert choice scores and routing statistics. Sizes are arguments; -D carries dtypes only.
+// Flags (int[2]): [0] a logit was NaN or infinite, [1] an expert id was out of range.
+
+// 64-bit rank key: smaller is better. Descending value, then ascending index.
+inline ulong rank_key(float v, uint index) { return ((ulong)descending_key(v) << 32) | (ulong)index; }
+
+inline float router_score(float v, float m, float denom, int sigmoid) {
+    return sigmoid ? 1.0f / (1.0f + exp(-v)) : exp(v - m) / denom;
+}
+
+// The value experts are chosen by: the logit without a bias (softmax and sigmoid are monotonic),
+// else score + bias (DeepSeek-V3's score correction).
+inline float choice_value(float v, float m, float denom, int sigmoid, int has_bias, __global const float* bias,
+                          int e) {
+    return has_bias ? router_score(v, m, denom, sigmoid) + bias[e] : v;
+}
+
+// Token-choice top-k gating, one work-item per token. Experts are picked by repeated selection
+// of the best key after the previous pick, so no per-token array of E values is needed; groups
+// (at most 64) are kept as a bit mask.
+__kernel void gating_topk(__global const X_T* logits, __global const float* bias, __global int* ids,
+                          __global float* weights, __global int* flags, int tokens, int experts, int k,
+                          int sigmoid, int has_bias, int renormalize, float routed_scale, int groups,
+                          int topk_groups) {
+    const int t = get_global_id(0);
+    if (t >= tokens) return;
+    const size_t base = (size_t)t * (size_t)experts;
+    float m = -INFINITY;
+    int bad = 0;
+    for (int e = 0; e < experts; ++e) {
+        const float v = X_LOAD(logits, base + e);
+        bad |= !isfinite(v);
+        m = fmax(m, v);
+    }
+    if (bad) flags[0] = 1;
+    float denom = 1.0f;
+    if (!sigmoid) {
+        float s = 0.0f;
+        for (int e = 0; e < experts; ++e) s += exp(X_LOAD(logits, base + e) - m);
+        denom = s;
+    }
+
+    ulong keep_groups = ~(ulong)0;
+    if (groups > 1) {
+        const int gs = experts / groups;
+        keep_groups = 0;
+        ulong prev = 0;
+        for (int pick = 0; pick < topk_groups; ++pick) {
+            ulong best = ~(ulong)0;
+            for (int g = 0; g < groups; ++g) {
+                // Group value: best choice value, or with a bias the sum of the best two.
+                ulong k1 = ~(ulong)0, k2 = ~(ulong)0;
+                float v1 = 0.0f, v2 = 0.0f;
+                for (int e = g * gs; e < (g + 1) * gs; ++e) {
+                    const float c = choice_value(X_LOAD(logits, base + e), m, denom, sigmoid, has_bias, bias, e);
+                    const ulong key = rank_key(c, (uint)e);
+                    if (key < k1) {
+                        k2 = k1;
+                        v2 = v1;
+                        k1 = key;
+                        v1 = c;
+                    } else if (key < k2) {
+                        k2 = key;
+                        v2 = c;
+                    }
+                }
+                const float gv = (has_bias && gs > 1) ? v1 + v2 : v1;
+                const ulong key = rank_key(gv, (uint)g);
+                if ((pick == 0 || key > prev) && key < best) best = key;
+            }
+            prev = best;
+            keep_groups |= (ulong)1 << (uint)(best & 0xFFFFFFFFu);
+        }
+    }
+
+    const int gs = experts / groups;
+    const size_t out = (size_t)t * (size_t)k;
+    ulong prev = 0;
+    float sum = 0.0f;
+    for (int j = 0; j < k; ++j) {
+        ulong best = ~(ulong)0;
+        for (int e = 0; e < experts; ++e) {
+            if (!((keep_groups >> (uint)(e / gs)) & 1)) continue;
+            const float c = choice_value(X_LOAD(logits, base + e), m, denom, sigmoid, has_bias, bias, e);
+            const ulong key = rank_key(c, (uint)e);
+            if ((j == 0 || key > prev) && key < best) best = key;
+        }
+        prev = best;
+        int e = (int)(best & 0xFFFFFFFFu);
+        if (e >= experts) e = 0;  // only reachable with NaN logits, which raise the flag
+        const float w = router_score(X_LOAD(logits, base + e), m, denom, sigmoid);
+        ids[out + j] = e;
+        weights[out + j] = w;
+        sum += w;
+    }
+    for (int j = 0; j < k; ++j) {
+        const float w = renormalize ? weights[out + j] / (sum + 1e-20f) : weights[out + j];
+        weights[out + j] = w * routed_scale;
+    }
+}
+
+__kernel void fill_i32(__global int* x, int value, int n) {
+    const int i = get_global_id(0);
+    if (i < n) x[i] = value;
+}
+
+// Stable counting sort, step 1: per chunk of `chunk` consecutive assignments, the count of
+// each expert (only assignments whose keep flag is set, when use_keep). One work-item per chunk;
+// it owns row c of `chunk_counts [chunks, E]`.
+__kernel void permute_count(__global const int* ids, __global const int* keep, int use_keep,
+                            __global int* chunk_counts, __global int* flags, int assignments, int experts, int chunk,
+                            int chunks) {
+    const int c = get_global_id(0);
+    if (c >= chunks) return;
+    const int begin = c * chunk;
+    const int end = min(begin + chunk, assignments);
+    __global int* row = chunk_counts + (size_t)c * (size_t)experts;
+    for (int e = 0; e < experts; ++e) row[e] = 0;
+    for (int a = begin; a < end; ++a) {
+        const int e = ids[a];
+        if (e < 0 || e >= experts) {
+            flags[1] = 1;
+            continue;
+        }
+        if (use_keep && !keep[a]) continue;
+        row[e] += 1;
+    }
+}
+
+// Step 2: per expert, the exclusive scan of its counts over the chunks (in place) and its total.
+__kernel void permute_scan(__global int* chunk_counts, __global int* totals, int chunks, int experts) {
+    const int e = get_global_id(0);
+    if (e >= experts) return;
+    int running = 0;
+    for (int c = 0; c < chunks; ++c) {
+        const size_t i = (size_t)c * (size_t)experts + (size_t)e;
+        const int v = chunk_counts[i];
+        chunk_counts[i] = running;
+        running += v;
+    }
+    totals[e] = running;
+}
+
+// Step 3 (one work-item): kept counts (at most `capacity`), the block-padded offsets [E + 1],
+// the tile -> expert map (-1 past the padded total) and the dropped count.
+__kernel void permute_offsets(__global const int* totals, __global int* counts, __global int* offsets,
+                              __global int* tile_expert, __global int* dropped, int experts, int block,
+                              int capacity, int max_tiles, int assignments) {
+    if (get_global_id(0) != 0) return;
+    int offset = 0;
+    int kept_total = 0;
+    int tile = 0;
+    offsets[0] = 0;
+    for (int e = 0; e < experts; ++e) {
+        const int kept = min(totals[e], capacity);
+        counts[e] = kept;
+        kept_total += kept;
+        const int padded = (kept + block - 1) / block * block;
+        for (int b = 0; b < padded / block && tile < max_tiles; ++b) tile_expert[tile++] = e;
+        offset += padded;
+        offsets[e + 1] = offset;
+    }
+    for (; tile < max_tiles; ++tile) tile_expert[tile] = -1;
+    dropped[0] = assignments - kept_total;
+}
+
+// Step 4: per chunk, walk the assignments in order and give each kept one its row: the
+// expert's offset plus its rank (the earlier chunks' count, from the scan, plus the running
+// count inside this chunk). Token order is kept within each expert. Dropped assignments get
+// row -1 and weight 0.
+__kernel void permute_scatter(__global const int* ids, __global const int* keep, int use_keep,
+                              __global int* chunk_counts, __global const int* offsets, __global int* row_of,
+                              __global int* assignment_of, __global float* weights, int assignments, int experts,
+                              int chunk, int capacity) {
+    const int c = get_global_id(0);
+    const int begin = c * chunk;
+    if (begin >= assignments) return;
+    const int end = min(begin + chunk, assignments);
+    __global int* running = chunk_counts + (size_t)c * (size_t)experts;
+    for (int a = begin; a < end; ++a) {
+        const int e = ids[a];
+        int row = -1;
+        if (e >= 0 && e < experts && (!use_keep || keep[a])) {
+            const int rank = running[e]++;
+            if (rank < capacity) row = offsets[e] + rank;
+        }
+        row_of[a] = row;
+        if (row >= 0) {
+            assignment_of[row] = a;
+        } else {
+            weights[a] = 0.0f;
+        }
+    }
+}
+
+// Weight-priority capacity: one work-group of GROUP work-items per expert, over the expert's
+// rows of a first (uncapped) permutation. If the expert has more than `capacity` assignments,
+// the capacity-th smallest key (descending weight, then assignment index) is found by a radix
+// select over the 64 key bits, and assignments with larger keys lose their keep flag.
+__kernel void capacity_by_weight(__global const int* counts, __global const int* offsets,
+                                 __global const int* assignment_of, __global const float* weights,
+                                 __global int* keep, int capacity) {
+    const int e = get_group_id(0);
+    const int lid = get_local_id(0);
+    __local int red[GROUP];
+    const int begin = offsets[e];
+    // Experts within capacity keep everything: they scan nothing (no early return, so every
+    // work-item reaches every barrier).
+    const int n = counts[e] > capacity ? counts[e] : 0;
+    ulong prefix = 0;           // the bits of the answer found so far
+    int remaining = capacity;   // rank (1-based) still to find among keys matching prefix
+    for (int bit = 63; bit >= 0; --bit) {
+        const ulong high_mask = bit == 63 ? 0 : ~(((ulong)1 << (uint)(bit + 1)) - 1);
+        int zeros = 0;
+        for (int r = lid; r < n; r += GROUP) {
+            const int a = assignment_of[begin + r];
+            const ulong key = rank_key(weights[a], (uint)a);
+            if ((key & high_mask) == prefix && !((key >> (uint)bit) & 1)) zeros++;
+        }
+        red[lid] = zeros;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int s = GROUP / 2; s > 0; s >>= 1) {
+            if (lid < s) red[lid] += red[lid + s];
+            barrier(CLK_LOCAL_MEM_FENCE);
+        }
+        const int total = red[0];
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (total < remaining) {
+            remaining -= total;
+            prefix |= (ulong)1 << (uint)bit;
+        }
+    }
+    for (int r = lid; r < n; r += GROUP) {
+        const int a = assignment_of[begin + r];
+        if (rank_key(weights[a], (uint)a) > prefix) keep[a] = 0;
+    }
+}
+
+// Dispatch: one work-group per row of xs; padding rows (assignment >= tokens*k) become zeros.
+__kernel void gather_rows(__global const X_T* x, __global const int* assignment_of, __global Y_T* xs,
+                          int rows, int tokens, int k, int d) {
+    const int r = get_group_id(0);
+    const int lid = get_local_id(0);
+    if (r >= rows) return;
+    const int a = assignment_of[r];
+    const size_t out = (size_t)r * (size_t)d;
+    if (a < 0 || a >= tokens * k) {
+        for (int c = lid; c < d; c += GROUP) Y_STORE(xs, out + c, 0.0f);
+        return;
+    }
+    const size_t in = (size_t)(a / k) * (size_t)d;
+    for (int c = lid; c < d; c += GROUP) Y_STORE(xs, out + c, X_LOAD(x, in + c));
+}
+
+// Combine: one work-group per token; y[t] = sum_j w[t,j] * ys[row_of[t,j]] (+ residual), slots
+// summed in order in f32, so every output is bitwise reproducible and independent of the batch.
+__kernel void combine_rows(__global const X_T* ys, __global const int* row_of, __global const float* weights,
+                           __global const Y_T* residual, int has_residual, __global Y_T* y, int tokens, int k,
+                           int d, int rows) {
+    const int t = get_group_id(0);
+    const int lid = get_local_id(0);
+    if (t >= tokens) return;
+    const size_t out = (size_t)t * (size_t)d;
+    for (int c = lid; c < d; c += GROUP) {
+        float acc = 0.0f;
+        for (int j = 0; j < k; ++j) {
+            const int r = row_of[t * k + j];
+            if (r < 0 || r >= rows) continue;
+            acc += weights[t * k + j] * X_LOAD(ys, (size_t)r * (size_t)d + c);
+        }
+        if (has_residual) acc += Y_LOAD(residual, out + c);
+        Y_STORE(y, out + c, acc);
+    }
+}
+
+// Router scores transposed to [E, T] (for expert choice, which ranks tokens per expert), one
+// work-item per token; also raises the non-finite flag.
+__kernel void router_scores_transposed(__global const X_T* logits, __global float* scores_t, __global int* flags,
+                                       int tokens, int experts, int sigmoid) {
+    const int t = get_global_id(0);
+    if (t >= tokens) return;
+    const size_t base = (size_t)t * (size_t)experts;
+    float m = -INFINITY;
+    int bad = 0;
+    for (int e = 0; e < experts; ++e) {
+        const float v = X_LOAD(logits, base + e);
+        bad |= !isfinite(v);
+        m = fmax(m, v);
+    }
+    if (bad) flags[0] = 1;
+    float denom = 1.0f;
+    if (!sigmoid) {
+        float s = 0.0f;
+        for (int e = 0; e < experts; ++e) s += exp(X_LOAD(logits, base + e) - m);
+        denom = s;
+    }
+    for (int e = 0; e < experts; ++e)
+        scores_t[(size_t)e * (size_t)tokens + t] = router_score(X_LOAD(logits, base + e), m, denom, sigmoid);
+}
+
+// Routing statistics, step 1: per token, logsumexp of the logits and the normaliser of its
+// probabilities (softmax: the exp sum; sigmoid: the sum of sigmoids).
+__kernel void stats_tokens(__global const X_T* logits, __global float* lse, __global float* norm, int tokens,
+                           int experts, int sigmoid) {
+    const int t = get_global_id(0);
+    if (t >= tokens) return;
+    const size_t base = (size_t)t * (size_t)experts;
+    float m = -INFINITY;
+    for (int e = 0; e < experts; ++e) m = fmax(m, X_LOAD(logits, base + e));
+    float s = 0.0f, sg = 0.0f;
+    for (int e = 0; e < experts; ++e) {
+        const float v = X_LOAD(logits, base + e);
+        s += exp(v - m);
+        sg += 1.0f / (1.0f + exp(-v));
+    }
+    lse[t] = m + log(s);
+    norm[t] = sigmoid ? sg : s;
+}
+
+// Step 2: per expert, the mean probability over the tokens, summed in token order.
+__kernel void stats_experts(__global const X_T* logits, __global const float* lse, __global const float* norm,
+                            __global float* out, int tokens, int experts, int sigmoid) {
+    const int e = get_global_id(0);
+    if (e >= experts) return;
+    float p = 0.0f;
+    for (int t = 0; t < tokens; ++t) {
+        const float v = X_LOAD(logits, (size_t)t * (size_t)experts + e);
+        p += sigmoid ? (1.0f / (1.0f + exp(-v))) / norm[t] : exp(v - lse[t]);
+    }
+    out[e] = tokens > 0 ? p / (float)tokens : 0.0f;
+}
+
+// Step 3 (one work-item): balancing loss E * sum_e f_e P_e with f_e = routed_e / (T k), and the
+// z-loss mean_t lse_t^2. out = [P_0 .. P_{E-1}, balance, z].
+__kernel void stats_final(__global const int* routed, __global const float* lse, __global float* out, int tokens,
+                          int experts, int k) {
+    if (get_global_id(0) != 0) return;
+    const float n = (float)max(tokens * k, 1);
+    float loss = 0.0f;
+    for (int e = 0; e < experts; ++e) loss += ((float)routed[e] / n) * out[e];
+    float z = 0.0f;
+    for (int t = 0; t < tokens; ++t) z += lse[t] * lse[t];
+    out[experts] = (float)experts * loss;
+    out[experts + 1] = tokens > 0 ? z / (float)tokens : 0.0f;
+}

@@ -1,0 +1,216 @@
+import OpenCLHost
+
+extension OpenCLBackend {
+    /// Assignments per chunk of the counting sort (a constant: results never depend on it).
+    static let permuteChunk = 256
+
+    /// Local size of the one-work-item-per-token kernels.
+    var itemGroup: Int { device.kind == .cpu ? 8 : 64 }
+
+    func roundUp(_ n: Int, _ m: Int) -> Int { max(m, (n + m - 1) / m * m) }
+
+    public func gating(_ logits: Tensor, bias: Tensor?, config c: RouterConfig) throws -> Gating {
+        let (tokens, experts) = try validateGating(logits, bias: bias, config: c)
+        let lb = try deviceBuffer(logits, "router logits")
+        let ids = try empty(shape: [tokens, c.k], dtype: .i32, label: "gating ids")
+        let weights = try empty(shape: [tokens, c.k], dtype: .f32, label: "gating weights")
+        let flags = try empty(shape: [2], dtype: .i32, label: "routing flags")
+        try flags.buffer!.upload([Int32](repeating: 0, count: 2))
+        let biasBuffer = try bias.map { try deviceBuffer($0, "correction bias") } ?? flags.buffer!
+        let group = itemGroup
+        try launch(
+            "routing.cl", "gating_topk", defines: logits.dtype.defines("X"),
+            args: [
+                .buffer(lb), .buffer(biasBuffer), .buffer(ids.buffer!), .buffer(weights.buffer!), .buffer(flags.buffer!),
+                .int(tokens), .int(experts), .int(c.k), .int(c.scoring == .sigmoid ? 1 : 0), .int(bias == nil ? 0 : 1),
+                .int(c.renormalize ? 1 : 0), .float(c.routedScale), .int(c.expertGroups), .int(c.topKGroups),
+            ],
+            global: [roundUp(tokens, group)], local: [group])
+        return Gating(config: c, tokens: tokens, logits: logits, ids: ids, weights: weights, flags: flags)
+    }
+
+    private func fill(_ t: Tensor, _ value: Int32) throws {
+        let n = t.count
+        if n == 0 { return }
+        try launch(
+            "routing.cl", "fill_i32", args: [.buffer(t.buffer!), .int(Int(value)), .int(n)],
+            global: [roundUp(n, 64)], local: [64])
+    }
+
+    /// One counting-sort pass: counts per chunk, scan, offsets/tiles, scatter.
+    private func countingSort(
+        ids: Buffer, keep: Buffer?, flags: Buffer, assignments n: Int, experts: Int, blockSize: Int, capacity: Int,
+        counts: Tensor, routed: Tensor, offsets: Tensor, tiles: Tensor, rowOf: Tensor, assignmentOf: Tensor,
+        weights: Buffer, dropped: Tensor
+    ) throws {
+        let chunk = Self.permuteChunk
+        let chunks = max(1, (n + chunk - 1) / chunk)
+        let scratch = try context.buffer(byteCount: chunks * experts * 4, label: "permute chunk counts")
+        let keepArg: OpenCLBackend.Arg = .buffer(keep ?? ids)
+        let useKeep = keep == nil ? 0 : 1
+        try fill(assignmentOf, Int32(n))
+        try launch(
+            "routing.cl", "permute_count",
+            args: [.buffer(ids), keepArg, .int(useKeep), .buffer(scratch), .buffer(flags), .int(n), .int(experts),
+                   .int(chunk), .int(chunks)],
+            global: [roundUp(chunks, itemGroup)], local: [itemGroup])
+        try launch(
+            "routing.cl", "permute_scan",
+            args: [.buffer(scratch), .buffer(routed.buffer!), .int(chunks), .int(experts)],
+            global: [roundUp(experts, itemGroup)], local: [itemGroup])
+        try launch(
+            "routing.cl", "permute_offsets",
+            args: [.buffer(routed.buffer!), .buffer(counts.buffer!), .buffer(offsets.buffer!), .buffer(tiles.buffer!),
+                   .buffer(dropped.buffer!), .int(experts), .int(blockSize), .int(capacity), .int(tiles.count),
+                   .int(n)],
+            global: [1], local: [1])
+        try launch(
+            "routing.cl", "permute_scatter",
+            args: [.buffer(ids), keepArg, .int(useKeep), .buffer(scratch), .buffer(offsets.buffer!),
+                   .buffer(rowOf.buffer!), .buffer(assignmentOf.buffer!), .buffer(weights), .int(n), .int(experts),
+                   .int(chunk), .int(capacity)],
+            global: [roundUp(chunks, itemGroup)], local: [itemGroup])
+    }
+
+    public func permute(_ g: Gating, blockSize: Int) throws -> Routing {
+        try validatePermute(g, blockSize: blockSize)
+        let c = g.config
+        let n = g.tokens * c.k
+        let experts = c.experts
+        let ids = try deviceBuffer(g.ids, "ids")
+        let maxRows = Reference.maxRows(assignments: n, experts: experts, blockSize: blockSize)
+        let maxTiles = Reference.maxTiles(assignments: n, experts: experts, blockSize: blockSize)
+        let counts = try empty(shape: [experts], dtype: .i32, label: "expert counts")
+        let routed = try empty(shape: [experts], dtype: .i32, label: "routed counts")
+        let offsets = try empty(shape: [experts + 1], dtype: .i32, label: "expert offsets")
+        let tiles = try empty(shape: [maxTiles], dtype: .i32, label: "tile expert map")
+        let rowOf = try empty(shape: [g.tokens, c.k], dtype: .i32, label: "row of assignment")
+        let assignmentOf = try empty(shape: [maxRows], dtype: .i32, label: "assignment of row")
+        let dropped = try empty(shape: [1], dtype: .i32, label: "dropped count")
+        let weights = try empty(shape: [g.tokens, c.k], dtype: .f32, label: "routing weights")
+        if n > 0 { try weights.buffer!.copy(from: try deviceBuffer(g.weights, "weights"), bytes: n * 4) }
+        let flags = try deviceBuffer(g.flags, "flags")
+        let capacity = c.capacity(tokens: g.tokens) ?? Int(Int32.max)
+
+        var keep: Buffer?
+        if c.capacityFactor != nil && c.dropPriority == .weight && n > 0 {
+            // First an uncapped sort, so each expert's assignments are contiguous; then per expert
+            // a radix select of its `capacity` best by weight clears the others' keep flags.
+            let keepTensor = try empty(shape: [n], dtype: .i32, label: "keep flags")
+            try fill(keepTensor, 1)
+            try countingSort(
+                ids: ids, keep: nil, flags: flags, assignments: n, experts: experts, blockSize: 1,
+                capacity: Int(Int32.max), counts: counts, routed: routed, offsets: offsets,
+                tiles: try empty(shape: [n + experts], dtype: .i32, label: "scratch tiles"), rowOf: rowOf,
+                assignmentOf: assignmentOf, weights: weights.buffer!, dropped: dropped)
+            let group = tuning.rowGroup
+            try launch(
+                "routing.cl", "capacity_by_weight", defines: ["GROUP": "\(group)"],
+                args: [.buffer(counts.buffer!), .buffer(offsets.buffer!), .buffer(assignmentOf.buffer!),
+                       .buffer(weights.buffer!), .buffer(keepTensor.buffer!), .int(capacity)],
+                global: [experts * group], local: [group])
+            keep = keepTensor.buffer
+        }
+        try countingSort(
+            ids: ids, keep: keep, flags: flags, assignments: n, experts: experts, blockSize: blockSize,
+            capacity: capacity, counts: counts, routed: keep == nil ? routed : try empty(shape: [experts], dtype: .i32),
+            offsets: offsets, tiles: tiles, rowOf: rowOf, assignmentOf: assignmentOf, weights: weights.buffer!,
+            dropped: dropped)
+        return Routing(
+            gating: g, blockSize: blockSize, counts: counts, routedCounts: routed, offsets: offsets, tileExpert: tiles,
+            rowOf: rowOf, assignmentOf: assignmentOf, weights: weights, dropped: dropped)
+    }
+
+    public func gather(_ x: Tensor, routing r: Routing, dtype: DType? = nil) throws -> Tensor {
+        let (_, d) = try validateRows(x, "gather x", rows: r.tokens)
+        let out = dtype ?? x.dtype
+        try x.expectDType(DType.floatingPoint, "gather x")
+        let xs = try empty(shape: [r.maxRows, d], dtype: out, label: "expert-ordered rows")
+        if r.maxRows == 0 || d == 0 { return xs }
+        let group = tuning.rowGroup
+        try launch(
+            "routing.cl", "gather_rows",
+            defines: x.dtype.defines("X").merging(out.defines("Y")) { a, _ in a }.merging(["GROUP": "\(group)"]) { a, _ in a },
+            args: [.buffer(try deviceBuffer(x, "gather x")), .buffer(try deviceBuffer(r.assignmentOf, "routing")),
+                   .buffer(xs.buffer!), .int(r.maxRows), .int(r.tokens), .int(r.config.k), .int(d)],
+            global: [r.maxRows * group], local: [group])
+        return xs
+    }
+
+    public func combine(_ ys: Tensor, routing r: Routing, residual: Tensor? = nil, dtype: DType? = nil) throws -> Tensor {
+        let (_, d) = try validateRows(ys, "combine ys", rows: r.maxRows)
+        if let residual {
+            guard residual.shape == [r.tokens, d] else {
+                throw SwitchyardError.shape(argument: "combine residual", expected: "[\(r.tokens), \(d)]", actual: residual.shape)
+            }
+            try residual.expectDType(DType.floatingPoint, "combine residual")
+        }
+        let out = dtype ?? residual?.dtype ?? ys.dtype
+        if let residual, residual.dtype != out {
+            throw SwitchyardError.dtype(argument: "combine residual", expected: out.rawValue, actual: residual.dtype)
+        }
+        let y = try empty(shape: [r.tokens, d], dtype: out, label: "combined output")
+        if r.tokens == 0 || d == 0 { return y }
+        let group = tuning.rowGroup
+        try launch(
+            "routing.cl", "combine_rows",
+            defines: ys.dtype.defines("X").merging(out.defines("Y")) { a, _ in a }.merging(["GROUP": "\(group)"]) { a, _ in a },
+            args: [.buffer(try deviceBuffer(ys, "combine ys")), .buffer(try deviceBuffer(r.rowOf, "routing")),
+                   .buffer(try deviceBuffer(r.weights, "routing")),
+                   .buffer(try residual.map { try deviceBuffer($0, "combine residual") } ?? y.buffer!),
+                   .int(residual == nil ? 0 : 1), .buffer(y.buffer!), .int(r.tokens), .int(r.config.k), .int(d),
+                   .int(r.maxRows)],
+            global: [r.tokens * group], local: [group])
+        return y
+    }
+
+    public func expertChoice(_ logits: Tensor, config c: RouterConfig) throws -> ExpertChoice {
+        let (tokens, experts) = try validateGating(logits, bias: nil, config: c)
+        let capacity = min(tokens, RouterConfig(experts: experts, k: c.k, capacityFactor: c.capacityFactor ?? 1)
+            .capacity(tokens: tokens)!)
+        let flags = try empty(shape: [2], dtype: .i32, label: "routing flags")
+        try flags.buffer!.upload([Int32](repeating: 0, count: 2))
+        if capacity == 0 {
+            return ExpertChoice(
+                tokens: try empty(shape: [experts, 0], dtype: .i32), weights: try empty(shape: [experts, 0], dtype: .f32),
+                flags: flags, capacity: 0)
+        }
+        let scores = try empty(shape: [experts, tokens], dtype: .f32, label: "scores by expert")
+        try launch(
+            "routing.cl", "router_scores_transposed", defines: logits.dtype.defines("X"),
+            args: [.buffer(try deviceBuffer(logits, "router logits")), .buffer(scores.buffer!), .buffer(flags.buffer!),
+                   .int(tokens), .int(experts), .int(c.scoring == .sigmoid ? 1 : 0)],
+            global: [roundUp(tokens, itemGroup)], local: [itemGroup])
+        let (values, indices) = try topK(scores, k: capacity)
+        return ExpertChoice(tokens: indices, weights: values, flags: flags, capacity: capacity)
+    }
+
+    public func routingStats(_ r: Routing) throws -> RoutingStats {
+        try check(flags: r.flags)
+        let t = r.tokens
+        let e = r.config.experts
+        let logits = try deviceBuffer(r.gating.logits, "router logits")
+        let lse = try context.buffer(byteCount: t * 4, label: "stats lse")
+        let norm = try context.buffer(byteCount: t * 4, label: "stats norm")
+        let out = try context.buffer(byteCount: (e + 2) * 4, label: "stats out")
+        let defines = r.gating.logits.dtype.defines("X")
+        let sigmoid = r.config.scoring == .sigmoid ? 1 : 0
+        try launch(
+            "routing.cl", "stats_tokens", defines: defines,
+            args: [.buffer(logits), .buffer(lse), .buffer(norm), .int(t), .int(e), .int(sigmoid)],
+            global: [roundUp(t, itemGroup)], local: [itemGroup])
+        try launch(
+            "routing.cl", "stats_experts", defines: defines,
+            args: [.buffer(logits), .buffer(lse), .buffer(norm), .buffer(out), .int(t), .int(e), .int(sigmoid)],
+            global: [roundUp(e, itemGroup)], local: [itemGroup])
+        try launch(
+            "routing.cl", "stats_final",
+            args: [.buffer(try deviceBuffer(r.routedCounts, "routing")), .buffer(lse), .buffer(out), .int(t), .int(e),
+                   .int(r.config.k)],
+            global: [1], local: [1])
+        let values = try out.download(Float.self, count: e + 2)
+        return RoutingStats(
+            tokensPerExpert: try ints(r.counts).map(Int.init), dropped: Int(try ints(r.dropped)[0]),
+            meanProbability: Array(values[0..<e]), balanceLoss: values[e], zLoss: values[e + 1])
+    }
+}

@@ -1,0 +1,204 @@
+@_exported import SwitchyardReference
+
+// MARK: - Presets
+
+extension RouterConfig {
+    /// Mixtral: softmax, top-2 of 8, renormalized.
+    public static func mixtral(experts: Int = 8, k: Int = 2) -> RouterConfig {
+        RouterConfig(experts: experts, k: k, scoring: .softmax, renormalize: true)
+    }
+
+    /// Qwen1.5/2/3-MoE and OLMoE: softmax, top-k, `norm_topk_prob` (default false).
+    public static func qwenMoE(experts: Int = 60, k: Int = 4, renormalize: Bool = false) -> RouterConfig {
+        RouterConfig(experts: experts, k: k, scoring: .softmax, renormalize: renormalize)
+    }
+
+    /// DeepSeek-V3 (`noaux_tc`): sigmoid scores, a score-correction bias for choosing, 8 groups
+    /// of which the best 4 (by the sum of their best two biased scores) stay, top 8, weights
+    /// renormalized and scaled by 2.5.
+    public static func deepSeekV3(
+        experts: Int = 256, k: Int = 8, groups: Int = 8, topKGroups: Int = 4, routedScale: Float = 2.5
+    ) -> RouterConfig {
+        RouterConfig(
+            experts: experts, k: k, scoring: .sigmoid, renormalize: true, routedScale: routedScale,
+            expertGroups: groups, topKGroups: topKGroups)
+    }
+
+    /// Switch Transformer: top-1 with capacity (factor 1.25), overflow dropped in token order.
+    public static func switchTransformer(experts: Int = 8, capacityFactor: Double = 1.25) -> RouterConfig {
+        RouterConfig(
+            experts: experts, k: 1, scoring: .softmax, renormalize: false, capacityFactor: capacityFactor,
+            dropPriority: .tokenOrder)
+    }
+
+    /// The most experts a router may have.
+    public static let maxExperts = 1024
+
+    /// Checks the options against each other and against `experts` (the logits' width).
+    public func validate(experts width: Int) throws {
+        guard experts == width else {
+            throw SwitchyardError.shape(argument: "router logits", expected: "[tokens, \(experts)]", actual: [width])
+        }
+        guard (1...Self.maxExperts).contains(experts) else {
+            throw SwitchyardError.outOfRange(argument: "experts", value: experts, range: "1...\(Self.maxExperts)")
+        }
+        guard (1...64).contains(expertGroups), experts % expertGroups == 0 else {
+            throw SwitchyardError.outOfRange(
+                argument: "expertGroups", value: expertGroups, range: "1...64, dividing experts = \(experts)")
+        }
+        guard (1...expertGroups).contains(topKGroups) else {
+            throw SwitchyardError.outOfRange(argument: "topKGroups", value: topKGroups, range: "1...\(expertGroups)")
+        }
+        let reachable = expertGroups == 1 ? experts : topKGroups * (experts / expertGroups)
+        guard (1...reachable).contains(k) else {
+            throw SwitchyardError.outOfRange(
+                argument: "k", value: k, range: "1...\(reachable) (experts in the kept groups)")
+        }
+        if let factor = capacityFactor, !(factor > 0 && factor.isFinite) {
+            throw SwitchyardError.unsupported("capacityFactor must be positive and finite, got \(factor)")
+        }
+        if !routedScale.isFinite { throw SwitchyardError.unsupported("routedScale must be finite") }
+    }
+}
+
+// MARK: - Values
+
+/// The output of gating: chosen experts and weights per token, on the backend that ran it.
+public struct Gating: Sendable {
+    public let config: RouterConfig
+    public let tokens: Int
+    /// The router logits `[T, E]` it was computed from (kept for the statistics).
+    public let logits: Tensor
+    /// Chosen experts `[T, k]` (i32), in descending choice order.
+    public let ids: Tensor
+    /// Their weights `[T, k]` (f32).
+    public let weights: Tensor
+    /// Device-side flags: [non-finite logit, expert id out of range].
+    public let flags: Tensor
+
+    public init(config: RouterConfig, tokens: Int, logits: Tensor, ids: Tensor, weights: Tensor, flags: Tensor) {
+        self.config = config
+        self.tokens = tokens
+        self.logits = logits
+        self.ids = ids
+        self.weights = weights
+        self.flags = flags
+    }
+}
+
+/// Everything between the router and the expert matmuls, on the device: the gating result and
+/// the stable permutation by expert, with each expert's rows padded to `blockSize`. Nothing of
+/// it has been read by the host.
+public struct Routing: Sendable {
+    public let gating: Gating
+    public let blockSize: Int
+    /// Kept assignments per expert `[E]`.
+    public let counts: Tensor
+    /// Assignments routed to each expert before dropping `[E]`.
+    public let routedCounts: Tensor
+    /// Block-padded exclusive scan `[E + 1]`; the last is the padded row total.
+    public let offsets: Tensor
+    /// Expert of each block of `blockSize` rows `[maxTiles]`, -1 past the total.
+    public let tileExpert: Tensor
+    /// Row of assignment (t, j) in expert order `[T·k]`, -1 when dropped.
+    public let rowOf: Tensor
+    /// Assignment t·k + j of each row `[maxRows]`, T·k on padding rows.
+    public let assignmentOf: Tensor
+    /// Weights `[T, k]` with dropped assignments set to 0.
+    public let weights: Tensor
+    /// Number of dropped assignments `[1]`.
+    public let dropped: Tensor
+
+    public var config: RouterConfig { gating.config }
+    public var tokens: Int { gating.tokens }
+    public var ids: Tensor { gating.ids }
+    public var flags: Tensor { gating.flags }
+    /// Rows the expert-ordered buffers are sized for (the worst case, known without a read).
+    public var maxRows: Int { assignmentOf.shape[0] }
+    public var maxTiles: Int { tileExpert.shape[0] }
+}
+
+/// Expert-choice routing: each expert's chosen tokens and their scores.
+public struct ExpertChoice: Sendable {
+    /// Tokens `[E, C]` (i32), each expert's in descending score order.
+    public let tokens: Tensor
+    /// Scores `[E, C]` (f32).
+    public let weights: Tensor
+    public let flags: Tensor
+    public let capacity: Int
+}
+
+/// Routing statistics, read from the device when asked.
+public struct RoutingStats: Sendable, Equatable {
+    public var tokensPerExpert: [Int]
+    public var dropped: Int
+    public var meanProbability: [Float]
+    /// Switch-Transformer load-balancing loss E · Σ_e f_e · P_e.
+    public var balanceLoss: Float
+    /// Router z-loss mean_t(logsumexp(logits_t)²).
+    public var zLoss: Float
+}
+
+// MARK: - Backend-independent entry points
+
+extension ComputeBackend {
+    /// Gating then the permutation: the one call between router logits and expert matmuls.
+    /// `blockSize` is the grouped matmul's row tile (each expert's rows padded to it).
+    public func route(_ logits: Tensor, bias: Tensor? = nil, config: RouterConfig, blockSize: Int = 1) throws
+        -> Routing
+    {
+        try permute(gating(logits, bias: bias, config: config), blockSize: blockSize)
+    }
+
+    /// Throws if the device flagged the routing's input: NaN or infinite logits, or an expert
+    /// id out of range. Reads two integers.
+    public func check(flags: Tensor) throws {
+        let f = try ints(flags)
+        if f.count > 0 && f[0] != 0 {
+            throw SwitchyardError.invalidValues(
+                argument: "router logits", detail: "NaN or infinite values; routing refused")
+        }
+        if f.count > 1 && f[1] != 0 {
+            throw SwitchyardError.invalidValues(argument: "expert ids", detail: "an expert index is out of range")
+        }
+    }
+}
+
+func validateGating(_ logits: Tensor, bias: Tensor?, config: RouterConfig) throws -> (tokens: Int, experts: Int) {
+    let s = try logits.expectRank(2, "router logits", "[tokens, experts]")
+    try logits.expectDType(DType.floatingPoint, "router logits")
+    try config.validate(experts: s[1])
+    if let bias {
+        guard bias.shape == [s[1]] else {
+            throw SwitchyardError.shape(argument: "correction bias", expected: "[\(s[1])]", actual: bias.shape)
+        }
+        try bias.expectDType([.f32], "correction bias")
+    }
+    return (s[0], s[1])
+}
+
+func validatePermute(_ g: Gating, blockSize: Int) throws {
+    guard (1...4096).contains(blockSize) else {
+        throw SwitchyardError.outOfRange(argument: "blockSize", value: blockSize, range: "1...4096")
+    }
+    let n = g.tokens * g.config.k
+    guard g.ids.shape == [g.tokens, g.config.k], g.ids.dtype == .i32 else {
+        throw SwitchyardError.shape(argument: "ids", expected: "[\(g.tokens), \(g.config.k)] i32", actual: g.ids.shape)
+    }
+    guard g.weights.shape == [g.tokens, g.config.k], g.weights.dtype == .f32 else {
+        throw SwitchyardError.shape(
+            argument: "weights", expected: "[\(g.tokens), \(g.config.k)] f32", actual: g.weights.shape)
+    }
+    guard n + g.config.experts * blockSize < Int(Int32.max) else {
+        throw SwitchyardError.outOfRange(argument: "tokens × k", value: n, range: "below 2³¹ rows")
+    }
+}
+
+func validateRows(_ x: Tensor, _ argument: String, rows: Int?) throws -> (rows: Int, d: Int) {
+    let s = try x.expectRank(2, argument, "[rows, d]")
+    try x.expectDType(DType.floatingPoint, argument)
+    if let rows, s[0] != rows {
+        throw SwitchyardError.shape(argument: argument, expected: "[\(rows), d]", actual: s)
+    }
+    return (s[0], s[1])
+}
