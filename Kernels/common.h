@@ -25,6 +25,11 @@
 #define Y_LOAD LOAD_F32
 #define Y_STORE STORE_F32
 #endif
+#ifndef A_T
+#define A_T float
+#define A_LOAD LOAD_F32
+#define A_STORE STORE_F32
+#endif
 #ifndef GROUP
 #define GROUP 1
 #endif

@@ -38,6 +38,17 @@ public protocol ComputeBackend: AnyObject, Sendable {
     func expertChoice(_ logits: Tensor, config: RouterConfig) throws -> ExpertChoice
     /// Tokens per expert, dropped count, mean probabilities and the auxiliary losses (a read).
     func routingStats(_ routing: Routing) throws -> RoutingStats
+
+    /// Expert weights `[E, N_w, K]` ready for `groupedMatmul`, repacked once when `pack`.
+    func prepareWeights(_ w: Tensor, swiglu: Bool, pack: Bool) throws -> ExpertWeights
+    /// For every expert e, `Y_e = act(X_e · W_eᵀ) · scale` over the expert's rows of the
+    /// expert-ordered activations (`a [maxRows, K]`, or `x [T, K]` read through the permutation
+    /// when `fusedGather`), one launch for all experts; `[maxRows, N]`. Without a routing it is
+    /// a dense linear layer (`weights` with one expert, `a [T, K]` → `[T, N]`).
+    func groupedMatmul(
+        _ a: Tensor, weights: ExpertWeights, routing: Routing?, fusedGather: Bool, epilogue: Epilogue, scale: RowScale,
+        dtype: DType?
+    ) throws -> Tensor
 }
 
 func checkHostCount(_ count: Int, _ shape: [Int], _ argument: String) throws {

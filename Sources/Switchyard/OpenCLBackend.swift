@@ -10,10 +10,14 @@ public struct Tuning: Sendable, Hashable {
     /// Largest row (rounded up to a power of two) whose top-k sort keys are kept in local
     /// memory; wider rows sort in a global scratch buffer with the same network.
     public var topKLocalKeys: Int
+    /// Rows each matmul work-item computes (its register tile is rows × 64 columns); the MoE
+    /// layer pads each expert's rows to a multiple of it.
+    public var matmulRows: Int
 
-    public init(rowGroup: Int, topKLocalKeys: Int = 4096) {
+    public init(rowGroup: Int, topKLocalKeys: Int = 4096, matmulRows: Int = 4) {
         self.rowGroup = rowGroup
         self.topKLocalKeys = topKLocalKeys
+        self.matmulRows = matmulRows
     }
 
     /// Defaults by device class: CPUs run few wide work-items, GPUs many.

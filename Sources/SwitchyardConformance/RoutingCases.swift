@@ -302,11 +302,12 @@ enum RoutingCases {
 
     /// A routing of random ids for the data-movement cases.
     static func randomRouting(
-        _ backend: any ComputeBackend, tokens: Int, experts: Int, k: Int, block: Int, capacity: Double?, seed: UInt64
+        _ backend: any ComputeBackend, tokens: Int, experts: Int, k: Int, block: Int, capacity: Double?, seed: UInt64,
+        kind: String = "skewed"
     ) throws -> Routing {
         let config = RouterConfig(experts: experts, k: k, capacityFactor: capacity)
         let ids = try backend.tensor(
-            ids(tokens: tokens, k: k, experts: experts, kind: "skewed", seed: seed), shape: [tokens, k])
+            ids(tokens: tokens, k: k, experts: experts, kind: kind, seed: seed), shape: [tokens, k])
         var g = SeededGenerator(seed: seed ^ 0x77)
         let w = try backend.tensor((0..<(tokens * k)).map { _ in Float(g.unit()) }, shape: [tokens, k], dtype: .f32)
         let flags = try backend.tensor([0, 0] as [Int32], shape: [2])

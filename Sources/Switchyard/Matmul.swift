@@ -1,0 +1,218 @@
+import OpenCLHost
+import SwitchyardReference
+
+/// Expert (or dense) weights in the checkpoint layout `[E, N_w, K]` (PyTorch `nn.Linear`:
+/// out × in), on a backend, optionally also repacked once into the layout the device kernel
+/// reads fastest (64-column panels, k-major).
+public struct ExpertWeights: Sendable {
+    /// `[E, N_w, K]`; for SwiGLU `N_w = 2·ffn` with the gate rows first.
+    public let weight: Tensor
+    /// The panel layout `[E, panels, K, 64]`, same storage type, when packed.
+    public let packed: Tensor?
+    /// Whether the rows are a fused gate|up pair (SwiGLU epilogue).
+    public let swiglu: Bool
+
+    public var experts: Int { weight.shape[0] }
+    public var inFeatures: Int { weight.shape[2] }
+    public var outFeatures: Int { swiglu ? weight.shape[1] / 2 : weight.shape[1] }
+    /// Number of 64-wide panels per expert in the packed layout.
+    public var panels: Int { swiglu ? (outFeatures + 31) / 32 : (outFeatures + 63) / 64 }
+    /// Bytes of weight storage one full pass reads.
+    public var bytes: Int { weight.byteCount }
+}
+
+/// What each output row of a matmul is multiplied by.
+public enum RowScale: Sendable {
+    case none
+    /// One f32 factor per output row `[rows]`.
+    case perRow(Tensor)
+    /// The routing weight of the row's assignment (routed experts that apply the weight before
+    /// the combine).
+    case routingWeights
+}
+
+func validateWeights(_ w: Tensor, swiglu: Bool) throws {
+    let s = try w.expectRank(3, "expert weights", "[experts, out, in]")
+    try w.expectDType(DType.floatingPoint, "expert weights")
+    if swiglu && s[1] % 2 != 0 {
+        throw SwitchyardError.shape(argument: "gate|up weights", expected: "[experts, 2·ffn, in]", actual: s)
+    }
+    if s[0] < 1 || s[1] < 1 || s[2] < 1 {
+        throw SwitchyardError.shape(argument: "expert weights", expected: "non-empty [experts, out, in]", actual: s)
+    }
+}
+
+/// Checks a matmul call; returns the output row count.
+func validateMatmul(
+    _ a: Tensor, weights: ExpertWeights, routing: Routing?, fusedGather: Bool, epilogue: Epilogue, scale: RowScale
+) throws -> Int {
+    if (epilogue == .swiglu) != weights.swiglu {
+        throw SwitchyardError.unsupported(
+            "the SwiGLU epilogue needs fused gate|up weights (prepared with swiglu: true), and only it takes them")
+    }
+    let s = try a.expectRank(2, "matmul activations", "[rows, \(weights.inFeatures)]")
+    try a.expectDType(DType.floatingPoint, "matmul activations")
+    guard s[1] == weights.inFeatures else {
+        throw SwitchyardError.shape(argument: "matmul activations", expected: "[rows, \(weights.inFeatures)]", actual: s)
+    }
+    let rows: Int
+    if let routing {
+        guard weights.experts == routing.config.experts else {
+            throw SwitchyardError.shape(
+                argument: "expert weights", expected: "[\(routing.config.experts), out, in]",
+                actual: weights.weight.shape)
+        }
+        let expectedRows = fusedGather ? routing.tokens : routing.maxRows
+        guard s[0] == expectedRows else {
+            throw SwitchyardError.shape(
+                argument: fusedGather ? "matmul x (fused gather)" : "matmul xs (expert-ordered)",
+                expected: "[\(expectedRows), \(weights.inFeatures)]", actual: s)
+        }
+        rows = routing.maxRows
+    } else {
+        guard weights.experts == 1 else {
+            throw SwitchyardError.shape(argument: "dense weights", expected: "[1, out, in]", actual: weights.weight.shape)
+        }
+        if fusedGather { throw SwitchyardError.unsupported("a fused gather needs a routing") }
+        rows = s[0]
+    }
+    switch scale {
+    case .none: break
+    case .perRow(let t):
+        guard t.shape == [rows], t.dtype == .f32 else {
+            throw SwitchyardError.shape(argument: "row scale", expected: "[\(rows)] f32", actual: t.shape)
+        }
+    case .routingWeights:
+        if routing == nil { throw SwitchyardError.unsupported("routing-weight scaling needs a routing") }
+    }
+    return rows
+}
+
+extension OpenCLBackend {
+    /// Rows per work-item of the matmul: the tuning's, or the largest divisor of the routing's
+    /// block size not above it.
+    func matmulRows(block: Int?) -> Int {
+        let limit = tuning.matmulRows
+        guard let block else { return limit }
+        return (1...min(limit, block)).last { block % $0 == 0 } ?? 1
+    }
+
+    static func weightCode(_ d: DType) -> String {
+        switch d {
+        case .f32, .i32: "0"
+        case .f16: "1"
+        case .bf16: "2"
+        }
+    }
+
+    public func prepareWeights(_ w: Tensor, swiglu: Bool, pack: Bool) throws -> ExpertWeights {
+        try validateWeights(w, swiglu: swiglu)
+        let plain = ExpertWeights(weight: w, packed: nil, swiglu: swiglu)
+        guard pack else { return plain }
+        let e = plain.experts
+        let k = plain.inFeatures
+        let panels = plain.panels
+        let packed = try empty(shape: [e, panels, k, 64], dtype: w.dtype, label: "packed weights")
+        try launch(
+            "matmul.cl", "pack_weights", defines: ["W_DT": Self.weightCode(w.dtype)],
+            args: [.buffer(try deviceBuffer(w, "expert weights")), .buffer(packed.buffer!), .int(k),
+                   .int(plain.outFeatures), .int(panels), .int(swiglu ? 1 : 0)],
+            global: [k, panels, e], local: [1, 1, 1])
+        return ExpertWeights(weight: w, packed: packed, swiglu: swiglu)
+    }
+
+    public func groupedMatmul(
+        _ a: Tensor, weights: ExpertWeights, routing: Routing?, fusedGather: Bool = false, epilogue: Epilogue = .none,
+        scale: RowScale = .none, dtype: DType? = nil
+    ) throws -> Tensor {
+        let rows = try validateMatmul(
+            a, weights: weights, routing: routing, fusedGather: fusedGather, epilogue: epilogue, scale: scale)
+        let out = dtype ?? a.dtype
+        let n = weights.outFeatures
+        let y = try empty(shape: [rows, n], dtype: out, label: "matmul output")
+        if rows == 0 { return y }
+        let rowsPerItem = matmulRows(block: routing?.blockSize)
+        let block = routing?.blockSize ?? rowsPerItem
+        let tiles = (rows + rowsPerItem - 1) / rowsPerItem
+        let ab = try deviceBuffer(a, "matmul activations")
+        let assignment = try routing.map { try deviceBuffer($0.assignmentOf, "routing") } ?? y.buffer!
+        let tileMap = try routing.map { try deviceBuffer($0.tileExpert, "routing") } ?? y.buffer!
+        let (scaleMode, scaleBuffer): (Int, Buffer) =
+            switch scale {
+            case .none: (0, y.buffer!)
+            case .perRow(let t): (1, try deviceBuffer(t, "row scale"))
+            case .routingWeights: (2, try deviceBuffer(routing!.weights, "routing"))
+            }
+        let defines = a.dtype.defines("A").merging(out.defines("Y")) { x, _ in x }.merging([
+            "W_DT": Self.weightCode(weights.weight.dtype), "ROWS": "\(rowsPerItem)", "EPILOGUE": "\(epilogue.code)",
+        ]) { x, _ in x }
+        let tokensK = routing.map { $0.tokens * $0.config.k } ?? 0
+        let common: [Arg] = [
+            .buffer(ab), .buffer(assignment), .int(fusedGather ? routing!.config.k : 0),
+        ]
+        let local = device.kind == .cpu ? 1 : 16
+        let globalTiles = (tiles + local - 1) / local * local
+        if let packed = weights.packed {
+            try launch(
+                "matmul.cl", "grouped_matmul_packed", defines: defines,
+                args: common + [
+                    .buffer(try deviceBuffer(packed, "packed weights")), .buffer(tileMap), .buffer(y.buffer!),
+                    .buffer(scaleBuffer), .int(scaleMode), .int(weights.inFeatures), .int(n), .int(weights.panels),
+                    .int(routing == nil ? rows : 0), .int(tokensK), .int(tiles), .int(block), .int(rows),
+                ],
+                global: [globalTiles, weights.panels], local: [local, 1])
+        } else {
+            let groups = (n + 7) / 8
+            try launch(
+                "matmul.cl", "grouped_matmul_plain", defines: defines,
+                args: common + [
+                    .buffer(try deviceBuffer(weights.weight, "expert weights")), .buffer(tileMap), .buffer(y.buffer!),
+                    .buffer(scaleBuffer), .int(scaleMode), .int(weights.inFeatures), .int(n), .int(groups),
+                    .int(routing == nil ? rows : 0), .int(tokensK), .int(tiles), .int(block), .int(rows),
+                ],
+                global: [globalTiles, groups], local: [local, 1])
+        }
+        return y
+    }
+}
+
+extension ReferenceBackend {
+    public func prepareWeights(_ w: Tensor, swiglu: Bool, pack: Bool) throws -> ExpertWeights {
+        try validateWeights(w, swiglu: swiglu)
+        return ExpertWeights(weight: w, packed: nil, swiglu: swiglu)
+    }
+
+    public func groupedMatmul(
+        _ a: Tensor, weights: ExpertWeights, routing: Routing?, fusedGather: Bool = false, epilogue: Epilogue = .none,
+        scale: RowScale = .none, dtype: DType? = nil
+    ) throws -> Tensor {
+        let rows = try validateMatmul(
+            a, weights: weights, routing: routing, fusedGather: fusedGather, epilogue: epilogue, scale: scale)
+        let out = dtype ?? a.dtype
+        var source = Array(0..<rows)
+        var expert = [Int](repeating: 0, count: rows)
+        var factor = [Double](repeating: 1, count: rows)
+        if let routing {
+            let assignment = try hostInts(routing.assignmentOf, "routing")
+            let tiles = try hostInts(routing.tileExpert, "routing")
+            let n = routing.tokens * routing.config.k
+            let w = try hostFloats(routing.weights, "routing")
+            for r in 0..<rows {
+                let a = Int(assignment[r])
+                guard a < n else {
+                    source[r] = -1
+                    continue
+                }
+                source[r] = fusedGather ? a / routing.config.k : r
+                expert[r] = Int(tiles[r / routing.blockSize])
+                if case .routingWeights = scale { factor[r] = Double(w[a]) }
+            }
+        }
+        if case .perRow(let t) = scale { factor = try hostFloats(t, "row scale").map(Double.init) }
+        let y = Reference.groupedMatmul(
+            a: try hostFloats(a, "matmul activations"), k: weights.inFeatures, sourceRow: source, rowExpert: expert,
+            w: try hostFloats(weights.weight, "expert weights"), n: weights.outFeatures, epilogue: epilogue,
+            scale: factor)
+        return output(y, shape: [rows, weights.outFeatures], dtype: out)
+    }
+}

@@ -1,0 +1,123 @@
+import Switchyard
+
+/// Cases of the grouped expert matmul (and its dense form).
+enum MatmulCases {
+    struct Spec {
+        var tokens: Int
+        var k: Int
+        var experts: Int
+        var inFeatures: Int
+        var outFeatures: Int
+        var block: Int
+        var epilogue: Epilogue
+        var dtype: DType
+        var packed: Bool
+        var fused: Bool = false
+        var kind: String = "skewed"
+        var scale: String = ""  // "", "routing", "row"
+        var dense: Bool = false
+    }
+
+    static var specs: [Spec] {
+        var out: [Spec] = []
+        // Every epilogue, dtype and weight layout on a ragged shape that fits no tile evenly.
+        for epilogue in Epilogue.allCases {
+            for dtype in DType.floatingPoint {
+                for packed in [true, false] {
+                    out.append(Spec(tokens: 67, k: 2, experts: 8, inFeatures: 70, outFeatures: 45, block: 4,
+                                    epilogue: epilogue, dtype: dtype, packed: packed))
+                }
+            }
+        }
+        for packed in [true, false] {
+            out += [
+                // fused gather, larger shapes, and the routing weight applied in the epilogue
+                Spec(tokens: 128, k: 2, experts: 8, inFeatures: 128, outFeatures: 96, block: 4, epilogue: .swiglu,
+                     dtype: .f32, packed: packed, fused: true),
+                Spec(tokens: 100, k: 6, experts: 16, inFeatures: 64, outFeatures: 130, block: 4, epilogue: .none,
+                     dtype: .bf16, packed: packed, fused: true, scale: "routing"),
+                Spec(tokens: 100, k: 2, experts: 8, inFeatures: 33, outFeatures: 64, block: 16, epilogue: .silu,
+                     dtype: .f16, packed: packed, scale: "row"),
+                // one expert taking (nearly) every row, and experts left empty
+                Spec(tokens: 200, k: 1, experts: 8, inFeatures: 64, outFeatures: 64, block: 4, epilogue: .swiglu,
+                     dtype: .f32, packed: packed, kind: "hot"),
+                Spec(tokens: 150, k: 2, experts: 8, inFeatures: 48, outFeatures: 72, block: 4, epilogue: .geluTanh,
+                     dtype: .f32, packed: packed, kind: "empty"),
+                Spec(tokens: 40, k: 8, experts: 8, inFeatures: 16, outFeatures: 17, block: 8, epilogue: .none,
+                     dtype: .f32, packed: packed, kind: "uniform"),
+                // decode: a handful of tokens, 1-6 rows per expert
+                Spec(tokens: 3, k: 2, experts: 8, inFeatures: 256, outFeatures: 128, block: 4, epilogue: .swiglu,
+                     dtype: .bf16, packed: packed, fused: true),
+                Spec(tokens: 1, k: 6, experts: 64, inFeatures: 64, outFeatures: 32, block: 4, epilogue: .none,
+                     dtype: .f32, packed: packed),
+                // zero tokens
+                Spec(tokens: 0, k: 2, experts: 8, inFeatures: 32, outFeatures: 32, block: 4, epilogue: .swiglu,
+                     dtype: .f32, packed: packed),
+                // dense (router / shared expert)
+                Spec(tokens: 77, k: 1, experts: 1, inFeatures: 96, outFeatures: 8, block: 4, epilogue: .none,
+                     dtype: .f32, packed: packed, dense: true),
+                Spec(tokens: 130, k: 1, experts: 1, inFeatures: 64, outFeatures: 100, block: 4, epilogue: .swiglu,
+                     dtype: .bf16, packed: packed, dense: true),
+                Spec(tokens: 5, k: 1, experts: 1, inFeatures: 40, outFeatures: 1, block: 4, epilogue: .none,
+                     dtype: .f32, packed: packed, scale: "row", dense: true),
+            ]
+        }
+        return out
+    }
+
+    static var grouped: [ConformanceCase] {
+        specs.map { s in
+            let shape = s.dense
+                ? "T=\(s.tokens) in=\(s.inFeatures) out=\(s.outFeatures) dense"
+                : "T=\(s.tokens) k=\(s.k) E=\(s.experts) in=\(s.inFeatures) out=\(s.outFeatures) block=\(s.block)"
+            let options = [s.epilogue.rawValue, s.packed ? "packed" : "plain", s.fused ? "fused-gather" : "",
+                           s.kind == "skewed" ? "" : s.kind, s.scale.isEmpty ? "" : "scale=\(s.scale)"]
+                .filter { !$0.isEmpty }.joined(separator: " ")
+            let seed = Conformance.seed("grouped_matmul \(shape) \(s.dtype) \(options)")
+            let rows = s.dense ? s.tokens : s.tokens * s.k
+            let wrows = s.epilogue == .swiglu ? 2 * s.outFeatures : s.outFeatures
+            return ConformanceCase(
+                op: "grouped_matmul", shape: shape, dtype: s.dtype, options: options, seed: seed,
+                flops: Double(2 * rows * s.inFeatures * wrows),
+                bytes: Double((s.experts * wrows * s.inFeatures + rows * (s.inFeatures + s.outFeatures)) * s.dtype.size)
+            ) { backend in
+                var g = SeededGenerator(seed: seed)
+                let x = try backend.tensor(
+                    g.normals(s.tokens * s.inFeatures), shape: [s.tokens, s.inFeatures], dtype: s.dtype)
+                let w = try backend.prepareWeights(
+                    backend.tensor(
+                        g.normals(s.experts * wrows * s.inFeatures, scale: 0.2), shape: [s.experts, wrows, s.inFeatures],
+                        dtype: s.dtype),
+                    swiglu: s.epilogue == .swiglu, pack: s.packed)
+                if s.dense {
+                    let scale: RowScale = s.scale == "row"
+                        ? .perRow(try backend.tensor((0..<s.tokens).map { _ in Float(g.unit()) }, shape: [s.tokens],
+                                                     dtype: .f32))
+                        : .none
+                    return {
+                        [CaseOutput("y", try backend.groupedMatmul(
+                            x, weights: w, routing: nil, fusedGather: false, epilogue: s.epilogue, scale: scale,
+                            dtype: nil), .nmse(for: s.dtype))]
+                    }
+                }
+                let routing = try RoutingCases.randomRouting(
+                    backend, tokens: s.tokens, experts: s.experts, k: s.k, block: s.block, capacity: nil, seed: seed,
+                    kind: s.kind)
+                let a = s.fused ? x : try backend.gather(x, routing: routing, dtype: nil)
+                let scale: RowScale
+                switch s.scale {
+                case "routing": scale = .routingWeights
+                case "row":
+                    scale = .perRow(try backend.tensor(
+                        (0..<routing.maxRows).map { _ in Float(g.unit()) }, shape: [routing.maxRows], dtype: .f32))
+                default: scale = .none
+                }
+                return {
+                    [CaseOutput("y", try backend.groupedMatmul(
+                        a, weights: w, routing: routing, fusedGather: s.fused, epilogue: s.epilogue, scale: scale,
+                        dtype: nil), .nmse(for: s.dtype))]
+                }
+            }
+        }
+    }
+}
