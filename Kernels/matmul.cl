@@ -7,7 +7,7 @@
 // is the same kernel with one expert and `dense_rows` rows.
 //
 // Defines: A_T/A_LOAD activations; W_DT (0 f32, 1 f16, 2 bf16) weights; Y_T/Y_STORE output;
-// ROWS rows per work-item; EPILOGUE (0 none, 1 SiLU, 2 GELU tanh, 3 GELU erf, 4 SwiGLU).
+// ROWS rows per work-item; EPILOGUE (0 none, 1 SiLU, 2 GELU tanh, 3 GELU erf, 4 SwiGLU, 5 sigmoid).
 //
 // Every output element is one f32 dot product accumulated in k order by one work-item, so a
 // row's result never depends on its tile, its expert's load or the batch (batch invariance).
@@ -54,6 +54,8 @@ inline float activate(float v) {
     return gelu_tanh(v);
 #elif EPILOGUE == 3
     return gelu_erf(v);
+#elif EPILOGUE == 5
+    return 1.0f / (1.0f + exp(-v));
 #else
     return v;
 #endif

@@ -42,6 +42,14 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
 }
 
 extension Tensor {
+    /// The same storage seen with another shape of the same element count.
+    public func reshaped(_ newShape: [Int]) throws -> Tensor {
+        guard newShape.allSatisfy({ $0 >= 0 }), newShape.reduce(1, *) == count else {
+            throw SwitchyardError.shape(argument: "reshape to \(newShape)", expected: "\(count) elements", actual: shape)
+        }
+        return Tensor(shape: newShape, dtype: dtype, storage: storage)
+    }
+
     /// Checks the tensor has rank `rank`, returning its shape.
     func expectRank(_ rank: Int, _ argument: String, _ pattern: String) throws -> [Int] {
         guard shape.count == rank else {

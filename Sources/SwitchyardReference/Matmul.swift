@@ -16,6 +16,8 @@ public enum Epilogue: String, Sendable, Hashable, CaseIterable {
     case geluErf
     /// `silu(gate) · up` on a fused `[E, 2·ffn, in]` weight (gate rows first): output width ffn.
     case swiglu
+    /// Logistic sigmoid (Qwen2-MoE's shared-expert gate).
+    case sigmoid
 
     /// Code passed to the kernels as `-DEPILOGUE`.
     public var code: Int {
@@ -25,6 +27,7 @@ public enum Epilogue: String, Sendable, Hashable, CaseIterable {
         case .geluTanh: 2
         case .geluErf: 3
         case .swiglu: 4
+        case .sigmoid: 5
         }
     }
 }
@@ -38,6 +41,7 @@ extension Reference {
         case .silu: silu(v)
         case .geluTanh: 0.5 * v * (1 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)))
         case .geluErf: 0.5 * v * (1 + erf(v / 2.0.squareRoot()))
+        case .sigmoid: 1 / (1 + exp(-v))
         }
     }
 

@@ -1,0 +1,217 @@
+import Foundation
+import OpenCLHost
+
+/// The sizes and routing of one MoE block.
+public struct MoEConfig: Sendable, Hashable {
+    public var hidden: Int
+    /// Width of each routed expert's FFN.
+    public var ffn: Int
+    public var router: RouterConfig
+    /// Width of the shared expert FFN added for every token (0: none).
+    public var sharedFFN: Int
+    /// Whether the shared expert's output is multiplied by sigmoid(x · w_gate) (Qwen2-MoE).
+    public var sharedGate: Bool
+    /// Whether the router has a score-correction bias (DeepSeek-V3).
+    public var routerBias: Bool
+
+    public init(hidden: Int, ffn: Int, router: RouterConfig, sharedFFN: Int = 0, sharedGate: Bool = false,
+                routerBias: Bool = false) {
+        self.hidden = hidden
+        self.ffn = ffn
+        self.router = router
+        self.sharedFFN = sharedFFN
+        self.sharedGate = sharedGate
+        self.routerBias = routerBias
+    }
+
+    public var experts: Int { router.experts }
+
+    /// Tiny configs with the routing of real models, for the main job and tests.
+    public static let mixtralTiny = MoEConfig(hidden: 128, ffn: 256, router: .mixtral(experts: 8, k: 2))
+    public static let qwenMoETiny = MoEConfig(
+        hidden: 128, ffn: 64, router: .qwenMoE(experts: 16, k: 4, renormalize: false), sharedFFN: 256,
+        sharedGate: true)
+    public static let deepSeekTiny = MoEConfig(
+        hidden: 128, ffn: 64, router: .deepSeekV3(experts: 32, k: 4, groups: 8, topKGroups: 4, routedScale: 2.5),
+        sharedFFN: 128, routerBias: true)
+    /// The benchmark shapes: Mixtral-like small and DeepSeek-like.
+    public static let mixtralSmall = MoEConfig(hidden: 512, ffn: 1024, router: .mixtral(experts: 8, k: 2))
+    public static let deepSeekLike = MoEConfig(
+        hidden: 1024, ffn: 512, router: RouterConfig(experts: 64, k: 6, renormalize: true))
+
+    public static let named: [String: MoEConfig] = [
+        "mixtral-tiny": .mixtralTiny, "qwen-moe-tiny": .qwenMoETiny, "deepseek-tiny": .deepSeekTiny,
+        "mixtral-small": .mixtralSmall, "deepseek-like": .deepSeekLike,
+    ]
+
+    /// Floating-point operations of one forward over `tokens` tokens (matmuls only).
+    public func flops(tokens: Int) -> Double {
+        let t = Double(tokens)
+        let h = Double(hidden)
+        let routed = t * Double(router.k) * (2 * h * 2 * Double(ffn) + 2 * Double(ffn) * h)
+        let shared = t * (2 * h * 2 * Double(sharedFFN) + 2 * Double(sharedFFN) * h)
+        return 2 * t * h * Double(experts) + routed + shared
+    }
+}
+
+/// The weights of one MoE block, as tensors on the backend that runs it (checkpoint layouts).
+public struct MoEWeights: Sendable {
+    /// Router `[E, hidden]`.
+    public var router: Tensor
+    /// Score-correction bias `[E]` (f32), DeepSeek-V3.
+    public var bias: Tensor?
+    /// Fused gate|up `[E, 2·ffn, hidden]`, gate rows first.
+    public var gateUp: Tensor
+    /// Down `[E, hidden, ffn]`.
+    public var down: Tensor
+    /// Shared expert gate|up `[2·sharedFFN, hidden]` and down `[hidden, sharedFFN]`.
+    public var sharedGateUp: Tensor?
+    public var sharedDown: Tensor?
+    /// Shared expert gate `[1, hidden]` (Qwen2-MoE).
+    public var sharedGate: Tensor?
+
+    public init(router: Tensor, bias: Tensor? = nil, gateUp: Tensor, down: Tensor, sharedGateUp: Tensor? = nil,
+                sharedDown: Tensor? = nil, sharedGate: Tensor? = nil) {
+        self.router = router
+        self.bias = bias
+        self.gateUp = gateUp
+        self.down = down
+        self.sharedGateUp = sharedGateUp
+        self.sharedDown = sharedDown
+        self.sharedGate = sharedGate
+    }
+}
+
+/// Device time of one stage of a forward.
+public struct StageTime: Sendable {
+    public var stage: String
+    public var seconds: Double
+}
+
+/// A Mixture-of-Experts block: router linear → gating → permute → grouped gate|up with SwiGLU
+/// (gather fused into its loads) → grouped down → weighted combine, plus optional shared
+/// experts; on either backend behind one API. A forward makes no host read until its output.
+public final class MoELayer: @unchecked Sendable {
+    public let backend: any ComputeBackend
+    public let config: MoEConfig
+    let router: ExpertWeights
+    let bias: Tensor?
+    let gateUp: ExpertWeights
+    let down: ExpertWeights
+    let sharedGateUp: ExpertWeights?
+    let sharedDown: ExpertWeights?
+    let sharedGate: ExpertWeights?
+    /// Rows per block of the permutation (the matmul's row tile).
+    public let blockSize: Int
+    /// Seconds spent preparing (packing) the weights, reported apart from the forward.
+    public let packSeconds: Double
+
+    public init(backend: any ComputeBackend, config c: MoEConfig, weights w: MoEWeights, pack: Bool = true) throws {
+        self.backend = backend
+        self.config = c
+        let h = c.hidden
+        func expect(_ t: Tensor?, _ shape: [Int], _ name: String) throws {
+            guard let t else { throw SwitchyardError.unsupported("\(name) is required by this config") }
+            guard t.shape == shape else { throw SwitchyardError.shape(argument: name, expected: "\(shape)", actual: t.shape) }
+        }
+        try expect(w.router, [c.experts, h], "router weight")
+        try expect(w.gateUp, [c.experts, 2 * c.ffn, h], "expert gate|up weight")
+        try expect(w.down, [c.experts, h, c.ffn], "expert down weight")
+        if c.routerBias { try expect(w.bias, [c.experts], "router correction bias") }
+        if c.sharedFFN > 0 {
+            try expect(w.sharedGateUp, [2 * c.sharedFFN, h], "shared expert gate|up weight")
+            try expect(w.sharedDown, [h, c.sharedFFN], "shared expert down weight")
+            if c.sharedGate { try expect(w.sharedGate, [1, h], "shared expert gate") }
+        }
+        let start = Date()
+        router = try backend.prepareWeights(try w.router.reshaped([1, c.experts, h]), swiglu: false, pack: pack)
+        bias = c.routerBias ? w.bias : nil
+        gateUp = try backend.prepareWeights(w.gateUp, swiglu: true, pack: pack)
+        down = try backend.prepareWeights(w.down, swiglu: false, pack: pack)
+        if c.sharedFFN > 0 {
+            sharedGateUp = try backend.prepareWeights(
+                try w.sharedGateUp!.reshaped([1, 2 * c.sharedFFN, h]), swiglu: true, pack: pack)
+            sharedDown = try backend.prepareWeights(try w.sharedDown!.reshaped([1, h, c.sharedFFN]), swiglu: false, pack: pack)
+            sharedGate = c.sharedGate
+                ? try backend.prepareWeights(try w.sharedGate!.reshaped([1, 1, h]), swiglu: false, pack: pack) : nil
+        } else {
+            sharedGateUp = nil
+            sharedDown = nil
+            sharedGate = nil
+        }
+        try backend.synchronize()
+        packSeconds = Date().timeIntervalSince(start)
+        blockSize = (backend as? OpenCLBackend)?.tuning.matmulRows ?? 4
+    }
+
+    /// The output of a forward.
+    public struct Output: Sendable {
+        /// `[T, hidden]`, the block's output without the residual.
+        public let y: Tensor
+        public let routing: Routing
+        /// Device time per stage (OpenCL backend with profiling requested), in order.
+        public let stages: [StageTime]
+    }
+
+    /// Runs the block on `x [T, hidden]`. Checks the routing flags (NaN or infinite router
+    /// logits are an error) once everything is enqueued.
+    public func forward(_ x: Tensor, profile: Bool = false) throws -> Output {
+        let s = try x.expectRank(2, "MoE input x", "[tokens, \(config.hidden)]")
+        guard s[1] == config.hidden else {
+            throw SwitchyardError.shape(argument: "MoE input x", expected: "[tokens, \(config.hidden)]", actual: s)
+        }
+        try x.expectDType(DType.floatingPoint, "MoE input x")
+        let device = profile ? backend as? OpenCLBackend : nil
+        var recorded: [(String, [Event])] = []
+        func stage<T>(_ name: String, _ body: () throws -> T) throws -> T {
+            guard let device else { return try body() }
+            let (value, events) = try device.recordingLaunches(body)
+            recorded.append((name, events.map(\.event)))
+            return value
+        }
+        let logits = try stage("router") {
+            try backend.groupedMatmul(
+                x, weights: router, routing: nil, fusedGather: false, epilogue: .none, scale: .none, dtype: .f32)
+        }
+        let routing = try stage("routing") {
+            try backend.route(logits, bias: bias, config: config.router, blockSize: blockSize)
+        }
+        let h = try stage("gate|up+SwiGLU") {
+            try backend.groupedMatmul(
+                x, weights: gateUp, routing: routing, fusedGather: true, epilogue: .swiglu, scale: .none, dtype: x.dtype)
+        }
+        let ys = try stage("down") {
+            try backend.groupedMatmul(
+                h, weights: down, routing: routing, fusedGather: false, epilogue: .none, scale: .none, dtype: x.dtype)
+        }
+        var shared: Tensor?
+        if let sharedGateUp, let sharedDown {
+            shared = try stage("shared expert") {
+                let hs = try backend.groupedMatmul(
+                    x, weights: sharedGateUp, routing: nil, fusedGather: false, epilogue: .swiglu, scale: .none,
+                    dtype: x.dtype)
+                var scale = RowScale.none
+                if let sharedGate {
+                    let g = try backend.groupedMatmul(
+                        x, weights: sharedGate, routing: nil, fusedGather: false, epilogue: .sigmoid, scale: .none,
+                        dtype: .f32)
+                    scale = .perRow(try g.reshaped([s[0]]))
+                }
+                return try backend.groupedMatmul(
+                    hs, weights: sharedDown, routing: nil, fusedGather: false, epilogue: .none, scale: scale,
+                    dtype: .f32)
+            }
+        }
+        let y = try stage("combine") {
+            try backend.combine(ys, routing: routing, residual: shared, dtype: .f32)
+        }
+        try backend.check(flags: routing.flags)
+        var stages: [StageTime] = []
+        for (name, events) in recorded {
+            var seconds = 0.0
+            for e in events { seconds += try e.seconds() }
+            stages.append(StageTime(stage: name, seconds: seconds))
+        }
+        return Output(y: y, routing: routing, stages: stages)
+    }
+}
