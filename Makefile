@@ -3,7 +3,7 @@
 
 SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-PACKAGES := ocl-icd-opencl-dev opencl-headers pocl-opencl-icd pkg-config clinfo
+PACKAGES := ocl-icd-opencl-dev opencl-headers pocl-opencl-icd pkg-config clinfo libopenblas-dev
 
 .PHONY: run test deps build bench
 
@@ -18,7 +18,11 @@ build: deps
 	$(SWIFT) build -c release --product switchyard
 
 run: build
-	.build/release/switchyard run
+	.build/release/switchyard run --config mixtral-tiny --check
 
 test: deps
 	$(SWIFT) test
+
+bench: deps
+	$(SWIFT) build -c release --product switchyard-bench
+	.build/release/switchyard-bench --quick

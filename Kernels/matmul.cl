@@ -86,13 +86,10 @@ inline float row_scale_of(int row, int scale_mode, __global const float* scale, 
 // Packed weights: per expert, panels of 64 output columns, each stored k-major
 // ([panel][k][64]), so one k step reads 64 consecutive weights (four float16 loads) that every
 // row of the tile reuses from registers. For SwiGLU a panel holds 32 gate then 32 up columns.
-__kernel void grouped_matmul_packed(__global const A_T* a, __global const int* assignment_of, int gather_k,
-                                    __global const W_T* w, __global const int* tile_expert, __global Y_T* y,
-                                    __global const float* scale, int scale_mode, int K, int N, int panels,
-                                    int dense_rows, int tokens_k, int tiles, int block, int max_rows) {
-    const int tile = get_global_id(0);
-    const int panel = get_global_id(1);
-    if (tile >= tiles || panel >= panels) return;
+inline void packed_tile(__global const A_T* a, __global const int* assignment_of, int gather_k,
+                        __global const W_T* w, __global const int* tile_expert, __global Y_T* y,
+                        __global const float* scale, int scale_mode, int K, int N, int panels, int dense_rows,
+                        int tokens_k, int block, int max_rows, const int tile, const int panel) {
     const int e = dense_rows > 0 ? 0 : tile_expert[tile * ROWS / block];
     const int row0 = tile * ROWS;
     if (e < 0) {  // past the padded total: defined as zeros (a cheap write, no weight read)
@@ -110,9 +107,18 @@ __kernel void grouped_matmul_packed(__global const A_T* a, __global const int* a
     }
     if (dense_rows > 0 && row0 >= dense_rows) return;
 
+    // Padding rows read a valid row (the tile's first real one, or row 0) and store zeros, so
+    // the k loop has no branch.
     int src[ROWS];
+    __global const A_T* ap[ROWS];
+    int fallback = 0;
 #pragma unroll
-    for (int r = 0; r < ROWS; ++r) src[r] = source_row(row0 + r, dense_rows, assignment_of, gather_k, tokens_k);
+    for (int r = ROWS - 1; r >= 0; --r) {
+        src[r] = source_row(row0 + r, dense_rows, assignment_of, gather_k, tokens_k);
+        if (src[r] >= 0) fallback = src[r];
+    }
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) ap[r] = a + (size_t)(src[r] >= 0 ? src[r] : fallback) * (size_t)K;
 
     float16 acc0[ROWS], acc1[ROWS], acc2[ROWS], acc3[ROWS];
 #pragma unroll
@@ -130,7 +136,7 @@ __kernel void grouped_matmul_packed(__global const A_T* a, __global const int* a
         const float16 w3 = W_LOAD16(wp, 4 * k + 3);
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
-            const float av = src[r] >= 0 ? A_LOAD(a, (size_t)src[r] * (size_t)K + k) : 0.0f;
+            const float av = A_LOAD(ap[r], k);
             acc0[r] = fma((float16)av, w0, acc0[r]);
             acc1[r] = fma((float16)av, w1, acc1[r]);
             acc2[r] = fma((float16)av, w2, acc2[r]);
@@ -161,6 +167,24 @@ __kernel void grouped_matmul_packed(__global const A_T* a, __global const int* a
         }
 #endif
     }
+}
+
+#ifndef TILE_STEP
+#define TILE_STEP 1
+#endif
+
+// Each work-item computes TILE_STEP consecutive row tiles of one panel (fewer, longer
+// work-items: the panel stays in cache and the per-work-group cost is paid less often).
+__kernel void grouped_matmul_packed(__global const A_T* a, __global const int* assignment_of, int gather_k,
+                                    __global const W_T* w, __global const int* tile_expert, __global Y_T* y,
+                                    __global const float* scale, int scale_mode, int K, int N, int panels,
+                                    int dense_rows, int tokens_k, int tiles, int block, int max_rows) {
+    const int first = get_global_id(0) * TILE_STEP;
+    const int panel = get_global_id(1);
+    if (panel >= panels) return;
+    for (int tile = first; tile < first + TILE_STEP && tile < tiles; ++tile)
+        packed_tile(a, assignment_of, gather_k, w, tile_expert, y, scale, scale_mode, K, N, panels, dense_rows,
+                    tokens_k, block, max_rows, tile, panel);
 }
 
 // Unpacked weights in the checkpoint layout [E, N_w, K] (N_w = N, or 2N for SwiGLU with the

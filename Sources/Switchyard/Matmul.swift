@@ -145,6 +145,7 @@ extension OpenCLBackend {
             }
         let defines = a.dtype.defines("A").merging(out.defines("Y")) { x, _ in x }.merging([
             "W_DT": Self.weightCode(weights.weight.dtype), "ROWS": "\(rowsPerItem)", "EPILOGUE": "\(epilogue.code)",
+            "TILE_STEP": "\(tuning.matmulTileStep)",
         ]) { x, _ in x }
         let tokensK = routing.map { $0.tokens * $0.config.k } ?? 0
         let common: [Arg] = [
@@ -153,6 +154,8 @@ extension OpenCLBackend {
         let local = device.kind == .cpu ? 1 : 16
         let globalTiles = (tiles + local - 1) / local * local
         if let packed = weights.packed {
+            let step = tuning.matmulTileStep
+            let items = (tiles + step - 1) / step
             try launch(
                 "matmul.cl", "grouped_matmul_packed", defines: defines,
                 args: common + [
@@ -160,7 +163,7 @@ extension OpenCLBackend {
                     .buffer(scaleBuffer), .int(scaleMode), .int(weights.inFeatures), .int(n), .int(weights.panels),
                     .int(routing == nil ? rows : 0), .int(tokensK), .int(tiles), .int(block), .int(rows),
                 ],
-                global: [globalTiles, weights.panels], local: [local, 1])
+                global: [(items + local - 1) / local * local, weights.panels], local: [local, 1])
         } else {
             let groups = (n + 7) / 8
             try launch(

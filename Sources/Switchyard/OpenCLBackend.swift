@@ -13,8 +13,11 @@ public struct Tuning: Sendable, Hashable {
     /// Rows each matmul work-item computes (its register tile is rows × 64 columns); the MoE
     /// layer pads each expert's rows to a multiple of it.
     public var matmulRows: Int
+    /// Row tiles each packed-matmul work-item walks down (its panel stays in cache).
+    public var matmulTileStep: Int
 
-    public init(rowGroup: Int, topKLocalKeys: Int = 4096, matmulRows: Int = 4) {
+    public init(rowGroup: Int, topKLocalKeys: Int = 4096, matmulRows: Int = 4, matmulTileStep: Int = 1) {
+        self.matmulTileStep = matmulTileStep
         self.rowGroup = rowGroup
         self.topKLocalKeys = topKLocalKeys
         self.matmulRows = matmulRows
@@ -23,7 +26,7 @@ public struct Tuning: Sendable, Hashable {
     /// Defaults by device class: CPUs run few wide work-items, GPUs many.
     public static func defaults(for device: Device) -> Tuning {
         switch device.kind {
-        case .cpu: Tuning(rowGroup: 16, topKLocalKeys: min(16384, device.localMemoryBytes / 16))
+        case .cpu: Tuning(rowGroup: 16, topKLocalKeys: min(16384, device.localMemoryBytes / 16), matmulRows: 6)
         case .gpu, .accelerator, .other:
             Tuning(rowGroup: min(256, max(1, device.maxWorkGroupSize)), topKLocalKeys: device.localMemoryBytes / 16)
         }

@@ -3,6 +3,7 @@ import Foundation
 import OpenCLHost
 import Switchyard
 import SwitchyardConformance
+import SwitchyardReference
 
 @main
 struct SwitchyardCommand: ParsableCommand {
@@ -10,6 +11,7 @@ struct SwitchyardCommand: ParsableCommand {
         commandName: "switchyard",
         abstract: "Switchyard: OpenCL kernels for conditional-computation networks (MoE routing and experts).",
         subcommands: [Devices.self, Conformance.self, Run.self])
+    // `switchyard run` is the main job; `conformance` checks every op against the reference.
 }
 
 /// Prints a host-layer or Switchyard error as one paragraph and exits non-zero, without a trace.
@@ -121,14 +123,111 @@ func runConformance(device selector: String?, filter: String?, json: String?) th
 
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "The main job: list the devices and run the conformance suite on the default device.")
+        abstract: "The main job: an MoE layer end to end on a device, with stage timings and routing statistics.")
+
+    @Option(help: "Layer config: \(MoEConfig.named.keys.sorted().joined(separator: ", ")).")
+    var config = "mixtral-tiny"
+
+    @Option(help: "Tokens in the batch.")
+    var tokens = 512
+
+    @Option(help: "Storage type of activations and weights: f32, f16 or bf16.")
+    var dtype = "f32"
 
     @Option(help: "Device index or case-insensitive name substring.")
     var device: String?
 
+    @Option(help: "Timed forwards after the warm-up (the median is reported).")
+    var iterations = 10
+
+    @Flag(help: "Use the weights in checkpoint layout instead of packing them once.")
+    var noPack = false
+
+    @Flag(help: "Also run the CPU reference and fail if the normalized error is over the tolerance.")
+    var check = false
+
     func run() throws {
-        try Devices().run()
-        print("")
-        if !(try runConformance(device: device, filter: nil, json: nil)) { throw ExitCode(1) }
+        try failing {
+            guard let c = MoEConfig.named[config] else {
+                throw ValidationError("unknown config '\(config)'; one of \(MoEConfig.named.keys.sorted())")
+            }
+            guard let d = DType(rawValue: dtype), d.isFloatingPoint else {
+                throw ValidationError("dtype must be f32, f16 or bf16")
+            }
+            guard tokens >= 0 else { throw ValidationError("--tokens must be at least 0") }
+            let backend = try OpenCLBackend(device: try Device.select(device))
+            let dev = backend.device
+            print("device  \(dev.name) (\(dev.kind.rawValue), \(dev.platformName), driver \(dev.driverVersion))")
+            print("layer   \(config): hidden \(c.hidden), ffn \(c.ffn), \(c.experts) experts, k \(c.router.k), "
+                + "\(c.router.scoring.rawValue)\(c.router.expertGroups > 1 ? ", \(c.router.expertGroups) groups keep \(c.router.topKGroups)" : "")"
+                + "\(c.sharedFFN > 0 ? ", shared ffn \(c.sharedFFN)" : ""), \(d), T = \(tokens)")
+            let seed: UInt64 = 20_261_124
+            let weights = try MoEWeights.random(config: c, backend: backend, dtype: d, seed: seed)
+            let layer = try MoELayer(backend: backend, config: c, weights: weights, pack: !noPack)
+            var g = SeededGenerator(seed: seed ^ 0xABCD)
+            let xHost = g.normals(tokens * c.hidden)
+            let x = try backend.tensor(xHost, shape: [tokens, c.hidden], dtype: d)
+
+            let firstStart = Date()
+            _ = try backend.floats(try layer.forward(x).y)
+            let first = Date().timeIntervalSince(firstStart)
+            var walls: [Double] = []
+            var profiles: [[StageTime]] = []
+            var output: MoELayer.Output?
+            for _ in 0..<max(1, iterations) {
+                let start = Date()
+                let out = try layer.forward(x)
+                try backend.synchronize()
+                walls.append(Date().timeIntervalSince(start))
+                output = out
+            }
+            for _ in 0..<max(1, iterations / 2) { profiles.append(try layer.forward(x, profile: true).stages) }
+            let wall = median(walls)
+            print(String(format: "weights %.1f MB (%@), %@ in %.1f ms; first forward (builds programs) %.1f ms",
+                         Double(c.experts * 3 * c.hidden * c.ffn * d.size) / 1e6, d.rawValue,
+                         noPack ? "checkpoint layout" : "packed once", layer.packSeconds * 1e3, first * 1e3))
+            print("")
+            print("stage             device ms")
+            var sum = 0.0
+            for (i, stage) in profiles[0].enumerated() {
+                let t = median(profiles.map { $0[i].seconds })
+                sum += t
+                print(stage.stage.padding(toLength: 16, withPad: " ", startingAt: 0) + String(format: " %10.3f", t * 1e3))
+            }
+            print("sum of stages   " + String(format: " %10.3f", sum * 1e3))
+            print("layer (wall)    " + String(format: " %10.3f   (launch and sync overhead %.3f ms)", wall * 1e3,
+                                              (wall - sum) * 1e3))
+            print(String(format: "throughput       %10.1f GFLOP/s over the layer's %.2f GFLOP",
+                         c.flops(tokens: tokens) / wall / 1e9, c.flops(tokens: tokens) / 1e9))
+            let stats = try backend.routingStats(output!.routing)
+            print("")
+            print("tokens per expert (kept assignments)")
+            let most = max(1, stats.tokensPerExpert.max() ?? 1)
+            for (e, n) in stats.tokensPerExpert.enumerated() {
+                let bar = String(repeating: "█", count: Int((Double(n) / Double(most) * 40).rounded()))
+                print(String(format: "  %3d %6d ", e, n) + bar)
+            }
+            print(String(format: "dropped %d   balance loss %.4f (1.0 = uniform)   z-loss %.4f", stats.dropped,
+                         stats.balanceLoss, stats.zLoss))
+            if check {
+                let reference = ReferenceBackend()
+                let rw = try MoEWeights.random(config: c, backend: reference, dtype: d, seed: seed)
+                let rl = try MoELayer(backend: reference, config: c, weights: rw, pack: false)
+                let want = try reference.floats(try rl.forward(try reference.tensor(xHost, shape: [tokens, c.hidden], dtype: d)).y)
+                let got = try backend.floats(output!.y)
+                let error = ErrorMeasure.nmse(got, want)
+                let tolerance = d == .f32 ? 1e-6 : 1e-3
+                let verdict = error <= tolerance ? "pass" : "FAIL"
+                print(String(format: "check   normalized error vs the CPU reference %.3e (tolerance %.0e): %@",
+                             error, tolerance, verdict))
+                if !(error <= tolerance) { throw ExitCode(1) }
+            }
+        }
     }
+}
+
+func median(_ values: [Double]) -> Double {
+    let s = values.sorted()
+    guard !s.isEmpty else { return 0 }
+    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
 }
