@@ -3,7 +3,7 @@
 
 SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-PACKAGES := ocl-icd-opencl-dev opencl-headers pocl-opencl-icd pkg-config clinfo libopenblas-dev
+PACKAGES := ocl-icd-opencl-dev opencl-headers pocl-opencl-icd pkg-config clinfo libopenblas-dev python3 python3-numpy python3-pip
 
 .PHONY: run test deps build bench
 
@@ -13,6 +13,9 @@ deps:
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $$missing; \
 	fi
+	@# The checkpoint tests write model folders with Python's safetensors package.
+	@python3 -c "import numpy, safetensors" 2>/dev/null || python3 -m pip install --quiet safetensors numpy \
+	  || python3 -m pip install --quiet --break-system-packages safetensors numpy
 
 build: deps
 	$(SWIFT) build -c release --product switchyard

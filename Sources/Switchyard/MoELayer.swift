@@ -144,6 +144,11 @@ public final class MoELayer: @unchecked Sendable {
         blockSize = (backend as? OpenCLBackend)?.tuning.matmulRows ?? 4
     }
 
+    /// Bytes of routed-expert weights (gate|up and down), in their storage type.
+    public var weightBytes: Int { gateUp.bytes + down.bytes }
+    /// Storage type of the routed-expert weights.
+    public var weightType: DType { gateUp.weight.dtype }
+
     /// The output of a forward.
     public struct Output: Sendable {
         /// `[T, hidden]`, the block's output without the residual.

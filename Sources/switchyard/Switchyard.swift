@@ -146,82 +146,143 @@ struct Run: ParsableCommand {
     @Flag(help: "Also run the CPU reference and fail if the normalized error is over the tolerance.")
     var check = false
 
+    @Option(help: "A Hugging Face model folder (config.json + .safetensors) to take the layer from.")
+    var model: String?
+
+    @Option(help: "The layer of --model to run.")
+    var layer: Int?
+
+    @Option(help: "A .safetensors file whose tensor 'x' [T, hidden] is the input (with --model).")
+    var input: String?
+
+    @Option(help: "Write the output as tensor 'y' (f32, [T, hidden]) to this .safetensors file.")
+    var output: String?
+
     func run() throws {
         try failing {
-            guard let c = MoEConfig.named[config] else {
-                throw ValidationError("unknown config '\(config)'; one of \(MoEConfig.named.keys.sorted())")
-            }
-            guard let d = DType(rawValue: dtype), d.isFloatingPoint else {
-                throw ValidationError("dtype must be f32, f16 or bf16")
-            }
-            guard tokens >= 0 else { throw ValidationError("--tokens must be at least 0") }
             let backend = try OpenCLBackend(device: try Device.select(device))
             let dev = backend.device
             print("device  \(dev.name) (\(dev.kind.rawValue), \(dev.platformName), driver \(dev.driverVersion))")
-            print("layer   \(config): hidden \(c.hidden), ffn \(c.ffn), \(c.experts) experts, k \(c.router.k), "
+            // The layer and input on the device, and how to build the same on the reference.
+            let layer: MoELayer
+            let xHost: [Float]
+            let xType: DType
+            let makeReference: () throws -> (MoELayer, Tensor)
+            let name: String
+            if let model {
+                guard let index = self.layer else { throw ValidationError("--model needs --layer N") }
+                guard let input else { throw ValidationError("--model needs --input X.safetensors (tensor 'x')") }
+                let checkpoint = try HFCheckpoint(folder: model)
+                let x = try SafeTensorsFile(path: input).floats("x")
+                let c = try checkpoint.moeConfig(layer: index)
+                guard x.shape.count == 2, x.shape[1] == c.hidden else {
+                    throw ValidationError("\(input): tensor 'x' has shape \(x.shape); expected [T, \(c.hidden)]")
+                }
+                layer = try checkpoint.loadLayer(index, backend: backend, pack: !noPack)
+                (xHost, xType) = (x.values, x.dtype)
+                name = "\(checkpoint.modelType) layer \(index) of \(model)"
+                makeReference = {
+                    let reference = ReferenceBackend()
+                    return (try checkpoint.loadLayer(index, backend: reference, pack: false),
+                            try reference.tensor(x.values, shape: x.shape, dtype: x.dtype))
+                }
+            } else {
+                guard let c = MoEConfig.named[config] else {
+                    throw ValidationError("unknown config '\(config)'; one of \(MoEConfig.named.keys.sorted())")
+                }
+                guard let d = DType(rawValue: dtype), d.isFloatingPoint else {
+                    throw ValidationError("dtype must be f32, f16 or bf16")
+                }
+                guard tokens >= 0 else { throw ValidationError("--tokens must be at least 0") }
+                let seed: UInt64 = 20_261_124
+                layer = try MoELayer(
+                    backend: backend, config: c,
+                    weights: try MoEWeights.random(config: c, backend: backend, dtype: d, seed: seed), pack: !noPack)
+                var g = SeededGenerator(seed: seed ^ 0xABCD)
+                (xHost, xType) = (g.normals(tokens * c.hidden), d)
+                name = "\(config) (seeded random weights)"
+                let n = tokens
+                makeReference = {
+                    let reference = ReferenceBackend()
+                    return (try MoELayer(
+                                backend: reference, config: c,
+                                weights: try MoEWeights.random(config: c, backend: reference, dtype: d, seed: seed),
+                                pack: false),
+                            try reference.tensor(xHost, shape: [n, c.hidden], dtype: d))
+                }
+            }
+            let c = layer.config
+            let t = xHost.count / max(c.hidden, 1)
+            print("layer   \(name): hidden \(c.hidden), ffn \(c.ffn), \(c.experts) experts, k \(c.router.k), "
                 + "\(c.router.scoring.rawValue)\(c.router.expertGroups > 1 ? ", \(c.router.expertGroups) groups keep \(c.router.topKGroups)" : "")"
-                + "\(c.sharedFFN > 0 ? ", shared ffn \(c.sharedFFN)" : ""), \(d), T = \(tokens)")
-            let seed: UInt64 = 20_261_124
-            let weights = try MoEWeights.random(config: c, backend: backend, dtype: d, seed: seed)
-            let layer = try MoELayer(backend: backend, config: c, weights: weights, pack: !noPack)
-            var g = SeededGenerator(seed: seed ^ 0xABCD)
-            let xHost = g.normals(tokens * c.hidden)
-            let x = try backend.tensor(xHost, shape: [tokens, c.hidden], dtype: d)
+                + "\(c.sharedFFN > 0 ? ", shared ffn \(c.sharedFFN)" : ""), input \(xType), T = \(t)")
+            let x = try backend.tensor(xHost, shape: [t, c.hidden], dtype: xType)
+            try report(backend: backend, layer: layer, x: x, makeReference: makeReference)
+        }
+    }
 
-            let firstStart = Date()
-            _ = try backend.floats(try layer.forward(x).y)
-            let first = Date().timeIntervalSince(firstStart)
-            var walls: [Double] = []
-            var profiles: [[StageTime]] = []
-            var output: MoELayer.Output?
-            for _ in 0..<max(1, iterations) {
-                let start = Date()
-                let out = try layer.forward(x)
-                try backend.synchronize()
-                walls.append(Date().timeIntervalSince(start))
-                output = out
-            }
-            for _ in 0..<max(1, iterations / 2) { profiles.append(try layer.forward(x, profile: true).stages) }
-            let wall = median(walls)
-            print(String(format: "weights %.1f MB (%@), %@ in %.1f ms; first forward (builds programs) %.1f ms",
-                         Double(c.experts * 3 * c.hidden * c.ffn * d.size) / 1e6, d.rawValue,
-                         noPack ? "checkpoint layout" : "packed once", layer.packSeconds * 1e3, first * 1e3))
-            print("")
-            print("stage             device ms")
-            var sum = 0.0
-            for (i, stage) in profiles[0].enumerated() {
-                let t = median(profiles.map { $0[i].seconds })
-                sum += t
-                print(stage.stage.padding(toLength: 16, withPad: " ", startingAt: 0) + String(format: " %10.3f", t * 1e3))
-            }
-            print("sum of stages   " + String(format: " %10.3f", sum * 1e3))
-            print("layer (wall)    " + String(format: " %10.3f   (launch and sync overhead %.3f ms)", wall * 1e3,
-                                              (wall - sum) * 1e3))
-            print(String(format: "throughput       %10.1f GFLOP/s over the layer's %.2f GFLOP",
-                         c.flops(tokens: tokens) / wall / 1e9, c.flops(tokens: tokens) / 1e9))
-            let stats = try backend.routingStats(output!.routing)
-            print("")
-            print("tokens per expert (kept assignments)")
-            let most = max(1, stats.tokensPerExpert.max() ?? 1)
-            for (e, n) in stats.tokensPerExpert.enumerated() {
-                let bar = String(repeating: "█", count: Int((Double(n) / Double(most) * 40).rounded()))
-                print(String(format: "  %3d %6d ", e, n) + bar)
-            }
-            print(String(format: "dropped %d   balance loss %.4f (1.0 = uniform)   z-loss %.4f", stats.dropped,
-                         stats.balanceLoss, stats.zLoss))
-            if check {
-                let reference = ReferenceBackend()
-                let rw = try MoEWeights.random(config: c, backend: reference, dtype: d, seed: seed)
-                let rl = try MoELayer(backend: reference, config: c, weights: rw, pack: false)
-                let want = try reference.floats(try rl.forward(try reference.tensor(xHost, shape: [tokens, c.hidden], dtype: d)).y)
-                let got = try backend.floats(output!.y)
-                let error = ErrorMeasure.nmse(got, want)
-                let tolerance = d == .f32 ? 1e-6 : 1e-3
-                let verdict = error <= tolerance ? "pass" : "FAIL"
-                print(String(format: "check   normalized error vs the CPU reference %.3e (tolerance %.0e): %@",
-                             error, tolerance, verdict))
-                if !(error <= tolerance) { throw ExitCode(1) }
-            }
+    func report(backend: OpenCLBackend, layer: MoELayer, x: Tensor, makeReference: () throws -> (MoELayer, Tensor))
+        throws
+    {
+        let c = layer.config
+        let tokens = x.shape[0]
+        let firstStart = Date()
+        _ = try backend.floats(try layer.forward(x).y)
+        let first = Date().timeIntervalSince(firstStart)
+        var walls: [Double] = []
+        var profiles: [[StageTime]] = []
+        var result: MoELayer.Output?
+        for _ in 0..<max(1, iterations) {
+            let start = Date()
+            let out = try layer.forward(x)
+            try backend.synchronize()
+            walls.append(Date().timeIntervalSince(start))
+            result = out
+        }
+        for _ in 0..<max(1, iterations / 2) { profiles.append(try layer.forward(x, profile: true).stages) }
+        let wall = median(walls)
+        let weightBytes = layer.weightBytes
+        print(String(format: "weights %.1f MB, %@ in %.1f ms; first forward (builds programs) %.1f ms",
+                     Double(weightBytes) / 1e6, noPack ? "checkpoint layout" : "packed once", layer.packSeconds * 1e3,
+                     first * 1e3))
+        print("")
+        print("stage             device ms")
+        var sum = 0.0
+        for (i, stage) in profiles[0].enumerated() {
+            let t = median(profiles.map { $0[i].seconds })
+            sum += t
+            print(stage.stage.padding(toLength: 16, withPad: " ", startingAt: 0) + String(format: " %10.3f", t * 1e3))
+        }
+        print("sum of stages   " + String(format: " %10.3f", sum * 1e3))
+        print("layer (wall)    " + String(format: " %10.3f   (launch and sync overhead %.3f ms, median of %d)",
+                                          wall * 1e3, (wall - sum) * 1e3, walls.count))
+        print(String(format: "throughput       %10.1f GFLOP/s over the layer's %.3f GFLOP", c.flops(tokens: tokens) / wall / 1e9,
+                     c.flops(tokens: tokens) / 1e9))
+        let stats = try backend.routingStats(result!.routing)
+        print("")
+        print("tokens per expert (kept assignments)")
+        let most = max(1, stats.tokensPerExpert.max() ?? 1)
+        for (e, n) in stats.tokensPerExpert.enumerated() {
+            let bar = String(repeating: "█", count: Int((Double(n) / Double(most) * 40).rounded()))
+            print(String(format: "  %3d %6d ", e, n) + bar)
+        }
+        print(String(format: "dropped %d   balance loss %.4f (1.0 = uniform)   z-loss %.4f", stats.dropped,
+                     stats.balanceLoss, stats.zLoss))
+        let got = try backend.floats(result!.y)
+        if let output {
+            try SafeTensorsFile.write([("y", got, [tokens, c.hidden], .f32)], to: output)
+            print("wrote y [\(tokens), \(c.hidden)] f32 to \(output)")
+        }
+        if check {
+            let reference = ReferenceBackend()
+            let (rl, rx) = try makeReference()
+            let want = try reference.floats(try rl.forward(rx).y)
+            let error = ErrorMeasure.nmse(got, want)
+            let tolerance = x.dtype == .f32 && layer.weightType == .f32 ? 1e-6 : 1e-3
+            let verdict = error <= tolerance ? "pass" : "FAIL"
+            print(String(format: "check   normalized error vs the CPU reference %.3e (tolerance %.0e): %@",
+                         error, tolerance, verdict))
+            if !(error <= tolerance) { throw ExitCode(1) }
         }
     }
 }

@@ -1,0 +1,117 @@
+import Foundation
+import Switchyard
+import SwitchyardReference
+import Testing
+
+/// Runs Tests/Fixtures/hf_moe.py (Python `safetensors` + numpy): it writes a tiny model folder
+/// and the MoE block's output computed independently in float64 numpy.
+func makeFolder(_ type: String, _ dtype: String, _ layout: String) throws -> (folder: String, layer: Int) {
+    let folder = FileManager.default.temporaryDirectory
+        .appendingPathComponent("switchyard-hf-\(type)-\(dtype)-\(layout)-\(getpid())").path
+    let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .appendingPathComponent("../Fixtures/hf_moe.py").standardized.path
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = ["python3", script, "make", folder, type, dtype, layout]
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    try process.run()
+    process.waitUntilExit()
+    let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    guard process.terminationStatus == 0, let layer = Int(out.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+        throw CheckpointError("hf_moe.py failed (python3 with numpy and safetensors is needed): \(out)")
+    }
+    return (folder, layer)
+}
+
+@Suite("Hugging Face checkpoints")
+struct CheckpointTests {
+    static let variants: [(String, String, String)] = HFCheckpoint.supportedModelTypes.flatMap { t in
+        [("f32", "single"), ("bf16", "sharded"), ("f32", "sharded"), ("bf16", "single")].map { (t, $0.0, $0.1) }
+    }
+
+    @Test(arguments: variants)
+    func layerMatchesAnIndependentReference(_ variant: (String, String, String)) throws {
+        let (type, dtype, layout) = variant
+        let (folder, layer) = try makeFolder(type, dtype, layout)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let backend = try OpenCLBackend()
+        let checkpoint = try HFCheckpoint(folder: folder)
+        #expect(checkpoint.modelType == type)
+        let x = try SafeTensorsFile(path: folder + "/x.safetensors").floats("x")
+        let want = try SafeTensorsFile(path: folder + "/y_ref.safetensors").floats("y").values
+        for pack in [true, false] {
+            let moe = try checkpoint.loadLayer(layer, backend: backend, pack: pack)
+            let y = try backend.floats(moe.forward(try backend.tensor(x.values, shape: x.shape, dtype: x.dtype)).y)
+            let error = ErrorMeasure.nmse(y, want)
+            #expect(error < (dtype == "f32" ? 1e-6 : 1e-3), "\(type) \(dtype) \(layout) pack=\(pack): nmse \(error)")
+        }
+    }
+
+    @Test func denseLayersMissingTensorsAndBadTypesAreClearErrors() throws {
+        let (folder, layer) = try makeFolder("deepseek_v3", "f32", "single")
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let backend = try OpenCLBackend()
+        let checkpoint = try HFCheckpoint(folder: folder)
+        #expect(layer == 1)
+        do {
+            _ = try checkpoint.loadLayer(0, backend: backend)
+            Issue.record("a dense layer loaded")
+        } catch let error as CheckpointError {
+            #expect(error.message.contains("dense") && error.message.contains("first_k_dense_replace"))
+        }
+        #expect(throws: CheckpointError.self) { try checkpoint.loadLayer(7, backend: backend) }
+
+        // A mis-shaped tensor and a missing one name the tensor.
+        let (qwen, qlayer) = try makeFolder("qwen2_moe", "f32", "single")
+        defer { try? FileManager.default.removeItem(atPath: qwen) }
+        let file = try SafeTensorsFile(path: qwen + "/model.safetensors")
+        var tensors = try file.entries.keys.sorted().map { name -> (name: String, values: [Float], shape: [Int], dtype: DType) in
+            let t = try file.floats(name)
+            return (name, t.values, t.shape, t.dtype)
+        }
+        let original = tensors
+        let broken = "model.layers.\(qlayer).mlp.experts.3.up_proj.weight"
+        tensors = tensors.map { $0.name == broken ? ($0.name, Array($0.values.dropLast(32)), [15, 32], $0.dtype) : $0 }
+        try SafeTensorsFile.write(tensors, to: qwen + "/model.safetensors")
+        do {
+            _ = try HFCheckpoint(folder: qwen).loadLayer(qlayer, backend: backend)
+            Issue.record("a mis-shaped tensor loaded")
+        } catch let error as CheckpointError {
+            #expect(error.message.contains(broken) && error.message.contains("[16, 32]"))
+        }
+        tensors = original.filter { !$0.name.hasSuffix("shared_expert_gate.weight") }
+        try SafeTensorsFile.write(tensors, to: qwen + "/model.safetensors")
+        do {
+            _ = try HFCheckpoint(folder: qwen).loadLayer(qlayer, backend: backend)
+            Issue.record("a missing tensor loaded")
+        } catch let error as CheckpointError {
+            #expect(error.message.contains("is missing") && error.message.contains("shared_expert_gate"))
+        }
+        // Dense Qwen layer, unsupported model type.
+        #expect(throws: CheckpointError.self) { try HFCheckpoint(folder: qwen).moeConfig(layer: 0) }
+        var config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: qwen + "/config.json")))
+            as! [String: Any]
+        config["model_type"] = "llama"
+        try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: qwen + "/config.json"))
+        do {
+            _ = try HFCheckpoint(folder: qwen)
+            Issue.record("an unsupported model type opened")
+        } catch let error as CheckpointError {
+            #expect(error.message.contains("llama"))
+        }
+    }
+
+    @Test func safetensorsRoundTrip() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("rt-\(getpid()).safetensors").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let values: [Float] = [1.5, -2, 0.333, 65504, 1e-3, -0.0]
+        try SafeTensorsFile.write(
+            [("a", values, [2, 3], .f32), ("b", values, [6], .bf16), ("c", values, [3, 2], .f16)], to: path)
+        let file = try SafeTensorsFile(path: path)
+        #expect(try file.floats("a").values == values)
+        #expect(try file.floats("b").values == values.map(DType.bf16.round))
+        #expect(try file.floats("c").shape == [3, 2])
+        #expect(throws: CheckpointError.self) { try file.floats("missing") }
+    }
+}
