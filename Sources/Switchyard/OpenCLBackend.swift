@@ -4,7 +4,7 @@ import SwitchyardReference
 
 /// Launch parameters Switchyard picks per device class. Sizes are kernel arguments; these are
 /// the `-D` and local-size choices, fixed per device so results are reproducible.
-public struct Tuning: Sendable, Hashable {
+public struct Tuning: Sendable, Hashable, Codable {
     /// Work-group size of the row-wise kernels (softmax, top-k): one work-group per row.
     public var rowGroup: Int
     /// Largest row (rounded up to a power of two) whose top-k sort keys are kept in local
@@ -21,6 +21,41 @@ public struct Tuning: Sendable, Hashable {
         self.rowGroup = rowGroup
         self.topKLocalKeys = topKLocalKeys
         self.matmulRows = matmulRows
+    }
+
+    /// The file tuning entries are stored in: `SWITCHYARD_TUNING_FILE`, else
+    /// `$XDG_CACHE_HOME/switchyard/tuning.json` (or `~/.cache/switchyard/tuning.json`).
+    public static var storePath: String {
+        let env = ProcessInfo.processInfo.environment
+        if let path = env["SWITCHYARD_TUNING_FILE"], !path.isEmpty { return path }
+        let cache = env["XDG_CACHE_HOME"].flatMap { $0.isEmpty ? nil : $0 }
+            ?? (NSHomeDirectory() as NSString).appendingPathComponent(".cache")
+        return (cache as NSString).appendingPathComponent("switchyard/tuning.json")
+    }
+
+    /// All stored entries, keyed by device identity (name and driver version).
+    public static func storedEntries() -> [String: Tuning] {
+        guard let data = FileManager.default.contents(atPath: storePath),
+            let entries = try? JSONDecoder().decode([String: Tuning].self, from: data)
+        else { return [:] }
+        return entries
+    }
+
+    /// The stored entry for `device`, if `switchyard tune` made one (and SWITCHYARD_NO_TUNING is unset).
+    public static func stored(for device: Device) -> Tuning? {
+        if ProcessInfo.processInfo.environment["SWITCHYARD_NO_TUNING"] != nil { return nil }
+        return storedEntries()[device.identity]
+    }
+
+    /// Stores `self` as the entry for `device`.
+    public func store(for device: Device) throws {
+        var entries = Tuning.storedEntries()
+        entries[device.identity] = self
+        let url = URL(fileURLWithPath: Tuning.storePath)
+        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try encoder.encode(entries).write(to: url)
     }
 
     /// Defaults by device class: CPUs run few wide work-items, GPUs many.
@@ -64,7 +99,7 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
     public init(device: Device? = nil, tuning: Tuning? = nil, sentinelBytes: Int = 0) throws {
         let device = try device ?? Device.select()
         self.context = try Context(device: device)
-        self.tuning = tuning ?? Tuning.defaults(for: device)
+        self.tuning = tuning ?? Tuning.stored(for: device) ?? Tuning.defaults(for: device)
         self.sentinelBytes = max(0, sentinelBytes + (sentinelBytes & 1))
     }
 

@@ -10,7 +10,7 @@ struct SwitchyardCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchyard",
         abstract: "Switchyard: OpenCL kernels for conditional-computation networks (MoE routing and experts).",
-        subcommands: [Devices.self, Conformance.self, Run.self])
+        subcommands: [Devices.self, Conformance.self, Run.self, Tune.self])
     // `switchyard run` is the main job; `conformance` checks every op against the reference.
 }
 
@@ -291,4 +291,69 @@ func median(_ values: [Double]) -> Double {
     let s = values.sorted()
     guard !s.isEmpty else { return 0 }
     return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+}
+
+struct Tune: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Search the matmul tile parameters on a device for the built-in layer shapes and store the best.")
+
+    @Option(help: "Device index or case-insensitive name substring.")
+    var device: String?
+
+    @Option(help: "Tokens per shape (smaller is quicker, larger is more representative).")
+    var tokens = 1024
+
+    @Flag(help: "Print the results without storing them.")
+    var dryRun = false
+
+    func run() throws {
+        try failing {
+            let dev = try Device.select(device)
+            let base = Tuning.defaults(for: dev)
+            print("device  \(dev.identity)")
+            print("shapes  gate|up (SwiGLU) and down of mixtral-small and deepseek-like, T = \(tokens), f32 and bf16")
+            var best: (Tuning, Double)?
+            for rows in [2, 4, 6, 8] {
+                for step in [1, 4] {
+                    var t = base
+                    t.matmulRows = rows
+                    t.matmulTileStep = step
+                    let seconds = try measure(t, on: dev)
+                    print(String(format: "  rows %d  tile step %d   %8.2f ms", rows, step, seconds * 1e3))
+                    if best == nil || seconds < best!.1 { best = (t, seconds) }
+                }
+            }
+            let (chosen, seconds) = best!
+            print(String(format: "best    rows %d, tile step %d (%.2f ms; defaults %.2f ms)", chosen.matmulRows,
+                         chosen.matmulTileStep, seconds * 1e3, try measure(base, on: dev) * 1e3))
+            if !dryRun {
+                try chosen.store(for: dev)
+                print("stored in \(Tuning.storePath)")
+            }
+        }
+    }
+
+    /// Median device time of the grouped matmuls of the built-in shapes under `tuning`.
+    func measure(_ tuning: Tuning, on device: Device) throws -> Double {
+        let backend = try OpenCLBackend(device: device, tuning: tuning)
+        var total = 0.0
+        for config in [MoEConfig.mixtralSmall, .deepSeekLike] {
+            for dtype in [DType.f32, .bf16] {
+                let layer = try MoELayer(
+                    backend: backend, config: config,
+                    weights: try MoEWeights.random(config: config, backend: backend, dtype: dtype, seed: 3))
+                var g = SeededGenerator(seed: 4)
+                let x = try backend.tensor(g.normals(tokens * config.hidden), shape: [tokens, config.hidden], dtype: dtype)
+                _ = try layer.forward(x)
+                var runs: [Double] = []
+                for _ in 0..<5 {
+                    let stages = try layer.forward(x, profile: true).stages
+                    runs.append(stages.filter { $0.stage == "gate|up+SwiGLU" || $0.stage == "down" }
+                        .reduce(0) { $0 + $1.seconds })
+                }
+                total += median(runs)
+            }
+        }
+        return total
+    }
 }
