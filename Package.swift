@@ -8,6 +8,7 @@ let package = Package(
         .library(name: "SwitchyardConformance", targets: ["SwitchyardConformance"]),
         .library(name: "OpenCLHost", targets: ["OpenCLHost"]),
         .executable(name: "switchyard", targets: ["switchyard"]),
+        .executable(name: "switchyard-bench", targets: ["switchyard-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -45,6 +46,23 @@ let package = Package(
                 "Switchyard", "SwitchyardConformance", "OpenCLHost",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
+        ),
+        // The benchmarks: device ceilings, then every conformance case timed on the device with
+        // its peers beside it (Benchmarks/switchyard-bench).
+        // OpenBLAS (CBLAS) as a system library: the dense-SGEMM peer of the benchmarks only.
+        .systemLibrary(
+            name: "COpenBLAS",
+            path: "Benchmarks/COpenBLAS",
+            pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]
+        ),
+        .executableTarget(
+            name: "switchyard-bench",
+            dependencies: [
+                "Switchyard", "SwitchyardConformance", "OpenCLHost", "COpenBLAS",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Benchmarks/switchyard-bench"
         ),
         .testTarget(name: "OpenCLHostTests", dependencies: ["OpenCLHost", "Switchyard"]),
         .testTarget(name: "SwitchyardReferenceTests", dependencies: ["SwitchyardReference"]),

@@ -1,0 +1,87 @@
+import Foundation
+import OpenCLHost
+import Switchyard
+
+func xmlEscaped(_ text: String) -> String {
+    text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
+        .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
+}
+
+/// A self-contained SVG bar chart: one horizontal bar per case, its length the percentage of
+/// the ceiling it is measured against, labelled with the case, the rate and the percentage.
+func svgChart(device: Device, ceilings: BenchCeilings, results: [ItemResult]) -> String {
+    let d = ceilings.device
+    func label(_ r: ItemResult) -> String {
+        [r.item.op, r.item.shape, r.item.dtype, r.item.options].filter { !$0.isEmpty }.joined(separator: " ")
+    }
+    // About 7 px a character at 12 px DejaVu Sans.
+    let longest = results.map { label($0).count }.max() ?? 20
+    let labelWidth = max(200, Double(longest) * 7 + 16)
+    let barWidth = 440.0
+    let valueWidth = 200.0
+    let rowHeight = 22.0
+    let top = 92.0
+    let width = labelWidth + barWidth + valueWidth + 20
+    let height = top + Double(max(results.count, 1)) * rowHeight + 84
+    let maxPercent = max(100, ((results.map(\.percent).filter(\.isFinite).max() ?? 0) / 25).rounded(.up) * 25)
+    func x(_ percent: Double) -> Double { labelWidth + barWidth * max(0, min(percent, maxPercent)) / maxPercent }
+    let colors: [Bound: String] = [.memory: "#4a7fb5", .compute: "#d9822b", .copy: "#5aa469"]
+
+    var s = """
+        <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(width))" height="\(Int(height))" \
+        viewBox="0 0 \(Int(width)) \(Int(height))" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="12">
+        <rect width="100%" height="100%" fill="white"/>
+
+        """
+    s += "<text x=\"10\" y=\"22\" font-size=\"16\" font-weight=\"bold\">switchyard-bench: percent of the device's measured ceiling</text>\n"
+    s += "<text x=\"10\" y=\"42\">\(xmlEscaped(device.name)) (\(xmlEscaped(device.platformName)), driver \(xmlEscaped(device.driverVersion)))</text>\n"
+    let nt = d.nonTemporalStores ? "non-temporal" : "non-temporal unavailable"
+    let gemm = ceilings.gemmGFlops.map { String(format: "%.0f GFLOP/s", $0) } ?? "not measured"
+    let line = String(
+        format: "ceilings: copy %.1f GB/s · stream %.1f GB/s · stream (%@) %.1f GB/s · FMA %.0f GFLOP/s · GEMM %@",
+        d.copyGBps, d.streamGBps, nt, d.streamNTGBps, d.fmaGFlops, gemm)
+    s += "<text x=\"10\" y=\"60\" fill=\"#444\">\(xmlEscaped(line))</text>\n"
+
+    // Grid and axis labels.
+    let bottom = top + Double(results.count) * rowHeight
+    var tick = 0.0
+    while tick <= maxPercent {
+        let tx = x(tick)
+        s += "<line x1=\"\(tx)\" y1=\"\(top - 6)\" x2=\"\(tx)\" y2=\"\(bottom)\" stroke=\"#ddd\"/>\n"
+        s += "<text x=\"\(tx)\" y=\"\(top - 10)\" text-anchor=\"middle\" fill=\"#666\">\(Int(tick))%</text>\n"
+        tick += maxPercent > 200 ? 50 : 25
+    }
+
+    for (i, r) in results.enumerated() {
+        let y = top + Double(i) * rowHeight
+        s += "<text x=\"\(labelWidth - 8)\" y=\"\(y + 15)\" text-anchor=\"end\">\(xmlEscaped(label(r)))</text>\n"
+        let percent = r.percent.isFinite ? r.percent : 0
+        let w = max(1, x(percent) - labelWidth)
+        s += "<rect x=\"\(labelWidth)\" y=\"\(y + 3)\" width=\"\(w)\" height=\"\(rowHeight - 6)\" fill=\"\(colors[r.bound]!)\"/>\n"
+        let unit = r.bound == .compute ? "GFLOP/s" : "GB/s"
+        let value = String(format: "%@ %@ · %.1f%% · %@ ms", rate(r.rate), unit, percent, ms(r.device.median))
+        s += "<text x=\"\(x(percent) + 6)\" y=\"\(y + 15)\">\(xmlEscaped(value))</text>\n"
+    }
+
+    // The ceiling itself.
+    let cx = x(100)
+    s += "<line x1=\"\(cx)\" y1=\"\(top - 6)\" x2=\"\(cx)\" y2=\"\(bottom)\" stroke=\"#c0392b\" stroke-width=\"1.5\" stroke-dasharray=\"4 3\"/>\n"
+
+    // Legend.
+    let ly = bottom + 24
+    var legend: [(Bound, String)] = [
+        (.memory, String(format: "memory-bound: GB/s (read + written) of the best bandwidth ceiling, %.1f GB/s", d.bandwidthGBps)),
+        (.compute, String(format: "compute-bound: GFLOP/s of the FMA ceiling, %.0f GFLOP/s", d.fmaGFlops)),
+    ]
+    if results.contains(where: { $0.bound == .copy }) {
+        legend.append((.copy, String(format: "decode: GB/s of weight bytes read, of the clEnqueueCopyBuffer ceiling, %.1f GB/s", d.copyGBps)))
+    }
+    for (j, (bound, text)) in legend.enumerated() {
+        let yy = ly + Double(j) * 18
+        s += "<rect x=\"10\" y=\"\(yy - 10)\" width=\"12\" height=\"12\" fill=\"\(colors[bound]!)\"/>\n"
+        s += "<text x=\"28\" y=\"\(yy)\">\(xmlEscaped(text))</text>\n"
+    }
+    s += "<text x=\"\(width - 10)\" y=\"\(ly)\" text-anchor=\"end\" fill=\"#c0392b\">dashed: 100% of ceiling</text>\n"
+    s += "</svg>\n"
+    return s
+}

@@ -1,0 +1,124 @@
+import Foundation
+import OpenCLHost
+import Switchyard
+import SwitchyardConformance
+
+/// Whole-MoE-layer items at the benchmark shapes (the conformance registry has the tiny
+/// configs, which check correctness but fit in any cache):
+///
+/// - prefill: mixtral-small at T 2048 and deepseek-like at T 4096 (compute-bound, GFLOP/s
+///   against the FMA ceiling);
+/// - decode: T 16, bound by reading the chosen experts' weights, so reported in GB/s of weight
+///   bytes against the copy ceiling. One layer's weights would stay in the last-level cache
+///   between runs and time the cache, so decode runs rotate over enough copies of the layer
+///   that their weights together exceed `coldBytes`.
+///
+/// Peer: the reference backend running the same `MoELayer` where it is fast enough (decode);
+/// PyTorch eager, the peer a user would pick, runs outside this process (DESIGN.md lists
+/// figures measured on the same machine).
+func layerItems(filter: String?, quick: Bool, coldBytes: Int) throws -> [BenchItem] {
+    struct Spec {
+        let name: String
+        let config: MoEConfig
+        let tokens: Int
+        let dtype: DType
+        let decode: Bool
+    }
+    var specs = [
+        Spec(name: "mixtral-small", config: .mixtralSmall, tokens: 2048, dtype: .f32, decode: false),
+        Spec(name: "mixtral-small", config: .mixtralSmall, tokens: 16, dtype: .f32, decode: true),
+    ]
+    if !quick {
+        specs += [
+            Spec(name: "mixtral-small", config: .mixtralSmall, tokens: 2048, dtype: .bf16, decode: false),
+            Spec(name: "deepseek-like", config: .deepSeekLike, tokens: 4096, dtype: .f32, decode: false),
+            Spec(name: "mixtral-small", config: .mixtralSmall, tokens: 16, dtype: .bf16, decode: true),
+            Spec(name: "deepseek-like", config: .deepSeekLike, tokens: 16, dtype: .f32, decode: true),
+        ]
+    }
+    let regex = try filter.flatMap { $0.isEmpty ? nil : try Regex($0) }
+    return specs.compactMap { s in
+        let c = s.config
+        let expertBytes = Double(3 * c.hidden * c.ffn * s.dtype.size)
+        let sharedBytes = Double(3 * c.hidden * c.sharedFFN * s.dtype.size)
+        let routerBytes = Double(c.experts * c.hidden * s.dtype.size)
+        let layerBytes = Double(c.experts) * expertBytes + sharedBytes + routerBytes
+        let copies = s.decode ? max(1, min(16, Int((Double(coldBytes) / layerBytes).rounded(.up)))) : 1
+        // Decode: the weight bytes a forward reads, with the expected number of distinct experts
+        // T tokens choose under uniform routing, E·(1 − ((E − k)/E)^T). Prefill: every weight
+        // once plus the activations in and out.
+        let bytes: Double
+        if s.decode {
+            let e = Double(c.experts)
+            let touched = e * (1 - pow((e - Double(c.router.k)) / e, Double(s.tokens)))
+            bytes = touched * expertBytes + sharedBytes + routerBytes
+        } else {
+            bytes = layerBytes + Double(2 * s.tokens * c.hidden * s.dtype.size)
+        }
+        let flops = c.flops(tokens: s.tokens)
+        let shape = "\(s.name) T=\(s.tokens)"
+        let options = s.decode ? "packed decode cold=\(copies)" : "packed"
+        let name = "moe_layer \(shape) \(s.dtype.rawValue) \(options)"
+        if let regex, !name.contains(regex) { return nil }
+        let seed = stableSeed("moe_layer \(shape) \(s.dtype.rawValue)")
+
+        let reference = ClosurePeer(name: "reference", estimate: flops / 3e8) {
+            let backend = ReferenceBackend()
+            let weights = try MoEWeights.random(config: c, backend: backend, dtype: s.dtype, seed: seed)
+            let layer = try MoELayer(backend: backend, config: c, weights: weights, pack: false)
+            let x = try input(backend, s.tokens, c.hidden, s.dtype, seed)
+            return { _ = try layer.forward(x) }
+        }
+        return BenchItem(
+            name: name, op: "moe_layer", shape: shape, dtype: s.dtype.rawValue, options: options, flops: flops,
+            bytes: bytes, bound: s.decode ? .copy : nil, peers: [reference]
+        ) { backend in
+            let weights = try MoEWeights.random(config: c, backend: backend, dtype: s.dtype, seed: seed)
+            var layers = [try MoELayer(backend: backend, config: c, weights: weights, pack: true)]
+            for _ in 1..<copies {
+                layers.append(try MoELayer(backend: backend, config: c, weights: try duplicate(weights, backend), pack: true))
+            }
+            let x = try input(backend, s.tokens, c.hidden, s.dtype, seed)
+            var next = 0
+            return {
+                _ = try layers[next].forward(x)
+                next = (next + 1) % layers.count
+            }
+        }
+    }
+}
+
+/// FNV-1a of `text`: the same seed on every run and machine.
+func stableSeed(_ text: String) -> UInt64 {
+    var hash: UInt64 = 0xCBF2_9CE4_8422_2325
+    for byte in text.utf8 {
+        hash ^= UInt64(byte)
+        hash &*= 0x100_0000_01B3
+    }
+    return hash
+}
+
+private func input(_ backend: any ComputeBackend, _ tokens: Int, _ hidden: Int, _ dtype: DType, _ seed: UInt64) throws
+    -> Tensor
+{
+    var g = SeededGenerator(seed: seed ^ 0xF00D)
+    return try backend.tensor(g.normals(tokens * hidden), shape: [tokens, hidden], dtype: dtype)
+}
+
+/// Device copies of every weight tensor (same values, distinct memory).
+private func duplicate(_ w: MoEWeights, _ backend: OpenCLBackend) throws -> MoEWeights {
+    func copy(_ t: Tensor) throws -> Tensor {
+        let out = try backend.empty(shape: t.shape, dtype: t.dtype, label: "weight copy")
+        guard case .device(let source) = t.storage, case .device(let destination) = out.storage else {
+            throw SwitchyardError.unsupported("duplicating weights that are not on the device")
+        }
+        try destination.copy(from: source, bytes: t.byteCount)
+        return out
+    }
+    let result = MoEWeights(
+        router: try copy(w.router), bias: try w.bias.map(copy), gateUp: try copy(w.gateUp), down: try copy(w.down),
+        sharedGateUp: try w.sharedGateUp.map(copy), sharedDown: try w.sharedDown.map(copy),
+        sharedGate: try w.sharedGate.map(copy))
+    try backend.synchronize()
+    return result
+}

@@ -1,0 +1,156 @@
+import ArgumentParser
+import Foundation
+import OpenCLHost
+import Switchyard
+
+/// The device's ceilings and, beside them, the dense-GEMM figure of the peer library (nil when
+/// not measured).
+struct BenchCeilings {
+    let device: Ceilings
+    let gemm: GemmCeiling?
+    var gemmGFlops: Double? { gemm?.gflops }
+}
+
+@main
+struct SwitchyardBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "switchyard-bench",
+        abstract: "Measure the device's ceilings, then time every conformance case against them and its peers.",
+        discussion: """
+            Device times are the sum of a run's kernel event durations (profiling queue), the median of \
+            many runs after warm-up; the first run is reported apart (wall clock, program build and \
+            first-launch compile included). Bandwidth counts bytes read plus bytes written. Memory-bound \
+            cases are given as a percentage of the best bandwidth ceiling, compute-bound ones of the FMA \
+            ceiling. Peers run on the wall clock.
+            """)
+
+    @Option(help: "Device index or case-insensitive name substring (default: SWITCHYARD_DEVICE, else GPU > accelerator > CPU).")
+    var device: String?
+
+    @Option(help: "Only the cases whose name matches this regular expression.")
+    var filter: String?
+
+    @Flag(help: "The largest case per op and dtype, smaller ceiling buffers, shorter timing (under a minute).")
+    var quick = false
+
+    @Option(help: "Write the results as JSON to this file.")
+    var json: String?
+
+    @Option(help: "Write a bar chart (percent of ceiling per case) as SVG to this file.")
+    var svg: String?
+
+    @Option(help: "Timed runs per case, at least (more for short kernels, until enough device time has accumulated).")
+    var runs: Int = 10
+
+    @Option(help: "Bytes of each bandwidth-ceiling buffer, in MiB (default 512, 256 with --quick).")
+    var ceilingMiB: Int?
+
+    @Flag(help: "Leave out the MoE layers at the benchmark shapes (mixtral-small, deepseek-like; prefill and decode).")
+    var noLayers = false
+
+    @Flag(help: "Do not measure the OpenBLAS SGEMM ceiling.")
+    var noGemm = false
+
+    @Option(help: "Skip a peer whose run would take longer than this many seconds.")
+    var peerBudget: Double = 2
+
+    func validate() throws {
+        if runs < 1 { throw ValidationError("--runs must be at least 1") }
+        if let m = ceilingMiB, m < 1 { throw ValidationError("--ceiling-mib must be at least 1") }
+    }
+
+    func run() throws {
+        let started = now()
+        let (backend, items) = try failing {
+            let device = try Device.select(device)
+            var items = try conformanceItems(filter: filter, quick: quick)
+            if !noLayers { items += try layerItems(filter: filter, quick: quick, coldBytes: 512 << 20) }
+            return (try OpenCLBackend(device: device, sentinelBytes: 0), items)
+        }
+        let d = backend.device
+        print("device: \(d.name) (\(d.kind.rawValue), \(d.platformName), driver \(d.driverVersion), \(d.computeUnits) compute units)")
+        if d.kind == .cpu, let load = loadAverage(), load > 0.5 {
+            print(String(format: "note: load average %.2f on %d compute units before starting: other processes compete for the device, figures will be low", load, d.computeUnits))
+        }
+        let progress = Progress()
+
+        progress.show("measuring ceilings")
+        var options = quick ? CeilingOptions.quick : CeilingOptions()
+        if let m = ceilingMiB { options.bandwidthBytes = m << 20 }
+        let before = try failing { try backend.measureCeilings(options) }
+        progress.show("measuring the OpenBLAS SGEMM ceiling")
+        let gemm = noGemm ? nil : measureGemmCeiling(quick: quick)
+        progress.clear()
+        print(ceilingTable(BenchCeilings(device: before, gemm: gemm)))
+        print("")
+
+        let policy = quick ? RunPolicy.quick(runs: runs) : RunPolicy.standard(runs: runs)
+        var measured: [Measured] = []
+        for (i, item) in items.enumerated() {
+            progress.show("[\(i + 1)/\(items.count)] \(item.name)")
+            measured.append(try failing { try measure(item, on: backend, policy: policy, peerBudget: peerBudget) })
+        }
+        // The ceilings again at the end: on a shared machine other work can come and go, and a
+        // ceiling measured while it ran would put later results above 100 %. Each figure is the
+        // best of both.
+        progress.show("measuring ceilings again")
+        let after = try failing { try backend.measureCeilings(options) }
+        progress.clear()
+        let ceilings = BenchCeilings(device: before.best(with: after), gemm: gemm)
+        let moved = zip(before.measurements, after.measurements).filter { abs($0.best / $1.best - 1) > 0.1 }
+        if !moved.isEmpty {
+            print("note: ceilings moved over 10 % during the run (" + moved.map {
+                "\($0.name) \(rate($0.best)) → \(rate($1.best))"
+            }.joined(separator: ", ") + "); percentages use the best of both\n")
+        }
+        let results = measured.map { $0.result(against: ceilings) }
+        print(resultTable(results))
+        print(String(format: "\n%d cases in %.1f s", results.count, now() - started))
+
+        if let json {
+            try failing {
+                try jsonReport(device: d, ceilings: ceilings, results: results, quick: quick)
+                    .write(to: URL(fileURLWithPath: json))
+            }
+        }
+        if let svg {
+            try failing {
+                try Data(svgChart(device: d, ceilings: ceilings, results: results).utf8)
+                    .write(to: URL(fileURLWithPath: svg))
+            }
+        }
+    }
+}
+
+/// Prints an error as one paragraph and exits non-zero, without a trace.
+func failing<T>(_ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch let error as ExitCode {
+        throw error
+    } catch {
+        FileHandle.standardError.write(Data("switchyard-bench: \(error)\n".utf8))
+        throw ExitCode(2)
+    }
+}
+
+/// A one-line progress indicator on stderr, only when stderr is a terminal.
+struct Progress {
+    let enabled = isatty(STDERR_FILENO) != 0
+
+    func show(_ text: String) {
+        guard enabled else { return }
+        FileHandle.standardError.write(Data("\r\u{1B}[K\(text)".utf8))
+    }
+
+    func clear() {
+        guard enabled else { return }
+        FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
+    }
+}
+
+/// The one-minute load average (Linux), for a warning when other work competes with a CPU device.
+func loadAverage() -> Double? {
+    guard let text = try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8) else { return nil }
+    return text.split(separator: " ").first.flatMap { Double($0) }
+}

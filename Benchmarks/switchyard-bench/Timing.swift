@@ -1,0 +1,178 @@
+import Foundation
+import OpenCLHost
+import Switchyard
+
+/// Order statistics of a set of timings (seconds).
+struct Stats: Sendable {
+    let samples: [Double]
+    let sorted: [Double]
+
+    init(_ samples: [Double]) {
+        precondition(!samples.isEmpty, "statistics of no samples")
+        self.samples = samples
+        sorted = samples.sorted()
+    }
+
+    /// Linear interpolation between the closest ranks.
+    func quantile(_ q: Double) -> Double {
+        let position = q * Double(sorted.count - 1)
+        let lower = Int(position.rounded(.down))
+        let upper = Swift.min(lower + 1, sorted.count - 1)
+        let t = position - Double(lower)
+        return sorted[lower] * (1 - t) + sorted[upper] * t
+    }
+
+    var median: Double { quantile(0.5) }
+    var min: Double { sorted.first! }
+    var max: Double { sorted.last! }
+    var q1: Double { quantile(0.25) }
+    var q3: Double { quantile(0.75) }
+    var count: Int { samples.count }
+}
+
+/// How many runs to time.
+struct RunPolicy: Sendable {
+    /// Untimed runs after the first launch.
+    var warmups: Int
+    /// At least this many timed runs ...
+    var minRuns: Int
+    /// ... and more until this much device time has accumulated ...
+    var deviceSeconds: Double
+    /// ... but never more than this many runs, nor past this much wall-clock time once
+    /// `minRuns` are done.
+    var maxRuns: Int
+    var wallSeconds: Double
+
+    static func standard(runs: Int) -> RunPolicy {
+        RunPolicy(warmups: 3, minRuns: runs, deviceSeconds: 0.2, maxRuns: Swift.max(runs, 500), wallSeconds: 3)
+    }
+
+    static func quick(runs: Int) -> RunPolicy {
+        RunPolicy(warmups: 2, minRuns: runs, deviceSeconds: 0.05, maxRuns: Swift.max(runs, 100), wallSeconds: 0.5)
+    }
+}
+
+/// A peer's timing, or why there is none.
+enum PeerTiming {
+    case timed(Stats)
+    case skipped(String)
+    case failed(String)
+}
+
+/// One item's measurements.
+struct ItemResult {
+    let item: BenchItem
+    /// Wall-clock seconds of the first run (program builds and the driver's first-launch
+    /// compile for this local size included).
+    let firstSeconds: Double
+    /// Device seconds per run: the sum of the event durations of the run's launches.
+    let device: Stats
+    /// Kernel launches per run, and their names.
+    let kernels: [String]
+    let peers: [(name: String, timing: PeerTiming)]
+    let bound: Bound
+    let ceilingName: String
+    let ceiling: Double
+
+    var gflops: Double { item.flops / device.median / 1e9 }
+    var gbps: Double { item.bytes / device.median / 1e9 }
+    /// The achieved rate in the ceiling's unit.
+    var rate: Double { bound == .compute ? gflops : gbps }
+    var percent: Double { 100 * rate / ceiling }
+}
+
+func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) * 1e-9 }
+
+/// An item's timings, before they are set against the ceilings.
+struct Measured {
+    let item: BenchItem
+    let firstSeconds: Double
+    let device: Stats
+    let kernels: [String]
+    let peers: [(name: String, timing: PeerTiming)]
+
+    /// The result against `ceilings`: memory- or compute-bound by arithmetic intensity against
+    /// the ridge point, unless the item says which.
+    func result(against ceilings: BenchCeilings) -> ItemResult {
+        let bound: Bound
+        if let forced = item.bound {
+            bound = forced
+        } else if item.bytes == 0 || item.flops / item.bytes >= ceilings.device.ridgeFlopsPerByte {
+            bound = .compute
+        } else {
+            bound = .memory
+        }
+        let (ceilingName, ceiling): (String, Double) =
+            switch bound {
+            case .memory: (ceilings.device.bandwidthName, ceilings.device.bandwidthGBps)
+            case .compute: (ceilings.device.fmaKernel, ceilings.device.fmaGFlops)
+            case .copy: (ceilings.device.copyName, ceilings.device.copyGBps)
+            }
+        return ItemResult(
+            item: item, firstSeconds: firstSeconds, device: device, kernels: kernels, peers: peers, bound: bound,
+            ceilingName: ceilingName, ceiling: ceiling)
+    }
+}
+
+/// Times `item` on `backend`: a first run on the wall clock, warm-ups, then timed runs by
+/// device events; then each peer on the wall clock.
+func measure(_ item: BenchItem, on backend: OpenCLBackend, policy: RunPolicy, peerBudget: Double) throws -> Measured {
+    let run = try item.prepareDevice(backend)
+    try backend.synchronize()
+
+    let start = now()
+    try run()
+    try backend.synchronize()
+    let firstSeconds = now() - start
+
+    for _ in 0..<policy.warmups { try run() }
+    try backend.synchronize()
+
+    var samples: [Double] = []
+    var kernels: [String] = []
+    var accumulated = 0.0
+    let began = now()
+    while samples.count < policy.maxRuns {
+        let (_, launches) = try backend.recordingLaunches { try run() }
+        var seconds = 0.0
+        for launch in launches { seconds += try launch.event.seconds() }
+        if kernels.isEmpty { kernels = launches.map(\.kernel) }
+        samples.append(seconds)
+        accumulated += seconds
+        if samples.count >= policy.minRuns && (accumulated >= policy.deviceSeconds || now() - began >= policy.wallSeconds) {
+            break
+        }
+    }
+    let device = Stats(samples)
+
+    var peers: [(name: String, timing: PeerTiming)] = []
+    for peer in item.peers {
+        peers.append((peer.name, timePeer(peer, budget: peerBudget)))
+    }
+
+    return Measured(item: item, firstSeconds: firstSeconds, device: device, kernels: kernels, peers: peers)
+}
+
+/// Times a peer on the wall clock: up to 3 runs while they stay within `budget` seconds in
+/// all; none when its own estimate is over the budget.
+func timePeer(_ peer: any Peer, budget: Double) -> PeerTiming {
+    if let estimate = peer.estimatedSeconds(), estimate > budget {
+        return .skipped(String(format: "estimated %.1f s", estimate))
+    }
+    do {
+        let run = try peer.prepare()
+        var samples: [Double] = []
+        var total = 0.0
+        while samples.count < 3 {
+            let start = now()
+            try run()
+            let seconds = now() - start
+            samples.append(seconds)
+            total += seconds
+            if total + seconds > budget / 2 { break }
+        }
+        return .timed(Stats(samples))
+    } catch {
+        return .failed("\(error)")
+    }
+}
