@@ -7,7 +7,7 @@
 // pointer's element type), P_LOAD and P_STORE naming one of these.
 #define LOAD_F32(p, i) ((float)(p)[i])
 #define STORE_F32(p, i, v) ((p)[i] = (v))
-#define LOAD_F16(p, i) vload_half((i), (p))
+#define LOAD_F16(p, i) f16_to_f32(((__global const ushort*)(p))[i])
 #define STORE_F16(p, i, v) vstore_half_rte((v), (i), (p))
 #define LOAD_BF16(p, i) as_float(((uint)(p)[i]) << 16)
 #define STORE_BF16(p, i, v) ((p)[i] = f32_to_bf16(v))
@@ -25,6 +25,26 @@
 #define Y_LOAD LOAD_F32
 #define Y_STORE STORE_F32
 #endif
+#ifndef X_DT
+#define X_DT 0
+#endif
+#ifndef Y_DT
+#define Y_DT 0
+#endif
+
+// 16-wide access: element i*16 .. i*16+15 of a tensor of storage code DT (0 f32, 1 f16, 2 bf16).
+#define SY_CAT_(a, b) a##b
+#define SY_CAT(a, b) SY_CAT_(a, b)
+#define LOAD16_0(p, i) vload16((i), (p))
+#define LOAD16_1(p, i) f16_to_f32_16(vload16((i), (__global const ushort*)(p)))
+#define LOAD16_2(p, i) as_float16(convert_uint16(vload16((i), (p))) << 16)
+#define STORE16_0(p, i, v) vstore16((v), (i), (p))
+#define STORE16_1(p, i, v) vstore_half16_rte((v), (i), (p))
+#define STORE16_2(p, i, v) vstore16(f32_to_bf16_16(v), (i), (p))
+#define X_LOAD16(p, i) SY_CAT(LOAD16_, X_DT)(p, i)
+#define Y_LOAD16(p, i) SY_CAT(LOAD16_, Y_DT)(p, i)
+#define Y_STORE16(p, i, v) SY_CAT(STORE16_, Y_DT)(p, i, v)
+
 #ifndef A_T
 #define A_T float
 #define A_LOAD LOAD_F32
@@ -33,6 +53,31 @@
 #ifndef GROUP
 #define GROUP 1
 #endif
+
+// IEEE half bits to float with integer operations only (vectorizes; exact for every value):
+// the magnitude bits shifted into place and rescaled by 2^112 cover normals and subnormals;
+// infinities and NaNs get the all-ones exponent.
+inline float f16_to_f32(ushort h) {
+    const uint magnitude = (uint)(h & 0x7FFFu) << 13;
+    float v = as_float(magnitude) * 0x1.0p112f;
+    if ((h & 0x7C00u) == 0x7C00u) v = as_float(magnitude | 0x7F800000u);
+    return as_float(as_uint(v) | ((uint)(h & 0x8000u) << 16));
+}
+
+inline float16 f16_to_f32_16(ushort16 h) {
+    const uint16 bits = convert_uint16(h);
+    const uint16 magnitude = (bits & 0x7FFFu) << 13;
+    float16 v = as_float16(magnitude) * 0x1.0p112f;
+    v = select(v, as_float16(magnitude | 0x7F800000u), (int16)((bits & 0x7C00u) == 0x7C00u));
+    return as_float16(as_uint16(v) | ((bits & 0x8000u) << 16));
+}
+
+inline ushort16 f32_to_bf16_16(float16 v) {
+    uint16 u = as_uint16(v);
+    const uint16 nan_bits = (u >> 16) | 0x40u;
+    u = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    return convert_ushort16(select(u, nan_bits, as_uint16(isnan(v))));
+}
 
 // bfloat16 bits of v, rounded to nearest even; NaN stays a quiet NaN.
 inline ushort f32_to_bf16(float v) {

@@ -18,6 +18,8 @@ inline float choice_value(float v, float m, float denom, int sigmoid, int has_bi
     return has_bias ? router_score(v, m, denom, sigmoid) + bias[e] : v;
 }
 
+#define SMALL_K 16
+
 // Token-choice top-k gating, one work-item per token. Experts are picked by repeated selection
 // of the best key after the previous pick, so no per-token array of E values is needed; groups
 // (at most 64) are kept as a bit mask.
@@ -78,15 +80,38 @@ __kernel void gating_topk(__global const X_T* logits, __global const float* bias
 
     const int gs = experts / groups;
     const size_t out = (size_t)t * (size_t)k;
-    ulong prev = 0;
-    float sum = 0.0f;
-    for (int j = 0; j < k; ++j) {
-        ulong best = ~(ulong)0;
+    // Small k: one pass keeping the k best keys sorted (an element costs one compare unless it
+    // enters the list). Larger k: repeated selection of the best key after the previous one.
+    ulong chosen[SMALL_K];
+    if (k <= SMALL_K) {
+        for (int j = 0; j < k; ++j) chosen[j] = ~(ulong)0;
         for (int e = 0; e < experts; ++e) {
             if (!((keep_groups >> (uint)(e / gs)) & 1)) continue;
             const float c = choice_value(X_LOAD(logits, base + e), m, denom, sigmoid, has_bias, bias, e);
             const ulong key = rank_key(c, (uint)e);
-            if ((j == 0 || key > prev) && key < best) best = key;
+            if (key < chosen[k - 1]) {
+                int j = k - 1;
+                while (j > 0 && chosen[j - 1] > key) {
+                    chosen[j] = chosen[j - 1];
+                    --j;
+                }
+                chosen[j] = key;
+            }
+        }
+    }
+    ulong prev = 0;
+    float sum = 0.0f;
+    for (int j = 0; j < k; ++j) {
+        ulong best = ~(ulong)0;
+        if (k <= SMALL_K) {
+            best = chosen[j];
+        } else {
+            for (int e = 0; e < experts; ++e) {
+                if (!((keep_groups >> (uint)(e / gs)) & 1)) continue;
+                const float c = choice_value(X_LOAD(logits, base + e), m, denom, sigmoid, has_bias, bias, e);
+                const ulong key = rank_key(c, (uint)e);
+                if ((j == 0 || key > prev) && key < best) best = key;
+            }
         }
         prev = best;
         int e = (int)(best & 0xFFFFFFFFu);
@@ -239,31 +264,55 @@ __kernel void capacity_by_weight(__global const int* counts, __global const int*
     }
 }
 
-// Dispatch: one work-group per row of xs; padding rows (assignment >= tokens*k) become zeros.
+// Dispatch: one work-group per rows_per_group rows of xs; padding rows (assignment >= tokens*k) become zeros.
 __kernel void gather_rows(__global const X_T* x, __global const int* assignment_of, __global Y_T* xs,
-                          int rows, int tokens, int k, int d) {
-    const int r = get_group_id(0);
+                          int rows, int tokens, int k, int d, int rows_per_group) {
     const int lid = get_local_id(0);
-    if (r >= rows) return;
+    const int first = get_group_id(0) * rows_per_group;
+    for (int r = first; r < first + rows_per_group && r < rows; ++r) {
     const int a = assignment_of[r];
     const size_t out = (size_t)r * (size_t)d;
     if (a < 0 || a >= tokens * k) {
         for (int c = lid; c < d; c += GROUP) Y_STORE(xs, out + c, 0.0f);
-        return;
+        continue;
     }
     const size_t in = (size_t)(a / k) * (size_t)d;
+#ifdef RAW_COPY
+    // Same storage type in and out: copy the bits (no conversion, any NaN payload kept).
+    __global const RAW_COPY* src = (__global const RAW_COPY*)x;
+    __global RAW_COPY* dst = (__global RAW_COPY*)xs;
+    for (int c = lid; c < d; c += GROUP) dst[out + c] = src[in + c];
+#else
     for (int c = lid; c < d; c += GROUP) Y_STORE(xs, out + c, X_LOAD(x, in + c));
+#endif
+    }
 }
 
-// Combine: one work-group per token; y[t] = sum_j w[t,j] * ys[row_of[t,j]] (+ residual), slots
+// Combine: one work-group per rows_per_group tokens; y[t] = sum_j w[t,j] * ys[row_of[t,j]] (+ residual), slots
 // summed in order in f32, so every output is bitwise reproducible and independent of the batch.
 __kernel void combine_rows(__global const X_T* ys, __global const int* row_of, __global const float* weights,
                            __global const Y_T* residual, int has_residual, __global Y_T* y, int tokens, int k,
-                           int d, int rows) {
-    const int t = get_group_id(0);
+                           int d, int rows, int rows_per_group) {
     const int lid = get_local_id(0);
-    if (t >= tokens) return;
+    const int first = get_group_id(0) * rows_per_group;
+    for (int t = first; t < first + rows_per_group && t < tokens; ++t) {
     const size_t out = (size_t)t * (size_t)d;
+    // Whole 16-column chunks with vector loads (the same per-element order: slots in order,
+    // then the residual), then the tail column by column.
+    const int chunks = d / 16;
+    if (d % 16 == 0 && (out % 16) == 0) {
+        for (int q = lid; q < chunks; q += GROUP) {
+            float16 acc = (float16)0.0f;
+            for (int j = 0; j < k; ++j) {
+                const int r = row_of[t * k + j];
+                if (r < 0 || r >= rows) continue;
+                acc += weights[t * k + j] * X_LOAD16(ys + (size_t)r * (size_t)d, q);
+            }
+            if (has_residual) acc += Y_LOAD16(residual + out, q);
+            Y_STORE16(y + out, q, acc);
+        }
+        continue;
+    }
     for (int c = lid; c < d; c += GROUP) {
         float acc = 0.0f;
         for (int j = 0; j < k; ++j) {
@@ -273,6 +322,7 @@ __kernel void combine_rows(__global const X_T* ys, __global const int* row_of, _
         }
         if (has_residual) acc += Y_LOAD(residual, out + c);
         Y_STORE(y, out + c, acc);
+    }
     }
 }
 

@@ -42,7 +42,7 @@ struct SwitchyardBench: ParsableCommand {
     @Option(help: "Timed runs per case, at least (more for short kernels, until enough device time has accumulated).")
     var runs: Int = 10
 
-    @Option(help: "Bytes of each bandwidth-ceiling buffer, in MiB (default 512, 256 with --quick).")
+    @Option(name: .customLong("ceiling-mib"), help: "Bytes of each bandwidth-ceiling buffer, in MiB (default 512, 256 with --quick).")
     var ceilingMiB: Int?
 
     @Flag(help: "Leave out the MoE layers at the benchmark shapes (mixtral-small, deepseek-like; prefill and decode).")
@@ -64,6 +64,7 @@ struct SwitchyardBench: ParsableCommand {
         let (backend, items) = try failing {
             let device = try Device.select(device)
             var items = try conformanceItems(filter: filter, quick: quick)
+            items += try routingItems(filter: filter, quick: quick)
             if !noLayers { items += try layerItems(filter: filter, quick: quick, coldBytes: 512 << 20) }
             return (try OpenCLBackend(device: device, sentinelBytes: 0), items)
         }

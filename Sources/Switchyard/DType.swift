@@ -32,10 +32,13 @@ public enum DType: String, Sendable, Hashable, CaseIterable, CustomStringConvert
     /// read and write this type in a kernel (see Kernels/common.h).
     func defines(_ prefix: String) -> [String: String] {
         switch self {
-        case .f32: ["\(prefix)_T": "float", "\(prefix)_LOAD": "LOAD_F32", "\(prefix)_STORE": "STORE_F32"]
-        case .f16: ["\(prefix)_T": "half", "\(prefix)_LOAD": "LOAD_F16", "\(prefix)_STORE": "STORE_F16"]
-        case .bf16: ["\(prefix)_T": "ushort", "\(prefix)_LOAD": "LOAD_BF16", "\(prefix)_STORE": "STORE_BF16"]
-        case .i32: ["\(prefix)_T": "int", "\(prefix)_LOAD": "LOAD_I32", "\(prefix)_STORE": "STORE_I32"]
+        case .f32:
+            ["\(prefix)_T": "float", "\(prefix)_LOAD": "LOAD_F32", "\(prefix)_STORE": "STORE_F32", "\(prefix)_DT": "0"]
+        case .f16:
+            ["\(prefix)_T": "half", "\(prefix)_LOAD": "LOAD_F16", "\(prefix)_STORE": "STORE_F16", "\(prefix)_DT": "1"]
+        case .bf16:
+            ["\(prefix)_T": "ushort", "\(prefix)_LOAD": "LOAD_BF16", "\(prefix)_STORE": "STORE_BF16", "\(prefix)_DT": "2"]
+        case .i32: ["\(prefix)_T": "int", "\(prefix)_LOAD": "LOAD_I32", "\(prefix)_STORE": "STORE_I32", "\(prefix)_DT": "3"]
         }
     }
 }

@@ -15,9 +15,18 @@ public struct Tuning: Sendable, Hashable, Codable {
     public var matmulRows: Int
     /// Row tiles each packed-matmul work-item walks down (its panel stays in cache).
     public var matmulTileStep: Int
+    /// Rows (or tokens) each work-group of the gather and combine handles.
+    public var rowsPerGroup: Int
+    /// Work-group size of the gather and combine (work-items stride over a row's columns).
+    public var copyGroup: Int
 
-    public init(rowGroup: Int, topKLocalKeys: Int = 4096, matmulRows: Int = 4, matmulTileStep: Int = 1) {
+    public init(
+        rowGroup: Int, topKLocalKeys: Int = 4096, matmulRows: Int = 4, matmulTileStep: Int = 1, rowsPerGroup: Int = 1,
+        copyGroup: Int? = nil
+    ) {
+        self.copyGroup = copyGroup ?? rowGroup
         self.matmulTileStep = matmulTileStep
+        self.rowsPerGroup = rowsPerGroup
         self.rowGroup = rowGroup
         self.topKLocalKeys = topKLocalKeys
         self.matmulRows = matmulRows
@@ -61,7 +70,8 @@ public struct Tuning: Sendable, Hashable, Codable {
     /// Defaults by device class: CPUs run few wide work-items, GPUs many.
     public static func defaults(for device: Device) -> Tuning {
         switch device.kind {
-        case .cpu: Tuning(rowGroup: 16, topKLocalKeys: min(16384, device.localMemoryBytes / 16), matmulRows: 6)
+        case .cpu: Tuning(rowGroup: 16, topKLocalKeys: min(16384, device.localMemoryBytes / 16), matmulRows: 6,
+                          rowsPerGroup: 16, copyGroup: 1)
         case .gpu, .accelerator, .other:
             Tuning(rowGroup: min(256, max(1, device.maxWorkGroupSize)), topKLocalKeys: device.localMemoryBytes / 16)
         }
@@ -78,6 +88,7 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
     public let sentinelBytes: Int
 
     private let lock = NSLock()
+    let pool: BufferPool
     private var kernels: [KernelKey: Kernel] = [:]
     private var sources: [String: String] = [:]
     private var recorder: [(String, Event)]?
@@ -101,6 +112,7 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
         self.context = try Context(device: device)
         self.tuning = tuning ?? Tuning.stored(for: device) ?? Tuning.defaults(for: device)
         self.sentinelBytes = max(0, sentinelBytes + (sentinelBytes & 1))
+        self.pool = BufferPool(limit: min(device.globalMemoryBytes / 4, 2 << 30))
     }
 
     // MARK: tensors
@@ -111,8 +123,15 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
             throw SwitchyardError.outOfRange(argument: "\(label) extent", value: bad, range: "0...")
         }
         let bytes = shape.reduce(1, *) * dtype.size
+        if sentinelBytes == 0 {
+            // Reuse a freed buffer of the same size: a fresh one costs its first-touch page faults
+            // inside the next kernel (seconds per GB on a CPU device). On one in-order queue a
+            // reused buffer is only written after every earlier command on it has run.
+            let buffer = try pool.take(bytes) ?? context.buffer(byteCount: bytes, label: label)
+            return Tensor(shape: shape, dtype: dtype, storage: .device(buffer), lease: BufferLease(buffer, pool))
+        }
         let buffer = try context.buffer(byteCount: bytes + sentinelBytes, label: label)
-        if sentinelBytes > 0 { try buffer.fill(pattern: Self.poison) }
+        try buffer.fill(pattern: Self.poison)
         return Tensor(shape: shape, dtype: dtype, storage: .device(buffer))
     }
 
@@ -309,5 +328,56 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
         try launch("topk.cl", "topk_rows", defines: defines, args: args, global: [op.rows * group], local: [group])
         _ = scratch  // kept alive until the launch was enqueued; OpenCL retains it while in use
         return (values, indices)
+    }
+}
+
+/// Freed device buffers kept for reuse, by exact size, up to `limit` bytes in all.
+final class BufferPool: @unchecked Sendable {
+    private let lock = NSLock()
+    private var free: [Int: [Buffer]] = [:]
+    private var cached = 0
+    let limit: Int
+
+    init(limit: Int) {
+        self.limit = limit
+    }
+
+    func take(_ bytes: Int) -> Buffer? {
+        lock.lock()
+        defer { lock.unlock() }
+        guard var list = free[bytes], let buffer = list.popLast() else { return nil }
+        free[bytes] = list.isEmpty ? nil : list
+        cached -= max(bytes, 1)
+        return buffer
+    }
+
+    func put(_ buffer: Buffer) {
+        lock.lock()
+        defer { lock.unlock() }
+        let size = max(buffer.byteCount, 1)
+        guard size <= limit else { return }
+        // Make room by dropping the largest cached buffers first.
+        while cached + size > limit, let largest = free.keys.max() {
+            free[largest]!.removeLast()
+            if free[largest]!.isEmpty { free[largest] = nil }
+            cached -= max(largest, 1)
+        }
+        free[buffer.byteCount, default: []].append(buffer)
+        cached += size
+    }
+}
+
+/// Returns its buffer to the pool when the last tensor viewing it goes away.
+final class BufferLease: @unchecked Sendable {
+    let buffer: Buffer
+    weak var pool: BufferPool?
+
+    init(_ buffer: Buffer, _ pool: BufferPool) {
+        self.buffer = buffer
+        self.pool = pool
+    }
+
+    deinit {
+        pool?.put(buffer)
     }
 }

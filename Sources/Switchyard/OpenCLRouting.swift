@@ -5,7 +5,7 @@ extension OpenCLBackend {
     static let permuteChunk = 256
 
     /// Local size of the one-work-item-per-token kernels.
-    var itemGroup: Int { device.kind == .cpu ? 8 : 64 }
+    var itemGroup: Int { device.kind == .cpu ? 1 : 64 }
 
     func roundUp(_ n: Int, _ m: Int) -> Int { max(m, (n + m - 1) / m * m) }
 
@@ -127,13 +127,15 @@ extension OpenCLBackend {
         try x.expectDType(DType.floatingPoint, "gather x")
         let xs = try empty(shape: [r.maxRows, d], dtype: out, label: "expert-ordered rows")
         if r.maxRows == 0 || d == 0 { return xs }
-        let group = tuning.rowGroup
+        let group = tuning.copyGroup
         try launch(
             "routing.cl", "gather_rows",
-            defines: x.dtype.defines("X").merging(out.defines("Y")) { a, _ in a }.merging(["GROUP": "\(group)"]) { a, _ in a },
+            defines: x.dtype.defines("X").merging(out.defines("Y")) { a, _ in a }
+                .merging(["GROUP": "\(group)"].merging(x.dtype == out ? ["RAW_COPY": out.size == 4 ? "uint" : "ushort"] : [:]) { a, _ in a }) { a, _ in a },
             args: [.buffer(try deviceBuffer(x, "gather x")), .buffer(try deviceBuffer(r.assignmentOf, "routing")),
-                   .buffer(xs.buffer!), .int(r.maxRows), .int(r.tokens), .int(r.config.k), .int(d)],
-            global: [r.maxRows * group], local: [group])
+                   .buffer(xs.buffer!), .int(r.maxRows), .int(r.tokens), .int(r.config.k), .int(d),
+                   .int(tuning.rowsPerGroup)],
+            global: [(r.maxRows + tuning.rowsPerGroup - 1) / tuning.rowsPerGroup * group], local: [group])
         return xs
     }
 
@@ -151,7 +153,7 @@ extension OpenCLBackend {
         }
         let y = try empty(shape: [r.tokens, d], dtype: out, label: "combined output")
         if r.tokens == 0 || d == 0 { return y }
-        let group = tuning.rowGroup
+        let group = tuning.copyGroup
         try launch(
             "routing.cl", "combine_rows",
             defines: ys.dtype.defines("X").merging(out.defines("Y")) { a, _ in a }.merging(["GROUP": "\(group)"]) { a, _ in a },
@@ -159,8 +161,8 @@ extension OpenCLBackend {
                    .buffer(try deviceBuffer(r.weights, "routing")),
                    .buffer(try residual.map { try deviceBuffer($0, "combine residual") } ?? y.buffer!),
                    .int(residual == nil ? 0 : 1), .buffer(y.buffer!), .int(r.tokens), .int(r.config.k), .int(d),
-                   .int(r.maxRows)],
-            global: [r.tokens * group], local: [group])
+                   .int(r.maxRows), .int(tuning.rowsPerGroup)],
+            global: [(r.tokens + tuning.rowsPerGroup - 1) / tuning.rowsPerGroup * group], local: [group])
         return y
     }
 

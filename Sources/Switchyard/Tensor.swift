@@ -21,10 +21,14 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
         case ints([Int32])
     }
 
-    init(shape: [Int], dtype: DType, storage: Storage) {
+    /// Keeps a pooled device buffer leased while any tensor viewing it is alive.
+    let lease: AnyObject?
+
+    init(shape: [Int], dtype: DType, storage: Storage, lease: AnyObject? = nil) {
         self.shape = shape
         self.dtype = dtype
         self.storage = storage
+        self.lease = lease
     }
 
     /// Number of elements.
@@ -47,7 +51,7 @@ extension Tensor {
         guard newShape.allSatisfy({ $0 >= 0 }), newShape.reduce(1, *) == count else {
             throw SwitchyardError.shape(argument: "reshape to \(newShape)", expected: "\(count) elements", actual: shape)
         }
-        return Tensor(shape: newShape, dtype: dtype, storage: storage)
+        return Tensor(shape: newShape, dtype: dtype, storage: storage, lease: lease)
     }
 
     /// Checks the tensor has rank `rank`, returning its shape.
