@@ -20,15 +20,15 @@ inline float choice_value(float v, float m, float denom, int sigmoid, int has_bi
 
 #define SMALL_K 16
 
-// Token-choice top-k gating, one work-item per token. Experts are picked by repeated selection
+// Token-choice top-k gating, one work-item per `tokens_per_item` tokens. Experts are picked by repeated selection
 // of the best key after the previous pick, so no per-token array of E values is needed; groups
 // (at most 64) are kept as a bit mask.
 __kernel void gating_topk(__global const X_T* logits, __global const float* bias, __global int* ids,
                           __global float* weights, __global int* flags, int tokens, int experts, int k,
                           int sigmoid, int has_bias, int renormalize, float routed_scale, int groups,
-                          int topk_groups) {
-    const int t = get_global_id(0);
-    if (t >= tokens) return;
+                          int topk_groups, int tokens_per_item) {
+    const int first = get_global_id(0) * tokens_per_item;
+    for (int t = first; t < first + tokens_per_item && t < tokens; ++t) {
     const size_t base = (size_t)t * (size_t)experts;
     float m = -INFINITY;
     int bad = 0;
@@ -38,8 +38,10 @@ __kernel void gating_topk(__global const X_T* logits, __global const float* bias
         m = fmax(m, v);
     }
     if (bad) flags[0] = 1;
+    // Softmax's denominator cancels when the chosen weights are renormalized and nothing but the
+    // logits decides the choice: then the scores are exp(v - max), one exp per chosen expert.
     float denom = 1.0f;
-    if (!sigmoid) {
+    if (!sigmoid && (!renormalize || has_bias)) {
         float s = 0.0f;
         for (int e = 0; e < experts; ++e) s += exp(X_LOAD(logits, base + e) - m);
         denom = s;
@@ -86,7 +88,10 @@ __kernel void gating_topk(__global const X_T* logits, __global const float* bias
     if (k <= SMALL_K) {
         for (int j = 0; j < k; ++j) chosen[j] = ~(ulong)0;
         for (int e = 0; e < experts; ++e) {
-            if (!((keep_groups >> (uint)(e / gs)) & 1)) continue;
+            if (groups > 1 && !((keep_groups >> (uint)(e / gs)) & 1)) {
+                e += gs - 1 - e % gs;  // skip the rest of a dropped group
+                continue;
+            }
             const float c = choice_value(X_LOAD(logits, base + e), m, denom, sigmoid, has_bias, bias, e);
             const ulong key = rank_key(c, (uint)e);
             if (key < chosen[k - 1]) {
@@ -107,7 +112,7 @@ __kernel void gating_topk(__global const X_T* logits, __global const float* bias
             best = chosen[j];
         } else {
             for (int e = 0; e < experts; ++e) {
-                if (!((keep_groups >> (uint)(e / gs)) & 1)) continue;
+                if (groups > 1 && !((keep_groups >> (uint)(e / gs)) & 1)) continue;
                 const float c = choice_value(X_LOAD(logits, base + e), m, denom, sigmoid, has_bias, bias, e);
                 const ulong key = rank_key(c, (uint)e);
                 if ((j == 0 || key > prev) && key < best) best = key;
@@ -124,6 +129,7 @@ __kernel void gating_topk(__global const X_T* logits, __global const float* bias
     for (int j = 0; j < k; ++j) {
         const float w = renormalize ? weights[out + j] / (sum + 1e-20f) : weights[out + j];
         weights[out + j] = w * routed_scale;
+    }
     }
 }
 
@@ -354,9 +360,9 @@ __kernel void router_scores_transposed(__global const X_T* logits, __global floa
 // Routing statistics, step 1: per token, logsumexp of the logits and the normaliser of its
 // probabilities (softmax: the exp sum; sigmoid: the sum of sigmoids).
 __kernel void stats_tokens(__global const X_T* logits, __global float* lse, __global float* norm, int tokens,
-                           int experts, int sigmoid) {
-    const int t = get_global_id(0);
-    if (t >= tokens) return;
+                           int experts, int sigmoid, int tokens_per_item) {
+    const int first = get_global_id(0) * tokens_per_item;
+    for (int t = first; t < first + tokens_per_item && t < tokens; ++t) {
     const size_t base = (size_t)t * (size_t)experts;
     float m = -INFINITY;
     for (int e = 0; e < experts; ++e) m = fmax(m, X_LOAD(logits, base + e));
@@ -364,10 +370,11 @@ __kernel void stats_tokens(__global const X_T* logits, __global float* lse, __gl
     for (int e = 0; e < experts; ++e) {
         const float v = X_LOAD(logits, base + e);
         s += exp(v - m);
-        sg += 1.0f / (1.0f + exp(-v));
+        if (sigmoid) sg += 1.0f / (1.0f + exp(-v));
     }
     lse[t] = m + log(s);
     norm[t] = sigmoid ? sg : s;
+    }
 }
 
 // Step 2: per expert, the mean probability over the tokens, summed in token order.

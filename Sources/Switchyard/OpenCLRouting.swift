@@ -7,6 +7,10 @@ extension OpenCLBackend {
     /// Local size of the one-work-item-per-token kernels.
     var itemGroup: Int { device.kind == .cpu ? 1 : 64 }
 
+    /// Tokens each work-item of the per-token kernels handles (a CPU device pays a cost per
+    /// work-group that one token's work does not cover).
+    var tokensPerItem: Int { device.kind == .cpu ? 32 : 1 }
+
     func roundUp(_ n: Int, _ m: Int) -> Int { max(m, (n + m - 1) / m * m) }
 
     public func gating(_ logits: Tensor, bias: Tensor?, config c: RouterConfig) throws -> Gating {
@@ -24,8 +28,9 @@ extension OpenCLBackend {
                 .buffer(lb), .buffer(biasBuffer), .buffer(ids.buffer!), .buffer(weights.buffer!), .buffer(flags.buffer!),
                 .int(tokens), .int(experts), .int(c.k), .int(c.scoring == .sigmoid ? 1 : 0), .int(bias == nil ? 0 : 1),
                 .int(c.renormalize ? 1 : 0), .float(c.routedScale), .int(c.expertGroups), .int(c.topKGroups),
+                .int(tokensPerItem),
             ],
-            global: [roundUp(tokens, group)], local: [group])
+            global: [roundUp((tokens + tokensPerItem - 1) / tokensPerItem, group)], local: [group])
         return Gating(config: c, tokens: tokens, logits: logits, ids: ids, weights: weights, flags: flags)
     }
 
@@ -199,8 +204,8 @@ extension OpenCLBackend {
         let sigmoid = r.config.scoring == .sigmoid ? 1 : 0
         try launch(
             "routing.cl", "stats_tokens", defines: defines,
-            args: [.buffer(logits), .buffer(lse), .buffer(norm), .int(t), .int(e), .int(sigmoid)],
-            global: [roundUp(t, itemGroup)], local: [itemGroup])
+            args: [.buffer(logits), .buffer(lse), .buffer(norm), .int(t), .int(e), .int(sigmoid), .int(tokensPerItem)],
+            global: [roundUp((t + tokensPerItem - 1) / tokensPerItem, itemGroup)], local: [itemGroup])
         try launch(
             "routing.cl", "stats_experts", defines: defines,
             args: [.buffer(logits), .buffer(lse), .buffer(norm), .buffer(out), .int(t), .int(e), .int(sigmoid)],
