@@ -7,6 +7,26 @@
 // 64-bit rank key: smaller is better. Descending value, then ascending index.
 inline ulong rank_key(float v, uint index) { return ((ulong)descending_key(v) << 32) | (ulong)index; }
 
+// The largest logit of a token's row; a NaN or infinite logit raises flag 0.
+inline float row_max_flagging(__global const X_T* logits, size_t base, int experts, __global int* flags) {
+    float m = -INFINITY;
+    int bad = 0;
+    for (int e = 0; e < experts; ++e) {
+        const float v = X_LOAD(logits, base + e);
+        bad |= !isfinite(v);
+        m = fmax(m, v);
+    }
+    if (bad) flags[0] = 1;
+    return m;
+}
+
+// Softmax's denominator of a token's row.
+inline float exp_sum(__global const X_T* logits, size_t base, int experts, float m) {
+    float s = 0.0f;
+    for (int e = 0; e < experts; ++e) s += exp(X_LOAD(logits, base + e) - m);
+    return s;
+}
+
 inline float router_score(float v, float m, float denom, int sigmoid) {
     return sigmoid ? 1.0f / (1.0f + exp(-v)) : exp(v - m) / denom;
 }
@@ -30,22 +50,10 @@ __kernel void gating_topk(__global const X_T* logits, __global const float* bias
     const int first = get_global_id(0) * tokens_per_item;
     for (int t = first; t < first + tokens_per_item && t < tokens; ++t) {
     const size_t base = (size_t)t * (size_t)experts;
-    float m = -INFINITY;
-    int bad = 0;
-    for (int e = 0; e < experts; ++e) {
-        const float v = X_LOAD(logits, base + e);
-        bad |= !isfinite(v);
-        m = fmax(m, v);
-    }
-    if (bad) flags[0] = 1;
+    const float m = row_max_flagging(logits, base, experts, flags);
     // Softmax's denominator cancels when the chosen weights are renormalized and nothing but the
     // logits decides the choice: then the scores are exp(v - max), one exp per chosen expert.
-    float denom = 1.0f;
-    if (!sigmoid && (!renormalize || has_bias)) {
-        float s = 0.0f;
-        for (int e = 0; e < experts; ++e) s += exp(X_LOAD(logits, base + e) - m);
-        denom = s;
-    }
+    const float denom = (!sigmoid && (!renormalize || has_bias)) ? exp_sum(logits, base, experts, m) : 1.0f;
 
     ulong keep_groups = ~(ulong)0;
     if (groups > 1) {
@@ -339,20 +347,8 @@ __kernel void router_scores_transposed(__global const X_T* logits, __global floa
     const int t = get_global_id(0);
     if (t >= tokens) return;
     const size_t base = (size_t)t * (size_t)experts;
-    float m = -INFINITY;
-    int bad = 0;
-    for (int e = 0; e < experts; ++e) {
-        const float v = X_LOAD(logits, base + e);
-        bad |= !isfinite(v);
-        m = fmax(m, v);
-    }
-    if (bad) flags[0] = 1;
-    float denom = 1.0f;
-    if (!sigmoid) {
-        float s = 0.0f;
-        for (int e = 0; e < experts; ++e) s += exp(X_LOAD(logits, base + e) - m);
-        denom = s;
-    }
+    const float m = row_max_flagging(logits, base, experts, flags);
+    const float denom = sigmoid ? 1.0f : exp_sum(logits, base, experts, m);
     for (int e = 0; e < experts; ++e)
         scores_t[(size_t)e * (size_t)tokens + t] = router_score(X_LOAD(logits, base + e), m, denom, sigmoid);
 }
