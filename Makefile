@@ -3,7 +3,7 @@
 
 SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-PACKAGES := ocl-icd-opencl-dev opencl-headers pocl-opencl-icd pkg-config clinfo libopenblas-dev python3 python3-numpy python3-pip
+PACKAGES := ocl-icd-opencl-dev opencl-headers pocl-opencl-icd pkg-config clinfo libopenblas-dev libclblast-dev python3 python3-numpy python3-pip
 
 .PHONY: run test deps build bench
 

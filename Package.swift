@@ -56,10 +56,18 @@ let package = Package(
             pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]
         ),
+        // CLBlast's C API as a system library: the OpenCL SGEMM peer of the grouped expert matmul,
+        // in the benchmarks only.
+        .systemLibrary(
+            name: "CCLBlast",
+            path: "Benchmarks/CCLBlast",
+            pkgConfig: "clblast",
+            providers: [.apt(["libclblast-dev"])]
+        ),
         .executableTarget(
             name: "switchyard-bench",
             dependencies: [
-                "Switchyard", "SwitchyardConformance", "OpenCLHost", "COpenBLAS",
+                "Switchyard", "SwitchyardConformance", "OpenCLHost", "COpenBLAS", "CCLBlast",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Benchmarks/switchyard-bench"

@@ -9,7 +9,7 @@ func xmlEscaped(_ text: String) -> String {
 
 /// A self-contained SVG bar chart: one horizontal bar per case, its length the percentage of
 /// the ceiling it is measured against, labelled with the case, the rate and the percentage.
-func svgChart(device: Device, ceilings: BenchCeilings, results: [ItemResult]) -> String {
+func svgChart(device: Device, ceilings: BenchCeilings, results: [ItemResult], scaling: [ScalingPoint] = []) -> String {
     let d = ceilings.device
     func label(_ r: ItemResult) -> String {
         [r.item.op, r.item.shape, r.item.dtype, r.item.options].filter { !$0.isEmpty }.joined(separator: " ")
@@ -21,8 +21,10 @@ func svgChart(device: Device, ceilings: BenchCeilings, results: [ItemResult]) ->
     let valueWidth = 200.0
     let rowHeight = 22.0
     let top = 92.0
-    let width = labelWidth + barWidth + valueWidth + 20
-    let height = top + Double(max(results.count, 1)) * rowHeight + 84
+    let width = max(labelWidth + barWidth + valueWidth + 20, scaling.isEmpty ? 0 : 1300)
+    let barsHeight = top + Double(max(results.count, 1)) * rowHeight + 84
+    let scalingPart = scaling.isEmpty ? nil : scalingSVG(scaling, fmaGFlops: d.fmaGFlops, top: barsHeight, width: max(labelWidth + barWidth + valueWidth + 20, 1300))
+    let height = barsHeight + (scalingPart?.height ?? 0)
     let maxPercent = max(100, ((results.map(\.percent).filter(\.isFinite).max() ?? 0) / 25).rounded(.up) * 25)
     func x(_ percent: Double) -> Double { labelWidth + barWidth * max(0, min(percent, maxPercent)) / maxPercent }
     let colors: [Bound: String] = [.memory: "#4a7fb5", .compute: "#d9822b", .copy: "#5aa469"]
@@ -82,6 +84,7 @@ func svgChart(device: Device, ceilings: BenchCeilings, results: [ItemResult]) ->
         s += "<text x=\"28\" y=\"\(yy)\">\(xmlEscaped(text))</text>\n"
     }
     s += "<text x=\"\(width - 10)\" y=\"\(ly)\" text-anchor=\"end\" fill=\"#c0392b\">dashed: 100% of ceiling</text>\n"
+    if let scalingPart { s += scalingPart.svg }
     s += "</svg>\n"
     return s
 }

@@ -32,6 +32,12 @@ struct BenchItem {
     let prepareDevice: (OpenCLBackend) throws -> () throws -> Void
     /// The peers that run this item, in report order.
     let peers: [any Peer]
+    /// For items whose run splits into stages (the MoE layers): one run with per-stage device
+    /// times (after `prepareDevice`), timed apart from the plain runs.
+    var profiledRun: (() throws -> [StageTime])? = nil
+    /// The grouped expert matmul inside the item (MoE layers), which the per-expert GEMM peers
+    /// are set against.
+    var groupedMatmul: GroupedMatmulPart? = nil
 
     /// Work to time: anything at all moved or computed.
     var hasWork: Bool { flops > 0 || bytes > 0 }
@@ -101,4 +107,13 @@ func hasZeroRows(_ shape: String) -> Bool {
         if parts.count == 2, ["rows", "T", "tokens"].contains(String(parts[0])), Int(parts[1]) == 0 { return true }
     }
     return false
+}
+
+/// The grouped expert matmul part of an MoE-layer item: the stages (as `MoELayer.forward`
+/// names them) and the flops of the routed rows (the same per-expert GEMM work the peers do).
+struct GroupedMatmulPart {
+    let stages: [String]
+    let flops: Double
+    /// Rows routed to each expert in the measured routing (filled by the device run).
+    let info: LayerRunInfo
 }

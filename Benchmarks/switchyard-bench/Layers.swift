@@ -13,10 +13,13 @@ import SwitchyardConformance
 ///   between runs and time the cache, so decode runs rotate over enough copies of the layer
 ///   that their weights together exceed `coldBytes`.
 ///
-/// Peer: the reference backend running the same `MoELayer` where it is fast enough (decode);
-/// PyTorch eager, the peer a user would pick, runs outside this process (DESIGN.md lists
-/// figures measured on the same machine).
-func layerItems(filter: String?, quick: Bool, coldBytes: Int) throws -> [BenchItem] {
+/// Peers: the reference backend running the same `MoELayer` where it is fast enough (decode);
+/// for the f32 layers, OpenBLAS and CLBlast SGEMM once per expert over the same per-expert row
+/// counts (set against the grouped matmul stages, which each run also reports), and PyTorch
+/// eager running the whole layer in its own process (when `python3` can import torch).
+func layerItems(filter: String?, quick: Bool, coldBytes: Int, peers peerOptions: LayerPeerOptions = LayerPeerOptions())
+    throws -> [BenchItem]
+{
     struct Spec {
         let name: String
         let config: MoEConfig
@@ -69,9 +72,28 @@ func layerItems(filter: String?, quick: Bool, coldBytes: Int) throws -> [BenchIt
             let x = try input(backend, s.tokens, c.hidden, s.dtype, seed)
             return { _ = try layer.forward(x) }
         }
-        return BenchItem(
+        let info = LayerRunInfo()
+        var peers: [any Peer] = [reference]
+        // The per-expert GEMM peers and PyTorch run f32, so they stand beside the f32 layers.
+        if s.dtype == .f32 {
+            let loop = ExpertLoopShape(hidden: c.hidden, ffn: c.ffn, experts: c.experts, copies: copies, seed: seed)
+            if !peerOptions.skip.contains("openblas") {
+                peers.append(OpenBLASExpertLoop(shape: loop, info: info, policy: PeerPolicy(
+                    warmups: 2, minRuns: peerOptions.minRuns, maxRuns: 500, seconds: quick ? 0.3 : 1, followsBudget: false)))
+            }
+            if !peerOptions.skip.contains("clblast") {
+                peers.append(CLBlastExpertLoop(shape: loop, info: info, policy: PeerPolicy(
+                    warmups: 1, minRuns: 1, maxRuns: quick ? 1 : peerOptions.clblastRuns, seconds: 30, followsBudget: false)))
+            }
+            if !peerOptions.skip.contains("torch") {
+                peers.append(TorchPeer(
+                    tokens: s.tokens, hidden: c.hidden, ffn: c.ffn, experts: c.experts, k: c.router.k, copies: copies,
+                    threads: peerOptions.threads, runs: quick ? 5 : peerOptions.minRuns, seconds: quick ? 0.5 : 2))
+            }
+        }
+        var item = BenchItem(
             name: name, op: "moe_layer", shape: shape, dtype: s.dtype.rawValue, options: options, flops: flops,
-            bytes: bytes, bound: s.decode ? .copy : nil, peers: [reference]
+            bytes: bytes, bound: s.decode ? .copy : nil, peers: peers
         ) { backend in
             let weights = try MoEWeights.random(config: c, backend: backend, dtype: s.dtype, seed: seed)
             var layers = [try MoELayer(backend: backend, config: c, weights: weights, pack: true)]
@@ -79,13 +101,43 @@ func layerItems(filter: String?, quick: Bool, coldBytes: Int) throws -> [BenchIt
                 layers.append(try MoELayer(backend: backend, config: c, weights: try duplicate(weights, backend), pack: true))
             }
             let x = try input(backend, s.tokens, c.hidden, s.dtype, seed)
+            // The routing the layer computes for this input, read once: its per-expert row
+            // counts are the work of the per-expert GEMM peers.
+            let first = try layers[0].forward(x)
+            info.counts = try backend.ints(first.routing.counts).map(Int.init)
+            info.device = backend.device
+            var profiled = 0
+            info.profiledRun = {
+                let out = try layers[profiled].forward(x, profile: true)
+                profiled = (profiled + 1) % layers.count
+                return out.stages
+            }
             var next = 0
             return {
                 _ = try layers[next].forward(x)
                 next = (next + 1) % layers.count
             }
         }
+        item.profiledRun = {
+            guard let run = info.profiledRun else { throw BenchError("\(name): profiled run before the device run") }
+            return try run()
+        }
+        let routedFlops = Double(s.tokens * c.router.k) * (2 * Double(c.hidden) * 2 * Double(c.ffn) + 2 * Double(c.ffn) * Double(c.hidden))
+        item.groupedMatmul = GroupedMatmulPart(stages: ["gate|up+SwiGLU", "down"], flops: routedFlops, info: info)
+        return item
     }
+}
+
+/// Which MoE-layer peers run, and how.
+struct LayerPeerOptions {
+    /// Threads for OpenBLAS (set by the caller) and PyTorch.
+    var threads = ProcessInfo.processInfo.activeProcessorCount
+    /// Peers to leave out: "openblas", "clblast", "torch".
+    var skip: Set<String> = []
+    /// Timed runs of the CLBlast loop (it is slow on CPU OpenCL drivers).
+    var clblastRuns = 3
+    /// Timed runs, at least, of the OpenBLAS loop and PyTorch.
+    var minRuns = 10
 }
 
 /// FNV-1a of `text`: the same seed on every run and machine.

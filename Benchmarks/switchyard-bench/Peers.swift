@@ -3,16 +3,58 @@ import Foundation
 import Switchyard
 import SwitchyardConformance
 
-/// Something a user could run instead of Switchyard for the same work, timed in the same run.
-/// Today: the CPU reference. Later: OpenBLAS SGEMM per expert beside the grouped matmul, and
-/// (outside this process) PyTorch's eager MoE layer.
+/// Something a user could run instead of Switchyard for the same work, timed in the same run:
+/// the CPU reference (every case), and for the MoE layers OpenBLAS and CLBlast SGEMM once per
+/// expert beside the grouped matmul (`ExpertLoopPeers.swift`) and PyTorch eager running the
+/// whole layer in a process of its own (`TorchPeer.swift`).
 protocol Peer {
     var name: String { get }
+    /// What the peer's time is set against: the item's whole run, or only the grouped expert
+    /// matmul stages of an MoE layer.
+    var scope: PeerScope { get }
+    /// How many runs to time.
+    var policy: PeerPolicy { get }
     /// A rough guess of one run's wall-clock seconds, if the peer can tell before running
     /// (used to skip peers that would take too long); nil when unknown.
     func estimatedSeconds() -> Double?
     /// Prepares the inputs and returns one run (wall-clock timed by the caller).
     func prepare() throws -> () throws -> Void
+    /// The peer's timing within `budget` seconds (`--peer-budget`, for peers whose policy
+    /// follows it). The default times `prepare()`'s run on the wall clock (`timePeer`); a peer
+    /// that times itself (another process) replaces it.
+    func measure(budget: Double) -> PeerTiming
+}
+
+/// What a peer's time is compared with.
+enum PeerScope: String, Sendable {
+    /// The item's run as a whole.
+    case item
+    /// The grouped expert matmul stages (gate|up with SwiGLU, and down) of an MoE layer.
+    case groupedMatmul = "grouped_matmul"
+}
+
+/// How many wall-clock runs of a peer to time.
+struct PeerPolicy: Sendable {
+    /// Untimed runs first (thread start, first-call compiles, page faults).
+    var warmups = 0
+    /// At least this many timed runs ...
+    var minRuns = 1
+    /// ... and at most this many ...
+    var maxRuns = 3
+    /// ... stopping once the timed runs so far and one more would pass this many seconds (nil:
+    /// half of `--peer-budget`).
+    var seconds: Double? = nil
+    /// Whether the peer is skipped when its estimate is over `--peer-budget`.
+    var followsBudget = true
+
+    /// The reference: up to 3 runs within half the budget, skipped when estimated over it.
+    static let budgeted = PeerPolicy()
+}
+
+extension Peer {
+    var scope: PeerScope { .item }
+    var policy: PeerPolicy { .budgeted }
+    func measure(budget: Double) -> PeerTiming { timePeer(self, budget: budget) }
 }
 
 /// The CPU reference backend: plain loops with Double accumulation, single-threaded. It is the

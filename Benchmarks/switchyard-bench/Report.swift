@@ -76,7 +76,9 @@ func resultTable(_ results: [ItemResult]) -> String {
         + "% ceil: B of the best bandwidth ceiling, F of the FMA ceiling, C of the copy ceiling; × ref: reference time / device time"
 }
 
-func jsonReport(device: Device, ceilings: BenchCeilings, results: [ItemResult], quick: Bool) throws -> Data {
+func jsonReport(device: Device, ceilings: BenchCeilings, results: [ItemResult], quick: Bool, scaling: [ScalingPoint] = [])
+    throws -> Data
+{
     let d = ceilings.device
     func number(_ x: Double?) -> Any { x.map { $0.isFinite ? $0 as Any : NSNull() } ?? NSNull() }
     let items: [[String: Any]] = results.map { r in
@@ -102,6 +104,7 @@ func jsonReport(device: Device, ceilings: BenchCeilings, results: [ItemResult], 
         if r.item.bytes > 0 { item["gbps"] = number(r.gbps) }
         if !skipped.isEmpty { item["peers_skipped"] = skipped }
         if r.bound == .compute, let gemm = ceilings.gemmGFlops { item["percent_of_gemm"] = number(100 * r.gflops / gemm) }
+        item.merge(layerPeerJSON(r)) { _, new in new }
         return item
     }
     let document: [String: Any] = [
@@ -116,6 +119,7 @@ func jsonReport(device: Device, ceilings: BenchCeilings, results: [ItemResult], 
             },
         ] as [String: Any],
         "results": items,
+        "scaling": scalingJSON(scaling),
     ]
     return try JSONSerialization.data(withJSONObject: document, options: [.prettyPrinted, .sortedKeys])
 }

@@ -54,18 +54,42 @@ struct SwitchyardBench: ParsableCommand {
     @Option(help: "Skip a peer whose run would take longer than this many seconds.")
     var peerBudget: Double = 2
 
+    @Flag(help: "Leave out the scaling sweeps (layer time against T and against E).")
+    var noScaling = false
+
+    @Option(name: .customLong("skip-peer"), help: "Leave out a peer of the MoE layers: openblas, clblast or torch (repeatable).")
+    var skipPeers: [String] = []
+
+    @Option(help: "Timed runs of the CLBlast per-expert loop (slow on CPU OpenCL drivers; its compile is a warm-up run outside the timing).")
+    var clblastRuns: Int = 3
+
+    @Option(help: "Threads for the host peers (OpenBLAS, PyTorch); default: the machine's processors.")
+    var peerThreads: Int?
+
     func validate() throws {
         if runs < 1 { throw ValidationError("--runs must be at least 1") }
         if let m = ceilingMiB, m < 1 { throw ValidationError("--ceiling-mib must be at least 1") }
+        if clblastRuns < 1 { throw ValidationError("--clblast-runs must be at least 1") }
+        if let t = peerThreads, t < 1 { throw ValidationError("--peer-threads must be at least 1") }
+        for p in skipPeers where !["openblas", "clblast", "torch"].contains(p) {
+            throw ValidationError("--skip-peer takes openblas, clblast or torch, not \(p)")
+        }
     }
 
     func run() throws {
         let started = now()
+        // OpenBLAS first: it may restart the process to pick the right core for this CPU.
+        let threads = peerThreads ?? ProcessInfo.processInfo.activeProcessorCount
+        configureOpenBLAS(threads: threads)
+        let peerOptions = LayerPeerOptions(
+            threads: threads, skip: Set(skipPeers), clblastRuns: clblastRuns, minRuns: runs)
         let (backend, items) = try failing {
             let device = try Device.select(device)
             var items = try conformanceItems(filter: filter, quick: quick)
             items += try routingItems(filter: filter, quick: quick)
-            if !noLayers { items += try layerItems(filter: filter, quick: quick, coldBytes: 512 << 20) }
+            if !noLayers {
+                items += try layerItems(filter: filter, quick: quick, coldBytes: 512 << 20, peers: peerOptions)
+            }
             return (try OpenCLBackend(device: device, sentinelBytes: 0), items)
         }
         let d = backend.device
@@ -83,6 +107,7 @@ struct SwitchyardBench: ParsableCommand {
         let gemm = noGemm ? nil : measureGemmCeiling(quick: quick)
         progress.clear()
         print(ceilingTable(BenchCeilings(device: before, gemm: gemm)))
+        if items.contains(where: { $0.groupedMatmul != nil }) { print(peerSummary(threads: threads, skip: Set(skipPeers))) }
         print("")
 
         let policy = quick ? RunPolicy.quick(runs: runs) : RunPolicy.standard(runs: runs)
@@ -90,6 +115,12 @@ struct SwitchyardBench: ParsableCommand {
         for (i, item) in items.enumerated() {
             progress.show("[\(i + 1)/\(items.count)] \(item.name)")
             measured.append(try failing { try measure(item, on: backend, policy: policy, peerBudget: peerBudget) })
+        }
+        var scaling: [ScalingPoint] = []
+        if !noLayers && !noScaling && (filter ?? "").isEmpty {
+            scaling = try failing {
+                try scalingSweeps(backend: backend, quick: quick) { progress.show($0) }
+            }
         }
         // The ceilings again at the end: on a shared machine other work can come and go, and a
         // ceiling measured while it ran would put later results above 100 %. Each figure is the
@@ -106,17 +137,22 @@ struct SwitchyardBench: ParsableCommand {
         }
         let results = measured.map { $0.result(against: ceilings) }
         print(resultTable(results))
+        if let peers = layerPeerTables(results) { print("\n" + peers) }
+        if !scaling.isEmpty {
+            print("\nscaling of the MoE layer (wall clock per forward; E sweep at k·ffn = 2048 and E·ffn = 8192)")
+            print(scalingTable(scaling))
+        }
         print(String(format: "\n%d cases in %.1f s", results.count, now() - started))
 
         if let json {
             try failing {
-                try jsonReport(device: d, ceilings: ceilings, results: results, quick: quick)
+                try jsonReport(device: d, ceilings: ceilings, results: results, quick: quick, scaling: scaling)
                     .write(to: URL(fileURLWithPath: json))
             }
         }
         if let svg {
             try failing {
-                try Data(svgChart(device: d, ceilings: ceilings, results: results).utf8)
+                try Data(svgChart(device: d, ceilings: ceilings, results: results, scaling: scaling).utf8)
                     .write(to: URL(fileURLWithPath: svg))
             }
         }

@@ -73,6 +73,8 @@ struct ItemResult {
     let bound: Bound
     let ceilingName: String
     let ceiling: Double
+    /// Per-stage device times and the wall clock (items with a `profiledRun`).
+    var profile: StageProfile? = nil
 
     var gflops: Double { item.flops / device.median / 1e9 }
     var gbps: Double { item.bytes / device.median / 1e9 }
@@ -90,6 +92,7 @@ struct Measured {
     let device: Stats
     let kernels: [String]
     let peers: [(name: String, timing: PeerTiming)]
+    let profile: StageProfile?
 
     /// The result against `ceilings`: memory- or compute-bound by arithmetic intensity against
     /// the ridge point, unless the item says which.
@@ -110,7 +113,7 @@ struct Measured {
             }
         return ItemResult(
             item: item, firstSeconds: firstSeconds, device: device, kernels: kernels, peers: peers, bound: bound,
-            ceilingName: ceilingName, ceiling: ceiling)
+            ceilingName: ceilingName, ceiling: ceiling, profile: profile)
     }
 }
 
@@ -145,31 +148,74 @@ func measure(_ item: BenchItem, on backend: OpenCLBackend, policy: RunPolicy, pe
     }
     let device = Stats(samples)
 
+    // Items that can say how their run splits into stages (the MoE layers): profiled runs on
+    // their own, per-stage device times and the wall clock of a run with its synchronization.
+    var profile: StageProfile?
+    if let profiled = item.profiledRun {
+        var stages: [String: [Double]] = [:]
+        var order: [String] = []
+        var wall: [Double] = []
+        for _ in 0..<max(policy.minRuns, min(samples.count, 20)) {
+            let start = now()
+            let times = try profiled()
+            try backend.synchronize()
+            wall.append(now() - start)
+            for t in times {
+                if stages[t.stage] == nil { order.append(t.stage) }
+                stages[t.stage, default: []].append(t.seconds)
+            }
+        }
+        profile = StageProfile(stages: order.map { ($0, Stats(stages[$0]!)) }, wall: Stats(wall))
+    }
+
     var peers: [(name: String, timing: PeerTiming)] = []
     for peer in item.peers {
-        peers.append((peer.name, timePeer(peer, budget: peerBudget)))
+        peers.append((peer.name, peer.measure(budget: peerBudget)))
     }
 
-    return Measured(item: item, firstSeconds: firstSeconds, device: device, kernels: kernels, peers: peers)
+    return Measured(
+        item: item, firstSeconds: firstSeconds, device: device, kernels: kernels, peers: peers, profile: profile)
 }
 
-/// Times a peer on the wall clock: up to 3 runs while they stay within `budget` seconds in
-/// all; none when its own estimate is over the budget.
+/// An item's run split into stages: each stage's device time (sum of its launches' events) and
+/// the wall clock of a whole run including its synchronization, over separate profiled runs.
+struct StageProfile {
+    let stages: [(name: String, stats: Stats)]
+    let wall: Stats
+
+    /// The median device seconds of the named stages, summed; nil when one is missing.
+    func median(of names: [String]) -> Double? {
+        var total = 0.0
+        for name in names {
+            guard let s = stages.first(where: { $0.name == name }) else { return nil }
+            total += s.stats.median
+        }
+        return total
+    }
+}
+
+/// Times a peer on the wall clock by its policy: warm-ups, then at least `minRuns` and at most
+/// `maxRuns` runs, stopping early once the runs so far and one more would pass the policy's
+/// seconds (half of `budget` unless the policy says); none when its estimate is over `budget`
+/// and the policy follows it.
 func timePeer(_ peer: any Peer, budget: Double) -> PeerTiming {
-    if let estimate = peer.estimatedSeconds(), estimate > budget {
+    let policy = peer.policy
+    if policy.followsBudget, let estimate = peer.estimatedSeconds(), estimate > budget {
         return .skipped(String(format: "estimated %.1f s", estimate))
     }
+    let limit = policy.seconds ?? budget / 2
     do {
         let run = try peer.prepare()
+        for _ in 0..<policy.warmups { try run() }
         var samples: [Double] = []
         var total = 0.0
-        while samples.count < 3 {
+        while samples.count < max(policy.maxRuns, 1) {
             let start = now()
             try run()
             let seconds = now() - start
             samples.append(seconds)
             total += seconds
-            if total + seconds > budget / 2 { break }
+            if total + seconds > limit && samples.count >= policy.minRuns { break }
         }
         return .timed(Stats(samples))
     } catch {

@@ -1,0 +1,106 @@
+import Foundation
+
+/// PyTorch eager running the same MoE layer (router linear → softmax → top-k → renormalize →
+/// per-expert SwiGLU FFN → weighted sum), f32, on `threads` threads: `Benchmarks/peers/torch_moe.py`
+/// run by `python3` in a process of its own, which times itself (warm-up, then the median of its
+/// runs on the wall clock) and prints JSON. Skipped when `python3 -c 'import torch'` fails: torch
+/// is never a dependency of the package or its tests.
+struct TorchPeer: Peer {
+    let tokens: Int
+    let hidden: Int
+    let ffn: Int
+    let experts: Int
+    let k: Int
+    let copies: Int
+    let threads: Int
+    let runs: Int
+    let seconds: Double
+
+    var name: String { "torch" }
+    func estimatedSeconds() -> Double? { nil }
+    func prepare() throws -> () throws -> Void { throw BenchError("torch times itself in its own process") }
+
+    func measure(budget: Double) -> PeerTiming {
+        guard let script = TorchPeer.script else {
+            return .skipped("Benchmarks/peers/torch_moe.py not found (set SWITCHYARD_TORCH_SCRIPT)")
+        }
+        if let why = TorchPeer.unavailable { return .skipped(why) }
+        let arguments = [
+            script, "\(tokens)", "\(hidden)", "\(ffn)", "\(experts)", "\(k)", "--threads", "\(threads)",
+            "--copies", "\(copies)", "--runs", "\(runs)", "--seconds", "\(seconds)",
+        ]
+        let result = runProcess("python3", arguments, environment: ["OMP_NUM_THREADS": "\(threads)"], timeout: 600)
+        guard result.status == 0 else {
+            return .failed("torch_moe.py exited \(result.status): \(result.stderr.suffix(400))")
+        }
+        guard let line = result.stdout.split(separator: "\n").last,
+            let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+            let samples = object["samples_ms"] as? [Double], !samples.isEmpty
+        else {
+            return .failed("torch_moe.py printed no result: \(result.stdout.suffix(200))")
+        }
+        return .timed(Stats(samples.map { $0 * 1e-3 }))
+    }
+
+    /// The script: `SWITCHYARD_TORCH_SCRIPT`, else beside this source file in the checkout,
+    /// else under the working directory.
+    static let script: String? = {
+        let fm = FileManager.default
+        var candidates: [String] = []
+        if let path = ProcessInfo.processInfo.environment["SWITCHYARD_TORCH_SCRIPT"] { candidates.append(path) }
+        let here = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        candidates.append(here.appendingPathComponent("peers/torch_moe.py").path)
+        candidates.append(fm.currentDirectoryPath + "/Benchmarks/peers/torch_moe.py")
+        return candidates.first { fm.fileExists(atPath: $0) }
+    }()
+
+    /// Why torch cannot run (nil when `python3 -c 'import torch'` works); asked once.
+    static let unavailable: String? = {
+        let result = runProcess("python3", ["-c", "import torch; print(torch.__version__)"], environment: [:], timeout: 120)
+        if result.status == 0 {
+            version = result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            return nil
+        }
+        return result.status == 127 ? "python3 not found" : "python3 cannot import torch"
+    }()
+
+    nonisolated(unsafe) static var version = ""
+}
+
+/// Runs `executable` (looked up on PATH) with `arguments` and extra `environment`; its exit
+/// status (127 when it could not start, 124 after `timeout` seconds), stdout and stderr.
+func runProcess(_ executable: String, _ arguments: [String], environment: [String: String], timeout: Double)
+    -> (status: Int32, stdout: String, stderr: String)
+{
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = [executable] + arguments
+    process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+    let out = Pipe()
+    let err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    process.standardInput = FileHandle.nullDevice
+    do {
+        try process.run()
+    } catch {
+        return (127, "", "\(error)")
+    }
+    // Read both pipes while the process runs, so neither fills up and blocks it.
+    final class Sink: @unchecked Sendable { var data = Data() }
+    let stderrSink = Sink()
+    let group = DispatchGroup()
+    group.enter()
+    DispatchQueue.global().async {
+        stderrSink.data = err.fileHandleForReading.readDataToEndOfFile()
+        group.leave()
+    }
+    let timer = DispatchWorkItem { if process.isRunning { process.terminate() } }
+    DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: timer)
+    let stdout = out.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    timer.cancel()
+    group.wait()
+    let status: Int32 = process.terminationReason == .uncaughtSignal ? 124 : process.terminationStatus
+    return (status, String(decoding: stdout, as: UTF8.self), String(decoding: stderrSink.data, as: UTF8.self))
+}
