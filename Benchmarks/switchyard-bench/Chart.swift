@@ -22,7 +22,10 @@ func svgChart(device: Device, ceilings: BenchCeilings, results: [ItemResult], sc
     let rowHeight = 22.0
     let top = 92.0
     let width = max(labelWidth + barWidth + valueWidth + 20, scaling.isEmpty ? 0 : 1300)
-    let barsHeight = top + Double(max(results.count, 1)) * rowHeight + 84
+    let staged = results.filter { $0.profile != nil }
+    let stagesTop = top + Double(max(results.count, 1)) * rowHeight + 84
+    let stagesPart = staged.isEmpty ? nil : stageBreakdownSVG(staged, top: stagesTop, labelWidth: labelWidth)
+    let barsHeight = stagesTop + (stagesPart?.height ?? 0)
     let scalingPart = scaling.isEmpty ? nil : scalingSVG(scaling, fmaGFlops: d.fmaGFlops, top: barsHeight, width: max(labelWidth + barWidth + valueWidth + 20, 1300))
     let height = barsHeight + (scalingPart?.height ?? 0)
     let maxPercent = max(100, ((results.map(\.percent).filter(\.isFinite).max() ?? 0) / 25).rounded(.up) * 25)
@@ -84,7 +87,46 @@ func svgChart(device: Device, ceilings: BenchCeilings, results: [ItemResult], sc
         s += "<text x=\"28\" y=\"\(yy)\">\(xmlEscaped(text))</text>\n"
     }
     s += "<text x=\"\(width - 10)\" y=\"\(ly)\" text-anchor=\"end\" fill=\"#c0392b\">dashed: 100% of ceiling</text>\n"
+    if let stagesPart { s += stagesPart.svg }
     if let scalingPart { s += scalingPart.svg }
     s += "</svg>\n"
     return s
+}
+
+/// One stacked bar per MoE-layer row: each stage's median device time, then the launch and sync
+/// overhead (wall clock minus the stages), all as a share of the layer's wall time.
+func stageBreakdownSVG(_ results: [ItemResult], top: Double, labelWidth: Double) -> (svg: String, height: Double) {
+    let palette = ["#4a7fb5", "#5aa469", "#d9822b", "#8e6bb8", "#c0392b", "#16a085", "#7f8c8d"]
+    var names: [String] = []
+    for r in results { for stage in r.profile!.stages where !names.contains(stage.name) { names.append(stage.name) } }
+    names.append("launch + sync")
+    let barWidth = 440.0  // as the bars above, so the wall-time label fits the value column
+    let rowHeight = 24.0
+    var s = "<text x=\"10\" y=\"\(top + 16)\" font-size=\"15\" font-weight=\"bold\">MoE layer stage breakdown (share of the wall time per forward; median device time per stage)</text>\n"
+    let y0 = top + 30
+    for (i, r) in results.enumerated() {
+        let p = r.profile!
+        let wall = max(p.wall.median, p.stages.reduce(0) { $0 + $1.stats.median })
+        let y = y0 + Double(i) * rowHeight
+        let label = [r.item.shape, r.item.dtype, r.item.options].filter { !$0.isEmpty }.joined(separator: " ")
+        s += "<text x=\"\(labelWidth - 8)\" y=\"\(y + 16)\" text-anchor=\"end\">\(xmlEscaped(label))</text>\n"
+        var x = labelWidth
+        var parts = p.stages.map { ($0.name, $0.stats.median) }
+        parts.append(("launch + sync", max(0, p.wall.median - parts.reduce(0) { $0 + $1.1 })))
+        for (name, seconds) in parts {
+            let w = barWidth * seconds / wall
+            let color = palette[(names.firstIndex(of: name) ?? 0) % palette.count]
+            s += "<rect x=\"\(x)\" y=\"\(y + 4)\" width=\"\(max(w, 0))\" height=\"\(rowHeight - 8)\" fill=\"\(color)\"><title>\(xmlEscaped(name)) \(ms(seconds)) ms</title></rect>\n"
+            x += w
+        }
+        s += "<text x=\"\(labelWidth + barWidth + 8)\" y=\"\(y + 16)\">\(ms(p.wall.median)) ms wall</text>\n"
+    }
+    let ly = y0 + Double(results.count) * rowHeight + 16
+    for (j, name) in names.enumerated() {
+        let lx = 10 + Double(j % 4) * 260
+        let yy = ly + Double(j / 4) * 18
+        s += "<rect x=\"\(lx)\" y=\"\(yy - 10)\" width=\"12\" height=\"12\" fill=\"\(palette[j % palette.count])\"/>\n"
+        s += "<text x=\"\(lx + 18)\" y=\"\(yy)\">\(xmlEscaped(name))</text>\n"
+    }
+    return (s, 30 + Double(results.count) * rowHeight + 24 + Double((names.count + 3) / 4) * 18 + 20)
 }

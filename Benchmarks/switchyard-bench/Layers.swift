@@ -37,6 +37,8 @@ func layerItems(filter: String?, quick: Bool, coldBytes: Int, peers peerOptions:
             Spec(name: "deepseek-like", config: .deepSeekLike, tokens: 4096, dtype: .f32, decode: false),
             Spec(name: "mixtral-small", config: .mixtralSmall, tokens: 16, dtype: .bf16, decode: true),
             Spec(name: "deepseek-like", config: .deepSeekLike, tokens: 16, dtype: .f32, decode: true),
+            Spec(name: "mixtral-small", config: .mixtralSmall, tokens: 1, dtype: .f32, decode: true),
+            Spec(name: "deepseek-like", config: .deepSeekLike, tokens: 1, dtype: .f32, decode: true),
         ]
     }
     let regex = try filter.flatMap { $0.isEmpty ? nil : try Regex($0) }
