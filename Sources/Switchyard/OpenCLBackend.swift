@@ -73,7 +73,11 @@ public struct Tuning: Sendable, Hashable, Codable {
         case .cpu: Tuning(rowGroup: 16, topKLocalKeys: min(16384, device.localMemoryBytes / 16), matmulRows: 6,
                           rowsPerGroup: 16, copyGroup: 1)
         case .gpu, .accelerator, .other:
-            Tuning(rowGroup: min(256, max(1, device.maxWorkGroupSize)), topKLocalKeys: device.localMemoryBytes / 16)
+            // One row per matmul work-item keeps its 64 accumulators in registers on a GPU
+            // (a 6 × 64 tile would spill); not yet measured on a GPU: run `switchyard tune`.
+            Tuning(
+                rowGroup: min(256, max(1, device.maxWorkGroupSize)), topKLocalKeys: device.localMemoryBytes / 16,
+                matmulRows: 1)
         }
     }
 }
