@@ -321,16 +321,14 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
         var defines = x.dtype.defines("X").merging(["GROUP": "\(group)"]) { a, _ in a }
         var args: [Arg] = [.buffer(xb), .buffer(values.buffer!), .buffer(indices.buffer!)]
         args += [.int(op.rows), .int(op.cols), .int(k), .int(padded)]
-        var scratch: Buffer?
         if inLocal {
             args.append(.local(bytes: padded * 8))
         } else {
+            // Released when this returns; OpenCL keeps it until the kernel that uses it has run.
             defines["SCRATCH_GLOBAL"] = "1"
-            scratch = try context.buffer(byteCount: op.rows * padded * 8, label: "topK scratch")
-            args.append(.buffer(scratch!))
+            args.append(.buffer(try context.buffer(byteCount: op.rows * padded * 8, label: "topK scratch")))
         }
         try launch("topk.cl", "topk_rows", defines: defines, args: args, global: [op.rows * group], local: [group])
-        _ = scratch  // kept alive until the launch was enqueued; OpenCL retains it while in use
         return (values, indices)
     }
 }

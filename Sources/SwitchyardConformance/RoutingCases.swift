@@ -328,7 +328,6 @@ enum RoutingCases {
                 let shape = "T=\(s.tokens) d=\(s.d) E=\(s.experts) k=\(s.k) block=\(s.block)"
                 let options = s.capacity.map { "cap=\($0)" } ?? ""
                 let seed = Conformance.seed("gather \(shape) \(dtype) \(options)")
-                let rows = Reference.maxRows(assignments: s.tokens * s.k, experts: s.experts, blockSize: s.block)
                 cases.append(
                     ConformanceCase(
                         op: "gather", shape: shape, dtype: dtype, options: options, seed: seed, flops: 0,
@@ -339,7 +338,6 @@ enum RoutingCases {
                         let r = try randomRouting(
                             backend, tokens: s.tokens, experts: s.experts, k: s.k, block: s.block, capacity: s.capacity,
                             seed: seed)
-                        _ = rows
                         return { [CaseOutput("xs", try backend.gather(x, routing: r, dtype: nil), .exact)] }
                     })
             }
