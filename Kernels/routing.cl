@@ -38,7 +38,7 @@ inline float choice_value(float v, float m, float denom, int sigmoid, int has_bi
     return has_bias ? router_score(v, m, denom, sigmoid) + bias[e] : v;
 }
 
-#define SMALL_K 16
+#define SMALL_K 64
 
 // Token-choice top-k gating, one work-item per `tokens_per_item` tokens. Experts are picked by repeated selection
 // of the best key after the previous pick, so no per-token array of E values is needed; groups
@@ -90,7 +90,7 @@ __kernel void gating_topk(__global const X_T* logits, __global const float* bias
 
     const int gs = experts / groups;
     const size_t out = (size_t)t * (size_t)k;
-    // Small k: one pass keeping the k best keys sorted (an element costs one compare unless it
+    // k up to SMALL_K: one pass keeping the k best keys sorted (an element costs one compare unless it
     // enters the list). Larger k: repeated selection of the best key after the previous one.
     ulong chosen[SMALL_K];
     if (k <= SMALL_K) {
