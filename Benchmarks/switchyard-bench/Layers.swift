@@ -62,7 +62,10 @@ func layerItems(filter: String?, quick: Bool, coldBytes: Int, peers peerOptions:
         }
         let flops = c.flops(tokens: s.tokens)
         let shape = "\(s.name) T=\(s.tokens)"
-        let options = s.decode ? "packed decode cold=\(copies)" : "packed"
+        // Decode rotates over `copies` layers: say how many bytes of weights that spans.
+        let options = s.decode
+            ? "packed decode cold=\(copies) (rotation spans \(Int((Double(copies) * layerBytes / 1e6).rounded())) MB)"
+            : "packed"
         let name = "moe_layer \(shape) \(s.dtype.rawValue) \(options)"
         if let regex, !name.contains(regex) { return nil }
         let seed = stableSeed("moe_layer \(shape) \(s.dtype.rawValue)")
