@@ -59,22 +59,24 @@ enum PeerTiming {
     case failed(String)
 }
 
-/// One item's measurements.
+/// One item's measurements set against the ceiling it is compared with.
 struct ItemResult {
-    let item: BenchItem
-    /// Wall-clock seconds of the first run (program builds and the driver's first-launch
-    /// compile for this local size included).
-    let firstSeconds: Double
-    /// Device seconds per run: the sum of the event durations of the run's launches.
-    let device: Stats
-    /// Kernel launches per run, and their names.
-    let kernels: [String]
-    let peers: [(name: String, timing: PeerTiming)]
+    let measured: Measured
     let bound: Bound
     let ceilingName: String
     let ceiling: Double
+
+    var item: BenchItem { measured.item }
+    /// Wall-clock seconds of the first run (program builds and the driver's first-launch
+    /// compile for this local size included).
+    var firstSeconds: Double { measured.firstSeconds }
+    /// Device seconds per run: the sum of the event durations of the run's launches.
+    var device: Stats { measured.device }
+    /// Kernel launches per run, and their names.
+    var kernels: [String] { measured.kernels }
+    var peers: [(name: String, timing: PeerTiming)] { measured.peers }
     /// Per-stage device times and the wall clock (items with a `profiledRun`).
-    var profile: StageProfile? = nil
+    var profile: StageProfile? { measured.profile }
 
     var gflops: Double { item.flops / device.median / 1e9 }
     var gbps: Double { item.bytes / device.median / 1e9 }
@@ -111,9 +113,7 @@ struct Measured {
             case .compute: (ceilings.device.fmaKernel, ceilings.device.fmaGFlops)
             case .copy: (ceilings.device.copyName, ceilings.device.copyGBps)
             }
-        return ItemResult(
-            item: item, firstSeconds: firstSeconds, device: device, kernels: kernels, peers: peers, bound: bound,
-            ceilingName: ceilingName, ceiling: ceiling, profile: profile)
+        return ItemResult(measured: self, bound: bound, ceilingName: ceilingName, ceiling: ceiling)
     }
 }
 
