@@ -120,6 +120,10 @@ public struct Device: @unchecked Sendable, CustomStringConvertible {
     public let maxWorkGroupSize: Int
     public let memoryBaseAlignBytes: Int
     public let extensions: Set<String>
+    /// `CL_DEVICE_NATIVE_VECTOR_WIDTH_FLOAT`: floats per native SIMD register of one
+    /// work-item (16 on an AVX-512 CPU under PoCL, 8 on AVX2, 4 on SSE/NEON; 1 where the
+    /// implementation maps work-items to SIMD lanes, as GPUs and Mesa's llvmpipe do).
+    public let nativeFloatVectorWidth: Int
 
     init(id: cl_device_id, platform: Platform) throws {
         self.id = id
@@ -146,7 +150,13 @@ public struct Device: @unchecked Sendable, CustomStringConvertible {
         maxWorkGroupSize = Int(try Device.scalar(id, CL_DEVICE_MAX_WORK_GROUP_SIZE) as Int)
         memoryBaseAlignBytes = Int(try Device.scalar(id, CL_DEVICE_MEM_BASE_ADDR_ALIGN) as cl_uint) / 8
         extensions = Set(try Device.string(id, CL_DEVICE_EXTENSIONS).split(separator: " ").map(String.init))
+        nativeFloatVectorWidth = max(1, Int(try Device.scalar(id, CL_DEVICE_NATIVE_VECTOR_WIDTH_FLOAT) as cl_uint))
     }
+
+    /// Whether work-items run as SIMD lanes (GPUs, and CPU implementations such as llvmpipe that
+    /// report a native float vector width of 1): kernels then spread rows and columns over a
+    /// work-group instead of giving one work-item a long loop.
+    public var workItemsAreLanes: Bool { kind != .cpu || nativeFloatVectorWidth <= 1 }
 
     public var supportsFP16: Bool { extensions.contains("cl_khr_fp16") }
     public var supportsFP64: Bool { extensions.contains("cl_khr_fp64") || openCLCVersion.contains("fp64") }

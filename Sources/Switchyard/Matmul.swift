@@ -97,6 +97,9 @@ extension OpenCLBackend {
         return (1...min(limit, block)).last { block % $0 == 0 } ?? 1
     }
 
+    /// The routing block size the MoE layer pads each expert's rows to: the matmul's rows per tile.
+    public var matmulBlockSize: Int { tuning.matmulRows }
+
     static func weightCode(_ d: DType) -> String {
         switch d {
         case .f32, .i32: "0"

@@ -141,7 +141,7 @@ public final class MoELayer: @unchecked Sendable {
         }
         try backend.synchronize()
         packSeconds = Date().timeIntervalSince(start)
-        blockSize = (backend as? OpenCLBackend)?.tuning.matmulRows ?? 4
+        blockSize = (backend as? OpenCLBackend)?.matmulBlockSize ?? 4
     }
 
     /// Bytes of routed-expert weights (gate|up and down), in their storage type.
