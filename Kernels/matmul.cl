@@ -7,10 +7,14 @@
 // is the same kernel with one expert and `dense_rows` rows.
 //
 // Defines: A_T/A_LOAD activations; W_DT (0 f32, 1 f16, 2 bf16) weights; Y_T/Y_STORE output;
-// ROWS rows per work-item; EPILOGUE (0 none, 1 SiLU, 2 GELU tanh, 3 GELU erf, 4 SwiGLU, 5 sigmoid).
+// ROWS rows per tile; EPILOGUE (0 none, 1 SiLU, 2 GELU tanh, 3 GELU erf, 4 SwiGLU, 5 sigmoid);
+// PANEL output columns per packed panel; VW the float vector width of the register kernel
+// (PANEL / VW vectors per row), TRM and TBK the work-group kernel's rows per work-item and k step.
+// The host derives them from the device (Sources/Switchyard/OpenCLBackend.swift, `Tuning`).
 //
-// Every output element is one f32 dot product accumulated in k order by one work-item, so a
-// row's result never depends on its tile, its expert's load or the batch (batch invariance).
+// Every output element is one f32 fma chain over k in order 0, 1, ..., K-1, in every kernel
+// below, so a row's result never depends on its tile, its expert's load, the batch, or which
+// kernel and geometry computed it (batch invariance).
 
 #ifndef ROWS
 #define ROWS 4
@@ -21,25 +25,59 @@
 #ifndef W_DT
 #define W_DT 0
 #endif
+#ifndef PANEL
+#define PANEL 64
+#endif
+#ifndef VW
+#define VW 16
+#endif
+#ifndef TRM
+#define TRM 4
+#endif
+#ifndef TBK
+#define TBK 16
+#endif
+#ifndef TILE_STEP
+#define TILE_STEP 1
+#endif
 
 #if W_DT == 0
 #define W_T float
 #define W_RAW uint
-#define W_LOAD16(p, i) vload16((i), (p))
 #define W_LOAD1(p, i) ((p)[i])
 #elif W_DT == 1
 #define W_T half
 #define W_RAW ushort
-#define W_LOAD16(p, i) vload_half16((i), (p))
 #define W_LOAD1(p, i) vload_half((i), (p))
 #else
 #define W_T ushort
 #define W_RAW ushort
-#define W_LOAD16(p, i) as_float16(convert_uint16(vload16((i), (p))) << 16)
 #define W_LOAD1(p, i) as_float(((uint)(p)[i]) << 16)
 #endif
 
-#define PANEL 64
+// VW-wide weight loads of the register kernel: float VW vectors for every storage type.
+#if VW == 1
+#define VEC float
+#define VSTORE(v, i, p) ((p)[i] = (v))
+#if W_DT == 0
+#define W_LOADV(p, i) ((p)[i])
+#elif W_DT == 1
+#define W_LOADV(p, i) vload_half((i), (p))
+#else
+#define W_LOADV(p, i) as_float(((uint)(p)[i]) << 16)
+#endif
+#else
+#define VEC SY_CAT(float, VW)
+#define VSTORE(v, i, p) SY_CAT(vstore, VW)((v), (i), (p))
+#if W_DT == 0
+#define W_LOADV(p, i) SY_CAT(vload, VW)((i), (p))
+#elif W_DT == 1
+#define W_LOADV(p, i) SY_CAT(vload_half, VW)((i), (p))
+#else
+#define W_LOADV(p, i) SY_CAT(as_float, VW)(SY_CAT(convert_uint, VW)(SY_CAT(vload, VW)((i), (p))) << 16)
+#endif
+#endif
+#define NV (PANEL >= VW ? PANEL / VW : 1)  // (never a zero-size array when a program is built for another kernel)
 
 inline float silu(float v) { return v / (1.0f + exp(-v)); }
 inline float gelu_tanh(float v) {
@@ -63,6 +101,7 @@ inline float activate(float v) {
 
 // Source row of A for output row `row`, or -1 when the row is padding (its output is zero).
 // gather_k > 0: A is x [T, K] read through the permutation (fused gather); else A is xs.
+// Every index read from a buffer is checked before it becomes an address.
 inline int source_row(int row, int dense_rows, __global const int* assignment_of, int gather_k, int tokens_k) {
     if (dense_rows > 0) return row < dense_rows ? row : -1;
     if (gather_k > 0) {
@@ -83,29 +122,43 @@ inline float row_scale_of(int row, int scale_mode, __global const float* scale, 
     return 1.0f;
 }
 
-// Packed weights: per expert, panels of 64 output columns, each stored k-major
-// ([panel][k][64]), so one k step reads 64 consecutive weights (four float16 loads) that every
-// row of the tile reuses from registers. For SwiGLU a panel holds 32 gate then 32 up columns.
+// The expert of row tile `tile`, or -1 past the padded total (or for an id out of range).
+inline int tile_expert_of(int tile, int dense_rows, __global const int* tile_expert, int block, int experts) {
+    if (dense_rows > 0) return 0;
+    const int e = tile_expert[tile * ROWS / block];
+    return (e >= 0 && e < experts) ? e : -1;
+}
+
+// Output column of panel position j (for SwiGLU, j < PANEL / 2 are the gate columns, each
+// paired with the up column at j + PANEL / 2), and how many outputs a panel holds.
+#if EPILOGUE == 4
+#define PANEL_OUT (PANEL / 2)
+#else
+#define PANEL_OUT PANEL
+#endif
+
+// Register kernel (CPU-class devices, where one work-item runs on one SIMD core).
+// Packed weights: per expert, panels of PANEL output columns, each stored k-major
+// ([panel][k][PANEL]), so one k step reads PANEL consecutive weights (NV loads of VW floats)
+// that every row of the tile reuses from registers. The tile is ROWS × NV accumulator vectors,
+// sized by the host to the device's register file (AVX-512: 6 × 4 × float16 = 24 of 32 zmm;
+// AVX2: 6 × 2 × float8 = 12 of 16 ymm). For SwiGLU a panel holds PANEL/2 gate then PANEL/2 up
+// columns.
 inline void packed_tile(__global const A_T* a, __global const int* assignment_of, int gather_k,
                         __global const W_T* w, __global const int* tile_expert, __global Y_T* y,
                         __global const float* scale, int scale_mode, int K, int N, int panels, int dense_rows,
-                        int tokens_k, int block, int max_rows, const int tile, const int panel) {
-    const int e = dense_rows > 0 ? 0 : tile_expert[tile * ROWS / block];
+                        int tokens_k, int block, int max_rows, int experts, const int tile, const int panel) {
     const int row0 = tile * ROWS;
+    if (dense_rows > 0 && row0 >= dense_rows) return;
+    const int e = tile_expert_of(tile, dense_rows, tile_expert, block, experts);
     if (e < 0) {  // past the padded total: defined as zeros (a cheap write, no weight read)
-#if EPILOGUE == 4
-        const int width = PANEL / 2;
-#else
-        const int width = PANEL;
-#endif
         for (int r = 0; r < ROWS && row0 + r < max_rows; ++r)
-            for (int j = 0; j < width; ++j) {
-                const int col = panel * width + j;
+            for (int j = 0; j < PANEL_OUT; ++j) {
+                const int col = panel * PANEL_OUT + j;
                 if (col < N) Y_STORE(y, (size_t)(row0 + r) * (size_t)N + col, 0.0f);
             }
         return;
     }
-    if (dense_rows > 0 && row0 >= dense_rows) return;
 
     // Padding rows read a valid row (the tile's first real one, or row 0) and store zeros, so
     // the k loop has no branch.
@@ -114,33 +167,27 @@ inline void packed_tile(__global const A_T* a, __global const int* assignment_of
     int fallback = 0;
 #pragma unroll
     for (int r = ROWS - 1; r >= 0; --r) {
-        src[r] = source_row(row0 + r, dense_rows, assignment_of, gather_k, tokens_k);
+        src[r] = row0 + r < max_rows ? source_row(row0 + r, dense_rows, assignment_of, gather_k, tokens_k) : -1;
         if (src[r] >= 0) fallback = src[r];
     }
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) ap[r] = a + (size_t)(src[r] >= 0 ? src[r] : fallback) * (size_t)K;
 
-    float16 acc0[ROWS], acc1[ROWS], acc2[ROWS], acc3[ROWS];
+    VEC acc[ROWS][NV];
 #pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-        acc0[r] = (float16)0.0f;
-        acc1[r] = (float16)0.0f;
-        acc2[r] = (float16)0.0f;
-        acc3[r] = (float16)0.0f;
-    }
+    for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+        for (int v = 0; v < NV; ++v) acc[r][v] = (VEC)0.0f;
     __global const W_T* wp = w + ((size_t)e * (size_t)panels + (size_t)panel) * (size_t)K * PANEL;
     for (int k = 0; k < K; ++k) {
-        const float16 w0 = W_LOAD16(wp, 4 * k + 0);
-        const float16 w1 = W_LOAD16(wp, 4 * k + 1);
-        const float16 w2 = W_LOAD16(wp, 4 * k + 2);
-        const float16 w3 = W_LOAD16(wp, 4 * k + 3);
+        VEC wv[NV];
+#pragma unroll
+        for (int v = 0; v < NV; ++v) wv[v] = W_LOADV(wp, NV * k + v);
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
-            const float av = A_LOAD(ap[r], k);
-            acc0[r] = fma((float16)av, w0, acc0[r]);
-            acc1[r] = fma((float16)av, w1, acc1[r]);
-            acc2[r] = fma((float16)av, w2, acc2[r]);
-            acc3[r] = fma((float16)av, w3, acc3[r]);
+            const VEC av = (VEC)A_LOAD(ap[r], k);
+#pragma unroll
+            for (int v = 0; v < NV; ++v) acc[r][v] = fma(av, wv[v], acc[r][v]);
         }
     }
 
@@ -150,41 +197,126 @@ inline void packed_tile(__global const A_T* a, __global const int* assignment_of
         if (row >= max_rows) continue;
         const float s = src[r] >= 0 ? row_scale_of(row, scale_mode, scale, assignment_of, tokens_k) : 0.0f;
         float v[PANEL];
-        vstore16(acc0[r], 0, v);
-        vstore16(acc1[r], 1, v);
-        vstore16(acc2[r], 2, v);
-        vstore16(acc3[r], 3, v);
+#pragma unroll
+        for (int q = 0; q < NV; ++q) VSTORE(acc[r][q], q, v);
         const size_t out = (size_t)row * (size_t)N;
+        const int real = src[r] >= 0;
+        for (int j = 0; j < PANEL_OUT; ++j) {
+            const int col = panel * PANEL_OUT + j;
 #if EPILOGUE == 4
-        for (int j = 0; j < PANEL / 2; ++j) {
-            const int col = panel * (PANEL / 2) + j;
-            if (col < N) Y_STORE(y, out + col, src[r] >= 0 ? silu(v[j]) * v[j + PANEL / 2] * s : 0.0f);
-        }
+            if (col < N) Y_STORE(y, out + col, real ? silu(v[j]) * v[j + PANEL / 2] * s : 0.0f);
 #else
-        for (int j = 0; j < PANEL; ++j) {
-            const int col = panel * PANEL + j;
-            if (col < N) Y_STORE(y, out + col, src[r] >= 0 ? activate(v[j]) * s : 0.0f);
-        }
+            if (col < N) Y_STORE(y, out + col, real ? activate(v[j]) * s : 0.0f);
 #endif
+        }
     }
 }
-
-#ifndef TILE_STEP
-#define TILE_STEP 1
-#endif
 
 // Each work-item computes TILE_STEP consecutive row tiles of one panel (fewer, longer
 // work-items: the panel stays in cache and the per-work-group cost is paid less often).
 __kernel void grouped_matmul_packed(__global const A_T* a, __global const int* assignment_of, int gather_k,
                                     __global const W_T* w, __global const int* tile_expert, __global Y_T* y,
                                     __global const float* scale, int scale_mode, int K, int N, int panels,
-                                    int dense_rows, int tokens_k, int tiles, int block, int max_rows) {
+                                    int dense_rows, int tokens_k, int tiles, int block, int max_rows, int experts) {
     const int first = get_global_id(0) * TILE_STEP;
     const int panel = get_global_id(1);
     if (panel >= panels) return;
-    for (int tile = first; tile < first + TILE_STEP && tile < tiles; ++tile)
+    for (int step = 0; step < TILE_STEP; ++step) {
+        const int tile = first + step;
+        if (tile >= tiles) break;
         packed_tile(a, assignment_of, gather_k, w, tile_expert, y, scale, scale_mode, K, N, panels, dense_rows,
-                    tokens_k, block, max_rows, tile, panel);
+                    tokens_k, block, max_rows, experts, tile, panel);
+    }
+}
+
+// Work-group kernel (GPUs, and implementations such as llvmpipe that run work-items as SIMD
+// lanes). One work-group computes one tile of ROWS rows × one packed panel of PANEL columns:
+// PANEL/4 × ROWS/TRM work-items, each TRM rows × 4 columns (columns tx, tx + PANEL/4, ...,
+// so a SwiGLU gate column and its up column land in the same work-item). Per k step of TBK,
+// the work-group stages the tile's activations and the panel's TBK × PANEL weights (one
+// contiguous, coalesced block of the packed layout) in local memory. No loop runs longer than
+// K / TBK iterations.
+#define TN (PANEL >= 4 ? PANEL / 4 : 1)
+#define TM (ROWS >= TRM ? ROWS / TRM : 1)
+#define TNT (TN * TM)
+__kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_tiled(
+    __global const A_T* a, __global const int* assignment_of, int gather_k, __global const W_T* w,
+    __global const int* tile_expert, __global Y_T* y, __global const float* scale, int scale_mode, int K, int N,
+    int panels, int dense_rows, int tokens_k, int tiles, int block, int max_rows, int experts) {
+    __local float as[TBK][ROWS];
+    __local float ws[TBK][PANEL];
+    __local int srcs[ROWS];
+    const int tx = get_local_id(0);
+    const int ty = get_local_id(1);
+    const int lid = ty * TN + tx;
+    const int panel = get_group_id(0);
+    const int tile = get_group_id(1);
+    if (panel >= panels || tile >= tiles) return;  // uniform over the work-group
+    const int row0 = tile * ROWS;
+    if (dense_rows > 0 && row0 >= dense_rows) return;
+    const int e = tile_expert_of(tile, dense_rows, tile_expert, block, experts);
+    if (e < 0) {
+        for (int i = 0; i < TRM; ++i) {
+            const int row = row0 + ty + i * TM;
+            if (row >= max_rows) continue;
+            for (int j = 0; j < 4; ++j) {
+                const int p = tx + j * TN;
+                const int col = panel * PANEL_OUT + p;
+                if (p < PANEL_OUT && col < N) Y_STORE(y, (size_t)row * (size_t)N + col, 0.0f);
+            }
+        }
+        return;
+    }
+    for (int r = lid; r < ROWS; r += TNT)
+        srcs[r] = row0 + r < max_rows ? source_row(row0 + r, dense_rows, assignment_of, gather_k, tokens_k) : -1;
+    barrier(CLK_LOCAL_MEM_FENCE);
+
+    float acc[TRM][4];
+    for (int i = 0; i < TRM; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+    __global const W_T* wp = w + ((size_t)e * (size_t)panels + (size_t)panel) * (size_t)K * PANEL;
+    for (int k0 = 0; k0 < K; k0 += TBK) {
+        const int kn = min(TBK, K - k0);
+        for (int idx = lid; idx < TBK * ROWS; idx += TNT) {
+            const int r = idx / TBK;
+            const int kk = idx % TBK;
+            const int s = srcs[r];
+            as[kk][r] = (s >= 0 && kk < kn) ? A_LOAD(a + (size_t)s * (size_t)K, k0 + kk) : 0.0f;
+        }
+        for (int idx = lid; idx < TBK * PANEL; idx += TNT) {
+            const int kk = idx / PANEL;
+            ws[kk][idx % PANEL] = kk < kn ? W_LOAD1(wp, (size_t)k0 * PANEL + idx) : 0.0f;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int kk = 0; kk < kn; ++kk) {
+            float wv[4];
+            for (int j = 0; j < 4; ++j) wv[j] = ws[kk][tx + j * TN];
+            for (int i = 0; i < TRM; ++i) {
+                const float av = as[kk][ty + i * TM];
+                for (int j = 0; j < 4; ++j) acc[i][j] = fma(av, wv[j], acc[i][j]);
+            }
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+
+    for (int i = 0; i < TRM; ++i) {
+        const int row = row0 + ty + i * TM;
+        if (row >= max_rows) continue;
+        const int real = srcs[ty + i * TM] >= 0;
+        const float s = real ? row_scale_of(row, scale_mode, scale, assignment_of, tokens_k) : 0.0f;
+        const size_t out = (size_t)row * (size_t)N;
+#if EPILOGUE == 4
+        for (int j = 0; j < 2; ++j) {
+            const int col = panel * PANEL_OUT + tx + j * TN;
+            if (col < N) Y_STORE(y, out + col, real ? silu(acc[i][j]) * acc[i][j + 2] * s : 0.0f);
+        }
+#else
+        for (int j = 0; j < 4; ++j) {
+            const int col = panel * PANEL_OUT + tx + j * TN;
+            if (col < N) Y_STORE(y, out + col, real ? activate(acc[i][j]) * s : 0.0f);
+        }
+#endif
+    }
 }
 
 // Unpacked weights in the checkpoint layout [E, N_w, K] (N_w = N, or 2N for SwiGLU with the
@@ -194,11 +326,11 @@ __kernel void grouped_matmul_packed(__global const A_T* a, __global const int* a
 __kernel void grouped_matmul_plain(__global const A_T* a, __global const int* assignment_of, int gather_k,
                                    __global const W_T* w, __global const int* tile_expert, __global Y_T* y,
                                    __global const float* scale, int scale_mode, int K, int N, int col_groups,
-                                   int dense_rows, int tokens_k, int tiles, int block, int max_rows) {
+                                   int dense_rows, int tokens_k, int tiles, int block, int max_rows, int experts) {
     const int tile = get_global_id(0);
     const int cg = get_global_id(1);
     if (tile >= tiles || cg >= col_groups) return;
-    const int e = dense_rows > 0 ? 0 : tile_expert[tile * ROWS / block];
+    const int e = tile_expert_of(tile, dense_rows, tile_expert, block, experts);
     const int row0 = tile * ROWS;
     if (e < 0) {  // past the padded total: zeros
         for (int r = 0; r < ROWS && row0 + r < max_rows; ++r)

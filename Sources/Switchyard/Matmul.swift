@@ -3,11 +3,11 @@ import SwitchyardReference
 
 /// Expert (or dense) weights in the checkpoint layout `[E, N_w, K]` (PyTorch `nn.Linear`:
 /// out × in), on a backend, optionally also repacked once into the layout the device kernel
-/// reads fastest (64-column panels, k-major).
+/// reads fastest (panels of the backend's panel width, k-major).
 public struct ExpertWeights: Sendable {
     /// `[E, N_w, K]`; for SwiGLU `N_w = 2·ffn` with the gate rows first.
     public let weight: Tensor
-    /// The panel layout `[E, panels, K, 64]`, same storage type, when packed.
+    /// The panel layout `[E, panels, K, panelWidth]`, same storage type, when packed.
     public let packed: Tensor?
     /// Whether the rows are a fused gate|up pair (SwiGLU epilogue).
     public let swiglu: Bool
@@ -15,8 +15,16 @@ public struct ExpertWeights: Sendable {
     public var experts: Int { weight.shape[0] }
     public var inFeatures: Int { weight.shape[2] }
     public var outFeatures: Int { swiglu ? weight.shape[1] / 2 : weight.shape[1] }
-    /// Number of 64-wide panels per expert in the packed layout.
-    public var panels: Int { swiglu ? (outFeatures + 31) / 32 : (outFeatures + 63) / 64 }
+    /// Output columns of one packed panel (the backend's `Tuning.matmulPanel` when packed);
+    /// for SwiGLU a panel holds half as many gate and as many up columns.
+    public var panelWidth: Int { packed?.shape[3] ?? 64 }
+    /// Number of panels per expert in the packed layout.
+    public var panels: Int { Self.panels(outFeatures: outFeatures, width: panelWidth, swiglu: swiglu) }
+
+    static func panels(outFeatures: Int, width: Int, swiglu: Bool) -> Int {
+        let perPanel = swiglu ? width / 2 : width
+        return (outFeatures + perPanel - 1) / perPanel
+    }
     /// Bytes of weight storage one full pass reads.
     public var bytes: Int { weight.byteCount }
 }
@@ -89,12 +97,11 @@ func validateMatmul(
 }
 
 extension OpenCLBackend {
-    /// Rows per work-item of the matmul: the tuning's, or the largest divisor of the routing's
-    /// block size not above it.
-    func matmulRows(block: Int?) -> Int {
-        let limit = tuning.matmulRows
+    /// Rows per tile of the matmul: at most `limit`, and the largest divisor of the routing's
+    /// block size not above it (a tile never spans two experts).
+    func matmulRows(block: Int?, limit: Int) -> Int {
         guard let block else { return limit }
-        return (1...min(limit, block)).last { block % $0 == 0 } ?? 1
+        return (1...max(1, min(limit, block))).last { block % $0 == 0 } ?? 1
     }
 
     /// The routing block size the MoE layer pads each expert's rows to: the matmul's rows per tile.
@@ -114,10 +121,11 @@ extension OpenCLBackend {
         guard pack else { return plain }
         let e = plain.experts
         let k = plain.inFeatures
-        let panels = plain.panels
-        let packed = try empty(shape: [e, panels, k, 64], dtype: w.dtype, label: "packed weights")
+        let width = tuning.matmulPanel
+        let panels = ExpertWeights.panels(outFeatures: plain.outFeatures, width: width, swiglu: swiglu)
+        let packed = try empty(shape: [e, panels, k, width], dtype: w.dtype, label: "packed weights")
         try launch(
-            "matmul.cl", "pack_weights", defines: ["W_DT": Self.weightCode(w.dtype)],
+            "matmul.cl", "pack_weights", defines: ["W_DT": Self.weightCode(w.dtype), "PANEL": "\(width)"],
             args: [.buffer(try deviceBuffer(w, "expert weights")), .buffer(packed.buffer!), .int(k),
                    .int(plain.outFeatures), .int(panels), .int(swiglu ? 1 : 0)],
             global: [k, panels, e], local: [1, 1, 1])
@@ -134,9 +142,7 @@ extension OpenCLBackend {
         let n = weights.outFeatures
         let y = try empty(shape: [rows, n], dtype: out, label: "matmul output")
         if rows == 0 { return y }
-        let rowsPerItem = matmulRows(block: routing?.blockSize)
-        let block = routing?.blockSize ?? rowsPerItem
-        let tiles = (rows + rowsPerItem - 1) / rowsPerItem
+        let tokensK = routing.map { $0.tokens * $0.config.k } ?? 0
         let ab = try deviceBuffer(a, "matmul activations")
         let assignment = try routing.map { try deviceBuffer($0.assignmentOf, "routing") } ?? y.buffer!
         let tileMap = try routing.map { try deviceBuffer($0.tileExpert, "routing") } ?? y.buffer!
@@ -146,37 +152,80 @@ extension OpenCLBackend {
             case .perRow(let t): (1, try deviceBuffer(t, "row scale"))
             case .routingWeights: (2, try deviceBuffer(routing!.weights, "routing"))
             }
-        let defines = a.dtype.defines("A").merging(out.defines("Y")) { x, _ in x }.merging([
-            "W_DT": Self.weightCode(weights.weight.dtype), "ROWS": "\(rowsPerItem)", "EPILOGUE": "\(epilogue.code)",
-            "TILE_STEP": "\(tuning.matmulTileStep)",
+        var defines = a.dtype.defines("A").merging(out.defines("Y")) { x, _ in x }.merging([
+            "W_DT": Self.weightCode(weights.weight.dtype), "EPILOGUE": "\(epilogue.code)",
         ]) { x, _ in x }
-        let tokensK = routing.map { $0.tokens * $0.config.k } ?? 0
-        let common: [Arg] = [
-            .buffer(ab), .buffer(assignment), .int(fusedGather ? routing!.config.k : 0),
-        ]
-        let local = device.kind == .cpu ? 1 : 16
-        let globalTiles = (tiles + local - 1) / local * local
+        let common: [Arg] = [.buffer(ab), .buffer(assignment), .int(fusedGather ? routing!.config.k : 0)]
+        let experts = weights.experts
         if let packed = weights.packed {
-            let step = tuning.matmulTileStep
-            let items = (tiles + step - 1) / step
-            try launch(
-                "matmul.cl", "grouped_matmul_packed", defines: defines,
-                args: common + [
-                    .buffer(try deviceBuffer(packed, "packed weights")), .buffer(tileMap), .buffer(y.buffer!),
-                    .buffer(scaleBuffer), .int(scaleMode), .int(weights.inFeatures), .int(n), .int(weights.panels),
-                    .int(routing == nil ? rows : 0), .int(tokensK), .int(tiles), .int(block), .int(rows),
-                ],
-                global: [(items + local - 1) / local * local, weights.panels], local: [local, 1])
+            let width = weights.panelWidth
+            guard width == tuning.matmulPanel else {
+                throw SwitchyardError.unsupported(
+                    "expert weights packed in \(width)-column panels; this backend's kernel reads \(tuning.matmulPanel)-column "
+                        + "panels: prepare the weights on the backend that runs them")
+            }
+            let panels = weights.panels
+            let wb = try deviceBuffer(packed, "packed weights")
+            defines["PANEL"] = "\(width)"
+            switch tuning.matmulKernel {
+            case .registers:
+                let rowsPerItem = matmulRows(block: routing?.blockSize, limit: tuning.matmulRows)
+                let block = routing?.blockSize ?? rowsPerItem
+                let tiles = (rows + rowsPerItem - 1) / rowsPerItem
+                let step = tuning.matmulTileStep
+                let items = (tiles + step - 1) / step
+                let local = device.workItemsAreLanes ? 16 : 1
+                defines["ROWS"] = "\(rowsPerItem)"
+                defines["VW"] = "\(tuning.matmulVectorWidth)"
+                defines["TILE_STEP"] = "\(step)"
+                try launch(
+                    "matmul.cl", "grouped_matmul_packed", defines: defines,
+                    args: common + [
+                        .buffer(wb), .buffer(tileMap), .buffer(y.buffer!), .buffer(scaleBuffer), .int(scaleMode),
+                        .int(weights.inFeatures), .int(n), .int(panels), .int(routing == nil ? rows : 0), .int(tokensK),
+                        .int(tiles), .int(block), .int(rows), .int(experts),
+                    ],
+                    global: [(items + local - 1) / local * local, panels], local: [local, 1])
+            case .workGroup:
+                // Rows per work-group: a power of two dividing the block (and the tuning's).
+                var tileRows = tuning.matmulRows
+                if let block = routing?.blockSize {
+                    while tileRows > 1 && block % tileRows != 0 { tileRows /= 2 }
+                }
+                let perItem = min(tuning.matmulRowsPerItem, tileRows)
+                let block = routing?.blockSize ?? tileRows
+                let tiles = (rows + tileRows - 1) / tileRows
+                defines["ROWS"] = "\(tileRows)"
+                defines["TRM"] = "\(perItem)"
+                defines["TBK"] = "\(tuning.matmulTileK)"
+                let groupCols = width / 4
+                let groupRows = tileRows / perItem
+                try launch(
+                    "matmul.cl", "grouped_matmul_tiled", defines: defines,
+                    args: common + [
+                        .buffer(wb), .buffer(tileMap), .buffer(y.buffer!), .buffer(scaleBuffer), .int(scaleMode),
+                        .int(weights.inFeatures), .int(n), .int(panels), .int(routing == nil ? rows : 0), .int(tokensK),
+                        .int(tiles), .int(block), .int(rows), .int(experts),
+                    ],
+                    global: [panels * groupCols, tiles * groupRows], local: [groupCols, groupRows])
+            }
         } else {
+            // Short per-work-item loops on lane-style devices: at most 4 rows × 8 columns each.
+            let rowsPerItem = matmulRows(
+                block: routing?.blockSize, limit: device.workItemsAreLanes ? min(4, tuning.matmulRows) : tuning.matmulRows)
+            let block = routing?.blockSize ?? rowsPerItem
+            let tiles = (rows + rowsPerItem - 1) / rowsPerItem
+            let local = device.workItemsAreLanes ? 16 : 1
             let groups = (n + 7) / 8
+            defines["ROWS"] = "\(rowsPerItem)"
             try launch(
                 "matmul.cl", "grouped_matmul_plain", defines: defines,
                 args: common + [
                     .buffer(try deviceBuffer(weights.weight, "expert weights")), .buffer(tileMap), .buffer(y.buffer!),
                     .buffer(scaleBuffer), .int(scaleMode), .int(weights.inFeatures), .int(n), .int(groups),
-                    .int(routing == nil ? rows : 0), .int(tokensK), .int(tiles), .int(block), .int(rows),
+                    .int(routing == nil ? rows : 0), .int(tokensK), .int(tiles), .int(block), .int(rows), .int(experts),
                 ],
-                global: [globalTiles, groups], local: [local, 1])
+                global: [(tiles + local - 1) / local * local, groups], local: [local, 1])
         }
         return y
     }

@@ -2,27 +2,51 @@ import Foundation
 import OpenCLHost
 import SwitchyardReference
 
-/// Launch parameters Switchyard picks per device class. Sizes are kernel arguments; these are
-/// the `-D` and local-size choices, fixed per device so results are reproducible.
+/// Which grouped-matmul kernel reads packed weights.
+public enum MatmulKernel: String, Sendable, Hashable, Codable, CaseIterable {
+    /// One work-item per row tile × panel, its accumulators in registers (CPU-class devices,
+    /// where a work-item runs on one SIMD core).
+    case registers
+    /// One work-group per row tile × panel, staged through local memory (GPUs, and
+    /// implementations that run work-items as SIMD lanes).
+    case workGroup
+}
+
+/// Launch parameters Switchyard picks per device. Sizes are kernel arguments; these are the
+/// `-D` and local-size choices, fixed per device so results are reproducible. The defaults are
+/// derived from what the device reports (`Tuning.defaults(for:)`); `switchyard tune` searches
+/// around them and stores a faster entry per device and driver.
 public struct Tuning: Sendable, Hashable, Codable {
     /// Work-group size of the row-wise kernels (softmax, top-k): one work-group per row.
     public var rowGroup: Int
     /// Largest row (rounded up to a power of two) whose top-k sort keys are kept in local
     /// memory; wider rows sort in a global scratch buffer with the same network.
     public var topKLocalKeys: Int
-    /// Rows each matmul work-item computes (its register tile is rows × 64 columns); the MoE
-    /// layer pads each expert's rows to a multiple of it.
+    /// Rows of one matmul tile (the MoE layer pads each expert's rows to a multiple of it):
+    /// a work-item's rows in the register kernel, a work-group's in the work-group kernel.
     public var matmulRows: Int
-    /// Row tiles each packed-matmul work-item walks down (its panel stays in cache).
+    /// Row tiles each register-kernel work-item walks down (its panel stays in cache).
     public var matmulTileStep: Int
     /// Rows (or tokens) each work-group of the gather and combine handles.
     public var rowsPerGroup: Int
     /// Work-group size of the gather and combine (work-items stride over a row's columns).
     public var copyGroup: Int
+    /// The packed-weight kernel.
+    public var matmulKernel: MatmulKernel
+    /// Output columns of one packed weight panel (the packed layout is `[E, panels, K, panel]`).
+    public var matmulPanel: Int
+    /// Float vector width of the register kernel's loads and accumulators (the panel holds
+    /// `matmulPanel / matmulVectorWidth` vectors per row).
+    public var matmulVectorWidth: Int
+    /// Rows per work-item in the work-group kernel (its work-group is panel/4 × rows/this).
+    public var matmulRowsPerItem: Int
+    /// k step staged in local memory by the work-group kernel.
+    public var matmulTileK: Int
 
     public init(
         rowGroup: Int, topKLocalKeys: Int = 4096, matmulRows: Int = 4, matmulTileStep: Int = 1, rowsPerGroup: Int = 1,
-        copyGroup: Int? = nil
+        copyGroup: Int? = nil, matmulKernel: MatmulKernel = .registers, matmulPanel: Int = 64,
+        matmulVectorWidth: Int = 16, matmulRowsPerItem: Int = 4, matmulTileK: Int = 16
     ) {
         self.copyGroup = copyGroup ?? rowGroup
         self.matmulTileStep = matmulTileStep
@@ -30,6 +54,100 @@ public struct Tuning: Sendable, Hashable, Codable {
         self.rowGroup = rowGroup
         self.topKLocalKeys = topKLocalKeys
         self.matmulRows = matmulRows
+        self.matmulKernel = matmulKernel
+        self.matmulPanel = matmulPanel
+        self.matmulVectorWidth = matmulVectorWidth
+        self.matmulRowsPerItem = matmulRowsPerItem
+        self.matmulTileK = matmulTileK
+    }
+
+    /// A register kernel's tile for a device with `vectorWidth`-float SIMD registers, `registers`
+    /// of them: `vectors` accumulator vectors per row (a power of two) and `rows` rows,
+    /// the most accumulators that leave room for the row's weight vectors, one broadcast and one
+    /// spare (AVX-512, 32 registers of 16 floats: 6 rows × 4 vectors = a 6 × 64 tile;
+    /// AVX2 or SSE, 16 registers: 6 rows × 2 vectors, 6 × 16 or 6 × 8).
+    public static func registerTile(vectorWidth: Int, registers: Int) -> (rows: Int, vectors: Int) {
+        var best = (rows: 1, vectors: 1)
+        for vectors in [1, 2, 4] {
+            let rows = min(8, (registers - 2 - vectors) / vectors)
+            if rows >= 1 && rows * vectors > best.rows * best.vectors { best = (rows, vectors) }
+        }
+        return best
+    }
+
+    /// SIMD registers of a CPU whose native float vector holds `width` floats: 32 with
+    /// AVX-512's 16-wide vectors, 16 for AVX/AVX2 (8) and SSE (4). (NEON has 32 registers of 4
+    /// floats; OpenCL reports no register count, so 4-wide devices get the smaller budget.)
+    public static func cpuRegisters(vectorWidth width: Int) -> Int { width >= 16 ? 32 : 16 }
+
+    /// Defaults derived from the device: CPU-class devices (one work-item per core, several
+    /// floats per register) run the register kernel with a tile sized to the native vector width
+    /// and register file; GPUs and lane-style implementations run the work-group kernel.
+    public static func defaults(for device: Device) -> Tuning {
+        if device.workItemsAreLanes {
+            let group = min(256, max(1, device.maxWorkGroupSize))
+            // 32-row × 64-column tiles, 4 × 4 outputs per work-item: 128 work-items.
+            let rows = device.maxWorkGroupSize >= 128 ? 32 : 16
+            return Tuning(
+                rowGroup: group, topKLocalKeys: min(16384, max(2, device.localMemoryBytes / 16)), matmulRows: rows,
+                matmulKernel: .workGroup, matmulPanel: 64, matmulVectorWidth: 1, matmulRowsPerItem: 4, matmulTileK: 16)
+        }
+        let width = [16, 8, 4, 2, 1].first { $0 <= device.nativeFloatVectorWidth } ?? 1
+        let tile = registerTile(vectorWidth: width, registers: cpuRegisters(vectorWidth: width))
+        return Tuning(
+            rowGroup: 16, topKLocalKeys: min(16384, max(2, device.localMemoryBytes / 16)), matmulRows: tile.rows,
+            rowsPerGroup: 16, copyGroup: 1, matmulKernel: .registers, matmulPanel: tile.vectors * width,
+            matmulVectorWidth: width, matmulRowsPerItem: 1, matmulTileK: 16)
+    }
+
+    /// Checks every field against what the kernels and `device` accept; the error names the field.
+    public func validate(for device: Device) throws {
+        func fail(_ field: String, _ value: Int, _ range: String) throws -> Never {
+            throw SwitchyardError.outOfRange(argument: "tuning \(field)", value: value, range: range)
+        }
+        func powerOfTwo(_ v: Int) -> Bool { v > 0 && v & (v - 1) == 0 }
+        let maxGroup = max(1, device.maxWorkGroupSize)
+        if !powerOfTwo(rowGroup) || rowGroup > maxGroup {
+            try fail("rowGroup", rowGroup, "a power of two in 1...\(maxGroup)")
+        }
+        if !powerOfTwo(copyGroup) || copyGroup > maxGroup {
+            try fail("copyGroup", copyGroup, "a power of two in 1...\(maxGroup)")
+        }
+        if !powerOfTwo(topKLocalKeys) || topKLocalKeys < 2 || topKLocalKeys * 8 > max(16, device.localMemoryBytes) {
+            try fail("topKLocalKeys", topKLocalKeys, "a power of two ≥ 2 whose 8-byte keys fit local memory")
+        }
+        if !(1...4096).contains(rowsPerGroup) { try fail("rowsPerGroup", rowsPerGroup, "1...4096") }
+        if !(1...64).contains(matmulTileStep) { try fail("matmulTileStep", matmulTileStep, "1...64") }
+        if !(1...16).contains(matmulTileK) { try fail("matmulTileK", matmulTileK, "1...16") }
+        switch matmulKernel {
+        case .registers:
+            if ![1, 2, 4, 8, 16].contains(matmulVectorWidth) {
+                try fail("matmulVectorWidth", matmulVectorWidth, "1, 2, 4, 8 or 16")
+            }
+            if !(1...8).contains(matmulRows) { try fail("matmulRows", matmulRows, "1...8 for the register kernel") }
+            let vectors = matmulPanel / max(1, matmulVectorWidth)
+            if matmulPanel < 2 || matmulPanel % matmulVectorWidth != 0 || !powerOfTwo(vectors) || vectors > 8 {
+                try fail("matmulPanel", matmulPanel, "1, 2, 4 or 8 vectors of matmulVectorWidth floats, at least 2")
+            }
+        case .workGroup:
+            if !powerOfTwo(matmulPanel) || !(8...128).contains(matmulPanel) {
+                try fail("matmulPanel", matmulPanel, "a power of two in 8...128 for the work-group kernel")
+            }
+            if !powerOfTwo(matmulRows) || !(1...128).contains(matmulRows) {
+                try fail("matmulRows", matmulRows, "a power of two in 1...128 for the work-group kernel")
+            }
+            if !powerOfTwo(matmulRowsPerItem) || matmulRowsPerItem > matmulRows {
+                try fail("matmulRowsPerItem", matmulRowsPerItem, "a power of two dividing matmulRows = \(matmulRows)")
+            }
+            let items = matmulPanel / 4 * (matmulRows / matmulRowsPerItem)
+            if items > maxGroup {
+                try fail("matmulRows", matmulRows, "panel/4 × rows/rowsPerItem ≤ \(maxGroup) work-items")
+            }
+            let local = 4 * matmulTileK * (matmulRows + matmulPanel) + 4 * matmulRows
+            if local > device.localMemoryBytes {
+                try fail("matmulTileK", matmulTileK, "local memory \(local) B ≤ \(device.localMemoryBytes) B")
+            }
+        }
     }
 
     /// The file tuning entries are stored in: `SWITCHYARD_TUNING_FILE`, else
@@ -42,23 +160,41 @@ public struct Tuning: Sendable, Hashable, Codable {
         return (cache as NSString).appendingPathComponent("switchyard/tuning.json")
     }
 
-    /// All stored entries, keyed by device identity (name and driver version).
-    public static func storedEntries() -> [String: Tuning] {
-        guard let data = FileManager.default.contents(atPath: storePath),
-            let entries = try? JSONDecoder().decode([String: Tuning].self, from: data)
-        else { return [:] }
-        return entries
+    /// All stored entries, keyed by device identity (name and driver version); none when the file
+    /// does not exist. A file that exists but cannot be read as entries is an error naming it.
+    public static func storedEntries() throws -> [String: Tuning] {
+        let path = storePath
+        guard FileManager.default.fileExists(atPath: path) else { return [:] }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw SwitchyardError.unsupported("tuning file \(path) cannot be read")
+        }
+        do {
+            return try JSONDecoder().decode([String: Tuning].self, from: data)
+        } catch let DecodingError.keyNotFound(key, context) {
+            throw SwitchyardError.unsupported(
+                "tuning file \(path): entry \(context.codingPath.first?.stringValue ?? "?") has no field '\(key.stringValue)' "
+                    + "(written by an older switchyard?): run `switchyard tune` again or delete the file")
+        } catch {
+            throw SwitchyardError.unsupported("tuning file \(path) is not a valid tuning store: \(error)")
+        }
     }
 
-    /// The stored entry for `device`, if `switchyard tune` made one (and SWITCHYARD_NO_TUNING is unset).
-    public static func stored(for device: Device) -> Tuning? {
+    /// The stored entry for `device`, if `switchyard tune` made one (and SWITCHYARD_NO_TUNING is
+    /// unset), validated for the device.
+    public static func stored(for device: Device) throws -> Tuning? {
         if ProcessInfo.processInfo.environment["SWITCHYARD_NO_TUNING"] != nil { return nil }
-        return storedEntries()[device.identity]
+        guard let entry = try storedEntries()[device.identity] else { return nil }
+        do {
+            try entry.validate(for: device)
+        } catch {
+            throw SwitchyardError.unsupported("tuning file \(storePath), entry for \(device.identity): \(error)")
+        }
+        return entry
     }
 
     /// Stores `self` as the entry for `device`.
     public func store(for device: Device) throws {
-        var entries = Tuning.storedEntries()
+        var entries = (try? Tuning.storedEntries()) ?? [:]
         entries[device.identity] = self
         let url = URL(fileURLWithPath: Tuning.storePath)
         try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
@@ -67,17 +203,15 @@ public struct Tuning: Sendable, Hashable, Codable {
         try encoder.encode(entries).write(to: url)
     }
 
-    /// Defaults by device class: CPUs run few wide work-items, GPUs many.
-    public static func defaults(for device: Device) -> Tuning {
-        switch device.kind {
-        case .cpu: Tuning(rowGroup: 16, topKLocalKeys: min(16384, device.localMemoryBytes / 16), matmulRows: 6,
-                          rowsPerGroup: 16, copyGroup: 1)
-        case .gpu, .accelerator, .other:
-            // One row per matmul work-item keeps its 64 accumulators in registers on a GPU
-            // (a 6 × 64 tile would spill); not yet measured on a GPU: run `switchyard tune`.
-            Tuning(
-                rowGroup: min(256, max(1, device.maxWorkGroupSize)), topKLocalKeys: device.localMemoryBytes / 16,
-                matmulRows: 1)
+    /// A one-line description of the matmul geometry.
+    public var matmulSummary: String {
+        switch matmulKernel {
+        case .registers:
+            "register kernel, \(matmulRows) × \(matmulPanel) tile (\(matmulRows) rows × \(matmulPanel / matmulVectorWidth)"
+                + " float\(matmulVectorWidth == 1 ? "" : String(matmulVectorWidth))), tile step \(matmulTileStep)"
+        case .workGroup:
+            "work-group kernel, \(matmulRows) × \(matmulPanel) tile, \(matmulPanel / 4) × \(matmulRows / matmulRowsPerItem)"
+                + " work-items of \(matmulRowsPerItem) × 4, k step \(matmulTileK)"
         }
     }
 }
@@ -114,7 +248,9 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
     public init(device: Device? = nil, tuning: Tuning? = nil, sentinelBytes: Int = 0) throws {
         let device = try device ?? Device.select()
         self.context = try Context(device: device)
-        self.tuning = tuning ?? Tuning.stored(for: device) ?? Tuning.defaults(for: device)
+        let chosen = try tuning ?? Tuning.stored(for: device) ?? Tuning.defaults(for: device)
+        try chosen.validate(for: device)
+        self.tuning = chosen
         self.sentinelBytes = max(0, sentinelBytes + (sentinelBytes & 1))
         self.pool = BufferPool(limit: min(device.globalMemoryBytes / 4, 2 << 30))
     }

@@ -163,6 +163,7 @@ struct Run: ParsableCommand {
             let backend = try OpenCLBackend(device: try Device.select(device))
             let dev = backend.device
             print("device  \(dev.name) (\(dev.kind.rawValue), \(dev.platformName), driver \(dev.driverVersion))")
+            print("matmul  \(backend.tuning.matmulSummary)")
             // The layer and input on the device, and how to build the same on the reference.
             let layer: MoELayer
             let xHost: [Float]
@@ -295,7 +296,16 @@ func median(_ values: [Double]) -> Double {
 
 struct Tune: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Search the matmul tile parameters on a device for the built-in layer shapes and store the best.")
+        abstract: "Search the matmul geometry on a device for the built-in layer shapes and store the best.",
+        discussion: """
+            Candidates: the device's defaults, register-kernel tiles (vector width, vectors per row, rows) \
+            around the device's native vector width, tile steps for the best of them, and work-group-kernel \
+            tiles (panel, rows, rows per work-item). Each candidate's MoE layer output is first checked \
+            against the CPU reference (f32 and bf16, a batch off the tile); a candidate that differs is \
+            dropped. The timed objective is the device time of the gate|up and down grouped matmuls of \
+            mixtral-small and deepseek-like, f32 and bf16 (median of 5 forwards each). An entry is stored \
+            only when it beats the defaults.
+            """)
 
     @Option(help: "Device index or case-insensitive name substring.")
     var device: String?
@@ -306,31 +316,137 @@ struct Tune: ParsableCommand {
     @Flag(help: "Print the results without storing them.")
     var dryRun = false
 
+    @Flag(help: "Fewer candidates (the defaults, the native-width tiles and two work-group tiles).")
+    var quick = false
+
     func run() throws {
         try failing {
             let dev = try Device.select(device)
             let base = Tuning.defaults(for: dev)
-            print("device  \(dev.identity)")
-            print("shapes  gate|up (SwiGLU) and down of mixtral-small and deepseek-like, T = \(tokens), f32 and bf16")
-            var best: (Tuning, Double)?
-            for rows in [2, 4, 6, 8] {
-                for step in [1, 4] {
-                    var t = base
-                    t.matmulRows = rows
-                    t.matmulTileStep = step
-                    let seconds = try measure(t, on: dev)
-                    print(String(format: "  rows %d  tile step %d   %8.2f ms", rows, step, seconds * 1e3))
-                    if best == nil || seconds < best!.1 { best = (t, seconds) }
+            say("device  \(dev.identity)")
+            say("native float vector width \(dev.nativeFloatVectorWidth)\(dev.workItemsAreLanes ? " (work-items are SIMD lanes)" : "")")
+            say("defaults  \(base.matmulSummary)")
+            say("shapes  gate|up (SwiGLU) and down of mixtral-small and deepseek-like, T = \(tokens), f32 and bf16")
+            let checks = try referenceChecks()
+            var results: [(Tuning, Double)] = []
+            func attempt(_ t: Tuning) throws {
+                if results.contains(where: { $0.0 == t }) { return }
+                let label = t == base ? "\(t.matmulSummary)  (defaults)" : t.matmulSummary
+                if let bad = try check(t, on: dev, against: checks) {
+                    say("  dropped  \(label): \(bad)")
+                    return
+                }
+                let seconds = try measure(t, on: dev)
+                results.append((t, seconds))
+                say(String(format: "  %9.2f ms  %@", seconds * 1e3, label))
+            }
+            try attempt(base)
+            for t in candidates(base: base, device: dev) { try attempt(t) }
+            // Tile steps for the two best register tiles.
+            let bestRegisters = results.filter { $0.0.matmulKernel == .registers }.sorted { $0.1 < $1.1 }.prefix(2)
+            for (t, _) in bestRegisters {
+                for step in quick ? [4] : [2, 4, 8] where step != t.matmulTileStep {
+                    var s = t
+                    s.matmulTileStep = step
+                    try attempt(s)
                 }
             }
-            let (chosen, seconds) = best!
-            print(String(format: "best    rows %d, tile step %d (%.2f ms; defaults %.2f ms)", chosen.matmulRows,
-                         chosen.matmulTileStep, seconds * 1e3, try measure(base, on: dev) * 1e3))
-            if !dryRun {
-                try chosen.store(for: dev)
-                print("stored in \(Tuning.storePath)")
+            guard let defaults = results.first(where: { $0.0 == base }), let best = results.min(by: { $0.1 < $1.1 })
+            else { throw SwitchyardError.unsupported("the defaults failed the reference check on \(dev.identity)") }
+            let gain = defaults.1 / best.1
+            say(String(format: "best    %@: %.2f ms, %.2f× the defaults (%.2f ms)", best.0.matmulSummary, best.1 * 1e3,
+                         gain, defaults.1 * 1e3))
+            if best.0 == base || gain < 1.03 {
+                say("the defaults are within 3 % of the best: nothing stored")
+            } else if !dryRun {
+                try best.0.store(for: dev)
+                say("stored in \(Tuning.storePath)")
             }
         }
+    }
+
+    /// The candidates after the defaults: register tiles that fit the register file of each
+    /// vector width around the native one (with some spill allowed), and work-group tiles.
+    func candidates(base: Tuning, device: Device) -> [Tuning] {
+        var out: [Tuning] = []
+        let native = [16, 8, 4, 2, 1].first { $0 <= device.nativeFloatVectorWidth } ?? 1
+        let widths = quick ? [native] : Array(Set([native, max(4, native / 2), min(16, native * 2)])).sorted(by: >)
+        for width in widths {
+            let registers = Tuning.cpuRegisters(vectorWidth: width)
+            for vectors in [1, 2, 4] {
+                for rows in [2, 4, 6, 8] where rows * vectors + vectors + 2 <= registers + (quick ? 0 : 4) {
+                    if width * vectors < 2 { continue }
+                    var t = base
+                    t.matmulKernel = .registers
+                    t.matmulVectorWidth = width
+                    t.matmulPanel = width * vectors
+                    t.matmulRows = rows
+                    t.matmulTileStep = 1
+                    out.append(t)
+                }
+            }
+        }
+        let groups: [(panel: Int, rows: Int, perItem: Int)] =
+            quick || !device.workItemsAreLanes
+            ? [(64, 32, 4), (64, 16, 2)]
+            : [(64, 32, 4), (64, 16, 2), (64, 16, 4), (64, 64, 8), (32, 32, 4), (32, 16, 2), (128, 32, 8), (64, 32, 2)]
+        for g in groups {
+            var t = base
+            t.matmulKernel = .workGroup
+            t.matmulPanel = g.panel
+            t.matmulRows = g.rows
+            t.matmulRowsPerItem = g.perItem
+            t.matmulTileK = 16
+            t.matmulVectorWidth = 1
+            t.matmulTileStep = 1
+            if (try? t.validate(for: device)) != nil { out.append(t) }
+        }
+        return out.filter { (try? $0.validate(for: device)) != nil }
+    }
+
+    /// The reference outputs the candidates are checked against: mixtral-tiny and deepseek-tiny
+    /// on 77 tokens (off every tile), f32 and bf16.
+    struct Check {
+        let config: MoEConfig
+        let dtype: DType
+        let seed: UInt64
+        let want: [Float]
+    }
+
+    func referenceChecks() throws -> [Check] {
+        let reference = ReferenceBackend()
+        var out: [Check] = []
+        for (config, dtype, seed) in [(MoEConfig.mixtralTiny, DType.f32, UInt64(11)), (.deepSeekTiny, .bf16, 12)] {
+            let (layer, x) = try checkLayer(config, dtype, seed, on: reference)
+            out.append(Check(config: config, dtype: dtype, seed: seed, want: try reference.floats(try layer.forward(x).y)))
+        }
+        return out
+    }
+
+    func checkLayer(_ config: MoEConfig, _ dtype: DType, _ seed: UInt64, on backend: any ComputeBackend) throws
+        -> (MoELayer, Tensor)
+    {
+        let layer = try MoELayer(
+            backend: backend, config: config,
+            weights: try MoEWeights.random(config: config, backend: backend, dtype: dtype, seed: seed))
+        var g = SeededGenerator(seed: seed + 100)
+        let x = try backend.tensor(g.normals(77 * config.hidden), shape: [77, config.hidden], dtype: dtype)
+        return (layer, x)
+    }
+
+    /// Nil when `tuning`'s layer outputs match the reference, else what differed.
+    func check(_ tuning: Tuning, on device: Device, against checks: [Check]) throws -> String? {
+        let backend = try OpenCLBackend(device: device, tuning: tuning)
+        for c in checks {
+            let (layer, x) = try checkLayer(c.config, c.dtype, c.seed, on: backend)
+            let got = try backend.floats(try layer.forward(x).y)
+            let error = ErrorMeasure.nmse(got, c.want)
+            let tolerance = c.dtype == .f32 ? 1e-9 : 1e-6
+            if !(error <= tolerance) {
+                return String(format: "normalized error %.2e > %.0e on %@ %@", error, tolerance, "\(c.config.hidden)", "\(c.dtype)")
+            }
+        }
+        return nil
     }
 
     /// Median device time of the grouped matmuls of the built-in shapes under `tuning`.
@@ -356,4 +472,10 @@ struct Tune: ParsableCommand {
         }
         return total
     }
+}
+
+/// Writes a line to standard output at once (unbuffered even into a pipe or file), so a long
+/// search shows each candidate as it is measured.
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }

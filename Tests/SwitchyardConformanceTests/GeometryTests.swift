@@ -1,0 +1,100 @@
+import OpenCLHost
+import Switchyard
+import SwitchyardConformance
+import Testing
+
+/// The grouped matmul under every class of tile geometry the defaults or `switchyard tune` can
+/// pick, on every device: the register kernel at the AVX-512, AVX2 and SSE/NEON widths (and tile
+/// steps), and the work-group kernel (including a k step that does not divide K), so a geometry
+/// derived on another machine is checked here too.
+@Suite("Matmul geometries: every tile class on every device")
+struct GeometryTests {
+    static let geometries: [(String, Tuning)] = [
+        ("registers 6×64 float16", Tuning(rowGroup: 16, matmulRows: 6, matmulPanel: 64, matmulVectorWidth: 16)),
+        ("registers 6×16 float8", Tuning(rowGroup: 16, matmulRows: 6, matmulPanel: 16, matmulVectorWidth: 8)),
+        ("registers 4×8 float4 step 3", Tuning(rowGroup: 16, matmulRows: 4, matmulTileStep: 3, matmulPanel: 8,
+                                              matmulVectorWidth: 4)),
+        ("registers 8×2 float1", Tuning(rowGroup: 16, matmulRows: 8, matmulPanel: 2, matmulVectorWidth: 1)),
+        ("work-group 32×64, 4 rows per item", Tuning(rowGroup: 16, matmulRows: 32, matmulKernel: .workGroup,
+                                                      matmulPanel: 64, matmulVectorWidth: 1, matmulRowsPerItem: 4)),
+        ("work-group 16×32, 2 rows per item, k step 5", Tuning(rowGroup: 16, matmulRows: 16, matmulKernel: .workGroup,
+                                                               matmulPanel: 32, matmulVectorWidth: 1,
+                                                               matmulRowsPerItem: 2, matmulTileK: 5)),
+    ]
+
+    @Test(arguments: geometries.indices)
+    func matmulCasesPass(_ index: Int) throws {
+        let (name, tuning) = Self.geometries[index]
+        let cases = try Conformance.cases(matching: "^grouped_matmul|^moe_layer")
+        #expect(cases.count >= 50)
+        for device in try Device.all() {
+            try tuning.validate(for: device)
+            let runner = try ConformanceRunner(device: device, tuning: tuning)
+            for c in cases {
+                let result = runner.run(c)
+                #expect(result.passed, "\(device.name), \(name): \(c.name): \(result.detail)")
+            }
+        }
+    }
+
+    /// Every geometry computes each output as the same f32 fma chain over k, so all of them give
+    /// bitwise the same layer output.
+    @Test func geometriesAgreeBitwise() throws {
+        for device in try Device.all() {
+            var first: [UInt8]?
+            for (name, tuning) in Self.geometries {
+                let backend = try OpenCLBackend(device: device, tuning: tuning)
+                let config = MoEConfig.deepSeekTiny
+                let weights = try MoEWeights.random(config: config, backend: backend, dtype: .bf16, seed: 5)
+                let layer = try MoELayer(backend: backend, config: config, weights: weights)
+                var g = SeededGenerator(seed: 6)
+                let x = try backend.tensor(g.normals(61 * config.hidden), shape: [61, config.hidden], dtype: .bf16)
+                let y = try backend.bytes(layer.forward(x).y)
+                if let first {
+                    #expect(y == first, "\(device.name): \(name) differs from \(Self.geometries[0].0)")
+                } else {
+                    first = y
+                }
+            }
+        }
+    }
+
+    @Test func tuningEntriesAreValidated() throws {
+        let device = try Device.select()
+        var t = Tuning.defaults(for: device)
+        try t.validate(for: device)
+        for field in ["matmulRows", "matmulTileStep", "rowsPerGroup", "rowGroup", "matmulPanel"] {
+            var bad = t
+            switch field {
+            case "matmulRows": bad.matmulRows = 0
+            case "matmulTileStep": bad.matmulTileStep = 0
+            case "rowsPerGroup": bad.rowsPerGroup = -1
+            case "rowGroup": bad.rowGroup = 12
+            default: bad.matmulPanel = 24
+            }
+            #expect(throws: SwitchyardError.self, "\(field)") { try bad.validate(for: device) }
+            #expect(throws: SwitchyardError.self, "\(field)") { try OpenCLBackend(device: device, tuning: bad) }
+            do {
+                try bad.validate(for: device)
+            } catch {
+                #expect("\(error)".contains(field), "the error names \(field): \(error)")
+            }
+        }
+        t.matmulKernel = .workGroup
+        t.matmulRows = 32
+        t.matmulRowsPerItem = 64
+        #expect(throws: SwitchyardError.self) { try t.validate(for: device) }
+    }
+
+    /// The defaults derive the register tile from the native vector width: it fits the register
+    /// file (accumulators + one row of weights + a broadcast + a spare).
+    @Test func registerTilesFitTheRegisterFile() {
+        #expect(Tuning.registerTile(vectorWidth: 16, registers: 32) == (rows: 6, vectors: 4))
+        #expect(Tuning.registerTile(vectorWidth: 8, registers: 16) == (rows: 6, vectors: 2))
+        for width in [1, 2, 4, 8, 16] {
+            let registers = Tuning.cpuRegisters(vectorWidth: width)
+            let tile = Tuning.registerTile(vectorWidth: width, registers: registers)
+            #expect(tile.rows * tile.vectors + tile.vectors + 2 <= registers)
+        }
+    }
+}
