@@ -52,10 +52,7 @@ public protocol ComputeBackend: AnyObject, Sendable {
 }
 
 func checkHostCount(_ count: Int, _ shape: [Int], _ argument: String) throws {
-    if let bad = shape.first(where: { $0 < 0 }) {
-        throw SwitchyardError.outOfRange(argument: "\(argument) extent", value: bad, range: "0...")
-    }
-    let expected = shape.reduce(1, *)
+    let expected = try Tensor.checkedCount(shape, dtype: .f32, argument)
     if count != expected { throw SwitchyardError.hostData(argument: argument, expected: expected, actual: count) }
 }
 

@@ -44,7 +44,14 @@ public final class HFCheckpoint: @unchecked Sendable {
             for f in files {
                 let file = try SafeTensorsFile(path: url.appendingPathComponent(f).path)
                 self.files[f] = file
-                for name in file.entries.keys { map[name] = f }
+                for name in file.entries.keys.sorted() {
+                    if let other = map[name] {
+                        throw CheckpointError(
+                            "\(folder): tensor '\(name)' is in both \(other) and \(f) (a stale file? without "
+                                + "model.safetensors.index.json every .safetensors file of the folder is read)")
+                    }
+                    map[name] = f
+                }
             }
             weightMap = map
         }
@@ -69,11 +76,27 @@ public final class HFCheckpoint: @unchecked Sendable {
         return (t.values, t.dtype)
     }
 
+    /// The largest size config.json may give (a hidden size, a width, an expert count, a layer
+    /// index): far above any real model, far below what overflows the size arithmetic.
+    public static let maxConfigValue = 1 << 24
+
     func int(_ key: String, default value: Int? = nil) throws -> Int {
-        if let v = config[key] as? Int { return v }
-        if let v = config[key] as? Double, v == v.rounded() { return Int(v) }
-        if let value { return value }
-        throw CheckpointError("config.json: '\(key)' is missing (model_type \(modelType))")
+        guard let raw = config[key] else {
+            if let value { return value }
+            throw CheckpointError("config.json: '\(key)' is missing (model_type \(modelType))")
+        }
+        let parsed: Int?
+        if let v = raw as? Int {
+            parsed = v
+        } else if let v = raw as? Double {
+            parsed = Int(exactly: v)
+        } else {
+            parsed = nil
+        }
+        guard let v = parsed, (0...Self.maxConfigValue).contains(v) else {
+            throw CheckpointError("config.json: '\(key)' is \(raw); expected an integer in 0...\(Self.maxConfigValue)")
+        }
+        return v
     }
 
     func double(_ key: String, default value: Double) -> Double {
@@ -90,7 +113,7 @@ public final class HFCheckpoint: @unchecked Sendable {
     /// The sizes and routing of layer `layer`'s MoE block; a clear error if that layer is dense.
     public func moeConfig(layer: Int) throws -> MoEConfig {
         let hidden = try int("hidden_size")
-        let layers = try int("num_hidden_layers", default: Int.max)
+        let layers = try int("num_hidden_layers", default: Self.maxConfigValue)
         guard layer >= 0 && layer < layers else {
             throw CheckpointError("layer \(layer) is out of range: the model has \(layers) layers")
         }
@@ -153,6 +176,19 @@ public final class HFCheckpoint: @unchecked Sendable {
         let h = c.hidden
         let f = c.ffn
         let p = prefix(layer)
+        // The expert weights pass through host f32 here: refuse before allocating what the host lacks.
+        var floats = 1
+        for extent in [c.experts, 3, f, h] {
+            let (product, overflow) = floats.multipliedReportingOverflow(by: extent)
+            guard !overflow else { throw CheckpointError("layer \(layer): experts × 3 × ffn × hidden overflows") }
+            floats = product
+        }
+        let memory = Int(clamping: ProcessInfo.processInfo.physicalMemory)
+        guard floats <= memory / 2 / MemoryLayout<Float>.size else {
+            throw CheckpointError(
+                "layer \(layer): \(c.experts) experts × 3 × \(f) × \(h) weights need \(floats / 250_000_000) GB of host f32 "
+                    + "to load; this machine has \(memory / 1_000_000_000) GB")
+        }
         let router = try tensor(p + "gate.weight", shape: [c.experts, h])
         var gateUp: [Float] = []
         var down: [Float] = []

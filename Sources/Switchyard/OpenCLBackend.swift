@@ -259,10 +259,12 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
 
     /// A new device tensor; with sentinels enabled it is poisoned and followed by a sentinel tail.
     public func empty(shape: [Int], dtype: DType, label: String = "output") throws -> Tensor {
-        if let bad = shape.first(where: { $0 < 0 }) {
-            throw SwitchyardError.outOfRange(argument: "\(label) extent", value: bad, range: "0...")
+        let bytes = try Tensor.checkedCount(shape, dtype: dtype, label) * dtype.size
+        guard bytes <= device.maxAllocationBytes else {
+            throw SwitchyardError.shape(
+                argument: label, expected: "at most \(device.maxAllocationBytes) bytes (the device's largest allocation)",
+                actual: shape)
         }
-        let bytes = shape.reduce(1, *) * dtype.size
         if sentinelBytes == 0 {
             // Reuse a freed buffer of the same size: a fresh one costs its first-touch page faults
             // inside the next kernel (seconds per GB on a CPU device). On one in-order queue a

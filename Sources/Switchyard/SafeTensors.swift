@@ -14,8 +14,11 @@ public struct CheckpointError: Error, Sendable, Equatable, CustomStringConvertib
     public var description: String { message }
 }
 
-/// A `.safetensors` file, memory-mapped: an 8-byte little-endian header length, a JSON header
-/// naming each tensor's dtype, shape and byte range, then the data.
+/// A `.safetensors` file: an 8-byte little-endian header length, a JSON header naming each
+/// tensor's dtype, shape and byte range, then the data. Checked as strictly as the reference
+/// implementation when opened (header size, known dtypes, non-negative shapes whose byte count
+/// matches the range, ranges contiguous and non-overlapping and covering the data exactly), and read
+/// with `pread`, so a file that shrinks after it was opened is an error, never a SIGBUS.
 public final class SafeTensorsFile: @unchecked Sendable {
     public struct Entry: Sendable {
         public let dtype: String
@@ -24,55 +27,122 @@ public final class SafeTensorsFile: @unchecked Sendable {
         public let end: Int
     }
 
+    /// The largest header read (the reference implementation's limit).
+    public static let maxHeaderBytes = 100_000_000
+
     public let path: String
     public let entries: [String: Entry]
-    private let base: UnsafeMutableRawPointer
+    private let fd: Int32
     private let length: Int
     private let dataStart: Int
 
+    /// Bytes per element of every safetensors dtype.
+    static let elementSizes: [String: Int] = [
+        "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2,
+        "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8,
+    ]
+
     public init(path: String) throws {
         self.path = path
-        let fd = open(path, O_RDONLY)
+        // O_NONBLOCK: opening a FIFO must not wait for a writer (it is then refused below).
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else { throw CheckpointError("cannot open \(path): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
+        var ok = false
+        defer { if !ok { close(fd) } }
         var info = stat()
         guard fstat(fd, &info) == 0 else { throw CheckpointError("cannot stat \(path)") }
-        length = Int(info.st_size)
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            throw CheckpointError("\(path) is not a regular file (a FIFO, device or folder cannot be a safetensors file)")
+        }
+        let length = Int(info.st_size)
         guard length >= 8 else { throw CheckpointError("\(path) is not a safetensors file (\(length) bytes)") }
-        guard let mapped = mmap(nil, length, PROT_READ, MAP_PRIVATE, fd, 0), mapped != MAP_FAILED else {
-            throw CheckpointError("cannot map \(path)")
+        let prefix = try Self.read(fd, path, offset: 0, count: 8)
+        let declared = prefix.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        guard declared > 0, declared <= UInt64(Self.maxHeaderBytes), Int(declared) <= length - 8 else {
+            throw CheckpointError(
+                "\(path): header length \(declared) does not fit the file of \(length) bytes "
+                    + "(limit \(Self.maxHeaderBytes))")
         }
-        base = mapped
-        let headerLength = Int(base.loadUnaligned(as: UInt64.self).littleEndian)
-        guard headerLength > 0, 8 + headerLength <= length else {
-            munmap(base, length)
-            throw CheckpointError("\(path): header length \(headerLength) does not fit the file of \(length) bytes")
-        }
-        dataStart = 8 + headerLength
-        let header = Data(bytes: base + 8, count: headerLength)
+        let headerLength = Int(declared)
+        let dataStart = 8 + headerLength
+        let header = Data(try Self.read(fd, path, offset: 8, count: headerLength))
         guard let json = try? JSONSerialization.jsonObject(with: header) as? [String: Any] else {
-            munmap(base, length)
             throw CheckpointError("\(path): the header is not a JSON object")
         }
+        let dataBytes = length - dataStart
         var entries: [String: Entry] = [:]
         for (name, value) in json where name != "__metadata__" {
             guard let item = value as? [String: Any], let dtype = item["dtype"] as? String,
                 let shape = item["shape"] as? [Int], let offsets = item["data_offsets"] as? [Int], offsets.count == 2
             else {
-                munmap(base, length)
                 throw CheckpointError("\(path): malformed header entry for '\(name)'")
             }
-            guard offsets[0] >= 0, offsets[0] <= offsets[1], dataStart + offsets[1] <= length else {
-                munmap(base, length)
-                throw CheckpointError("\(path): '\(name)' byte range \(offsets) lies outside the file")
+            guard let size = Self.elementSizes[dtype] else {
+                throw CheckpointError("\(path): '\(name)' has unknown dtype '\(dtype)'")
+            }
+            guard shape.allSatisfy({ $0 >= 0 }) else {
+                throw CheckpointError("\(path): '\(name)' has a negative extent in shape \(shape)")
+            }
+            var bytes = size
+            for extent in shape {
+                let (product, overflow) = bytes.multipliedReportingOverflow(by: extent)
+                guard !overflow, product <= dataBytes else {
+                    throw CheckpointError(
+                        "\(path): '\(name)' of shape \(shape) \(dtype) needs more bytes than the file's \(dataBytes) bytes of data")
+                }
+                bytes = product
+            }
+            guard offsets[0] >= 0, offsets[0] <= offsets[1], offsets[1] <= dataBytes else {
+                throw CheckpointError("\(path): '\(name)' byte range \(offsets) lies outside the \(dataBytes) bytes of data")
+            }
+            guard offsets[1] - offsets[0] == bytes else {
+                throw CheckpointError(
+                    "\(path): '\(name)' has shape \(shape) of \(dtype) (\(bytes) bytes) but byte range \(offsets)")
             }
             entries[name] = Entry(dtype: dtype, shape: shape, begin: offsets[0], end: offsets[1])
         }
+        // The ranges tile the data: contiguous from 0, no overlap, no gap, nothing after the last.
+        var next = 0
+        for (name, e) in entries.sorted(by: { ($0.value.begin, $0.value.end, $0.key) < ($1.value.begin, $1.value.end, $1.key) }) {
+            guard e.begin == next else {
+                throw CheckpointError(
+                    e.begin < next
+                        ? "\(path): '\(name)' byte range [\(e.begin), \(e.end)] overlaps the tensor before it"
+                        : "\(path): a gap of \(e.begin - next) bytes before '\(name)'")
+            }
+            next = e.end
+        }
+        guard next == dataBytes else {
+            throw CheckpointError("\(path): the tensors cover \(next) of the \(dataBytes) bytes of data")
+        }
         self.entries = entries
+        self.fd = fd
+        self.length = length
+        self.dataStart = dataStart
+        ok = true
     }
 
     deinit {
-        munmap(base, length)
+        close(fd)
+    }
+
+    /// `count` bytes at `offset`, or an error when the file is shorter (it may have shrunk since
+    /// it was opened).
+    static func read(_ fd: Int32, _ path: String, offset: Int, count: Int) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        var done = 0
+        while done < count {
+            let n = out.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, count - done, off_t(offset + done)) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else {
+                throw CheckpointError(
+                    n == 0
+                        ? "\(path): the file ends before byte \(offset + count) (truncated after it was opened?)"
+                        : "\(path): read failed: \(String(cString: strerror(errno)))")
+            }
+            done += n
+        }
+        return out
     }
 
     static func elementSize(_ dtype: String) -> Int? {
@@ -98,21 +168,19 @@ public final class SafeTensorsFile: @unchecked Sendable {
     public func floats(_ name: String) throws -> (values: [Float], shape: [Int], dtype: DType) {
         guard let e = entries[name] else { throw CheckpointError("\(path): no tensor '\(name)'") }
         let dtype = try dtype(of: name)
-        let count = e.shape.reduce(1, *)
-        guard count * dtype.size == e.end - e.begin else {
-            throw CheckpointError(
-                "\(path): '\(name)' has shape \(e.shape) of \(e.dtype) but \(e.end - e.begin) bytes")
-        }
-        let p = UnsafeRawPointer(base + dataStart + e.begin)
+        let count = (e.end - e.begin) / dtype.size  // checked against the shape when opened
+        let bytes = try Self.read(fd, path, offset: dataStart + e.begin, count: e.end - e.begin)
         var out = [Float](repeating: 0, count: count)
-        switch dtype {
-        case .f32:
-            for i in 0..<count { out[i] = Float(bitPattern: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self))) }
-        case .f16:
-            for i in 0..<count { out[i] = FloatBits.fromF16(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) }
-        case .bf16:
-            for i in 0..<count { out[i] = FloatBits.fromBF16(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) }
-        case .i32: break
+        bytes.withUnsafeBytes { p in
+            switch dtype {
+            case .f32:
+                for i in 0..<count { out[i] = Float(bitPattern: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self))) }
+            case .f16:
+                for i in 0..<count { out[i] = FloatBits.fromF16(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) }
+            case .bf16:
+                for i in 0..<count { out[i] = FloatBits.fromBF16(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) }
+            case .i32: break
+            }
         }
         return (out, e.shape, dtype)
     }

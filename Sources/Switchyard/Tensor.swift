@@ -46,9 +46,31 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
 }
 
 extension Tensor {
+    /// The largest byte count of one tensor (2^48: above any device's memory, far below what
+    /// overflows the size arithmetic of the kernels' launches).
+    public static let maxBytes = 1 << 48
+
+    /// The element count of `shape` with checked arithmetic: an error naming `argument` for a
+    /// negative extent or a size past `maxBytes`, never a trap.
+    public static func checkedCount(_ shape: [Int], dtype: DType, _ argument: String) throws -> Int {
+        if let bad = shape.first(where: { $0 < 0 }) {
+            throw SwitchyardError.outOfRange(argument: "\(argument) extent", value: bad, range: "0...")
+        }
+        var count = 1
+        for extent in shape {
+            let (product, overflow) = count.multipliedReportingOverflow(by: extent)
+            guard !overflow, product <= maxBytes / dtype.size else {
+                throw SwitchyardError.shape(
+                    argument: argument, expected: "at most \(maxBytes) bytes of \(dtype)", actual: shape)
+            }
+            count = product
+        }
+        return count
+    }
+
     /// The same storage seen with another shape of the same element count.
     public func reshaped(_ newShape: [Int]) throws -> Tensor {
-        guard newShape.allSatisfy({ $0 >= 0 }), newShape.reduce(1, *) == count else {
+        guard (try? Tensor.checkedCount(newShape, dtype: dtype, "reshape")) == count else {
             throw SwitchyardError.shape(argument: "reshape to \(newShape)", expected: "\(count) elements", actual: shape)
         }
         return Tensor(shape: newShape, dtype: dtype, storage: storage, lease: lease)

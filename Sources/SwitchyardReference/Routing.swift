@@ -59,8 +59,16 @@ public struct RouterConfig: Hashable, Sendable {
     }
 
     /// The per-expert capacity for `tokens` tokens, or nil without a capacity factor.
+    /// An expert never holds more than the T·k assignments there are, so the capacity is clamped
+    /// to T·k (a huge or infinite factor means no dropping; a NaN or negative one keeps nothing).
     public func capacity(tokens: Int) -> Int? {
-        capacityFactor.map { Int((($0 * Double(tokens * k)) / Double(experts)).rounded(.up)) }
+        capacityFactor.map { factor in
+            let (n, overflow) = max(0, tokens).multipliedReportingOverflow(by: max(0, k))
+            let total = overflow ? Int.max : n
+            let c = ((factor * Double(total)) / Double(max(1, experts))).rounded(.up)
+            guard c > 0 else { return 0 }  // also NaN
+            return c >= Double(total) ? total : Int(c)
+        }
     }
 }
 

@@ -160,6 +160,15 @@ struct Run: ParsableCommand {
 
     func run() throws {
         try failing {
+            if let output {
+                // Refuse an output path that cannot be written before computing anything.
+                let folder = (output as NSString).deletingLastPathComponent
+                let dir = folder.isEmpty ? "." : folder
+                var isDir: ObjCBool = false
+                guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue,
+                    FileManager.default.isWritableFile(atPath: dir)
+                else { throw ValidationError("--output \(output): the folder \(dir) does not exist or is not writable") }
+            }
             let backend = try OpenCLBackend(device: try Device.select(device))
             let dev = backend.device
             print("device  \(dev.name) (\(dev.kind.rawValue), \(dev.platformName), driver \(dev.driverVersion))")
@@ -195,6 +204,18 @@ struct Run: ParsableCommand {
                     throw ValidationError("dtype must be f32, f16 or bf16")
                 }
                 guard tokens >= 0 else { throw ValidationError("--tokens must be at least 0") }
+                // Sizes checked before any allocation: x [T, hidden] and the gate|up activations
+                // [T·k, ffn] (both f32 at most) must each fit one device allocation.
+                let limit = backend.device.maxAllocationBytes
+                for (what, rows, width) in [("x [T, hidden]", tokens, c.hidden), ("the expert activations [T·k, ffn]",
+                                                                                    tokens.multipliedReportingOverflow(by: c.router.k).partialValue, c.ffn)] {
+                    let (n, overflow) = rows.multipliedReportingOverflow(by: width * 4)
+                    guard !overflow, tokens.multipliedReportingOverflow(by: c.router.k).overflow == false, n <= limit else {
+                        throw ValidationError(
+                            "--tokens \(tokens) is too many for \(config): \(what) would exceed the device's largest allocation "
+                                + "(\(limit) bytes); at most \(limit / (4 * max(c.hidden, c.router.k * c.ffn))) tokens")
+                    }
+                }
                 let seed: UInt64 = 20_261_124
                 layer = try MoELayer(
                     backend: backend, config: c,
@@ -351,12 +372,24 @@ struct Tune: ParsableCommand {
                     try attempt(s)
                 }
             }
-            guard let defaults = results.first(where: { $0.0 == base }), let best = results.min(by: { $0.1 < $1.1 })
-            else { throw SwitchyardError.unsupported("the defaults failed the reference check on \(dev.identity)") }
-            let gain = defaults.1 / best.1
-            say(String(format: "best    %@: %.2f ms, %.2f× the defaults (%.2f ms)", best.0.matmulSummary, best.1 * 1e3,
-                         gain, defaults.1 * 1e3))
-            if best.0 == base || gain < 1.03 {
+            guard results.contains(where: { $0.0 == base }), let best = results.min(by: { $0.1 < $1.1 }) else {
+                throw SwitchyardError.unsupported("the defaults failed the reference check on \(dev.identity)")
+            }
+            if best.0 == base {
+                say("best    the defaults: nothing stored")
+                return
+            }
+            // Confirm: the best and the defaults measured again, alternately, three times each
+            // (a one-off timing is noisy), the best of each kept.
+            var again = (best: Double.infinity, defaults: Double.infinity)
+            for _ in 0..<3 {
+                again.best = min(again.best, try measure(best.0, on: dev))
+                again.defaults = min(again.defaults, try measure(base, on: dev))
+            }
+            let gain = again.defaults / again.best
+            say(String(format: "best    %@: %.2f ms, %.2f× the defaults (%.2f ms), confirmed over 3 alternating runs",
+                       best.0.matmulSummary, again.best * 1e3, gain, again.defaults * 1e3))
+            if gain < 1.03 {
                 say("the defaults are within 3 % of the best: nothing stored")
             } else if !dryRun {
                 try best.0.store(for: dev)

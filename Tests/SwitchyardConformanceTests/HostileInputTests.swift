@@ -1,0 +1,144 @@
+import Foundation
+import OpenCLHost
+import Switchyard
+import SwitchyardReference
+import Testing
+
+/// Hostile and broken inputs get a clear error, never a trap, an abort, a SIGBUS or a hang.
+@Suite("Hostile inputs: files, sizes, configs")
+struct HostileInputTests {
+    static let folder = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-hostile-\(getpid())")
+
+    /// A safetensors file from a raw header (JSON text) and `data` bytes; `declared` overrides the
+    /// header length field.
+    static func file(_ name: String, header: String, data: [UInt8], declared: UInt64? = nil) throws -> String {
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        var json = Array(header.utf8)
+        while json.count % 8 != 0 { json.append(0x20) }
+        var bytes: [UInt8] = []
+        withUnsafeBytes(of: (declared ?? UInt64(json.count)).littleEndian) { bytes += $0 }
+        bytes += json + data
+        let path = folder.appendingPathComponent(name).path
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        return path
+    }
+
+    static func expectCheckpointError(_ path: String, _ fragment: String, sourceLocation: SourceLocation = #_sourceLocation)
+    {
+        do {
+            let f = try SafeTensorsFile(path: path)
+            for name in f.entries.keys { _ = try f.floats(name) }
+            Issue.record("\(path) was accepted", sourceLocation: sourceLocation)
+        } catch let error as CheckpointError {
+            #expect(error.message.contains(fragment), "\(error.message)", sourceLocation: sourceLocation)
+        } catch {
+            Issue.record("unexpected error \(error)", sourceLocation: sourceLocation)
+        }
+    }
+
+    @Test func safetensorsHeadersAreCheckedStrictly() throws {
+        let eight = [UInt8](repeating: 0x3F, count: 8)
+        // A valid file first: two f32 tensors tiling the data.
+        let good = try Self.file(
+            "good.safetensors",
+            header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+            data: eight)
+        #expect(try SafeTensorsFile(path: good).floats("b").values.count == 1)
+
+        Self.expectCheckpointError(
+            try Self.file("huge-header.safetensors", header: "{}", data: [], declared: 1 << 63), "header length")
+        Self.expectCheckpointError(
+            try Self.file("offsets.safetensors",
+                          header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,9223372036854775807]}}"#,
+                          data: eight), "outside")
+        Self.expectCheckpointError(
+            try Self.file("shape.safetensors",
+                          header: #"{"a":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,8]}}"#,
+                          data: eight), "needs more bytes")
+        Self.expectCheckpointError(
+            try Self.file("negative.safetensors",
+                          header: #"{"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}"#, data: eight), "negative")
+        Self.expectCheckpointError(
+            try Self.file("overlap.safetensors",
+                          header: #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+                          data: eight), "overlaps")
+        Self.expectCheckpointError(
+            try Self.file("gap.safetensors",
+                          header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, data: eight), "gap")
+        Self.expectCheckpointError(
+            try Self.file("tail.safetensors",
+                          header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, data: eight), "cover")
+        Self.expectCheckpointError(
+            try Self.file("mismatch.safetensors",
+                          header: #"{"a":{"dtype":"F16","shape":[1],"data_offsets":[0,8]}}"#, data: eight), "byte range")
+        Self.expectCheckpointError(
+            try Self.file("dtype.safetensors",
+                          header: #"{"a":{"dtype":"Q4","shape":[8],"data_offsets":[0,8]}}"#, data: eight), "unknown dtype")
+    }
+
+    @Test func aFileTruncatedAfterOpeningIsAnErrorNotSIGBUS() throws {
+        let path = try Self.file(
+            "shrinks.safetensors", header: #"{"a":{"dtype":"F32","shape":[1024],"data_offsets":[0,4096]}}"#,
+            data: [UInt8](repeating: 0x3F, count: 4096))
+        let f = try SafeTensorsFile(path: path)
+        #expect(truncate(path, 100) == 0)
+        #expect(throws: CheckpointError.self) { try f.floats("a") }
+    }
+
+    @Test func aFIFOIsRefusedWithoutBlocking() throws {
+        try FileManager.default.createDirectory(at: Self.folder, withIntermediateDirectories: true)
+        let path = Self.folder.appendingPathComponent("fifo.safetensors").path
+        unlink(path)
+        #expect(mkfifo(path, 0o600) == 0)
+        Self.expectCheckpointError(path, "not a regular file")
+    }
+
+    @Test func aTensorInTwoFilesOfAFolderIsAnError() throws {
+        let dir = Self.folder.appendingPathComponent("dup")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        try Data(#"{"model_type":"mixtral","hidden_size":1,"intermediate_size":1,"num_local_experts":1,"num_experts_per_tok":1}"#.utf8)
+            .write(to: dir.appendingPathComponent("config.json"))
+        for name in ["model.safetensors", "stale.safetensors"] {
+            let p = try Self.file("x", header: #"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, data: [0, 0, 0, 0])
+            try? FileManager.default.removeItem(at: dir.appendingPathComponent(name))
+            try FileManager.default.moveItem(atPath: p, toPath: dir.appendingPathComponent(name).path)
+        }
+        #expect(throws: CheckpointError.self) { try HFCheckpoint(folder: dir.path) }
+    }
+
+    @Test func hostileConfigValuesAreErrors() throws {
+        let dir = Self.folder.appendingPathComponent("config")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        _ = try Self.file("config/model.safetensors", header: #"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+                          data: [0, 0, 0, 0])
+        for (key, value) in [("hidden_size", "1e300"), ("intermediate_size", "1099511627776"), ("hidden_size", "-4"),
+                             ("num_local_experts", "2.5")] {
+            var fields = ["hidden_size": "8", "intermediate_size": "8", "num_local_experts": "2", "num_experts_per_tok": "1"]
+            fields[key] = value
+            let json = "{\"model_type\":\"mixtral\"," + fields.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }
+                .joined(separator: ",") + "}"
+            try Data(json.utf8).write(to: dir.appendingPathComponent("config.json"))
+            let checkpoint = try HFCheckpoint(folder: dir.path)
+            #expect(throws: CheckpointError.self, "\(key) = \(value)") { try checkpoint.moeConfig(layer: 0) }
+        }
+    }
+
+    @Test func tensorSizesUseCheckedArithmetic() throws {
+        let backend = try OpenCLBackend()
+        #expect(throws: SwitchyardError.self) { try backend.tensor([1], shape: [1 << 32, 1 << 32], dtype: .f32) }
+        #expect(throws: SwitchyardError.self) { try backend.empty(shape: [1 << 62], dtype: .f32) }
+        #expect(throws: SwitchyardError.self) { try backend.empty(shape: [1 << 40], dtype: .f32) }  // past max alloc
+        let t = try backend.tensor([1, 2, 3, 4], shape: [4], dtype: .f32)
+        #expect(throws: SwitchyardError.self) { try t.reshaped([1 << 62, 4]) }
+        #expect(throws: SwitchyardError.self) { try t.reshaped([-2, -2]) }
+        #expect(try t.reshaped([2, 2]).shape == [2, 2])
+    }
+
+    @Test func capacityIsClampedNeverTrapping() {
+        let c = RouterConfig(experts: 8, k: 2, capacityFactor: 1e300)
+        #expect(c.capacity(tokens: 100) == 200)
+        #expect(RouterConfig(experts: 8, k: 2, capacityFactor: .infinity).capacity(tokens: 100) == 200)
+        #expect(RouterConfig(experts: 8, k: 2, capacityFactor: .nan).capacity(tokens: 100) == 0)
+        #expect(RouterConfig(experts: 8, k: 2, capacityFactor: 1.25).capacity(tokens: 100) == 32)
+    }
+}
