@@ -139,6 +139,9 @@ extension OpenCLBackend {
         let rows = try validateMatmul(
             a, weights: weights, routing: routing, fusedGather: fusedGather, epilogue: epilogue, scale: scale)
         let out = dtype ?? a.dtype
+        guard out.isFloatingPoint else {
+            throw SwitchyardError.dtype(argument: "matmul output dtype", expected: "f32, f16 or bf16", actual: out)
+        }
         let n = weights.outFeatures
         let y = try empty(shape: [rows, n], dtype: out, label: "matmul output")
         if rows == 0 { return y }
@@ -244,6 +247,9 @@ extension ReferenceBackend {
         let rows = try validateMatmul(
             a, weights: weights, routing: routing, fusedGather: fusedGather, epilogue: epilogue, scale: scale)
         let out = dtype ?? a.dtype
+        guard out.isFloatingPoint else {
+            throw SwitchyardError.dtype(argument: "matmul output dtype", expected: "f32, f16 or bf16", actual: out)
+        }
         var source = Array(0..<rows)
         var expert = [Int](repeating: 0, count: rows)
         var factor = [Double](repeating: 1, count: rows)

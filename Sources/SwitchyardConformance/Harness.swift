@@ -96,8 +96,11 @@ public final class ConformanceRunner: @unchecked Sendable {
     public let reference = ReferenceBackend()
 
     /// A runner on `device`; its backend poisons outputs and guards them with sentinel tails.
+    /// Without `tuning` it runs the device's defaults (never the user's stored entry, so results
+    /// do not depend on what `switchyard tune` stored; the CLI passes the stored entry explicitly).
     public init(device: Device, tuning: Tuning? = nil) throws {
-        self.device = try OpenCLBackend(device: device, tuning: tuning, sentinelBytes: 256)
+        self.device = try OpenCLBackend(
+            device: device, tuning: tuning ?? Tuning.defaults(for: device), sentinelBytes: 256)
     }
 
     /// Runs one case: reference, then the device twice (the second run must be bitwise equal to

@@ -83,9 +83,12 @@ struct Conformance: ParsableCommand {
 func runConformance(device selector: String?, filter: String?, json: String?) throws -> Bool {
     let (runner, cases) = try failing {
         let device = try Device.select(selector)
-        return (try ConformanceRunner(device: device), try SwitchyardConformance.Conformance.cases(matching: filter))
+        // The user's stored tuning, when there is one, is what their runs use: check that.
+        let tuning = try Tuning.stored(for: device)
+        return (try ConformanceRunner(device: device, tuning: tuning), try SwitchyardConformance.Conformance.cases(matching: filter))
     }
     print("device: \(runner.device.device.name) (\(runner.device.device.kind.rawValue), \(runner.device.device.platformName), driver \(runner.device.device.driverVersion))")
+    print("matmul: \(runner.device.tuning.matmulSummary)\((try? Tuning.stored(for: runner.device.device)) != nil ? " (stored by switchyard tune)" : " (defaults)")")
     let terminal = isatty(STDERR_FILENO) != 0
     var results: [CaseResult] = []
     for (i, c) in cases.enumerated() {
@@ -301,10 +304,16 @@ struct Run: ParsableCommand {
             let want = try reference.floats(try rl.forward(rx).y)
             let error = ErrorMeasure.nmse(got, want)
             let tolerance = x.dtype == .f32 && layer.weightType == .f32 ? 1e-6 : 1e-3
-            let verdict = error <= tolerance ? "pass" : "FAIL"
+            // An output that is not finite fails, even where the reference is not finite either.
+            let nonFinite = got.filter { !$0.isFinite }.count
+            let verdict = error <= tolerance && nonFinite == 0 ? "pass" : "FAIL"
             print(String(format: "check   normalized error vs the CPU reference %.3e (tolerance %.0e): %@",
                          error, tolerance, verdict))
-            if !(error <= tolerance) { throw ExitCode(1) }
+            if nonFinite > 0 {
+                print("check   \(nonFinite) of \(got.count) output values are not finite (the reference has "
+                    + "\(want.filter { !$0.isFinite }.count))")
+            }
+            if verdict != "pass" { throw ExitCode(1) }
         }
     }
 }

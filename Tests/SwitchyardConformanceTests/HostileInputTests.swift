@@ -134,6 +134,19 @@ struct HostileInputTests {
         #expect(try t.reshaped([2, 2]).shape == [2, 2])
     }
 
+    @Test func matmulOutputDTypeMustBeFloatingPoint() throws {
+        for backend in [try OpenCLBackend() as any ComputeBackend, ReferenceBackend()] {
+            let w = try backend.prepareWeights(
+                try backend.tensor([Float](repeating: 0.5, count: 8), shape: [1, 2, 4], dtype: .f32), swiglu: false,
+                pack: true)
+            let a = try backend.tensor([1, 2, 3, 4], shape: [1, 4], dtype: .f32)
+            #expect(throws: SwitchyardError.dtype(argument: "matmul output dtype", expected: "f32, f16 or bf16", actual: .i32)) {
+                try backend.groupedMatmul(a, weights: w, routing: nil, fusedGather: false, epilogue: .none, scale: .none,
+                                          dtype: .i32)
+            }
+        }
+    }
+
     @Test func capacityIsClampedNeverTrapping() {
         let c = RouterConfig(experts: 8, k: 2, capacityFactor: 1e300)
         #expect(c.capacity(tokens: 100) == 200)
