@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Mutation check: applies one small kernel mutation at a time (store rounding, off-by-one bounds,
+a dropped padding write, swapped ties, wrong epilogue constants) to a copy of Kernels/ read through
+SWITCHYARD_KERNEL_DIR, runs the conformance cases of the op it touches, and requires every
+mutation to make conformance fail. A mutation whose text is no longer in its kernel is an error
+too (update the list with the kernel).
+
+    scripts/check-mutants.py [path/to/switchyard]            (default .build/release/switchyard)
+    SWITCHYARD_DEVICE=1 RUSTICL_ENABLE=llvmpipe scripts/check-mutants.py     (on rusticl)
+"""
+import os, shutil, subprocess, sys, tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (name, file, text, replacement, conformance filter)
+MUTANTS = [
+    ("f16 store rounds toward zero", "common.h",
+     "#define STORE_F16(p, i, v) vstore_half_rte((v), (i), (p))",
+     "#define STORE_F16(p, i, v) vstore_half_rtz((v), (i), (p))", r"^softmax.*f16|^grouped_matmul.*f16"),
+    ("bf16 store truncates", "common.h",
+     "    u += 0x7FFFu + ((u >> 16) & 1u);", "    u += 0u;", r"^softmax.*bf16|^grouped_matmul.*bf16"),
+    ("bf16 16-wide store truncates", "common.h",
+     "    u = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;", "    u = u >> 16;",
+     r"^(gather|combine|softmax|grouped_matmul|moe_layer).*bf16"),
+    ("matmul k loop stops one short", "matmul.cl",
+     "    for (int k = 0; k < K; ++k) {", "    for (int k = 0; k < K - 1; ++k) {", r"^grouped_matmul"),
+    ("matmul drops the zero write of tiles past the total", "matmul.cl",
+     "                if (col < N) Y_STORE(y, (size_t)(row0 + r) * (size_t)N + col, 0.0f);", "                ;",
+     r"^grouped_matmul|^moe_layer"),
+    ("matmul padding rows get a value", "matmul.cl",
+     "        const float s = src[r] >= 0 ? row_scale_of(row, scale_mode, scale, assignment_of, tokens_k) : 0.0f;\n"
+     "        float v[PANEL];",
+     "        const float s = src[r] >= 0 ? row_scale_of(row, scale_mode, scale, assignment_of, tokens_k) : 1.0f;\n"
+     "        float v[PANEL];\n        src[r] = 0;",
+     r"^grouped_matmul"),
+    ("GELU tanh constant off", "matmul.cl", "tanh(0.7978845608028654f *", "tanh(0.797f *",
+     r"^grouped_matmul.*geluTanh"),
+    ("SiLU becomes identity", "matmul.cl",
+     "inline float silu(float v) { return v / (1.0f + exp(-v)); }", "inline float silu(float v) { return v; }",
+     r"^grouped_matmul.*(silu|swiglu)"),
+    ("row scale ignored", "matmul.cl",
+     "    if (scale_mode == 1) return scale[row];", "    if (scale_mode == 1) return 1.0f;",
+     r"^grouped_matmul.*scale=row|^moe_layer"),
+    ("softmax skips the last column", "softmax.cl",
+     "for (int c = lid; c < cols; c += GROUP) sum += exp(", "for (int c = lid; c < cols - 1; c += GROUP) sum += exp(",
+     r"^softmax"),
+    ("top-k ties go to the higher index", "topk.cl",
+     "<< 32) | (ulong)c)", "<< 32) | (ulong)(cols - 1 - c))", r"^topk"),
+    ("NaN no longer ranks first", "common.h", "    if (isnan(v)) return 0u;", "    if (isnan(v)) return ~0u - 1u;",
+     r"^topk"),
+]
+
+
+def main():
+    binary = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, ".build/release/switchyard")
+    if not os.access(binary, os.X_OK):
+        sys.exit(f"no {binary}: build it first (swift build -c release --product switchyard)")
+    failed = 0
+    with tempfile.TemporaryDirectory() as work:
+        for name, file, text, replacement, filt in MUTANTS:
+            kernels = os.path.join(work, "k")
+            shutil.rmtree(kernels, ignore_errors=True)
+            shutil.copytree(os.path.join(ROOT, "Kernels"), kernels)
+            path = os.path.join(kernels, file)
+            src = open(path).read()
+            if text not in src:
+                print(f"STALE   {name}: its text is no longer in Kernels/{file}")
+                failed += 1
+                continue
+            open(path, "w").write(src.replace(text, replacement))
+            env = dict(os.environ, SWITCHYARD_KERNEL_DIR=kernels, SWITCHYARD_NO_TUNING="1")
+            out = subprocess.run([binary, "conformance", "--filter", filt], env=env, capture_output=True, text=True)
+            lines = out.stdout.strip().splitlines()
+            summary = lines[-1] if lines else out.stderr.strip()[-200:]
+            if out.returncode == 0:
+                print(f"MISSED  {name} ({file}): conformance '{filt}' still says: {summary}")
+                failed += 1
+            else:
+                print(f"caught  {name} ({file}): {summary}")
+    print(f"{len(MUTANTS) - failed} of {len(MUTANTS)} mutations caught")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
