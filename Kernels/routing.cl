@@ -39,62 +39,84 @@ inline float choice_value(float v, float m, float denom, int sigmoid, int has_bi
 }
 
 #define SMALL_K 64
+#define MAX_GROUPS 64
 
-// Token-choice top-k gating, one work-item per `tokens_per_item` tokens. Experts are picked by repeated selection
-// of the best key after the previous pick, so no per-token array of E values is needed; groups
-// (at most 64) are kept as a bit mask.
+// The kept expert groups of a token as a bit mask (all ones without groups). A group's value is
+// its best choice value, or with a bias the sum of its best two (DeepSeek-V3); the topk_groups
+// best groups are kept, ties to the lower group. One pass over the experts, then at most
+// 64 × 64 steps over the groups (every loop stays short, as lane-style devices need).
+inline ulong kept_groups(__global const X_T* logits, size_t base, int experts, float m, float denom, int sigmoid,
+                         int has_bias, __global const float* bias, int groups, int topk_groups) {
+    if (groups <= 1) return ~(ulong)0;
+    const int gs = experts / groups;
+    ulong group_key[MAX_GROUPS];
+    for (int g = 0; g < groups && g < MAX_GROUPS; ++g) {
+        ulong k1 = ~(ulong)0, k2 = ~(ulong)0;
+        float v1 = 0.0f, v2 = 0.0f;
+        for (int e = g * gs; e < (g + 1) * gs; ++e) {
+            const float c = choice_value(X_LOAD(logits, base + e), m, denom, sigmoid, has_bias, bias, e);
+            const ulong key = rank_key(c, (uint)e);
+            if (key < k1) {
+                k2 = k1;
+                v2 = v1;
+                k1 = key;
+                v1 = c;
+            } else if (key < k2) {
+                k2 = key;
+                v2 = c;
+            }
+        }
+        const float gv = (has_bias && gs > 1) ? v1 + v2 : v1;
+        group_key[g] = rank_key(gv, (uint)g);
+    }
+    ulong keep = 0;
+    ulong prev = 0;
+    for (int pick = 0; pick < topk_groups && pick < MAX_GROUPS; ++pick) {
+        ulong best = ~(ulong)0;
+        for (int g = 0; g < groups && g < MAX_GROUPS; ++g) {
+            const ulong key = group_key[g];
+            if ((pick == 0 || key > prev) && key < best) best = key;
+        }
+        prev = best;
+        const uint g = (uint)(best & 0xFFFFFFFFu);
+        if (g < MAX_GROUPS) keep |= (ulong)1 << g;
+    }
+    return keep;
+}
+
+// The chosen weights of a token: renormalized over its k slots (summed in slot order) when asked,
+// then scaled.
+inline void finish_weights(__global float* weights, size_t out, int k, int renormalize, float routed_scale) {
+    float sum = 0.0f;
+    for (int j = 0; j < k; ++j) sum += weights[out + j];
+    for (int j = 0; j < k; ++j) {
+        const float w = renormalize ? weights[out + j] / (sum + 1e-20f) : weights[out + j];
+        weights[out + j] = w * routed_scale;
+    }
+}
+
+// Token-choice top-k gating for k <= SMALL_K, one work-item per `tokens_per_item` tokens: one
+// pass keeping the k best keys sorted (an element costs one compare unless it enters the list).
+// Larger k (and lane-style devices with large k × E) take gating_prepare / gating_rank /
+// gating_finish instead, which give the same ids and weights bit for bit.
 __kernel void gating_topk(__global const X_T* logits, __global const float* bias, __global int* ids,
                           __global float* weights, __global int* flags, int tokens, int experts, int k,
                           int sigmoid, int has_bias, int renormalize, float routed_scale, int groups,
                           int topk_groups, int tokens_per_item) {
     const int first = get_global_id(0) * tokens_per_item;
     for (int t = first; t < first + tokens_per_item && t < tokens; ++t) {
-    const size_t base = (size_t)t * (size_t)experts;
-    const float m = row_max_flagging(logits, base, experts, flags);
-    // Softmax's denominator cancels when the chosen weights are renormalized and nothing but the
-    // logits decides the choice: then the scores are exp(v - max), one exp per chosen expert.
-    const float denom = (!sigmoid && (!renormalize || has_bias)) ? exp_sum(logits, base, experts, m) : 1.0f;
-
-    ulong keep_groups = ~(ulong)0;
-    if (groups > 1) {
-        const int gs = experts / groups;
-        keep_groups = 0;
-        ulong prev = 0;
-        for (int pick = 0; pick < topk_groups; ++pick) {
-            ulong best = ~(ulong)0;
-            for (int g = 0; g < groups; ++g) {
-                // Group value: best choice value, or with a bias the sum of the best two.
-                ulong k1 = ~(ulong)0, k2 = ~(ulong)0;
-                float v1 = 0.0f, v2 = 0.0f;
-                for (int e = g * gs; e < (g + 1) * gs; ++e) {
-                    const float c = choice_value(X_LOAD(logits, base + e), m, denom, sigmoid, has_bias, bias, e);
-                    const ulong key = rank_key(c, (uint)e);
-                    if (key < k1) {
-                        k2 = k1;
-                        v2 = v1;
-                        k1 = key;
-                        v1 = c;
-                    } else if (key < k2) {
-                        k2 = key;
-                        v2 = c;
-                    }
-                }
-                const float gv = (has_bias && gs > 1) ? v1 + v2 : v1;
-                const ulong key = rank_key(gv, (uint)g);
-                if ((pick == 0 || key > prev) && key < best) best = key;
-            }
-            prev = best;
-            keep_groups |= (ulong)1 << (uint)(best & 0xFFFFFFFFu);
-        }
-    }
-
-    const int gs = experts / groups;
-    const size_t out = (size_t)t * (size_t)k;
-    // k up to SMALL_K: one pass keeping the k best keys sorted (an element costs one compare unless it
-    // enters the list). Larger k: repeated selection of the best key after the previous one.
-    ulong chosen[SMALL_K];
-    if (k <= SMALL_K) {
-        for (int j = 0; j < k; ++j) chosen[j] = ~(ulong)0;
+        const size_t base = (size_t)t * (size_t)experts;
+        const float m = row_max_flagging(logits, base, experts, flags);
+        // Softmax's denominator cancels when the chosen weights are renormalized and nothing but the
+        // logits decides the choice: then the scores are exp(v - max), one exp per chosen expert.
+        const float denom = (!sigmoid && (!renormalize || has_bias)) ? exp_sum(logits, base, experts, m) : 1.0f;
+        const ulong keep_groups =
+            kept_groups(logits, base, experts, m, denom, sigmoid, has_bias, bias, groups, topk_groups);
+        const int gs = experts / max(groups, 1);
+        const size_t out = (size_t)t * (size_t)k;
+        ulong chosen[SMALL_K];
+        const int kk = min(k, SMALL_K);
+        for (int j = 0; j < kk; ++j) chosen[j] = ~(ulong)0;
         for (int e = 0; e < experts; ++e) {
             if (groups > 1 && !((keep_groups >> (uint)(e / gs)) & 1)) {
                 e += gs - 1 - e % gs;  // skip the rest of a dropped group
@@ -102,8 +124,8 @@ __kernel void gating_topk(__global const X_T* logits, __global const float* bias
             }
             const float c = choice_value(X_LOAD(logits, base + e), m, denom, sigmoid, has_bias, bias, e);
             const ulong key = rank_key(c, (uint)e);
-            if (key < chosen[k - 1]) {
-                int j = k - 1;
+            if (key < chosen[kk - 1]) {
+                int j = kk - 1;
                 while (j > 0 && chosen[j - 1] > key) {
                     chosen[j] = chosen[j - 1];
                     --j;
@@ -111,39 +133,66 @@ __kernel void gating_topk(__global const X_T* logits, __global const float* bias
                 chosen[j] = key;
             }
         }
-    }
-    ulong prev = 0;
-    float sum = 0.0f;
-    for (int j = 0; j < k; ++j) {
-        ulong best = ~(ulong)0;
-        if (k <= SMALL_K) {
-            best = chosen[j];
-        } else {
-            for (int e = 0; e < experts; ++e) {
-                if (groups > 1 && !((keep_groups >> (uint)(e / gs)) & 1)) continue;
-                const float c = choice_value(X_LOAD(logits, base + e), m, denom, sigmoid, has_bias, bias, e);
-                const ulong key = rank_key(c, (uint)e);
-                if ((j == 0 || key > prev) && key < best) best = key;
-            }
+        for (int j = 0; j < kk; ++j) {
+            int e = (int)(chosen[j] & 0xFFFFFFFFu);
+            if (e >= experts) e = 0;  // only reachable with NaN logits, which raise the flag
+            ids[out + j] = e;
+            weights[out + j] = router_score(X_LOAD(logits, base + e), m, denom, sigmoid);
         }
-        prev = best;
-        int e = (int)(best & 0xFFFFFFFFu);
-        if (e >= experts) e = 0;  // only reachable with NaN logits, which raise the flag
-        const float w = router_score(X_LOAD(logits, base + e), m, denom, sigmoid);
-        ids[out + j] = e;
-        weights[out + j] = w;
-        sum += w;
-    }
-    for (int j = 0; j < k; ++j) {
-        const float w = renormalize ? weights[out + j] / (sum + 1e-20f) : weights[out + j];
-        weights[out + j] = w * routed_scale;
-    }
+        finish_weights(weights, out, kk, renormalize, routed_scale);
     }
 }
 
-__kernel void fill_i32(__global int* x, int value, int n) {
-    const int i = get_global_id(0);
-    if (i < n) x[i] = value;
+// Large-k gating, step 1: per token, the row max, the softmax denominator (as gating_topk computes
+// them) and the kept-group mask.
+__kernel void gating_prepare(__global const X_T* logits, __global const float* bias, __global float* row_stats,
+                             __global ulong* row_groups, __global int* flags, int tokens, int experts, int sigmoid,
+                             int has_bias, int renormalize, int groups, int topk_groups) {
+    const int t = get_global_id(0);
+    if (t >= tokens) return;
+    const size_t base = (size_t)t * (size_t)experts;
+    const float m = row_max_flagging(logits, base, experts, flags);
+    const float denom = (!sigmoid && (!renormalize || has_bias)) ? exp_sum(logits, base, experts, m) : 1.0f;
+    row_stats[2 * t] = m;
+    row_stats[2 * t + 1] = denom;
+    row_groups[t] = kept_groups(logits, base, experts, m, denom, sigmoid, has_bias, bias, groups, topk_groups);
+}
+
+// Step 2: one work-item per (expert, token): the expert's rank among the token's kept experts
+// (keys are unique: value, then index); ranks below k write slot `rank`. Each work-item loops
+// over E experts, however large k is.
+__kernel void gating_rank(__global const X_T* logits, __global const float* bias, __global const float* row_stats,
+                          __global const ulong* row_groups, __global int* ids, __global float* weights, int tokens,
+                          int experts, int k, int sigmoid, int has_bias, int groups) {
+    const int e = get_global_id(0);
+    const int t = get_global_id(1);
+    if (e >= experts || t >= tokens) return;
+    const int gs = experts / max(groups, 1);
+    const ulong keep = row_groups[t];
+    if (groups > 1 && !((keep >> (uint)(e / gs)) & 1)) return;
+    const size_t base = (size_t)t * (size_t)experts;
+    const float m = row_stats[2 * t];
+    const float denom = row_stats[2 * t + 1];
+    const float v = X_LOAD(logits, base + e);
+    const ulong mine = rank_key(choice_value(v, m, denom, sigmoid, has_bias, bias, e), (uint)e);
+    int rank = 0;
+    for (int f = 0; f < experts; ++f) {
+        if (groups > 1 && !((keep >> (uint)(f / gs)) & 1)) continue;
+        const ulong key = rank_key(choice_value(X_LOAD(logits, base + f), m, denom, sigmoid, has_bias, bias, f), (uint)f);
+        rank += key < mine;
+    }
+    if (rank < k) {
+        const size_t out = (size_t)t * (size_t)k + (size_t)rank;
+        ids[out] = e;
+        weights[out] = router_score(v, m, denom, sigmoid);
+    }
+}
+
+// Step 3: per token, the weights renormalized and scaled.
+__kernel void gating_finish(__global float* weights, int tokens, int k, int renormalize, float routed_scale) {
+    const int t = get_global_id(0);
+    if (t >= tokens) return;
+    finish_weights(weights, (size_t)t * (size_t)k, k, renormalize, routed_scale);
 }
 
 // Stable counting sort, step 1: per chunk of `chunk` consecutive assignments, the count of
@@ -183,27 +232,42 @@ __kernel void permute_scan(__global int* chunk_counts, __global int* totals, int
     totals[e] = running;
 }
 
-// Step 3 (one work-item): kept counts (at most `capacity`), the block-padded offsets [E + 1],
-// the tile -> expert map (-1 past the padded total) and the dropped count.
+// Step 3 (one work-item): kept counts (at most `capacity`), the block-padded offsets [E + 1]
+// and the dropped count.
 __kernel void permute_offsets(__global const int* totals, __global int* counts, __global int* offsets,
-                              __global int* tile_expert, __global int* dropped, int experts, int block,
-                              int capacity, int max_tiles, int assignments) {
+                              __global int* dropped, int experts, int block, int capacity, int assignments) {
     if (get_global_id(0) != 0) return;
     int offset = 0;
     int kept_total = 0;
-    int tile = 0;
     offsets[0] = 0;
     for (int e = 0; e < experts; ++e) {
         const int kept = min(totals[e], capacity);
         counts[e] = kept;
         kept_total += kept;
         const int padded = (kept + block - 1) / block * block;
-        for (int b = 0; b < padded / block && tile < max_tiles; ++b) tile_expert[tile++] = e;
         offset += padded;
         offsets[e + 1] = offset;
     }
-    for (; tile < max_tiles; ++tile) tile_expert[tile] = -1;
     dropped[0] = assignments - kept_total;
+}
+
+// Step 3b: one work-item per tile of `block` rows: its expert (the last one whose padded offset is
+// at or before the tile's first row, found by binary search), or -1 past the padded total.
+__kernel void permute_tiles(__global const int* offsets, __global int* tile_expert, int experts, int block,
+                            int max_tiles) {
+    const int tile = get_global_id(0);
+    if (tile >= max_tiles) return;
+    const long row = (long)tile * (long)block;
+    if (experts <= 0 || row >= (long)offsets[experts]) {
+        tile_expert[tile] = -1;
+        return;
+    }
+    int lo = 0, hi = experts - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if ((long)offsets[mid] <= row) lo = mid; else hi = mid - 1;
+    }
+    tile_expert[tile] = lo;
 }
 
 // Step 4: per chunk, walk the assignments in order and give each kept one its row: the
@@ -353,49 +417,88 @@ __kernel void router_scores_transposed(__global const X_T* logits, __global floa
         scores_t[(size_t)e * (size_t)tokens + t] = router_score(X_LOAD(logits, base + e), m, denom, sigmoid);
 }
 
-// Routing statistics, step 1: per token, logsumexp of the logits and the normaliser of its
-// probabilities (softmax: the exp sum; sigmoid: the sum of sigmoids).
-__kernel void stats_tokens(__global const X_T* logits, __global float* lse, __global float* norm, int tokens,
-                           int experts, int sigmoid, int tokens_per_item) {
-    const int first = get_global_id(0) * tokens_per_item;
-    for (int t = first; t < first + tokens_per_item && t < tokens; ++t) {
+// log σ(v) without overflow or underflow to -inf for any finite v.
+inline float log_sigmoid(float v) { return fmin(v, 0.0f) - log1p(exp(-fabs(v))); }
+
+// Routing statistics, step 1: per token, the logits' max m and exp-sum s (the z-loss uses
+// lse = m + log s), and for sigmoid scoring the max ms and exp-sum ss of log σ(v), so a
+// probability σ(v) / Σσ is exp(log σ(v) − ms) / ss: no rounded lse is subtracted and no
+// underflowed sum divided. Out: row_stats [T, 4] = m, s, ms, ss.
+__kernel void stats_tokens(__global const X_T* logits, __global float* row_stats, int experts, int sigmoid) {
+    // Launched with exactly T work-items: no bounds branch (Mesa warns of argument loads in
+    // divergent control flow).
+    const int t = get_global_id(0);
     const size_t base = (size_t)t * (size_t)experts;
-    float m = -INFINITY;
-    for (int e = 0; e < experts; ++e) m = fmax(m, X_LOAD(logits, base + e));
-    float s = 0.0f, sg = 0.0f;
+    float m = -INFINITY, ms = -INFINITY;
+    for (int e = 0; e < experts; ++e) {
+        const float v = X_LOAD(logits, base + e);
+        m = fmax(m, v);
+        ms = fmax(ms, log_sigmoid(v));  // (unused for softmax scoring)
+    }
+    float s = 0.0f, ss = 0.0f;
     for (int e = 0; e < experts; ++e) {
         const float v = X_LOAD(logits, base + e);
         s += exp(v - m);
-        if (sigmoid) sg += 1.0f / (1.0f + exp(-v));
+        ss += exp(log_sigmoid(v) - ms);
     }
-    lse[t] = m + log(s);
-    norm[t] = sigmoid ? sg : s;
-    }
+    row_stats[4 * t] = m;
+    row_stats[4 * t + 1] = s;
+    row_stats[4 * t + 2] = ms;
+    row_stats[4 * t + 3] = ss;
 }
 
-// Step 2: per expert, the mean probability over the tokens, summed in token order.
-__kernel void stats_experts(__global const X_T* logits, __global const float* lse, __global const float* norm,
-                            __global float* out, int tokens, int experts, int sigmoid) {
+// Step 2: one work-item per (expert, chunk of `chunk` tokens): the chunk's sum of the expert's
+// probabilities in token order, and of the chunk's lse². The chunk is a constant, so results
+// never depend on the device.
+__kernel void stats_partial(__global const X_T* logits, __global const float* row_stats, __global float* partial,
+                            __global float* z_partial, int tokens, int experts, int sigmoid, int chunk) {
+    // Launched with exactly E × chunks work-items: no bounds branch (see stats_tokens).
     const int e = get_global_id(0);
-    if (e >= experts) return;
-    float p = 0.0f;
-    for (int t = 0; t < tokens; ++t) {
+    const int c = get_global_id(1);
+    const int begin = c * chunk;
+    const int end = min(begin + chunk, tokens);
+    float p = 0.0f, z = 0.0f;
+    for (int t = begin; t < end; ++t) {
         const float v = X_LOAD(logits, (size_t)t * (size_t)experts + e);
-        p += sigmoid ? (1.0f / (1.0f + exp(-v))) / norm[t] : exp(v - lse[t]);
+        const float4 st = vload4(t, row_stats);  // m, s, ms, ss
+        // Both forms computed and one selected: no loads inside a branch.
+        const float by_sigmoid = exp(log_sigmoid(v) - st.s2) / st.s3;
+        const float by_softmax = exp(v - st.s0) / st.s1;
+        p += sigmoid ? by_sigmoid : by_softmax;
+        const float lse = st.s0 + log(st.s1);
+        z += lse * lse;
     }
-    out[e] = tokens > 0 ? p / (float)tokens : 0.0f;
+    // Every work-item writes its own slot (the z sums of one chunk are equal across experts;
+    // stats_final reads expert 0's), so no store needs a branch.
+    partial[(size_t)c * (size_t)experts + e] = p;
+    z_partial[(size_t)c * (size_t)experts + e] = z;
 }
 
-// Step 3 (one work-item): balancing loss E * sum_e f_e P_e with f_e = routed_e / (T k), and the
+// Step 3: per expert, the mean probability: the chunks' sums in chunk order. One work-item per
+// expert, exactly E of them.
+__kernel void stats_experts(__global const float* partial, __global float* out, int tokens, int experts, int chunks) {
+    // Launched with exactly E work-items: no branch on the id (see stats_final).
+    const int e = get_global_id(0);
+    const int n_tokens = tokens, n_experts = experts, n_chunks = chunks;
+    __global float* result = out;
+    float p = 0.0f;
+    for (int c = 0; c < n_chunks; ++c) p += partial[(size_t)c * (size_t)n_experts + e];
+    result[e] = n_tokens > 0 ? p / (float)n_tokens : 0.0f;
+}
+
+// Step 4 (one work-item): balancing loss E * sum_e f_e P_e with f_e = routed_e / (T k), and the
 // z-loss mean_t lse_t^2. out = [P_0 .. P_{E-1}, balance, z].
-__kernel void stats_final(__global const int* routed, __global const float* lse, __global float* out, int tokens,
-                          int experts, int k) {
-    if (get_global_id(0) != 0) return;
+__kernel void stats_final(__global const int* routed, __global const float* z_partial, __global float* out, int tokens,
+                          int experts, int k, int chunks) {
+    // Launched as one work-item: no branch on the id (an argument read in control flow makes
+    // Mesa warn).
+    const int n_tokens = tokens, n_experts = experts, n_chunks = chunks;
     const float n = (float)max(tokens * k, 1);
+    __global float* result = out;
     float loss = 0.0f;
-    for (int e = 0; e < experts; ++e) loss += ((float)routed[e] / n) * out[e];
+    for (int e = 0; e < n_experts; ++e) loss += ((float)routed[e] / n) * result[e];
     float z = 0.0f;
-    for (int t = 0; t < tokens; ++t) z += lse[t] * lse[t];
-    out[experts] = (float)experts * loss;
-    out[experts + 1] = tokens > 0 ? z / (float)tokens : 0.0f;
+    for (int c = 0; c < n_chunks; ++c) z += z_partial[(size_t)c * (size_t)n_experts];
+    result[n_experts] = (float)n_experts * loss;
+    result[n_experts + 1] = n_tokens > 0 ? z / (float)n_tokens : 0.0f;
 }

@@ -144,7 +144,7 @@ extension OpenCLBackend {
         }
         let n = weights.outFeatures
         let y = try empty(shape: [rows, n], dtype: out, label: "matmul output")
-        if rows == 0 { return y }
+        if rows == 0 { return y.guarded(by: routing.map { [$0.flags] } ?? []) }
         let tokensK = routing.map { $0.tokens * $0.config.k } ?? 0
         let ab = try deviceBuffer(a, "matmul activations")
         let assignment = try routing.map { try deviceBuffer($0.assignmentOf, "routing") } ?? y.buffer!
@@ -230,7 +230,7 @@ extension OpenCLBackend {
                 ],
                 global: [(tiles + local - 1) / local * local, groups], local: [local, 1])
         }
-        return y
+        return y.guarded(by: routing.map { [$0.flags] } ?? [])
     }
 }
 
@@ -274,6 +274,6 @@ extension ReferenceBackend {
             a: try hostFloats(a, "matmul activations"), k: weights.inFeatures, sourceRow: source, rowExpert: expert,
             w: try hostFloats(weights.weight, "expert weights"), n: weights.outFeatures, epilogue: epilogue,
             scale: factor)
-        return output(y, shape: [rows, weights.outFeatures], dtype: out)
+        return output(y, shape: [rows, weights.outFeatures], dtype: out).guarded(by: routing.map { [$0.flags] } ?? [])
     }
 }

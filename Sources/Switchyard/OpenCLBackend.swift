@@ -319,24 +319,31 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
 
     public func floats(_ tensor: Tensor) throws -> [Float] {
         let buffer = try deviceBuffer(tensor, "tensor")
+        let values: [Float]
         switch tensor.dtype {
-        case .f32: return try buffer.download(Float.self, count: tensor.count)
-        case .f16: return try buffer.download(UInt16.self, count: tensor.count).map(FloatBits.fromF16)
-        case .bf16: return try buffer.download(UInt16.self, count: tensor.count).map(FloatBits.fromBF16)
+        case .f32: values = try buffer.download(Float.self, count: tensor.count)
+        case .f16: values = try buffer.download(UInt16.self, count: tensor.count).map(FloatBits.fromF16)
+        case .bf16: values = try buffer.download(UInt16.self, count: tensor.count).map(FloatBits.fromBF16)
         case .i32: throw SwitchyardError.dtype(argument: "tensor", expected: "f32, f16 or bf16", actual: .i32)
         }
+        try checkGuards(tensor)
+        return values
     }
 
     public func ints(_ tensor: Tensor) throws -> [Int32] {
         guard tensor.dtype == .i32 else {
             throw SwitchyardError.dtype(argument: "tensor", expected: "i32", actual: tensor.dtype)
         }
-        return try deviceBuffer(tensor, "tensor").download(Int32.self, count: tensor.count)
+        let values = try deviceBuffer(tensor, "tensor").download(Int32.self, count: tensor.count)
+        try checkGuards(tensor)
+        return values
     }
 
     /// The raw bytes of a tensor (for bitwise comparisons).
     public func bytes(_ tensor: Tensor) throws -> [UInt8] {
-        try deviceBuffer(tensor, "tensor").download(UInt8.self, count: tensor.byteCount)
+        let values = try deviceBuffer(tensor, "tensor").download(UInt8.self, count: tensor.byteCount)
+        try checkGuards(tensor)
+        return values
     }
 
     public func synchronize() throws {

@@ -4,12 +4,24 @@ extension OpenCLBackend {
     /// Assignments per chunk of the counting sort (a constant: results never depend on it).
     static let permuteChunk = 256
 
+    /// Tokens per chunk of the routing statistics' partial sums (a constant: results never
+    /// depend on the device).
+    static let statsChunk = 256
+
     /// Local size of the one-work-item-per-token kernels.
-    var itemGroup: Int { device.kind == .cpu ? 1 : 64 }
+    var itemGroup: Int { device.workItemsAreLanes ? 64 : 1 }
 
     /// Tokens each work-item of the per-token kernels handles (a CPU device pays a cost per
-    /// work-group that one token's work does not cover).
-    var tokensPerItem: Int { device.kind == .cpu ? 32 : 1 }
+    /// work-group that one token's work does not cover; where work-items are SIMD lanes, each
+    /// takes one token, so no work-item runs a long loop).
+    var tokensPerItem: Int { device.workItemsAreLanes ? 1 : 32 }
+
+    /// Whether gating ranks experts in parallel (one work-item per token and expert) instead of
+    /// one work-item keeping a token's k best: for k above the single pass's 64, and where
+    /// work-items are SIMD lanes and a token's pass would be long.
+    func gatingByRank(experts: Int, k: Int) -> Bool {
+        k > 64 || (device.workItemsAreLanes && experts * k > 16384)
+    }
 
     func roundUp(_ n: Int, _ m: Int) -> Int { max(m, (n + m - 1) / m * m) }
 
@@ -19,27 +31,51 @@ extension OpenCLBackend {
         let ids = try empty(shape: [tokens, c.k], dtype: .i32, label: "gating ids")
         let weights = try empty(shape: [tokens, c.k], dtype: .f32, label: "gating weights")
         let flags = try empty(shape: [2], dtype: .i32, label: "routing flags")
-        try flags.buffer!.upload([Int32](repeating: 0, count: 2))
+        try fill(flags, 0)  // enqueued: nothing waits for the router matmul
         let biasBuffer = try bias.map { try deviceBuffer($0, "correction bias") } ?? flags.buffer!
         let group = itemGroup
-        try launch(
-            "routing.cl", "gating_topk", defines: logits.dtype.defines("X"),
-            args: [
-                .buffer(lb), .buffer(biasBuffer), .buffer(ids.buffer!), .buffer(weights.buffer!), .buffer(flags.buffer!),
-                .int(tokens), .int(experts), .int(c.k), .int(c.scoring == .sigmoid ? 1 : 0), .int(bias == nil ? 0 : 1),
-                .int(c.renormalize ? 1 : 0), .float(c.routedScale), .int(c.expertGroups), .int(c.topKGroups),
-                .int(tokensPerItem),
-            ],
-            global: [roundUp((tokens + tokensPerItem - 1) / tokensPerItem, group)], local: [group])
+        let sigmoid = c.scoring == .sigmoid ? 1 : 0
+        let hasBias = bias == nil ? 0 : 1
+        if tokens > 0 && gatingByRank(experts: experts, k: c.k) {
+            // Released when this returns; OpenCL keeps them until the kernels that use them have run.
+            let rowStats = try context.buffer(byteCount: tokens * 8, label: "gating row stats")
+            let rowGroups = try context.buffer(byteCount: tokens * 8, label: "gating kept groups")
+            try launch(
+                "routing.cl", "gating_prepare", defines: logits.dtype.defines("X"),
+                args: [.buffer(lb), .buffer(biasBuffer), .buffer(rowStats), .buffer(rowGroups), .buffer(flags.buffer!),
+                       .int(tokens), .int(experts), .int(sigmoid), .int(hasBias), .int(c.renormalize ? 1 : 0),
+                       .int(c.expertGroups), .int(c.topKGroups)],
+                global: [roundUp(tokens, group)], local: [group])
+            let lanes = device.workItemsAreLanes ? 64 : 1
+            try launch(
+                "routing.cl", "gating_rank", defines: logits.dtype.defines("X"),
+                args: [.buffer(lb), .buffer(biasBuffer), .buffer(rowStats), .buffer(rowGroups), .buffer(ids.buffer!),
+                       .buffer(weights.buffer!), .int(tokens), .int(experts), .int(c.k), .int(sigmoid), .int(hasBias),
+                       .int(c.expertGroups)],
+                global: [roundUp(experts, lanes), tokens], local: [lanes, 1])
+            try launch(
+                "routing.cl", "gating_finish",
+                args: [.buffer(weights.buffer!), .int(tokens), .int(c.k), .int(c.renormalize ? 1 : 0),
+                       .float(c.routedScale)],
+                global: [roundUp(tokens, group)], local: [group])
+        } else {
+            try launch(
+                "routing.cl", "gating_topk", defines: logits.dtype.defines("X"),
+                args: [
+                    .buffer(lb), .buffer(biasBuffer), .buffer(ids.buffer!), .buffer(weights.buffer!),
+                    .buffer(flags.buffer!), .int(tokens), .int(experts), .int(c.k), .int(sigmoid), .int(hasBias),
+                    .int(c.renormalize ? 1 : 0), .float(c.routedScale), .int(c.expertGroups), .int(c.topKGroups),
+                    .int(tokensPerItem),
+                ],
+                global: [roundUp((tokens + tokensPerItem - 1) / tokensPerItem, group)], local: [group])
+        }
         return Gating(config: c, tokens: tokens, logits: logits, ids: ids, weights: weights, flags: flags)
     }
 
+    /// Fills an i32 tensor's elements on the queue without waiting.
     private func fill(_ t: Tensor, _ value: Int32) throws {
-        let n = t.count
-        if n == 0 { return }
-        try launch(
-            "routing.cl", "fill_i32", args: [.buffer(t.buffer!), .int(Int(value)), .int(n)],
-            global: [roundUp(n, 64)], local: [64])
+        if t.count == 0 { return }
+        try t.buffer!.enqueueFill(value, bytes: t.byteCount)
     }
 
     /// One counting-sort pass: counts per chunk, scan, offsets/tiles, scatter.
@@ -65,10 +101,16 @@ extension OpenCLBackend {
             global: [roundUp(experts, itemGroup)], local: [itemGroup])
         try launch(
             "routing.cl", "permute_offsets",
-            args: [.buffer(routed.buffer!), .buffer(counts.buffer!), .buffer(offsets.buffer!), .buffer(tiles.buffer!),
-                   .buffer(dropped.buffer!), .int(experts), .int(blockSize), .int(capacity), .int(tiles.count),
-                   .int(n)],
+            args: [.buffer(routed.buffer!), .buffer(counts.buffer!), .buffer(offsets.buffer!),
+                   .buffer(dropped.buffer!), .int(experts), .int(blockSize), .int(capacity), .int(n)],
             global: [1], local: [1])
+        if tiles.count > 0 {
+            try launch(
+                "routing.cl", "permute_tiles",
+                args: [.buffer(offsets.buffer!), .buffer(tiles.buffer!), .int(experts), .int(blockSize),
+                       .int(tiles.count)],
+                global: [roundUp(tiles.count, 64)], local: [64])
+        }
         try launch(
             "routing.cl", "permute_scatter",
             args: [.buffer(ids), keepArg, .int(useKeep), .buffer(scratch), .buffer(offsets.buffer!),
@@ -131,7 +173,7 @@ extension OpenCLBackend {
         let out = dtype ?? x.dtype
         try x.expectDType(DType.floatingPoint, "gather x")
         let xs = try empty(shape: [r.maxRows, d], dtype: out, label: "expert-ordered rows")
-        if r.maxRows == 0 || d == 0 { return xs }
+        if r.maxRows == 0 || d == 0 { return xs.guarded(by: [r.flags]) }
         let group = tuning.copyGroup
         try launch(
             "routing.cl", "gather_rows",
@@ -141,7 +183,7 @@ extension OpenCLBackend {
                    .buffer(xs.buffer!), .int(r.maxRows), .int(r.tokens), .int(r.config.k), .int(d),
                    .int(tuning.rowsPerGroup)],
             global: [(r.maxRows + tuning.rowsPerGroup - 1) / tuning.rowsPerGroup * group], local: [group])
-        return xs
+        return xs.guarded(by: [r.flags])
     }
 
     public func combine(_ ys: Tensor, routing r: Routing, residual: Tensor? = nil, dtype: DType? = nil) throws -> Tensor {
@@ -157,7 +199,7 @@ extension OpenCLBackend {
             throw SwitchyardError.dtype(argument: "combine residual", expected: out.rawValue, actual: residual.dtype)
         }
         let y = try empty(shape: [r.tokens, d], dtype: out, label: "combined output")
-        if r.tokens == 0 || d == 0 { return y }
+        if r.tokens == 0 || d == 0 { return y.guarded(by: [r.flags]) }
         let group = tuning.copyGroup
         try launch(
             "routing.cl", "combine_rows",
@@ -168,7 +210,7 @@ extension OpenCLBackend {
                    .int(residual == nil ? 0 : 1), .buffer(y.buffer!), .int(r.tokens), .int(r.config.k), .int(d),
                    .int(r.maxRows), .int(tuning.rowsPerGroup)],
             global: [(r.tokens + tuning.rowsPerGroup - 1) / tuning.rowsPerGroup * group], local: [group])
-        return y
+        return y.guarded(by: [r.flags])
     }
 
     public func expertChoice(_ logits: Tensor, config c: RouterConfig) throws -> ExpertChoice {
@@ -176,7 +218,7 @@ extension OpenCLBackend {
         let capacity = min(tokens, RouterConfig(experts: experts, k: c.k, capacityFactor: c.capacityFactor ?? 1)
             .capacity(tokens: tokens)!)
         let flags = try empty(shape: [2], dtype: .i32, label: "routing flags")
-        try flags.buffer!.upload([Int32](repeating: 0, count: 2))
+        try fill(flags, 0)
         if capacity == 0 {
             return ExpertChoice(
                 tokens: try empty(shape: [experts, 0], dtype: .i32), weights: try empty(shape: [experts, 0], dtype: .f32),
@@ -197,23 +239,33 @@ extension OpenCLBackend {
         let t = r.tokens
         let e = r.config.experts
         let logits = try deviceBuffer(r.gating.logits, "router logits")
-        let lse = try context.buffer(byteCount: t * 4, label: "stats lse")
-        let norm = try context.buffer(byteCount: t * 4, label: "stats norm")
+        let chunk = Self.statsChunk
+        let chunks = (t + chunk - 1) / chunk
+        let rowStats = try context.buffer(byteCount: max(1, t) * 16, label: "stats per token")
+        let partial = try context.buffer(byteCount: max(1, chunks * e) * 4, label: "stats partial sums")
+        let zPartial = try context.buffer(byteCount: max(1, chunks * e) * 4, label: "stats z partial sums")
         let out = try context.buffer(byteCount: (e + 2) * 4, label: "stats out")
         let defines = r.gating.logits.dtype.defines("X")
         let sigmoid = r.config.scoring == .sigmoid ? 1 : 0
+        if t > 0 {
+            try launch(
+                "routing.cl", "stats_tokens", defines: defines,
+                args: [.buffer(logits), .buffer(rowStats), .int(e), .int(sigmoid)],
+                global: [t], local: [1])  // exactly T work-items: the kernel has no bounds branch
+            try launch(
+                "routing.cl", "stats_partial", defines: defines,
+                args: [.buffer(logits), .buffer(rowStats), .buffer(partial), .buffer(zPartial), .int(t), .int(e),
+                       .int(sigmoid), .int(chunk)],
+                global: [e, chunks], local: [1, 1])  // exactly E × chunks work-items
+        }
         try launch(
-            "routing.cl", "stats_tokens", defines: defines,
-            args: [.buffer(logits), .buffer(lse), .buffer(norm), .int(t), .int(e), .int(sigmoid), .int(tokensPerItem)],
-            global: [roundUp((t + tokensPerItem - 1) / tokensPerItem, itemGroup)], local: [itemGroup])
-        try launch(
-            "routing.cl", "stats_experts", defines: defines,
-            args: [.buffer(logits), .buffer(lse), .buffer(norm), .buffer(out), .int(t), .int(e), .int(sigmoid)],
-            global: [roundUp(e, itemGroup)], local: [itemGroup])
+            "routing.cl", "stats_experts",
+            args: [.buffer(partial), .buffer(out), .int(t), .int(e), .int(chunks)],
+            global: [e], local: [1])  // exactly E work-items: the kernel has no bounds branch
         try launch(
             "routing.cl", "stats_final",
-            args: [.buffer(try deviceBuffer(r.routedCounts, "routing")), .buffer(lse), .buffer(out), .int(t), .int(e),
-                   .int(r.config.k)],
+            args: [.buffer(try deviceBuffer(r.routedCounts, "routing")), .buffer(zPartial), .buffer(out), .int(t),
+                   .int(e), .int(r.config.k), .int(chunks)],
             global: [1], local: [1])
         let values = try out.download(Float.self, count: e + 2)
         return RoutingStats(

@@ -45,8 +45,17 @@ public final class ReferenceBackend: ComputeBackend {
         Tensor(shape: shape, dtype: dtype, storage: .host(.floats(values.map { dtype.round(Float($0)) })))
     }
 
-    public func floats(_ tensor: Tensor) throws -> [Float] { try hostFloats(tensor, "tensor") }
-    public func ints(_ tensor: Tensor) throws -> [Int32] { try hostInts(tensor, "tensor") }
+    public func floats(_ tensor: Tensor) throws -> [Float] {
+        let values = try hostFloats(tensor, "tensor")
+        try checkGuards(tensor)
+        return values
+    }
+
+    public func ints(_ tensor: Tensor) throws -> [Int32] {
+        let values = try hostInts(tensor, "tensor")
+        try checkGuards(tensor)
+        return values
+    }
     public func synchronize() throws {}
 
     public func softmax(_ x: Tensor) throws -> Tensor {

@@ -52,6 +52,7 @@ extension ReferenceBackend {
             x: try hostFloats(x, "gather x"), tokens: r.tokens, d: d, k: r.config.k,
             assignmentOf: try hostInts(r.assignmentOf, "routing"))
         return Tensor(shape: [r.maxRows, d], dtype: out, storage: .host(.floats(rows.map(out.round))))
+            .guarded(by: [r.flags])
     }
 
     public func combine(_ ys: Tensor, routing r: Routing, residual: Tensor? = nil, dtype: DType? = nil) throws -> Tensor {
@@ -64,7 +65,7 @@ extension ReferenceBackend {
             ys: try hostFloats(ys, "combine ys"), d: d, rowOf: try hostInts(r.rowOf, "routing"),
             weights: try hostFloats(r.weights, "routing"), tokens: r.tokens, k: r.config.k,
             residual: try residual.map { try hostFloats($0, "combine residual") })
-        return output(y, shape: [r.tokens, d], dtype: out)
+        return output(y, shape: [r.tokens, d], dtype: out).guarded(by: [r.flags])
     }
 
     public func expertChoice(_ logits: Tensor, config c: RouterConfig) throws -> ExpertChoice {

@@ -154,6 +154,15 @@ extension ComputeBackend {
     /// id out of range. Reads two integers.
     public func check(flags: Tensor) throws {
         let f = try ints(flags)
+        try Self.raise(flags: f)
+    }
+
+    /// Checks every flags tensor guarding `tensor` (after its values were read).
+    func checkGuards(_ tensor: Tensor) throws {
+        for flags in tensor.guards { try check(flags: flags) }
+    }
+
+    static func raise(flags f: [Int32]) throws {
         if f.count > 0 && f[0] != 0 {
             throw SwitchyardError.invalidValues(
                 argument: "router logits", detail: "NaN or infinite values; routing refused")

@@ -24,11 +24,26 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
     /// Keeps a pooled device buffer leased while any tensor viewing it is alive.
     let lease: AnyObject?
 
-    init(shape: [Int], dtype: DType, storage: Storage, lease: AnyObject? = nil) {
+    /// Routing flags this tensor's values depend on: reading the tensor (`floats`, `ints`,
+    /// `bytes`) reads them too, after the values, and throws if one is raised (NaN or infinite
+    /// router logits, an expert id out of range). So ops enqueue without waiting and a wrong
+    /// output never reaches the caller unannounced.
+    let guards: [Tensor]
+
+    init(shape: [Int], dtype: DType, storage: Storage, lease: AnyObject? = nil, guards: [Tensor] = []) {
         self.shape = shape
         self.dtype = dtype
         self.storage = storage
         self.lease = lease
+        self.guards = guards
+    }
+
+    /// The same tensor, also guarded by `flags` (see `guards`).
+    func guarded(by flags: [Tensor]) -> Tensor {
+        if flags.isEmpty { return self }
+        var all = guards
+        for f in flags where !all.contains(where: { $0 === f }) { all.append(f) }
+        return Tensor(shape: shape, dtype: dtype, storage: storage, lease: lease, guards: all)
     }
 
     /// Number of elements.
@@ -73,7 +88,7 @@ extension Tensor {
         guard (try? Tensor.checkedCount(newShape, dtype: dtype, "reshape")) == count else {
             throw SwitchyardError.shape(argument: "reshape to \(newShape)", expected: "\(count) elements", actual: shape)
         }
-        return Tensor(shape: newShape, dtype: dtype, storage: storage, lease: lease)
+        return Tensor(shape: newShape, dtype: dtype, storage: storage, lease: lease, guards: guards)
     }
 
     /// Checks the tensor has rank `rank`, returning its shape.

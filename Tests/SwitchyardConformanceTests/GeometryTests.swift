@@ -1,3 +1,4 @@
+import Foundation
 import OpenCLHost
 import Switchyard
 import SwitchyardConformance
@@ -57,6 +58,18 @@ struct GeometryTests {
                 }
             }
         }
+    }
+
+    /// `make test` and CI enable rusticl: then its device must be there, so the suite really ran
+    /// on two implementations.
+    @Test func rusticlIsPresentWhenEnabled() throws {
+        let env = ProcessInfo.processInfo.environment
+        guard env["RUSTICL_ENABLE"] != nil,
+            FileManager.default.fileExists(atPath: "/etc/OpenCL/vendors/rusticl.icd")
+        else { return }
+        let platforms = try Device.all().map(\.platformName)
+        #expect(platforms.contains("rusticl"), "RUSTICL_ENABLE is set and rusticl is installed, but devices are \(platforms)")
+        #expect(platforms.contains("Portable Computing Language"), "PoCL is missing: \(platforms)")
     }
 
     @Test func tuningEntriesAreValidated() throws {

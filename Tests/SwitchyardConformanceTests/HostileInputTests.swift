@@ -147,6 +147,33 @@ struct HostileInputTests {
         }
     }
 
+    /// Routing statistics at extreme logits match the reference: sigmoid scores of logits far
+    /// below -88.7 (where σ underflows in f32) and softmax logits near ±1000 (where a rounded
+    /// logsumexp would cost 1e-5 of the balance loss).
+    @Test(arguments: [
+        ([-90, -100, -110, -120] as [Float], RouterConfig.Scoring.sigmoid),
+        ([1000, 999.5, 998, 990], .softmax), ([3000, 2999.25, -3000, 0], .softmax), ([-1e4, 5, 80, 89], .sigmoid),
+    ])
+    func routingStatsAtExtremeLogits(_ row: [Float], _ scoring: RouterConfig.Scoring) throws {
+        let config = RouterConfig(experts: 4, k: 2, scoring: scoring, renormalize: true)
+        var stats: [RoutingStats] = []
+        for backend in [try OpenCLBackend() as any ComputeBackend, ReferenceBackend()] {
+            // 3 tokens, the row rotated per token so every expert gets some load.
+            let logits = (0..<3).flatMap { t in (0..<4).map { row[($0 + t) % 4] } }
+            let routing = try backend.route(
+                try backend.tensor(logits, shape: [3, 4], dtype: .f32), bias: nil, config: config, blockSize: 4)
+            stats.append(try backend.routingStats(routing))
+        }
+        let (device, reference) = (stats[0], stats[1])
+        #expect(device.tokensPerExpert == reference.tokensPerExpert)
+        for (a, b) in zip(device.meanProbability, reference.meanProbability) {
+            #expect(a.isFinite && abs(a - b) <= 1e-6 * max(1, abs(b)), "mean probability \(a) vs \(b)")
+        }
+        #expect(abs(device.balanceLoss - reference.balanceLoss) <= 2e-6 * abs(reference.balanceLoss),
+                "balance loss \(device.balanceLoss) vs \(reference.balanceLoss)")
+        #expect(abs(device.zLoss - reference.zLoss) <= 1e-5 * abs(reference.zLoss), "z-loss \(device.zLoss) vs \(reference.zLoss)")
+    }
+
     @Test func capacityIsClampedNeverTrapping() {
         let c = RouterConfig(experts: 8, k: 2, capacityFactor: 1e300)
         #expect(c.capacity(tokens: 100) == 200)

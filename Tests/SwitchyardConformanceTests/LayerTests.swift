@@ -48,9 +48,25 @@ struct LayerTests {
         var values = [Float](repeating: 0.5, count: 4 * config.hidden)
         values[130] = .nan
         let x = try backend.tensor(values, shape: [4, config.hidden], dtype: .f32)
+        // The forward enqueues without waiting; reading its output raises.
+        let y = try layer.forward(x).y
         #expect(throws: SwitchyardError.invalidValues(argument: "router logits", detail: "NaN or infinite values; routing refused")) {
-            try layer.forward(x)
+            try backend.floats(y)
         }
+        #expect(throws: SwitchyardError.self) { try backend.bytes(y) }
+        // The same through the ops one by one: route, grouped matmul, read.
+        let logits = try backend.groupedMatmul(
+            x, weights: try backend.prepareWeights(
+                try backend.tensor([Float](repeating: 0.1, count: 8 * config.hidden), shape: [1, 8, config.hidden],
+                                   dtype: .f32), swiglu: false, pack: true),
+            routing: nil, fusedGather: false, epilogue: .none, scale: .none, dtype: .f32)
+        let routing = try backend.route(logits, bias: nil, config: config.router, blockSize: 4)
+        let h = try backend.groupedMatmul(
+            x, weights: try backend.prepareWeights(
+                try backend.tensor([Float](repeating: 0.1, count: 8 * 4 * config.hidden), shape: [8, 4, config.hidden],
+                                   dtype: .f32), swiglu: false, pack: true),
+            routing: routing, fusedGather: true, epilogue: .none, scale: .none, dtype: .f32)
+        #expect(throws: SwitchyardError.self) { try backend.floats(h) }
     }
 
     @Test func misShapedWeightsAndInputsAreErrors() throws {
