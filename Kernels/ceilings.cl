@@ -14,6 +14,11 @@
 //                            a work-group runs on one core, which then streams one contiguous
 //                            range through its prefetchers).
 
+#ifndef SY_CAT
+#define SY_CAT_(a, b) a##b
+#define SY_CAT(a, b) SY_CAT_(a, b)
+#endif
+
 #ifndef CEILINGS_NONTEMPORAL
 #define CEILINGS_NONTEMPORAL 0
 #endif
@@ -82,40 +87,67 @@ __kernel void ceilings_stream_nt(__global const float16* restrict src, __global 
     for (int i = first; i < end; i += step) CEILINGS_STORE_NT(&dst[i], src[i] * s);
 }
 
-// FMA throughput: 16 independent chains of float16 FMAs per work-item (enough independent
-// work to cover the FMA latency on every unit), `iterations` steps each, 2 · 16 · 16 flops a
-// step. x ← x·a + b with a just below 1 converges to b / (1 − a), so values stay normal. The
-// lanes' sum is written so the loop is not removed.
-__kernel void ceilings_fma(__global float* out, int iterations, float a, float b) {
-    const float base = (float)get_global_id(0) * 1.0e-3f;
-    const float16 va = (float16)a;
-    const float16 vb = (float16)b;
-    const float16 lane = (float16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15) * 1.0e-2f;
-    float16 x0 = lane + base + 0.0f, x1 = lane + base + 0.1f, x2 = lane + base + 0.2f, x3 = lane + base + 0.3f;
-    float16 x4 = lane + base + 0.4f, x5 = lane + base + 0.5f, x6 = lane + base + 0.6f, x7 = lane + base + 0.7f;
-    float16 x8 = lane + base + 0.8f, x9 = lane + base + 0.9f, x10 = lane + base + 1.0f, x11 = lane + base + 1.1f;
-    float16 x12 = lane + base + 1.2f, x13 = lane + base + 1.3f, x14 = lane + base + 1.4f, x15 = lane + base + 1.5f;
-    for (int i = 0; i < iterations; ++i) {
-        x0 = fma(x0, va, vb);
-        x1 = fma(x1, va, vb);
-        x2 = fma(x2, va, vb);
-        x3 = fma(x3, va, vb);
-        x4 = fma(x4, va, vb);
-        x5 = fma(x5, va, vb);
-        x6 = fma(x6, va, vb);
-        x7 = fma(x7, va, vb);
-        x8 = fma(x8, va, vb);
-        x9 = fma(x9, va, vb);
-        x10 = fma(x10, va, vb);
-        x11 = fma(x11, va, vb);
-        x12 = fma(x12, va, vb);
-        x13 = fma(x13, va, vb);
-        x14 = fma(x14, va, vb);
-        x15 = fma(x15, va, vb);
+// Read-only stream: each work-item sums its float16 vectors (four independent sums, so the adds
+// never limit the reads) and writes one float, so the reads cannot be removed. Bytes counted:
+// only those read (what a decode, which reads weights and writes little, is bound by).
+__kernel void ceilings_read(__global const float16* restrict src, __global float* out, int n, int per_item) {
+    CEILINGS_RANGE(n, per_item);
+    float16 s0 = (float16)0.0f, s1 = (float16)0.0f, s2 = (float16)0.0f, s3 = (float16)0.0f;
+    int i = first;
+    for (; i + 3 * step < end; i += 4 * step) {
+        s0 += src[i];
+        s1 += src[i + step];
+        s2 += src[i + 2 * step];
+        s3 += src[i + 3 * step];
     }
-    const float16 s = ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)) + ((x8 + x9) + (x10 + x11)) +
-                      ((x12 + x13) + (x14 + x15));
+    for (; i < end; i += step) s0 += src[i];
+    const float16 s = (s0 + s1) + (s2 + s3);
     const float8 s8 = s.lo + s.hi;
     const float4 s4 = s8.lo + s8.hi;
     out[get_global_id(0)] = (s4.x + s4.y) + (s4.z + s4.w);
+}
+
+// FMA throughput at the device's native vector width: FMA_CHAINS independent chains of FMA_VW-wide
+// FMAs per work-item (defaults: 16 × float16 for AVX-512's 32 registers, the host passes 12 ×
+// float8 for AVX2's 16, 12 × float4 for SSE/NEON, 8 × float where work-items are lanes), so
+// every FMA unit has independent work to cover its latency and no chain spills. `iterations`
+// steps of 2 · FMA_VW · FMA_CHAINS flops; x ← x·a + b with a just below 1 converges to
+// b / (1 − a), so values stay normal. The sum is written so the loop is not removed.
+#ifndef FMA_VW
+#define FMA_VW 16
+#endif
+#ifndef FMA_CHAINS
+#define FMA_CHAINS 16
+#endif
+#if FMA_VW == 1
+#define FMA_T float
+#else
+#define FMA_T SY_CAT(float, FMA_VW)
+#endif
+inline float fma_lane_sum(FMA_T v) {
+#if FMA_VW == 1
+    return v;
+#else
+    float t[FMA_VW];
+    SY_CAT(vstore, FMA_VW)(v, 0, t);
+    float s = 0.0f;
+    for (int i = 0; i < FMA_VW; ++i) s += t[i];
+    return s;
+#endif
+}
+__kernel void ceilings_fma(__global float* out, int iterations, float a, float b) {
+    const float base = (float)get_global_id(0) * 1.0e-3f;
+    const FMA_T va = (FMA_T)a;
+    const FMA_T vb = (FMA_T)b;
+    FMA_T x[FMA_CHAINS];
+#pragma unroll
+    for (int c = 0; c < FMA_CHAINS; ++c) x[c] = (FMA_T)(base + 0.1f * (float)c);
+    for (int i = 0; i < iterations; ++i) {
+#pragma unroll
+        for (int c = 0; c < FMA_CHAINS; ++c) x[c] = fma(x[c], va, vb);
+    }
+    FMA_T s = x[0];
+#pragma unroll
+    for (int c = 1; c < FMA_CHAINS; ++c) s += x[c];
+    out[get_global_id(0)] = fma_lane_sum(s);
 }

@@ -195,6 +195,11 @@ __kernel void gating_finish(__global float* weights, int tokens, int k, int reno
     finish_weights(weights, (size_t)t * (size_t)k, k, renormalize, routed_scale);
 }
 
+__kernel void fill_i32(__global int* x, int value, int n) {
+    const int i = get_global_id(0);
+    if (i < n) x[i] = value;
+}
+
 // Stable counting sort, step 1: per chunk of `chunk` consecutive assignments, the count of
 // each expert (only assignments whose keep flag is set, when use_keep). One work-item per chunk;
 // it owns row c of `chunk_counts [chunks, E]`.

@@ -25,7 +25,9 @@ func svgChart(device: Device, ceilings: BenchCeilings, results: [ItemResult], sc
     let staged = results.filter { $0.profile != nil }
     let stagesTop = top + Double(max(results.count, 1)) * rowHeight + 84
     let stagesPart = staged.isEmpty ? nil : stageBreakdownSVG(staged, top: stagesTop, labelWidth: labelWidth)
-    let barsHeight = stagesTop + (stagesPart?.height ?? 0)
+    let peersTop = stagesTop + (stagesPart?.height ?? 0)
+    let peersPart = peerBarsSVG(staged, ceilings: d, top: peersTop, labelWidth: labelWidth)
+    let barsHeight = peersTop + (peersPart?.height ?? 0)
     let scalingPart = scaling.isEmpty ? nil : scalingSVG(scaling, fmaGFlops: d.fmaGFlops, top: barsHeight, width: max(labelWidth + barWidth + valueWidth + 20, 1300))
     let height = barsHeight + (scalingPart?.height ?? 0)
     let maxPercent = max(100, ((results.map(\.percent).filter(\.isFinite).max() ?? 0) / 25).rounded(.up) * 25)
@@ -88,6 +90,7 @@ func svgChart(device: Device, ceilings: BenchCeilings, results: [ItemResult], sc
     }
     s += "<text x=\"\(width - 10)\" y=\"\(ly)\" text-anchor=\"end\" fill=\"#c0392b\">dashed: 100% of ceiling</text>\n"
     if let stagesPart { s += stagesPart.svg }
+    if let peersPart { s += peersPart.svg }
     if let scalingPart { s += scalingPart.svg }
     s += "</svg>\n"
     return s
@@ -129,4 +132,64 @@ func stageBreakdownSVG(_ results: [ItemResult], top: Double, labelWidth: Double)
         s += "<text x=\"\(lx + 18)\" y=\"\(yy)\">\(xmlEscaped(name))</text>\n"
     }
     return (s, 30 + Double(results.count) * rowHeight + 24 + Double((names.count + 3) / 4) * 18 + 20)
+}
+
+/// The MoE layers beside their peers, one group of bars per layer row, each bar a rate in the
+/// row's unit with the ceilings drawn across: prefill rows in GFLOP/s (Switchyard's grouped
+/// matmul against the per-expert SGEMM loops, the whole layer against PyTorch eager; the FMA
+/// ceiling dashed), decode rows in GB/s of weight bytes (the copy and read-only ceilings dashed).
+func peerBarsSVG(_ results: [ItemResult], ceilings d: Ceilings, top: Double, labelWidth: Double) -> (svg: String, height: Double)? {
+    struct Bar {
+        let name: String
+        let value: Double
+        let color: String
+    }
+    var groups: [(label: String, unit: String, bars: [Bar], lines: [(String, Double)])] = []
+    for r in results {
+        guard let p = r.profile else { continue }
+        let decode = r.bound == .copy
+        var bars: [Bar] = []
+        func peerSeconds(_ name: String) -> Double? {
+            if case .timed(let st)? = r.peers.first(where: { $0.name == name })?.timing { return st.median }
+            return nil
+        }
+        let amount = decode ? r.item.bytes : r.item.flops
+        if let part = r.item.groupedMatmul, let grouped = p.median(of: part.stages) {
+            let partAmount = decode ? r.item.bytes : part.flops
+            bars.append(Bar(name: "Switchyard grouped matmul", value: partAmount / grouped / 1e9, color: "#d9822b"))
+            for (name, label, color) in [("openblas", "OpenBLAS SGEMM per expert", "#7f8c8d"), ("clblast", "CLBlast SGEMM per expert", "#95a5a6")] {
+                if let t = peerSeconds(name) { bars.append(Bar(name: label, value: partAmount / t / 1e9, color: color)) }
+            }
+        }
+        bars.append(Bar(name: "Switchyard whole layer (wall)", value: amount / p.wall.median / 1e9, color: "#4a7fb5"))
+        if let t = peerSeconds("torch") { bars.append(Bar(name: "PyTorch eager whole layer", value: amount / t / 1e9, color: "#8e6bb8")) }
+        guard bars.count > 1 else { continue }
+        let lines: [(String, Double)] = decode ? [("copy", d.copyGBps), ("read-only", d.readGBps)] : [("FMA", d.fmaGFlops)]
+        groups.append((label: [r.item.shape, r.item.dtype, r.item.options].filter { !$0.isEmpty }.joined(separator: " "),
+                       unit: decode ? "GB/s of weights" : "GFLOP/s", bars: bars, lines: lines))
+    }
+    guard !groups.isEmpty else { return nil }
+    let barWidth = 440.0
+    let barHeight = 14.0
+    var s = "<text x=\"10\" y=\"\(top + 16)\" font-size=\"15\" font-weight=\"bold\">MoE layers beside their peers (same run; dashed: the ceilings)</text>\n"
+    var y = top + 34
+    for g in groups {
+        let scale = max(g.bars.map(\.value).max() ?? 1, g.lines.map(\.1).max() ?? 1) * 1.05
+        s += "<text x=\"\(labelWidth - 8)\" y=\"\(y + 11)\" text-anchor=\"end\" font-weight=\"bold\">\(xmlEscaped(g.label))</text>\n"
+        let y0 = y
+        for bar in g.bars {
+            let w = max(1, barWidth * bar.value / scale)
+            s += "<text x=\"\(labelWidth - 8)\" y=\"\(y + barHeight + 8)\" text-anchor=\"end\" fill=\"#444\">\(xmlEscaped(bar.name))</text>\n"
+            s += "<rect x=\"\(labelWidth)\" y=\"\(y + 4)\" width=\"\(w)\" height=\"\(barHeight)\" fill=\"\(bar.color)\"/>\n"
+            s += "<text x=\"\(labelWidth + w + 6)\" y=\"\(y + barHeight + 1)\">\(xmlEscaped(rate(bar.value) + " " + g.unit))</text>\n"
+            y += barHeight + 4
+        }
+        for (name, value) in g.lines {
+            let lx = labelWidth + barWidth * value / scale
+            s += "<line x1=\"\(lx)\" y1=\"\(y0 + 2)\" x2=\"\(lx)\" y2=\"\(y + 4)\" stroke=\"#c0392b\" stroke-dasharray=\"4 3\"/>\n"
+            s += "<text x=\"\(lx)\" y=\"\(y0)\" text-anchor=\"middle\" fill=\"#c0392b\" font-size=\"10\">\(xmlEscaped(name + " " + rate(value)))</text>\n"
+        }
+        y += 22
+    }
+    return (s, y - top + 10)
 }

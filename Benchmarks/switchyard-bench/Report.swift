@@ -31,7 +31,9 @@ func ceilingTable(_ c: BenchCeilings) -> String {
     let d = c.device
     var rows: [[String]] = [["ceiling", "timed", "best", "median", "unit"]]
     let labels = [
-        "copy", "stream", d.nonTemporalStores ? "stream (non-temporal)" : "stream (NT unavailable: plain)", "fma",
+        "copy", "stream", d.nonTemporalStores ? "stream (non-temporal)" : "stream (NT unavailable: plain)",
+        "fma (\(d.fmaChains) × float\(d.fmaVectorWidth == 1 ? "" : String(d.fmaVectorWidth)) chains)",
+        "read-only (bytes read)",
     ]
     for (label, m) in zip(labels, d.measurements) {
         rows.append([label, m.name, rate(m.best), rate(m.median), m.unit])
@@ -42,9 +44,14 @@ func ceilingTable(_ c: BenchCeilings) -> String {
         rows.append(["gemm (peer)", "(not measured)", "-", "-", "GFLOP/s"])
     }
     let mib = d.bufferBytes >> 20
-    return table(rows, rightAligned: [2, 3]) + "\n"
-        + String(format: "bandwidth buffers 2 × %d MiB; memory-bound ceiling %.1f GB/s (%@); ridge %.1f flop/byte",
-                 mib, d.bandwidthGBps, d.bandwidthName, d.ridgeFlopsPerByte)
+    var text = table(rows, rightAligned: [2, 3]) + "\n"
+        + String(format: "bandwidth buffers 2 × %d MiB; memory-bound ceiling %.1f GB/s (%@); read-only %.1f GB/s; ridge %.1f flop/byte",
+                 mib, d.bandwidthGBps, d.bandwidthName, d.readGBps, d.ridgeFlopsPerByte)
+    if let gemm = c.gemm, gemm.gflops > d.fmaGFlops {
+        text += String(format: "\nWARNING: the peer's SGEMM (%.0f GFLOP/s) exceeds the FMA ceiling (%.0f GFLOP/s): the FMA ceiling is wrong on this device",
+                       gemm.gflops, d.fmaGFlops)
+    }
+    return text
 }
 
 func resultTable(_ results: [ItemResult]) -> String {
@@ -68,12 +75,14 @@ func resultTable(_ results: [ItemResult]) -> String {
             r.item.op, r.item.shape, r.item.dtype, r.item.options, ms(r.firstSeconds), ms(r.device.median),
             "\(ms(r.device.min))–\(ms(r.device.max))", "\(r.device.count)",
             r.item.flops > 0 ? rate(r.gflops) : "-", r.item.bytes > 0 ? rate(r.gbps) : "-",
-            String(format: "%.1f%@", r.percent, r.bound == .compute ? " F" : r.bound == .copy ? " C" : " B"),
+            r.bound == .copy
+                ? String(format: "%.1f C %.1f R", r.percent, r.percentOfRead)
+                : String(format: "%.1f%@", r.percent, r.bound == .compute ? " F" : " B"),
             refText, ratio,
         ])
     }
     return table(rows, rightAligned: Set(4...12)) + "\n"
-        + "% ceil: B of the best bandwidth ceiling, F of the FMA ceiling, C of the copy ceiling; × ref: reference time / device time"
+        + "% ceil: B of the best bandwidth ceiling, F of the FMA ceiling, C of the copy ceiling, R of the read-only ceiling; × ref: reference time / device time"
 }
 
 func jsonReport(device: Device, ceilings: BenchCeilings, results: [ItemResult], quick: Bool, scaling: [ScalingPoint] = [])
@@ -99,6 +108,7 @@ func jsonReport(device: Device, ceilings: BenchCeilings, results: [ItemResult], 
             "max_ms": r.device.max * 1e3, "q1_ms": r.device.q1 * 1e3, "q3_ms": r.device.q3 * 1e3,
             "runs": r.device.count, "kernels": r.kernels, "bound": r.bound.rawValue, "ceiling": r.ceilingName,
             "percent_of_ceiling": number(r.percent), "peers": peers,
+            "percent_of_read_ceiling": r.bound == .copy ? number(r.percentOfRead) : NSNull(),
         ]
         if r.item.flops > 0 { item["gflops"] = number(r.gflops) }
         if r.item.bytes > 0 { item["gbps"] = number(r.gbps) }
@@ -112,7 +122,15 @@ func jsonReport(device: Device, ceilings: BenchCeilings, results: [ItemResult], 
         "ceilings": [
             "copy_gbps": d.copyGBps, "stream_gbps": d.streamGBps, "stream_nt_gbps": d.streamNTGBps,
             "non_temporal_stores": d.nonTemporalStores, "bandwidth_gbps": d.bandwidthGBps,
-            "fma_gflops": d.fmaGFlops, "gemm_gflops": number(ceilings.gemmGFlops),
+            "fma_gflops": d.fmaGFlops, "gemm_gflops": number(ceilings.gemmGFlops), "read_gbps": d.readGBps,
+            "fma_vector_width": d.fmaVectorWidth, "fma_chains": d.fmaChains,
+            "fma_exceeded_by_peer": (ceilings.gemmGFlops ?? 0) > d.fmaGFlops
+                || results.contains { r in r.peers.contains { p in
+                    if case .timed(let s) = p.timing, r.item.flops > 0, p.name != "reference" {
+                        return r.item.flops / s.median / 1e9 > d.fmaGFlops
+                    }
+                    return false
+                } },
             "gemm": ceilings.gemm.map { $0.name as Any } ?? NSNull(), "buffer_bytes": d.bufferBytes,
             "measurements": d.measurements.map {
                 ["name": $0.name, "unit": $0.unit, "best": $0.best, "median": $0.median] as [String: Any]

@@ -65,8 +65,13 @@ struct ItemResult {
     let bound: Bound
     let ceilingName: String
     let ceiling: Double
+    /// The read-only stream ceiling (decode rows are also given against it: they read weights
+    /// and write little, while copy counts a read and a write).
+    var readCeiling: Double = 0
 
     var item: BenchItem { measured.item }
+    /// Percent of the read-only ceiling (decode rows).
+    var percentOfRead: Double { readCeiling > 0 ? 100 * gbps / readCeiling : .nan }
     /// Wall-clock seconds of the first run (program builds and the driver's first-launch
     /// compile for this local size included).
     var firstSeconds: Double { measured.firstSeconds }
@@ -113,7 +118,9 @@ struct Measured {
             case .compute: (ceilings.device.fmaKernel, ceilings.device.fmaGFlops)
             case .copy: (ceilings.device.copyName, ceilings.device.copyGBps)
             }
-        return ItemResult(measured: self, bound: bound, ceilingName: ceilingName, ceiling: ceiling)
+        return ItemResult(
+            measured: self, bound: bound, ceilingName: ceilingName, ceiling: ceiling,
+            readCeiling: ceilings.device.readGBps)
     }
 }
 

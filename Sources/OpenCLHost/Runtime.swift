@@ -219,24 +219,6 @@ public final class Buffer: @unchecked Sendable {
         try Event(adopting: event!).wait()
     }
 
-    /// Enqueues a fill of the first `bytes` bytes (default: all) with a repeated 4-byte value and
-    /// returns at once (`clEnqueueFillBuffer`: later commands on the in-order queue see it filled).
-    @discardableResult
-    public func enqueueFill(_ value: Int32, bytes count: Int? = nil) throws -> Event {
-        let bytes = count ?? byteCount
-        try checkRange("fill of", offset: 0, bytes: bytes)
-        guard bytes % 4 == 0 else {
-            throw OpenCLHostError.sizeMismatch(what: "fill of \(label): 4-byte value", expected: 4, actual: bytes)
-        }
-        if bytes == 0 { return try context.queue.marker() }
-        var event: cl_event?
-        var v = value
-        try check(
-            clEnqueueFillBuffer(context.queue.handle, handle, &v, 4, 0, bytes, 0, nil, &event),
-            "clEnqueueFillBuffer(\(label))")
-        return Event(adopting: event!)
-    }
-
     /// Enqueues a device-side copy of `bytes` bytes from `source` into this buffer.
     @discardableResult
     public func copy(from source: Buffer, bytes: Int, sourceOffset: Int = 0, destinationOffset: Int = 0) throws

@@ -47,12 +47,19 @@ public struct Ceilings: Sendable, Hashable {
     public var streamNTGBps: Double
     /// Independent FMA chains, GFLOP/s (an FMA counts 2).
     public var fmaGFlops: Double
+    /// A read-only stream (a sum of a large buffer), GB/s of bytes read: the limit of an op that
+    /// reads much and writes little, as decode reads its weights.
+    public var readGBps: Double
 
     /// What each figure timed.
     public var copyName: String
     public var streamKernel: String
     public var streamNTKernel: String
     public var fmaKernel: String
+    public var readKernel: String
+    /// The FMA kernel's vector width and independent chains per work-item.
+    public var fmaVectorWidth: Int
+    public var fmaChains: Int
     /// Whether `streamNTKernel` was compiled with non-temporal stores.
     public var nonTemporalStores: Bool
     /// Bytes of each bandwidth buffer.
@@ -60,7 +67,9 @@ public struct Ceilings: Sendable, Hashable {
     /// Every measurement, with its median and its runs.
     public var measurements: [CeilingMeasurement]
 
-    /// The best of the three bandwidth figures: the ceiling of memory-bound ops.
+    /// The best of the three read + write bandwidth figures: the ceiling of memory-bound ops
+    /// that write as much as they read (ops that mostly read, such as decode, are also given
+    /// against `readGBps`).
     public var bandwidthGBps: Double { max(copyGBps, streamGBps, streamNTGBps) }
 
     /// The name of the measurement `bandwidthGBps` comes from.
@@ -138,13 +147,27 @@ extension OpenCLBackend {
         }
         let plain = try stream("ceilings_stream")
         let nt = try stream("ceilings_stream_nt")
+        let sums = try context.buffer(byteCount: global * 4, label: "ceilings read sums")
+        let read = try timed("ceilings_read", unit: "GB/s", amount: Double(bytes) / 1e9) {
+            try launch(
+                file, "ceilings_read", defines: defines, args: [.buffer(src), .buffer(sums), .int(n), .int(perItem)],
+                global: [global], local: [local])
+        }
 
         // FMA throughput: calibrate the iteration count to about `fmaSeconds` a run.
+        // At the native vector width, with enough chains to cover latency × throughput and no
+        // spill: 16 × float16 (AVX-512, 32 registers), 12 × float8 (AVX2), 12 × float4, and
+        // 8 × float where work-items are lanes (many work-items cover the latency there).
+        let width = device.workItemsAreLanes ? 1 : ([16, 8, 4, 2].first { $0 <= device.nativeFloatVectorWidth } ?? 1)
+        let chains = width >= 16 ? 16 : width == 1 ? 8 : 12
+        var fmaDefines = defines
+        fmaDefines["FMA_VW"] = "\(width)"
+        fmaDefines["FMA_CHAINS"] = "\(chains)"
         let out = try context.buffer(byteCount: global * 4, label: "ceilings fma out")
-        let flopsPerIteration = Double(global * 16 * 16 * 2)
+        let flopsPerIteration = Double(global * width * chains * 2)
         func fma(_ iterations: Int) throws -> Event {
             try launch(
-                file, "ceilings_fma", defines: defines,
+                file, "ceilings_fma", defines: fmaDefines,
                 args: [.buffer(out), .int(iterations), .float(0.999_999), .float(1e-6)],
                 global: [global], local: [local])
         }
@@ -152,14 +175,17 @@ extension OpenCLBackend {
         try fma(iterations).wait()
         let probe = try fma(iterations).seconds()
         let target = max(options.fmaSeconds, 1e-3)
-        iterations = Int(min(Double(Int32.max), max(256, (Double(iterations) * target / max(probe, 1e-9)).rounded())))
+        // (Lane-style devices such as llvmpipe cut a work-item's loops at 65,535 iterations.)
+        let cap = device.workItemsAreLanes ? 60_000.0 : Double(Int32.max)
+        iterations = Int(min(cap, max(256, (Double(iterations) * target / max(probe, 1e-9)).rounded())))
         let flops = try timed("ceilings_fma", unit: "GFLOP/s", amount: flopsPerIteration * Double(iterations) / 1e9) {
             try fma(iterations)
         }
         return Ceilings(
             copyGBps: copy.best, streamGBps: plain.best, streamNTGBps: nt.best, fmaGFlops: flops.best,
-            copyName: copy.name, streamKernel: plain.name, streamNTKernel: nt.name, fmaKernel: flops.name,
-            nonTemporalStores: nonTemporal, bufferBytes: bytes, measurements: [copy, plain, nt, flops])
+            readGBps: read.best, copyName: copy.name, streamKernel: plain.name, streamNTKernel: nt.name,
+            fmaKernel: flops.name, readKernel: read.name, fmaVectorWidth: width, fmaChains: chains,
+            nonTemporalStores: nonTemporal, bufferBytes: bytes, measurements: [copy, plain, nt, flops, read])
     }
 }
 
@@ -172,6 +198,7 @@ extension Ceilings {
         c.streamGBps = max(streamGBps, other.streamGBps)
         c.streamNTGBps = max(streamNTGBps, other.streamNTGBps)
         c.fmaGFlops = max(fmaGFlops, other.fmaGFlops)
+        c.readGBps = max(readGBps, other.readGBps)
         c.measurements = zip(measurements, other.measurements).map { $0.best >= $1.best ? $0 : $1 }
         return c
     }

@@ -72,10 +72,14 @@ extension OpenCLBackend {
         return Gating(config: c, tokens: tokens, logits: logits, ids: ids, weights: weights, flags: flags)
     }
 
-    /// Fills an i32 tensor's elements on the queue without waiting.
+    /// Fills an i32 tensor's elements on the queue without waiting (a kernel, not
+    /// clEnqueueFillBuffer: rusticl was seen to fill wrong values under concurrent enqueues).
     private func fill(_ t: Tensor, _ value: Int32) throws {
-        if t.count == 0 { return }
-        try t.buffer!.enqueueFill(value, bytes: t.byteCount)
+        let n = t.count
+        if n == 0 { return }
+        try launch(
+            "routing.cl", "fill_i32", args: [.buffer(t.buffer!), .int(Int(value)), .int(n)],
+            global: [roundUp(n, 64)], local: [64])
     }
 
     /// One counting-sort pass: counts per chunk, scan, offsets/tiles, scatter.
