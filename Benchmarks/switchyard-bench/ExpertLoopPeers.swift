@@ -219,11 +219,13 @@ private func cpuFlags() -> Set<String> {
 /// count.
 func configureOpenBLAS(threads: Int) {
     let core = openBLASCoreName()
-    if weakOpenBLASCores.contains(core.lowercased()) {
-        let flags = cpuFlags()
+    let flags = cpuFlags()
+    let avx512 = ["avx512f", "avx512bw", "avx512dq", "avx512vl"].allSatisfy(flags.contains)
+    // An AVX2-era core (Haswell, Zen) on a CPU with AVX-512 (Debian's 0.3.21 maps Zen 4/5 to
+    // Haswell kernels) leaves half the vector width unused: the peer would not be at its best.
+    if weakOpenBLASCores.contains(core.lowercased()) || (avx512 && ["haswell", "zen"].contains(core.lowercased())) {
         let better: String? =
-            ["avx512f", "avx512bw", "avx512dq", "avx512vl"].allSatisfy(flags.contains) ? "SkylakeX"
-            : ["avx2", "fma"].allSatisfy(flags.contains) ? "Haswell" : nil
+            avx512 ? "SkylakeX" : ["avx2", "fma"].allSatisfy(flags.contains) ? "Haswell" : nil
         if let better, let forced = ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] {
             FileHandle.standardError.write(Data(
                 "note: OPENBLAS_CORETYPE=\(forced) runs OpenBLAS core \(core) where \(better) would be faster; the OpenBLAS figures will be low\n".utf8))
