@@ -102,7 +102,9 @@ public struct RoutingStatsResult: Sendable, Equatable {
 extension Reference {
     /// Worst-case padded rows: every expert's run padded up to a multiple of `blockSize`.
     public static func maxRows(assignments: Int, experts: Int, blockSize: Int) -> Int {
-        assignments + experts * (blockSize - 1)
+        // At most min(E, T·k) experts receive rows, and each pads at most blockSize − 1: at decode
+        // (T·k below E) the grid, sized for this worst case, stays small.
+        assignments + min(experts, assignments) * (blockSize - 1)
     }
 
     /// Worst-case number of row blocks.
