@@ -67,16 +67,6 @@ func layerPeerTables(_ results: [ItemResult]) -> String? {
         rows.append(row)
     }
     out.append(table(rows, rightAligned: Set(3...12)))
-    // A ceiling a peer's measured rate exceeds is a wrong ceiling: say so.
-    for r in withPeers where r.bound == .compute {
-        guard let part = r.item.groupedMatmul else { continue }
-        for name in ["openblas", "clblast"] {
-            if let t = median(r.peers.first { $0.name == name }?.timing), part.flops / t / 1e9 > r.ceiling {
-                out.append(String(format: "WARNING: %@ on %@ runs at %.0f GFLOP/s, above the FMA ceiling of %.0f GFLOP/s: the ceiling is wrong",
-                                  name, r.item.shape, part.flops / t / 1e9, r.ceiling))
-            }
-        }
-    }
     out.append(
         "grouped: Switchyard's gate|up (gather and SwiGLU fused) and down stages, device events; OpenBLAS/CLBlast: "
             + "the same two GEMMs once per expert over the same per-expert rows (no gather, no SwiGLU), wall clock; "

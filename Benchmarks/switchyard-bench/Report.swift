@@ -29,29 +29,36 @@ func rate(_ value: Double) -> String {
 
 func ceilingTable(_ c: BenchCeilings) -> String {
     let d = c.device
-    var rows: [[String]] = [["ceiling", "timed", "best", "median", "unit"]]
+    var rows: [[String]] = [["ceiling", "timed", "best", "median", "unit", "clock"]]
+    let fmaShape = "\(d.fmaChains) × float\(d.fmaVectorWidth == 1 ? "" : String(d.fmaVectorWidth)) chains, \(d.fmaWorkItems) work-items"
     let labels = [
         "copy", "stream", d.nonTemporalStores ? "stream (non-temporal)" : "stream (NT unavailable: plain)",
-        "fma (\(d.fmaChains) × float\(d.fmaVectorWidth == 1 ? "" : String(d.fmaVectorWidth)) chains)",
-        "read-only (bytes read)",
+        "fma (\(fmaShape))", "read-only (bytes read)",
     ]
     for (label, m) in zip(labels, d.measurements) {
-        rows.append([label, m.name, rate(m.best), rate(m.median), m.unit])
+        rows.append([label, m.name, rate(m.best), rate(m.median), m.unit, m.clock])
     }
     if let gemm = c.gemm {
-        rows.append(["gemm (peer, wall clock)", gemm.name, rate(gemm.gflops), "-", "GFLOP/s"])
+        rows.append(["gemm (peer)", gemm.name, rate(gemm.gflops), "-", "GFLOP/s", "wall clock"])
     } else {
-        rows.append(["gemm (peer)", "(not measured)", "-", "-", "GFLOP/s"])
+        rows.append(["gemm (peer)", "(not measured)", "-", "-", "GFLOP/s", "-"])
     }
     let mib = d.bufferBytes >> 20
-    var text = table(rows, rightAligned: [2, 3]) + "\n"
-        + String(format: "bandwidth buffers 2 × %d MiB; memory-bound ceiling %.1f GB/s (%@); read-only %.1f GB/s; ridge %.1f flop/byte",
-                 mib, d.bandwidthGBps, d.bandwidthName, d.readGBps, d.ridgeFlopsPerByte)
-    if let gemm = c.gemm, gemm.gflops > d.fmaGFlops {
-        text += String(format: "\nWARNING: the peer's SGEMM (%.0f GFLOP/s) exceeds the FMA ceiling (%.0f GFLOP/s): the FMA ceiling is wrong on this device",
-                       gemm.gflops, d.fmaGFlops)
+    var lines = [
+        table(rows, rightAligned: [2, 3]),
+        String(format: "bandwidth buffers 2 × %d MiB; copy and stream count bytes read + written, read-only bytes read; "
+                + "memory-bound ceiling %.1f GB/s (%@); ridge %.1f flop/byte",
+               mib, d.bandwidthGBps, d.bandwidthName, d.ridgeFlopsPerByte),
+    ]
+    let (slow, fast) = (min(d.fmaBuiltinGFlops, d.madGFlops), max(d.fmaBuiltinGFlops, d.madGFlops))
+    if slow < 0.5 * fast {
+        lines.append(String(
+            format: "note: the FMA kernel ran at %@ GFLOP/s with fma() and %@ with mad(): this driver computes %@ slowly (%@ in software?); kernels that use it run at that rate",
+            rate(d.fmaBuiltinGFlops), rate(d.madGFlops), d.fmaBuiltinGFlops < d.madGFlops ? "fma()" : "mad()",
+            d.fmaBuiltinGFlops < d.madGFlops ? "correctly rounded" : "unfused"))
     }
-    return text
+    lines += ceilingExcesses(c, results: []).map(\.line)
+    return lines.joined(separator: "\n")
 }
 
 func resultTable(_ results: [ItemResult]) -> String {
@@ -89,6 +96,7 @@ func jsonReport(device: Device, ceilings: BenchCeilings, results: [ItemResult], 
     throws -> Data
 {
     let d = ceilings.device
+    let excesses = ceilingExcesses(ceilings, results: results)
     func number(_ x: Double?) -> Any { x.map { $0.isFinite ? $0 as Any : NSNull() } ?? NSNull() }
     let items: [[String: Any]] = results.map { r in
         var peers: [String: Any] = [:]
@@ -124,16 +132,12 @@ func jsonReport(device: Device, ceilings: BenchCeilings, results: [ItemResult], 
             "non_temporal_stores": d.nonTemporalStores, "bandwidth_gbps": d.bandwidthGBps,
             "fma_gflops": d.fmaGFlops, "gemm_gflops": number(ceilings.gemmGFlops), "read_gbps": d.readGBps,
             "fma_vector_width": d.fmaVectorWidth, "fma_chains": d.fmaChains,
-            "fma_exceeded_by_peer": (ceilings.gemmGFlops ?? 0) > d.fmaGFlops
-                || results.contains { r in r.peers.contains { p in
-                    if case .timed(let s) = p.timing, r.item.flops > 0, p.name != "reference" {
-                        return r.item.flops / s.median / 1e9 > d.fmaGFlops
-                    }
-                    return false
-                } },
+            "fma_workitems": d.fmaWorkItems, "fma_builtin_gflops": d.fmaBuiltinGFlops, "mad_gflops": d.madGFlops,
+            "fma_exceeded_by_peer": excesses.contains { $0.ceiling == "fma" && $0.by != "switchyard" },
+            "exceeded": excesses.map(\.json),
             "gemm": ceilings.gemm.map { $0.name as Any } ?? NSNull(), "buffer_bytes": d.bufferBytes,
             "measurements": d.measurements.map {
-                ["name": $0.name, "unit": $0.unit, "best": $0.best, "median": $0.median] as [String: Any]
+                ["name": $0.name, "unit": $0.unit, "best": $0.best, "median": $0.median, "clock": $0.clock] as [String: Any]
             },
         ] as [String: Any],
         "results": items,

@@ -138,6 +138,13 @@ struct SwitchyardBench: ParsableCommand {
         let results = measured.map { $0.result(against: ceilings) }
         print(resultTable(results))
         if let peers = layerPeerTables(results) { print("\n" + peers) }
+        // A ceiling that a peer (or Switchyard) beats in the same run is a wrong ceiling.
+        let excesses = ceilingExcesses(ceilings, results: results)
+        if excesses.isEmpty {
+            print("\nceiling check: no rate of this run (peers' or Switchyard's) is above the FMA or read-only ceiling")
+        } else {
+            print("\n" + excesses.map(\.line).joined(separator: "\n"))
+        }
         if !scaling.isEmpty {
             print("\nscaling of the MoE layer (wall clock per forward; E sweep at k·ffn = 2048 and E·ffn = 8192)")
             print(scalingTable(scaling))

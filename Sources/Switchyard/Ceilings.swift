@@ -31,8 +31,12 @@ public struct CeilingMeasurement: Sendable, Hashable {
     /// The best run (the ceiling) and the median run.
     public var best: Double
     public var median: Double
-    /// Device seconds of every timed run.
+    /// Seconds of every timed run.
     public var seconds: [Double]
+    /// How the runs were timed: "device events", or "wall clock" where the device's profiling
+    /// events were implausible (durations under 2 % of the wall clock: rusticl on llvmpipe
+    /// reports next to nothing).
+    public var clock: String = "device events"
 }
 
 /// The device's measured ceilings: what its memory and its FMA units reach on the simplest
@@ -57,9 +61,15 @@ public struct Ceilings: Sendable, Hashable {
     public var streamNTKernel: String
     public var fmaKernel: String
     public var readKernel: String
-    /// The FMA kernel's vector width and independent chains per work-item.
+    /// The FMA kernel's shape: vector width (1: scalar work-items, the lanes of a SIMD device),
+    /// independent chains per work-item, and work-items.
     public var fmaVectorWidth: Int
     public var fmaChains: Int
+    public var fmaWorkItems: Int
+    /// The FMA kernel written with the fma() builtin and with mad(), GFLOP/s (`fmaGFlops` is the
+    /// faster; a driver that computes fma() in software shows here).
+    public var fmaBuiltinGFlops: Double
+    public var madGFlops: Double
     /// Whether `streamNTKernel` was compiled with non-temporal stores.
     public var nonTemporalStores: Bool
     /// Bytes of each bandwidth buffer.
@@ -84,19 +94,20 @@ public struct Ceilings: Sendable, Hashable {
 
 extension OpenCLBackend {
     /// Measures the device's ceilings with device-event timing: `clEnqueueCopyBuffer`, a
-    /// streaming copy kernel with plain and with non-temporal stores, and an FMA-throughput
-    /// kernel. The buffers are filled on the device with hashed pseudo-random values first
-    /// (never zeros, and every page touched before anything is timed).
+    /// streaming copy kernel with plain and with non-temporal stores, a read-only stream, and an
+    /// FMA-throughput kernel at the device's native vector width. The buffers are filled on the
+    /// device with hashed pseudo-random values first (never zeros, and every page touched before
+    /// anything is timed).
     public func measureCeilings(_ options: CeilingOptions = CeilingOptions()) throws -> Ceilings {
         let file = "ceilings.cl"
-        let isCPU = device.kind == .cpu
-        // CPU: a work-group runs on one core and walks its work-items in turn, so few work-items
-        // that each own a contiguous range; enough work-groups that every core stays busy to
-        // the end. GPU: interleaved accesses, many work-groups.
-        let local = isCPU ? 16 : 256
-        let groups = isCPU ? max(64, device.computeUnits * 32) : max(64, device.computeUnits * 16)
-        let global = local * groups
-        var defines = ["CEILINGS_INTERLEAVED": isCPU ? "0" : "1", "CEILINGS_NONTEMPORAL": "1"]
+        // Where work-items are SIMD lanes (GPUs, llvmpipe), neighbouring work-items read
+        // neighbouring addresses (interleaved) in large work-groups. On a CPU whose work-items
+        // are threads of a work-group's loop, few work-items that each own a contiguous range,
+        // and enough work-groups that every core stays busy to the end.
+        let lanes = device.workItemsAreLanes
+        let local = lanes ? max(1, min(256, device.maxWorkGroupSize)) : 16
+        var groups = lanes ? max(64, device.computeUnits * 16) : max(64, device.computeUnits * 32)
+        var defines = ["CEILINGS_INTERLEAVED": lanes ? "1" : "0", "CEILINGS_NONTEMPORAL": "1"]
         do {
             try prepare(file, "ceilings_features", defines: defines)
         } catch OpenCLHostError.buildFailed {
@@ -113,78 +124,128 @@ extension OpenCLBackend {
         {
             try body().wait()  // warm-up (and the first-launch compile)
             var seconds: [Double] = []
-            for _ in 0..<runs { seconds.append(try body().seconds()) }
-            let rates = seconds.map { amount / max($0, 1e-12) }.sorted()
+            var wall: [Double] = []
+            for _ in 0..<runs {
+                let start = DispatchTime.now().uptimeNanoseconds
+                let event = try body()
+                try event.wait()
+                wall.append(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
+                seconds.append(try event.seconds())
+            }
+            // Events that say a run took under 2 % of its wall clock are not the device's time.
+            let plausible = zip(seconds, wall).allSatisfy { $0 >= 0.02 * $1 }
+            let used = plausible ? seconds : wall
+            let rates = used.map { amount / max($0, 1e-12) }.sorted()
             return CeilingMeasurement(
-                name: name, unit: unit, best: rates.last!, median: rates[rates.count / 2], seconds: seconds)
+                name: name, unit: unit, best: rates.last!, median: rates[rates.count / 2], seconds: used,
+                clock: plausible ? "device events" : "wall clock")
         }
 
-        // Bandwidth: two buffers of float16 vectors.
+        // The native vector width (on lanes-style devices 1: a work-item is a lane): the FMA
+        // kernel's vectors, and the fill's and streaming kernels' elements (so that on a CPU no
+        // vector is wider than its registers, and where work-items are lanes a SIMD group's
+        // loads form one contiguous vector).
+        let width = lanes ? 1 : ([16, 8, 4, 2].first { $0 <= device.nativeFloatVectorWidth } ?? 1)
+        defines["CEILINGS_VW"] = "\(width)"
+
+        // Bandwidth: two buffers of `elements` float`width`s. Every work-item walks at most
+        // 16,384 elements (llvmpipe stops a work-item's loops after 65,535 iterations).
         let vector = 64
         let limit = min(device.maxAllocationBytes, device.globalMemoryBytes / 4, Int(Int32.max) / 16 * vector)
-        let n = max(global, min(options.bandwidthBytes, limit) / vector)
-        let bytes = n * vector
-        let perItem = (n + global - 1) / global
+        let bytes = max(local * groups, min(options.bandwidthBytes, limit) / vector) * vector
+        let elements = bytes / (4 * width)
+        groups = max(groups, (elements + local * 16_384 - 1) / (local * 16_384))
+        let global = local * groups
+        let perItem = (elements + global - 1) / global
         let src = try context.buffer(byteCount: bytes, label: "ceilings source")
         let dst = try context.buffer(byteCount: bytes, label: "ceilings destination")
         for (buffer, seed) in [(src, 1), (dst, 2)] {
             try launch(
                 file, "ceilings_fill", defines: defines,
-                args: [.buffer(buffer), .int(n), .int(perItem), .int(seed)], global: [global], local: [local])
+                args: [.buffer(buffer), .int(elements), .int(perItem), .int(seed)], global: [global], local: [local])
         }
         try synchronize()
         let moved = Double(2 * bytes) / 1e9
         let copy = try timed("clEnqueueCopyBuffer", unit: "GB/s", amount: moved) {
             try dst.copy(from: src, bytes: bytes)
         }
-        func stream(_ kernel: String) throws -> CeilingMeasurement {
-            try timed(kernel, unit: "GB/s", amount: moved) {
-                try launch(
-                    file, kernel, defines: defines,
-                    args: [.buffer(src), .buffer(dst), .int(n), .int(perItem), .float(1)],
-                    global: [global], local: [local])
+        // Where work-items are lanes, both layouts are timed and the faster kept: interleaved is
+        // a GPU's way, but llvmpipe turns each lane's load into a gather and streams faster
+        // when each lane owns a contiguous range (measured 2.2 against 5.9 GB/s).
+        let layouts = lanes ? ["1", "0"] : [defines["CEILINGS_INTERLEAVED"]!]
+        func fastest(_ kernel: String, amount: Double, args: [Arg]) throws -> CeilingMeasurement {
+            var best: CeilingMeasurement?
+            for layout in layouts {
+                var d = defines
+                d["CEILINGS_INTERLEAVED"] = layout
+                let name = layouts.count > 1 ? "\(kernel) (\(layout == "1" ? "interleaved" : "contiguous"))" : kernel
+                let m = try timed(name, unit: "GB/s", amount: amount) {
+                    try launch(file, kernel, defines: d, args: args, global: [global], local: [local])
+                }
+                if best == nil || m.best > best!.best { best = m }
             }
+            return best!
+        }
+        func stream(_ kernel: String) throws -> CeilingMeasurement {
+            try fastest(
+                kernel, amount: moved, args: [.buffer(src), .buffer(dst), .int(elements), .int(perItem), .float(1)])
         }
         let plain = try stream("ceilings_stream")
         let nt = try stream("ceilings_stream_nt")
+        // Read-only: bytes read only (what decode, which reads weights and writes little, is bound by).
         let sums = try context.buffer(byteCount: global * 4, label: "ceilings read sums")
-        let read = try timed("ceilings_read", unit: "GB/s", amount: Double(bytes) / 1e9) {
-            try launch(
-                file, "ceilings_read", defines: defines, args: [.buffer(src), .buffer(sums), .int(n), .int(perItem)],
-                global: [global], local: [local])
-        }
+        let read = try fastest(
+            "ceilings_read", amount: Double(bytes) / 1e9,
+            args: [.buffer(src), .buffer(sums), .int(elements), .int(perItem)])
 
-        // FMA throughput: calibrate the iteration count to about `fmaSeconds` a run.
-        // At the native vector width, with enough chains to cover latency × throughput and no
-        // spill: 16 × float16 (AVX-512, 32 registers), 12 × float8 (AVX2), 12 × float4, and
-        // 8 × float where work-items are lanes (many work-items cover the latency there).
-        let width = device.workItemsAreLanes ? 1 : ([16, 8, 4, 2].first { $0 <= device.nativeFloatVectorWidth } ?? 1)
-        let chains = width >= 16 ? 16 : width == 1 ? 8 : 12
-        var fmaDefines = defines
-        fmaDefines["FMA_VW"] = "\(width)"
-        fmaDefines["FMA_CHAINS"] = "\(chains)"
-        let out = try context.buffer(byteCount: global * 4, label: "ceilings fma out")
-        let flopsPerIteration = Double(global * width * chains * 2)
-        func fma(_ iterations: Int) throws -> Event {
-            try launch(
-                file, "ceilings_fma", defines: fmaDefines,
-                args: [.buffer(out), .int(iterations), .float(0.999_999), .float(1e-6)],
-                global: [global], local: [local])
+        // FMA throughput at the native vector width, with enough independent chains per
+        // work-item to cover FMA latency × throughput (4–5 cycles × 2 units) and no spill:
+        // 16 × float16 on AVX-512 (32 registers), 12 × float8 on AVX2 (16 registers), 12 ×
+        // float4 on SSE/NEON; where work-items are lanes, 8 × float each and many work-items.
+        let fmaWidth = width
+        let chains = lanes ? 8 : fmaWidth >= 16 ? 16 : 12
+        let unroll = 8  // FMA_UNROLL in ceilings.cl
+        let fmaSums = try context.buffer(byteCount: global * 4, label: "ceilings fma sums")
+        let fmaSteps = try context.buffer(byteCount: global * 4, label: "ceilings fma steps")
+        let flopsPerOuter = Double(global * fmaWidth * chains * unroll * 2)
+        // Timed with fma() and with mad() (a driver may compute fma() in software, correctly
+        // rounded, as llvmpipe does; mad() lets it use the hardware FMA); the faster is the ceiling.
+        func fmaThroughput(mad: Bool) throws -> CeilingMeasurement {
+            var fmaDefines = defines
+            fmaDefines["FMA_VW"] = "\(fmaWidth)"
+            fmaDefines["FMA_CHAINS"] = "\(chains)"
+            fmaDefines["FMA_MAD"] = mad ? "1" : "0"
+            func fma(_ outer: Int) throws -> Event {
+                try launch(
+                    file, "ceilings_fma", defines: fmaDefines,
+                    args: [.buffer(fmaSums), .buffer(fmaSteps), .int(outer), .float(0.999_999), .float(1e-6)],
+                    global: [global], local: [local])
+            }
+            // Calibrate the outer count to about `fmaSeconds` a run, at most 16,384 (a small
+            // count: llvmpipe cuts loops at 65,535; a device that fast gets a shorter run).
+            var outer = 16
+            let probe = try timed("probe", unit: "", amount: 1) { try fma(outer) }.seconds.min()!
+            let target = max(options.fmaSeconds, 1e-3)
+            outer = Int(min(16_384, max(16, (Double(outer) * target / max(probe, 1e-9)).rounded())))
+            let name = mad ? "ceilings_fma (mad)" : "ceilings_fma (fma)"
+            let m = try timed(name, unit: "GFLOP/s", amount: flopsPerOuter * Double(outer) / 1e9) { try fma(outer) }
+            // Every work-item must have run every outer iteration, or the rate is overstated.
+            let done = try fmaSteps.download(Int32.self, count: global)
+            if let short = done.first(where: { Int($0) != outer }) {
+                throw SwitchyardError.invalidValues(
+                    argument: "ceilings_fma steps",
+                    detail: "a work-item ran \(short) of \(outer) outer iterations (the device cut its loop): the FMA ceiling would be wrong")
+            }
+            return m
         }
-        var iterations = 256
-        try fma(iterations).wait()
-        let probe = try fma(iterations).seconds()
-        let target = max(options.fmaSeconds, 1e-3)
-        // (Lane-style devices such as llvmpipe cut a work-item's loops at 65,535 iterations.)
-        let cap = device.workItemsAreLanes ? 60_000.0 : Double(Int32.max)
-        iterations = Int(min(cap, max(256, (Double(iterations) * target / max(probe, 1e-9)).rounded())))
-        let flops = try timed("ceilings_fma", unit: "GFLOP/s", amount: flopsPerIteration * Double(iterations) / 1e9) {
-            try fma(iterations)
-        }
+        let viaFMA = try fmaThroughput(mad: false)
+        let viaMad = try fmaThroughput(mad: true)
+        let flops = viaMad.best > viaFMA.best ? viaMad : viaFMA
         return Ceilings(
             copyGBps: copy.best, streamGBps: plain.best, streamNTGBps: nt.best, fmaGFlops: flops.best,
             readGBps: read.best, copyName: copy.name, streamKernel: plain.name, streamNTKernel: nt.name,
-            fmaKernel: flops.name, readKernel: read.name, fmaVectorWidth: width, fmaChains: chains,
+            fmaKernel: flops.name, readKernel: read.name, fmaVectorWidth: fmaWidth, fmaChains: chains,
+            fmaWorkItems: global, fmaBuiltinGFlops: viaFMA.best, madGFlops: viaMad.best,
             nonTemporalStores: nonTemporal, bufferBytes: bytes, measurements: [copy, plain, nt, flops, read])
     }
 }
@@ -199,6 +260,8 @@ extension Ceilings {
         c.streamNTGBps = max(streamNTGBps, other.streamNTGBps)
         c.fmaGFlops = max(fmaGFlops, other.fmaGFlops)
         c.readGBps = max(readGBps, other.readGBps)
+        c.fmaBuiltinGFlops = max(fmaBuiltinGFlops, other.fmaBuiltinGFlops)
+        c.madGFlops = max(madGFlops, other.madGFlops)
         c.measurements = zip(measurements, other.measurements).map { $0.best >= $1.best ? $0 : $1 }
         return c
     }
