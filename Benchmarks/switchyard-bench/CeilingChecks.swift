@@ -20,7 +20,7 @@ struct CeilingExcess {
     var line: String {
         let on = item.isEmpty ? "" : " on \(item)"
         return String(
-            format: "WARNING: %@%@ (%@) runs at %@ %@, above the %@ ceiling of %@ %@: that ceiling is wrong",
+            format: "WARNING: %@%@ (%@) runs at %@ %@, above the device's %@ ceiling of %@ %@: that ceiling is wrong (below what this hardware reaches)",
             by, on, what, rate(value), unit, ceiling, rate(ceilingRate), unit)
     }
 
@@ -39,11 +39,15 @@ struct CeilingExcess {
 /// - the read-only ceiling against the decode layers (GB/s of weight bytes, from weights
 ///   rotated so the last-level cache does not hold them), Switchyard's and each peer's.
 /// Memory-bound conformance cases are left out: a small one runs from cache, above any memory
-/// ceiling, and that says nothing about the ceiling.
-func ceilingExcesses(_ c: BenchCeilings, results: [ItemResult]) -> [CeilingExcess] {
+/// ceiling, and that says nothing about the ceiling. The host peers (OpenBLAS, PyTorch) are
+/// set against the device's ceilings only when the device is a CPU (`hostPeersShareDevice`):
+/// beside a GPU they run on other hardware.
+func ceilingExcesses(_ c: BenchCeilings, results: [ItemResult], hostPeersShareDevice: Bool) -> [CeilingExcess] {
     let d = c.device
     var out: [CeilingExcess] = []
-    if let gemm = c.gemm, gemm.gflops > d.fmaGFlops {
+    let hostPeers: Set<String> = ["openblas", "torch", "gemm (peer)"]
+    func counts(_ by: String) -> Bool { hostPeersShareDevice || !hostPeers.contains(by) }
+    if let gemm = c.gemm, gemm.gflops > d.fmaGFlops, counts("gemm (peer)") {
         out.append(CeilingExcess(
             ceiling: "fma", ceilingRate: d.fmaGFlops, by: "gemm (peer)", item: "", what: gemm.name,
             value: gemm.gflops, unit: "GFLOP/s"))
@@ -61,7 +65,7 @@ func ceilingExcesses(_ c: BenchCeilings, results: [ItemResult]) -> [CeilingExces
             for name in ["openblas", "clblast", "torch"] {
                 if let t = peerSeconds(name) { rates.append((name, "weight bytes over its time", r.item.bytes / t / 1e9)) }
             }
-            for (by, what, gbps) in rates where gbps > d.readGBps {
+            for (by, what, gbps) in rates where gbps > d.readGBps && counts(by) {
                 out.append(CeilingExcess(
                     ceiling: "read-only", ceilingRate: d.readGBps, by: by, item: label, what: what, value: gbps,
                     unit: "GB/s"))
@@ -77,7 +81,7 @@ func ceilingExcesses(_ c: BenchCeilings, results: [ItemResult]) -> [CeilingExces
             }
         }
         if let t = peerSeconds("torch") { rates.append(("torch", "whole layer", r.item.flops / t / 1e9)) }
-        for (by, what, gflops) in rates where gflops > d.fmaGFlops {
+        for (by, what, gflops) in rates where gflops > d.fmaGFlops && counts(by) {
             out.append(CeilingExcess(
                 ceiling: "fma", ceilingRate: d.fmaGFlops, by: by, item: label, what: what, value: gflops,
                 unit: "GFLOP/s"))

@@ -26,7 +26,7 @@ func svgChart(device: Device, ceilings: BenchCeilings, results: [ItemResult], sc
     let stagesTop = top + Double(max(results.count, 1)) * rowHeight + 84
     let stagesPart = staged.isEmpty ? nil : stageBreakdownSVG(staged, top: stagesTop, labelWidth: labelWidth)
     let peersTop = stagesTop + (stagesPart?.height ?? 0)
-    let peersPart = peerBarsSVG(staged, ceilings: d, top: peersTop, labelWidth: labelWidth)
+    let peersPart = peerBarsSVG(staged, ceilings: ceilings, top: peersTop, labelWidth: labelWidth)
     let barsHeight = peersTop + (peersPart?.height ?? 0)
     let scalingPart = scaling.isEmpty ? nil : scalingSVG(scaling, fmaGFlops: d.fmaGFlops, top: barsHeight, width: max(labelWidth + barWidth + valueWidth + 20, 1300))
     let height = barsHeight + (scalingPart?.height ?? 0)
@@ -45,8 +45,9 @@ func svgChart(device: Device, ceilings: BenchCeilings, results: [ItemResult], sc
     let nt = d.nonTemporalStores ? "non-temporal" : "non-temporal unavailable"
     let gemm = ceilings.gemmGFlops.map { String(format: "%.0f GFLOP/s", $0) } ?? "not measured"
     let line = String(
-        format: "ceilings: copy %.1f GB/s · stream %.1f GB/s · stream (%@) %.1f GB/s · FMA %.0f GFLOP/s · GEMM %@",
-        d.copyGBps, d.streamGBps, nt, d.streamNTGBps, d.fmaGFlops, gemm)
+        format: "ceilings: copy %.1f GB/s · stream %.1f GB/s · stream (%@) %.1f GB/s · read-only %.1f GB/s · FMA %.0f GFLOP/s (%d × float%@ chains) · GEMM %@",
+        d.copyGBps, d.streamGBps, nt, d.streamNTGBps, d.readGBps, d.fmaGFlops, d.fmaChains,
+        d.fmaVectorWidth == 1 ? "" : String(d.fmaVectorWidth), gemm)
     s += "<text x=\"10\" y=\"60\" fill=\"#444\">\(xmlEscaped(line))</text>\n"
 
     // Grid and axis labels.
@@ -66,7 +67,11 @@ func svgChart(device: Device, ceilings: BenchCeilings, results: [ItemResult], sc
         let w = max(1, x(percent) - labelWidth)
         s += "<rect x=\"\(labelWidth)\" y=\"\(y + 3)\" width=\"\(w)\" height=\"\(rowHeight - 6)\" fill=\"\(colors[r.bound]!)\"/>\n"
         let unit = r.bound == .compute ? "GFLOP/s" : "GB/s"
-        let value = String(format: "%@ %@ · %.1f%% · %@ ms", rate(r.rate), unit, percent, ms(r.device.median))
+        let value =
+            r.bound == .copy
+            ? String(format: "%@ %@ · %.1f%% of copy, %.1f%% of read-only · %@ ms", rate(r.rate), unit, percent,
+                     r.percentOfRead, ms(r.device.median))
+            : String(format: "%@ %@ · %.1f%% · %@ ms", rate(r.rate), unit, percent, ms(r.device.median))
         s += "<text x=\"\(x(percent) + 6)\" y=\"\(y + 15)\">\(xmlEscaped(value))</text>\n"
     }
 
@@ -81,7 +86,9 @@ func svgChart(device: Device, ceilings: BenchCeilings, results: [ItemResult], sc
         (.compute, String(format: "compute-bound: GFLOP/s of the FMA ceiling, %.0f GFLOP/s", d.fmaGFlops)),
     ]
     if results.contains(where: { $0.bound == .copy }) {
-        legend.append((.copy, String(format: "decode: GB/s of weight bytes read, of the clEnqueueCopyBuffer ceiling, %.1f GB/s", d.copyGBps)))
+        legend.append((.copy, String(
+            format: "decode: GB/s of weight bytes read, of the clEnqueueCopyBuffer ceiling, %.1f GB/s (read + written; the read-only ceiling: %.1f GB/s)",
+            d.copyGBps, d.readGBps)))
     }
     for (j, (bound, text)) in legend.enumerated() {
         let yy = ly + Double(j) * 18
@@ -137,8 +144,10 @@ func stageBreakdownSVG(_ results: [ItemResult], top: Double, labelWidth: Double)
 /// The MoE layers beside their peers, one group of bars per layer row, each bar a rate in the
 /// row's unit with the ceilings drawn across: prefill rows in GFLOP/s (Switchyard's grouped
 /// matmul against the per-expert SGEMM loops, the whole layer against PyTorch eager; the FMA
-/// ceiling dashed), decode rows in GB/s of weight bytes (the copy and read-only ceilings dashed).
-func peerBarsSVG(_ results: [ItemResult], ceilings d: Ceilings, top: Double, labelWidth: Double) -> (svg: String, height: Double)? {
+/// ceiling and the dense-GEMM figure dashed), decode rows in GB/s of weight bytes (the copy and
+/// read-only ceilings dashed).
+func peerBarsSVG(_ results: [ItemResult], ceilings: BenchCeilings, top: Double, labelWidth: Double) -> (svg: String, height: Double)? {
+    let d = ceilings.device
     struct Bar {
         let name: String
         let value: Double
@@ -164,7 +173,10 @@ func peerBarsSVG(_ results: [ItemResult], ceilings d: Ceilings, top: Double, lab
         bars.append(Bar(name: "Switchyard whole layer (wall)", value: amount / p.wall.median / 1e9, color: "#4a7fb5"))
         if let t = peerSeconds("torch") { bars.append(Bar(name: "PyTorch eager whole layer", value: amount / t / 1e9, color: "#8e6bb8")) }
         guard bars.count > 1 else { continue }
-        let lines: [(String, Double)] = decode ? [("copy", d.copyGBps), ("read-only", d.readGBps)] : [("FMA", d.fmaGFlops)]
+        let lines: [(String, Double)] =
+            decode
+            ? [("copy", d.copyGBps), ("read-only", d.readGBps)]
+            : [("FMA", d.fmaGFlops)] + (ceilings.gemmGFlops.map { [("GEMM (OpenBLAS)", $0)] } ?? [])
         groups.append((label: [r.item.shape, r.item.dtype, r.item.options].filter { !$0.isEmpty }.joined(separator: " "),
                        unit: decode ? "GB/s of weights" : "GFLOP/s", bars: bars, lines: lines))
     }
@@ -175,21 +187,24 @@ func peerBarsSVG(_ results: [ItemResult], ceilings d: Ceilings, top: Double, lab
     var y = top + 34
     for g in groups {
         let scale = max(g.bars.map(\.value).max() ?? 1, g.lines.map(\.1).max() ?? 1) * 1.05
-        s += "<text x=\"\(labelWidth - 8)\" y=\"\(y + 11)\" text-anchor=\"end\" font-weight=\"bold\">\(xmlEscaped(g.label))</text>\n"
+        s += "<text x=\"10\" y=\"\(y + 11)\" font-weight=\"bold\">\(xmlEscaped(g.label)) (\(g.unit))</text>\n"
+        y += 16
         let y0 = y
         for bar in g.bars {
             let w = max(1, barWidth * bar.value / scale)
-            s += "<text x=\"\(labelWidth - 8)\" y=\"\(y + barHeight + 8)\" text-anchor=\"end\" fill=\"#444\">\(xmlEscaped(bar.name))</text>\n"
+            s += "<text x=\"\(labelWidth - 8)\" y=\"\(y + barHeight + 1)\" text-anchor=\"end\" fill=\"#444\">\(xmlEscaped(bar.name))</text>\n"
             s += "<rect x=\"\(labelWidth)\" y=\"\(y + 4)\" width=\"\(w)\" height=\"\(barHeight)\" fill=\"\(bar.color)\"/>\n"
             s += "<text x=\"\(labelWidth + w + 6)\" y=\"\(y + barHeight + 1)\">\(xmlEscaped(rate(bar.value) + " " + g.unit))</text>\n"
             y += barHeight + 4
         }
-        for (name, value) in g.lines {
+        // Ceiling labels above the bars, then below them, in turn (two close lines do not overlap).
+        for (j, (name, value)) in g.lines.enumerated() {
             let lx = labelWidth + barWidth * value / scale
             s += "<line x1=\"\(lx)\" y1=\"\(y0 + 2)\" x2=\"\(lx)\" y2=\"\(y + 4)\" stroke=\"#c0392b\" stroke-dasharray=\"4 3\"/>\n"
-            s += "<text x=\"\(lx)\" y=\"\(y0)\" text-anchor=\"middle\" fill=\"#c0392b\" font-size=\"10\">\(xmlEscaped(name + " " + rate(value)))</text>\n"
+            let ly = j % 2 == 0 ? y0 : y + 14
+            s += "<text x=\"\(lx)\" y=\"\(ly)\" text-anchor=\"middle\" fill=\"#c0392b\" font-size=\"10\">\(xmlEscaped(name + " " + rate(value)))</text>\n"
         }
-        y += 22
+        y += 30
     }
     return (s, y - top + 10)
 }

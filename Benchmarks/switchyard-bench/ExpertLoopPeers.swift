@@ -192,51 +192,70 @@ struct CLBlastExpertLoop: Peer {
 
 // MARK: OpenBLAS setup
 
-/// OpenBLAS cores that run SSE-era or AVX1 kernels: when the library reports one of these on a
-/// CPU with AVX2 or AVX-512, it misdetected the CPU (Debian's 0.3.21 does on some AMD parts).
-private let weakOpenBLASCores: Set<String> = [
-    "unknown", "katmai", "coppermine", "northwood", "prescott", "banias", "core2", "penryn", "dunnington", "nehalem",
-    "atom", "amd64", "opteron", "opteron_sse3", "barcelona", "bobcat", "bulldozer", "piledriver", "steamroller",
-    "excavator", "sandybridge",
-]
-
 func openBLASCoreName() -> String {
     openblas_get_corename().map { String(cString: $0) } ?? "?"
 }
 
-/// The x86 CPU flags of the first processor (Linux), empty elsewhere.
-private func cpuFlags() -> Set<String> {
-    guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
-        let line = text.split(separator: "\n").first(where: { $0.hasPrefix("flags") })
-    else { return [] }
-    return Set(line.split(separator: ":", maxSplits: 1).last?.split(separator: " ").map(String.init) ?? [])
+/// The x86 CPU flags and vendor of the first processor (Linux), empty elsewhere.
+private func cpuInfo() -> (flags: Set<String>, vendor: String) {
+    guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return ([], "") }
+    let lines = text.split(separator: "\n")
+    func field(_ name: String) -> String? {
+        lines.first { $0.hasPrefix(name) }.flatMap { $0.split(separator: ":", maxSplits: 1).last }.map(String.init)
+    }
+    let flags = Set(field("flags")?.split(separator: " ").map(String.init) ?? [])
+    return (flags, field("vendor_id")?.trimmingCharacters(in: .whitespaces) ?? "")
 }
 
-/// Makes sure OpenBLAS runs the kernels this CPU can run best. The core is chosen when the
-/// library loads, so when it reports an SSE/AVX1-era core on a CPU with AVX-512 (or AVX2) and
-/// `OPENBLAS_CORETYPE` is not set, the process runs itself again with `OPENBLAS_CORETYPE` set
-/// (SkylakeX, or Haswell); it returns only when no restart is needed. Then sets its thread
-/// count.
+/// The OpenBLAS core for this CPU's vector ISA, from its flags: AVX-512 → SkylakeX, AVX2 + FMA
+/// → Zen on AMD and Haswell elsewhere; nil for older CPUs (and non-x86), left to OpenBLAS.
+/// With the cores that run kernels at least as wide (a detected Cooperlake is kept on an
+/// AVX-512 CPU: it runs the SkylakeX SGEMM).
+private func derivedOpenBLASCore() -> (name: String, isa: String, good: Set<String>)? {
+    let (flags, vendor) = cpuInfo()
+    let avx512: Set<String> = ["skylakex", "cooperlake", "sapphirerapids"]
+    if ["avx512f", "avx512bw", "avx512dq", "avx512vl"].allSatisfy(flags.contains) {
+        return ("SkylakeX", "AVX-512", avx512)
+    }
+    if ["avx2", "fma"].allSatisfy(flags.contains) {
+        return (vendor == "AuthenticAMD" ? "Zen" : "Haswell", "AVX2", avx512.union(["haswell", "zen"]))
+    }
+    return nil
+}
+
+/// How the OpenBLAS core in use was chosen, for the ceiling table and the peers' line.
+nonisolated(unsafe) var openBLASCoreSource = "detected by OpenBLAS"
+
+/// Makes sure OpenBLAS runs the kernels this CPU can run best, and says which core it runs.
+/// The core is chosen when the library loads (Debian's 0.3.21 misdetects some CPUs: SSE-era
+/// kernels on AMD Zen, AVX2 ones on AVX-512 parts), so unless `OPENBLAS_CORETYPE` is set, a
+/// detected core narrower than the CPU's vector ISA makes the process run itself again with
+/// `OPENBLAS_CORETYPE` derived from /proc/cpuinfo (`derivedOpenBLASCore`); it returns only when
+/// no restart is needed. A user's `OPENBLAS_CORETYPE` is kept, with a note when it is narrower.
+/// Then sets the thread count.
 func configureOpenBLAS(threads: Int) {
     let core = openBLASCoreName()
-    let flags = cpuFlags()
-    let avx512 = ["avx512f", "avx512bw", "avx512dq", "avx512vl"].allSatisfy(flags.contains)
-    // An AVX2-era core (Haswell, Zen) on a CPU with AVX-512 (Debian's 0.3.21 maps Zen 4/5 to
-    // Haswell kernels) leaves half the vector width unused: the peer would not be at its best.
-    if weakOpenBLASCores.contains(core.lowercased()) || (avx512 && ["haswell", "zen"].contains(core.lowercased())) {
-        let better: String? =
-            avx512 ? "SkylakeX" : ["avx2", "fma"].allSatisfy(flags.contains) ? "Haswell" : nil
-        if let better, let forced = ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] {
+    let environment = ProcessInfo.processInfo.environment
+    let derived = derivedOpenBLASCore()
+    let narrower = derived.map { !$0.good.contains(core.lowercased()) } ?? false
+    if environment["SWITCHYARD_OPENBLAS_CORE_DERIVED"] != nil {
+        openBLASCoreSource = "OPENBLAS_CORETYPE=\(environment["OPENBLAS_CORETYPE"] ?? "?") derived from /proc/cpuinfo"
+    } else if let forced = environment["OPENBLAS_CORETYPE"] {
+        openBLASCoreSource = "OPENBLAS_CORETYPE=\(forced) set by the user"
+        if let derived, narrower {
+            openBLASCoreSource += "; this \(derived.isa) CPU would run \(derived.name)"
             FileHandle.standardError.write(Data(
-                "note: OPENBLAS_CORETYPE=\(forced) runs OpenBLAS core \(core) where \(better) would be faster; the OpenBLAS figures will be low\n".utf8))
-        } else if let better {
-            FileHandle.standardError.write(Data(
-                "note: OpenBLAS detected core \(core) on a CPU with \(better == "SkylakeX" ? "AVX-512" : "AVX2"); restarting with OPENBLAS_CORETYPE=\(better)\n".utf8))
-            setenv("OPENBLAS_CORETYPE", better, 1)
-            execv("/proc/self/exe", CommandLine.unsafeArgv)
-            // execv returned: it failed; carry on with the detected core.
-            FileHandle.standardError.write(Data("note: restart failed (errno \(errno)); OpenBLAS keeps core \(core)\n".utf8))
+                "note: OPENBLAS_CORETYPE=\(forced) (set by the user) runs OpenBLAS core \(core) on a CPU with \(derived.isa): \(derived.name) would be faster, the OpenBLAS figures will be low (unset it to let switchyard-bench pick)\n".utf8))
         }
+    } else if let derived, narrower {
+        FileHandle.standardError.write(Data(
+            "note: OpenBLAS detected core \(core) on a CPU with \(derived.isa); restarting with OPENBLAS_CORETYPE=\(derived.name)\n".utf8))
+        setenv("OPENBLAS_CORETYPE", derived.name, 1)
+        setenv("SWITCHYARD_OPENBLAS_CORE_DERIVED", "1", 1)
+        execv("/proc/self/exe", CommandLine.unsafeArgv)
+        // execv returned: it failed; carry on with the detected core.
+        FileHandle.standardError.write(Data("note: restart failed (errno \(errno)); OpenBLAS keeps core \(core)\n".utf8))
+        openBLASCoreSource = "detected by OpenBLAS (restart with \(derived.name) failed)"
     }
     openblas_set_num_threads(Int32(threads))
 }

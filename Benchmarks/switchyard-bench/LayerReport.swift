@@ -7,7 +7,7 @@ func peerSummary(threads: Int, skip: Set<String>) -> String {
     if !skip.contains("openblas") {
         let config = openblas_get_config().map { String(cString: $0) } ?? "OpenBLAS"
         let version = config.split(separator: " ").prefix(2).joined(separator: " ")
-        parts.append("\(version) SGEMM per expert (core \(openBLASCoreName()), \(openblas_get_num_threads()) threads)")
+        parts.append("\(version) SGEMM per expert (core \(openBLASCoreName()): \(openBLASCoreSource); \(openblas_get_num_threads()) threads)")
     }
     if !skip.contains("clblast") { parts.append("CLBlast SGEMM per expert (own context and queue on this device)") }
     if !skip.contains("torch") {

@@ -27,7 +27,7 @@ func rate(_ value: Double) -> String {
     value >= 100 ? String(format: "%.0f", value) : value >= 10 ? String(format: "%.1f", value) : String(format: "%.2f", value)
 }
 
-func ceilingTable(_ c: BenchCeilings) -> String {
+func ceilingTable(_ c: BenchCeilings, hostPeersShareDevice: Bool) -> String {
     let d = c.device
     var rows: [[String]] = [["ceiling", "timed", "best", "median", "unit", "clock"]]
     let fmaShape = "\(d.fmaChains) × float\(d.fmaVectorWidth == 1 ? "" : String(d.fmaVectorWidth)) chains, \(d.fmaWorkItems) work-items"
@@ -50,6 +50,7 @@ func ceilingTable(_ c: BenchCeilings) -> String {
                 + "memory-bound ceiling %.1f GB/s (%@); ridge %.1f flop/byte",
                mib, d.bandwidthGBps, d.bandwidthName, d.ridgeFlopsPerByte),
     ]
+    if c.gemm != nil { lines.append("OpenBLAS core \(openBLASCoreName()): \(openBLASCoreSource)") }
     let (slow, fast) = (min(d.fmaBuiltinGFlops, d.madGFlops), max(d.fmaBuiltinGFlops, d.madGFlops))
     if slow < 0.5 * fast {
         lines.append(String(
@@ -57,7 +58,7 @@ func ceilingTable(_ c: BenchCeilings) -> String {
             rate(d.fmaBuiltinGFlops), rate(d.madGFlops), d.fmaBuiltinGFlops < d.madGFlops ? "fma()" : "mad()",
             d.fmaBuiltinGFlops < d.madGFlops ? "correctly rounded" : "unfused"))
     }
-    lines += ceilingExcesses(c, results: []).map(\.line)
+    lines += ceilingExcesses(c, results: [], hostPeersShareDevice: hostPeersShareDevice).map(\.line)
     return lines.joined(separator: "\n")
 }
 
@@ -96,7 +97,7 @@ func jsonReport(device: Device, ceilings: BenchCeilings, results: [ItemResult], 
     throws -> Data
 {
     let d = ceilings.device
-    let excesses = ceilingExcesses(ceilings, results: results)
+    let excesses = ceilingExcesses(ceilings, results: results, hostPeersShareDevice: device.kind == .cpu)
     func number(_ x: Double?) -> Any { x.map { $0.isFinite ? $0 as Any : NSNull() } ?? NSNull() }
     let items: [[String: Any]] = results.map { r in
         var peers: [String: Any] = [:]
@@ -135,7 +136,8 @@ func jsonReport(device: Device, ceilings: BenchCeilings, results: [ItemResult], 
             "fma_workitems": d.fmaWorkItems, "fma_builtin_gflops": d.fmaBuiltinGFlops, "mad_gflops": d.madGFlops,
             "fma_exceeded_by_peer": excesses.contains { $0.ceiling == "fma" && $0.by != "switchyard" },
             "exceeded": excesses.map(\.json),
-            "gemm": ceilings.gemm.map { $0.name as Any } ?? NSNull(), "buffer_bytes": d.bufferBytes,
+            "gemm": ceilings.gemm.map { $0.name as Any } ?? NSNull(),
+            "openblas_core": openBLASCoreName(), "openblas_core_source": openBLASCoreSource, "buffer_bytes": d.bufferBytes,
             "measurements": d.measurements.map {
                 ["name": $0.name, "unit": $0.unit, "best": $0.best, "median": $0.median, "clock": $0.clock] as [String: Any]
             },

@@ -106,7 +106,7 @@ struct SwitchyardBench: ParsableCommand {
         progress.show("measuring the OpenBLAS SGEMM ceiling")
         let gemm = noGemm ? nil : measureGemmCeiling(quick: quick)
         progress.clear()
-        print(ceilingTable(BenchCeilings(device: before, gemm: gemm)))
+        print(ceilingTable(BenchCeilings(device: before, gemm: gemm), hostPeersShareDevice: d.kind == .cpu))
         if items.contains(where: { $0.groupedMatmul != nil }) { print(peerSummary(threads: threads, skip: Set(skipPeers))) }
         print("")
 
@@ -139,7 +139,7 @@ struct SwitchyardBench: ParsableCommand {
         print(resultTable(results))
         if let peers = layerPeerTables(results) { print("\n" + peers) }
         // A ceiling that a peer (or Switchyard) beats in the same run is a wrong ceiling.
-        let excesses = ceilingExcesses(ceilings, results: results)
+        let excesses = ceilingExcesses(ceilings, results: results, hostPeersShareDevice: d.kind == .cpu)
         if excesses.isEmpty {
             print("\nceiling check: no rate of this run (peers' or Switchyard's) is above the FMA or read-only ceiling")
         } else {

@@ -39,6 +39,10 @@ struct TorchPeer: Peer {
         else {
             return .failed("torch_moe.py printed no result: \(result.stdout.suffix(200))")
         }
+        // Same thread count as the other host peers, or the comparison is not fair.
+        if let used = object["threads"] as? Int, used != threads {
+            return .failed("torch ran on \(used) threads, not the \(threads) asked for")
+        }
         return .timed(Stats(samples.map { $0 * 1e-3 }))
     }
 
