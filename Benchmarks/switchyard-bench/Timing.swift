@@ -42,6 +42,10 @@ struct RunPolicy: Sendable {
     /// `minRuns` are done.
     var maxRuns: Int
     var wallSeconds: Double
+    /// Time each run on the host clock (run + synchronize) instead of summing its launches'
+    /// events: for a device whose profiling events are implausible (rusticl on llvmpipe reports
+    /// next to nothing; the ceilings found it). Stage times are then not available.
+    var wallClock = false
 
     static func standard(runs: Int) -> RunPolicy {
         RunPolicy(warmups: 3, minRuns: runs, deviceSeconds: 0.2, maxRuns: Swift.max(runs, 500), wallSeconds: 3)
@@ -100,6 +104,8 @@ struct Measured {
     let kernels: [String]
     let peers: [(name: String, timing: PeerTiming)]
     let profile: StageProfile?
+    /// Whether `device` was timed on the host clock (`RunPolicy.wallClock`).
+    var wallClock = false
 
     /// The result against `ceilings`: memory- or compute-bound by arithmetic intensity against
     /// the ridge point, unless the item says which.
@@ -143,9 +149,14 @@ func measure(_ item: BenchItem, on backend: OpenCLBackend, policy: RunPolicy, pe
     var accumulated = 0.0
     let began = now()
     while samples.count < policy.maxRuns {
+        let start = now()
         let (_, launches) = try backend.recordingLaunches { try run() }
         var seconds = 0.0
         for launch in launches { seconds += try launch.event.seconds() }
+        if policy.wallClock {
+            try backend.synchronize()
+            seconds = now() - start
+        }
         if kernels.isEmpty { kernels = launches.map(\.kernel) }
         samples.append(seconds)
         accumulated += seconds
@@ -167,7 +178,7 @@ func measure(_ item: BenchItem, on backend: OpenCLBackend, policy: RunPolicy, pe
             let times = try profiled()
             try backend.synchronize()
             wall.append(now() - start)
-            for t in times {
+            for t in times where !policy.wallClock {
                 if stages[t.stage] == nil { order.append(t.stage) }
                 stages[t.stage, default: []].append(t.seconds)
             }
@@ -181,7 +192,8 @@ func measure(_ item: BenchItem, on backend: OpenCLBackend, policy: RunPolicy, pe
     }
 
     return Measured(
-        item: item, firstSeconds: firstSeconds, device: device, kernels: kernels, peers: peers, profile: profile)
+        item: item, firstSeconds: firstSeconds, device: device, kernels: kernels, peers: peers, profile: profile,
+        wallClock: policy.wallClock)
 }
 
 /// An item's run split into stages: each stage's device time (sum of its launches' events) and
