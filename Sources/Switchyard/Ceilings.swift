@@ -119,13 +119,13 @@ extension OpenCLBackend {
         let nonTemporal = try flag.download(Int32.self, count: 1)[0] == 1
 
         let runs = max(1, options.runs)
-        func timed(_ name: String, unit: String, amount: Double, _ body: () throws -> Event) throws
+        func timed(_ name: String, unit: String, amount: Double, runs: Int = runs, _ body: () throws -> Event) throws
             -> CeilingMeasurement
         {
             try body().wait()  // warm-up (and the first-launch compile)
             var seconds: [Double] = []
             var wall: [Double] = []
-            for _ in 0..<runs {
+            for _ in 0..<max(1, runs) {
                 let start = DispatchTime.now().uptimeNanoseconds
                 let event = try body()
                 try event.wait()
@@ -210,7 +210,7 @@ extension OpenCLBackend {
         let flopsPerOuter = Double(global * fmaWidth * chains * unroll * 2)
         // Timed with fma() and with mad() (a driver may compute fma() in software, correctly
         // rounded, as llvmpipe does; mad() lets it use the hardware FMA); the faster is the ceiling.
-        func fmaThroughput(mad: Bool) throws -> CeilingMeasurement {
+        func fmaThroughput(mad: Bool, other: CeilingMeasurement?) throws -> CeilingMeasurement {
             var fmaDefines = defines
             fmaDefines["FMA_VW"] = "\(fmaWidth)"
             fmaDefines["FMA_CHAINS"] = "\(chains)"
@@ -223,12 +223,21 @@ extension OpenCLBackend {
             }
             // Calibrate the outer count to about `fmaSeconds` a run, at most 16,384 (a small
             // count: llvmpipe cuts loops at 65,535; a device that fast gets a shorter run).
-            var outer = 16
-            let probe = try timed("probe", unit: "", amount: 1) { try fma(outer) }.seconds.min()!
-            let target = max(options.fmaSeconds, 1e-3)
-            outer = Int(min(16_384, max(16, (Double(outer) * target / max(probe, 1e-9)).rounded())))
             let name = mad ? "ceilings_fma (mad)" : "ceilings_fma (fma)"
-            let m = try timed(name, unit: "GFLOP/s", amount: flopsPerOuter * Double(outer) / 1e9) { try fma(outer) }
+            let probeOuter = 4
+            let probe = try timed(name, unit: "GFLOP/s", amount: flopsPerOuter * Double(probeOuter) / 1e9, runs: 1) {
+                try fma(probeOuter)
+            }
+            let target = max(options.fmaSeconds, 1e-3)
+            var outer = Int(min(16_384, max(4, (Double(probeOuter) * target / max(probe.seconds[0], 1e-9)).rounded())))
+            let m: CeilingMeasurement
+            if let other, probe.best < 0.1 * other.best {
+                // Far below the variant timed before it (fma() in software): its probe will do.
+                m = probe
+                outer = probeOuter
+            } else {
+                m = try timed(name, unit: "GFLOP/s", amount: flopsPerOuter * Double(outer) / 1e9) { try fma(outer) }
+            }
             // Every work-item must have run every outer iteration, or the rate is overstated.
             let done = try fmaSteps.download(Int32.self, count: global)
             if let short = done.first(where: { Int($0) != outer }) {
@@ -238,8 +247,8 @@ extension OpenCLBackend {
             }
             return m
         }
-        let viaFMA = try fmaThroughput(mad: false)
-        let viaMad = try fmaThroughput(mad: true)
+        let viaMad = try fmaThroughput(mad: true, other: nil)
+        let viaFMA = try fmaThroughput(mad: false, other: viaMad)
         let flops = viaMad.best > viaFMA.best ? viaMad : viaFMA
         return Ceilings(
             copyGBps: copy.best, streamGBps: plain.best, streamNTGBps: nt.best, fmaGFlops: flops.best,
