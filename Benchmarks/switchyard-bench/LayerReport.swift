@@ -14,7 +14,7 @@ func peerSummary(threads: Int, skip: Set<String>) -> String {
         if let why = TorchPeer.unavailable {
             parts.append("PyTorch eager: skipped (\(why))")
         } else {
-            parts.append("PyTorch \(TorchPeer.version) eager (\(threads) threads)")
+            parts.append("PyTorch \(TorchPeer.version) eager (\(threads) threads; the faster of OpenMP's default and PASSIVE wait policies)")
         }
     }
     return "MoE-layer peers (f32 layers): " + (parts.isEmpty ? "none" : parts.joined(separator: "; "))

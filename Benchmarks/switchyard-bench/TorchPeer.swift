@@ -29,21 +29,36 @@ struct TorchPeer: Peer {
             script, "\(tokens)", "\(hidden)", "\(ffn)", "\(experts)", "\(k)", "--threads", "\(threads)",
             "--copies", "\(copies)", "--runs", "\(runs)", "--seconds", "\(seconds)",
         ]
-        let result = runProcess("python3", arguments, environment: ["OMP_NUM_THREADS": "\(threads)"], timeout: 600)
-        guard result.status == 0 else {
-            return .failed("torch_moe.py exited \(result.status): \(result.stderr.suffix(400))")
+        // Twice: with OpenMP's default wait policy (threads spin between ops) and with PASSIVE
+        // (they sleep). On an idle machine the two are close; when another process holds a core,
+        // spinning threads wait on a descheduled one and the default ran 20–60× slower here
+        // (mixtral-small decode 110–340 ms against 6 ms). The faster run is torch at its best.
+        var best: Stats?
+        var failure: PeerTiming?
+        for policy in ["default", "PASSIVE"] {
+            var environment = ["OMP_NUM_THREADS": "\(threads)"]
+            if policy != "default" { environment["OMP_WAIT_POLICY"] = policy }
+            let result = runProcess("python3", arguments, environment: environment, timeout: 600)
+            guard result.status == 0 else {
+                failure = .failed("torch_moe.py exited \(result.status): \(result.stderr.suffix(400))")
+                continue
+            }
+            guard let line = result.stdout.split(separator: "\n").last,
+                let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                let samples = object["samples_ms"] as? [Double], !samples.isEmpty
+            else {
+                failure = .failed("torch_moe.py printed no result: \(result.stdout.suffix(200))")
+                continue
+            }
+            // Same thread count as the other host peers, or the comparison is not fair.
+            if let used = object["threads"] as? Int, used != threads {
+                return .failed("torch ran on \(used) threads, not the \(threads) asked for")
+            }
+            let stats = Stats(samples.map { $0 * 1e-3 })
+            if best == nil || stats.median < best!.median { best = stats }
         }
-        guard let line = result.stdout.split(separator: "\n").last,
-            let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-            let samples = object["samples_ms"] as? [Double], !samples.isEmpty
-        else {
-            return .failed("torch_moe.py printed no result: \(result.stdout.suffix(200))")
-        }
-        // Same thread count as the other host peers, or the comparison is not fair.
-        if let used = object["threads"] as? Int, used != threads {
-            return .failed("torch ran on \(used) threads, not the \(threads) asked for")
-        }
-        return .timed(Stats(samples.map { $0 * 1e-3 }))
+        guard let best else { return failure ?? .failed("torch_moe.py did not run") }
+        return .timed(best)
     }
 
     /// The script: `SWITCHYARD_TORCH_SCRIPT`, else beside this source file in the checkout,

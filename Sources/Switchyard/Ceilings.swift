@@ -231,8 +231,9 @@ extension OpenCLBackend {
             let target = max(options.fmaSeconds, 1e-3)
             var outer = Int(min(16_384, max(4, (Double(probeOuter) * target / max(probe.seconds[0], 1e-9)).rounded())))
             let m: CeilingMeasurement
-            if let other, probe.best < 0.1 * other.best {
-                // Far below the variant timed before it (fma() in software): its probe will do.
+            if let other, probe.best < 0.1 * other.best, probe.seconds[0] >= target {
+                // Far below the variant timed before it (fma() in software), and the probe as long
+                // as a timed run would be: the probe will do.
                 m = probe
                 outer = probeOuter
             } else {
