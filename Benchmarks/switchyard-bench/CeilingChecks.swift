@@ -54,6 +54,7 @@ func ceilingExcesses(_ c: BenchCeilings, results: [ItemResult], hostPeersShareDe
     }
     for r in results {
         let label = [r.item.op, r.item.shape, r.item.dtype].filter { !$0.isEmpty }.joined(separator: " ")
+        let clock = r.measured.wallClock ? "host clock" : "device events"
         func peerSeconds(_ name: String) -> Double? {
             if case .timed(let s)? = r.peers.first(where: { $0.name == name })?.timing { return s.median }
             return nil
@@ -61,7 +62,7 @@ func ceilingExcesses(_ c: BenchCeilings, results: [ItemResult], hostPeersShareDe
         if r.bound == .copy {
             // Decode: weight bytes read per second against the read-only ceiling.
             guard r.item.bytes > 0 else { continue }
-            var rates: [(String, String, Double)] = [("switchyard", "layer, device events", r.gbps)]
+            var rates: [(String, String, Double)] = [("switchyard", "layer, \(clock)", r.gbps)]
             for name in ["openblas", "clblast", "torch"] {
                 if let t = peerSeconds(name) { rates.append((name, "weight bytes over its time", r.item.bytes / t / 1e9)) }
             }
@@ -73,7 +74,7 @@ func ceilingExcesses(_ c: BenchCeilings, results: [ItemResult], hostPeersShareDe
             continue
         }
         guard r.bound == .compute, r.item.flops > 0 else { continue }
-        var rates: [(String, String, Double)] = [("switchyard", "device events", r.gflops)]
+        var rates: [(String, String, Double)] = [("switchyard", clock, r.gflops)]
         if let part = r.item.groupedMatmul, let profile = r.profile, let grouped = profile.median(of: part.stages) {
             rates.append(("switchyard", "grouped matmul, device events", part.flops / grouped / 1e9))
             for name in ["openblas", "clblast"] {

@@ -18,7 +18,8 @@ func svgChart(device: Device, ceilings: BenchCeilings, results: [ItemResult], sc
     let longest = results.map { label($0).count }.max() ?? 20
     let labelWidth = max(200, Double(longest) * 7 + 16)
     let barWidth = 440.0
-    let valueWidth = 200.0
+    // Decode rows say their share of two ceilings: a longer value text.
+    let valueWidth = results.contains { $0.bound == .copy } ? 340.0 : 200.0
     let rowHeight = 22.0
     let top = 92.0
     let width = max(labelWidth + barWidth + valueWidth + 20, scaling.isEmpty ? 0 : 1300)
