@@ -224,11 +224,19 @@ extension OpenCLBackend {
             // Calibrate the outer count to about `fmaSeconds` a run, at most 16,384 (a small
             // count: llvmpipe cuts loops at 65,535; a device that fast gets a shorter run).
             let name = mad ? "ceilings_fma (mad)" : "ceilings_fma (fma)"
-            let probeOuter = 4
-            let probe = try timed(name, unit: "GFLOP/s", amount: flopsPerOuter * Double(probeOuter) / 1e9, runs: 1) {
+            // Probe with growing counts until a run takes a fifth of the target (a run timed
+            // on the host clock includes the launch, which a short probe would mistake for work).
+            let target = max(options.fmaSeconds, 1e-3)
+            var probeOuter = 4
+            var probe = try timed(name, unit: "GFLOP/s", amount: flopsPerOuter * Double(probeOuter) / 1e9, runs: 1) {
                 try fma(probeOuter)
             }
-            let target = max(options.fmaSeconds, 1e-3)
+            while probe.seconds[0] < target / 5 && probeOuter < 16_384 {
+                probeOuter = min(16_384, probeOuter * 8)
+                probe = try timed(name, unit: "GFLOP/s", amount: flopsPerOuter * Double(probeOuter) / 1e9, runs: 1) {
+                    try fma(probeOuter)
+                }
+            }
             var outer = Int(min(16_384, max(4, (Double(probeOuter) * target / max(probe.seconds[0], 1e-9)).rounded())))
             let m: CeilingMeasurement
             if let other, probe.best < 0.1 * other.best, probe.seconds[0] >= target {
