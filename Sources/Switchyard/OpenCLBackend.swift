@@ -229,7 +229,18 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
     let pool: BufferPool
     private var kernels: [KernelKey: Kernel] = [:]
     private var sources: [String: String] = [:]
-    private var recorder: [(String, Event)]?
+    /// Launches being recorded, per recording thread (two threads profiling on one backend each
+    /// see only their own launches).
+    private var recorders: [UInt: [(String, Event)]] = [:]
+
+    /// An identifier of the calling thread.
+    private static var threadKey: UInt {
+        #if canImport(Darwin)
+        UInt(bitPattern: pthread_self())
+        #else
+        UInt(pthread_self())
+        #endif
+    }
 
     struct KernelKey: Hashable {
         let file: String
@@ -413,24 +424,27 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
             }
         }
         let event = try context.queue.enqueue(kernel, global: global, local: local)
-        recorder?.append((name, event))
+        if !recorders.isEmpty, recorders[Self.threadKey] != nil { recorders[Self.threadKey]!.append((name, event)) }
         return event
     }
 
     /// Runs `body` and returns, with its result, every kernel launch it made and its event
     /// (for device-side timing of each stage).
     public func recordingLaunches<T>(_ body: () throws -> T) throws -> (T, [(kernel: String, event: Event)]) {
+        let key = Self.threadKey
         lock.lock()
-        recorder = []
+        let outer = recorders[key]  // a recording nested in another on this thread
+        recorders[key] = []
         lock.unlock()
+        var events: [(String, Event)] = []
         defer {
             lock.lock()
-            recorder = nil
+            recorders[key] = outer.map { $0 + events }
             lock.unlock()
         }
         let result = try body()
         lock.lock()
-        let events = recorder ?? []
+        events = recorders[key] ?? []
         lock.unlock()
         return (result, events.map { (kernel: $0.0, event: $0.1) })
     }
