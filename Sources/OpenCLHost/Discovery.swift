@@ -24,7 +24,7 @@ public enum OpenCLHostError: Error, Sendable, CustomStringConvertible {
                 Debian or Ubuntu, `apt-get install pocl-opencl-icd` gives a CPU device that runs every \
                 kernel; GPU vendors ship their own ICD (nvidia-opencl-icd, mesa-opencl-icd or rocm-opencl, \
                 intel-opencl-icd). `clinfo` lists what the loader sees.
-                """
+                """ + Self.cacheHint
         case .noSuchDevice(let selector, let available):
             let list = available.enumerated().map { "  \($0.offset): \($0.element)" }.joined(separator: "\n")
             return "No OpenCL device matches '\(selector)' (an index or a case-insensitive name substring). Devices:\n\(list)"
@@ -35,6 +35,28 @@ public enum OpenCLHostError: Error, Sendable, CustomStringConvertible {
         case .invalidLaunch(let message):
             return "invalid kernel launch: \(message)"
         }
+    }
+}
+
+extension OpenCLHostError {
+    /// PoCL (and Mesa) refuse to start without a writable cache folder, and the loader then
+    /// reports no platform: say so when that is the likely cause.
+    static var cacheHint: String {
+        let env = ProcessInfo.processInfo.environment
+        if let pocl = env["POCL_CACHE_DIR"], !pocl.isEmpty {
+            return FileManager.default.isWritableFile(atPath: pocl)
+                ? "" : " POCL_CACHE_DIR=\(pocl) is not writable: PoCL cannot start without its kernel cache."
+        }
+        let cache = env["XDG_CACHE_HOME"].flatMap { $0.isEmpty ? nil : $0 }
+            ?? ((env["HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? NSHomeDirectory()) as NSString)
+            .appendingPathComponent(".cache")
+        var folder = cache
+        while !FileManager.default.fileExists(atPath: folder) && folder != "/" {
+            folder = (folder as NSString).deletingLastPathComponent
+        }
+        if FileManager.default.isWritableFile(atPath: folder) { return "" }
+        return " The cache folder \(cache) is not writable, and PoCL does not start without its kernel cache: "
+            + "set POCL_CACHE_DIR (and XDG_CACHE_HOME) to a writable folder."
     }
 }
 

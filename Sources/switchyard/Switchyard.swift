@@ -32,7 +32,12 @@ struct Devices: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "List every OpenCL device and the default choice.")
 
     func run() throws {
-        let devices = try failing { try Device.all() }
+        let devices = try failing { () throws -> [Device] in
+            let all = try Device.all()
+            // Platforms without devices (a driver that could not start) are no device at all.
+            if all.isEmpty { throw OpenCLHostError.noPlatform(status: 0) }
+            return all
+        }
         let chosen = try? Device.select()
         var rows: [[String]] = [["#", "name", "type", "platform", "CUs", "global mem", "max alloc", "OpenCL C", "fp16", "fp64", "default"]]
         for (i, d) in devices.enumerated() {
