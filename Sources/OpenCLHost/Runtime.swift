@@ -349,6 +349,14 @@ public final class Event: @unchecked Sendable {
         try check(clWaitForEvents(1, &event), "clWaitForEvents")
     }
 
+    /// Whether the command has finished (or failed), without waiting.
+    public var isDone: Bool {
+        var status: cl_int = 0
+        let rc = clGetEventInfo(
+            handle, cl_event_info(CL_EVENT_COMMAND_EXECUTION_STATUS), MemoryLayout<cl_int>.size, &status, nil)
+        return rc != CL_SUCCESS || status <= CL_COMPLETE
+    }
+
     private func time(_ param: Int32) throws -> UInt64 {
         var value: cl_ulong = 0
         try check(

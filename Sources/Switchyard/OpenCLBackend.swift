@@ -285,7 +285,7 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
         }
         let buffer = try context.buffer(byteCount: bytes + sentinelBytes, label: label)
         try buffer.fill(pattern: Self.poison)
-        return Tensor(shape: shape, dtype: dtype, storage: .device(buffer))
+        return Tensor(shape: shape, dtype: dtype, storage: .device(buffer), lease: QueuedRelease(buffer, self))
     }
 
     /// Describes how the sentinel tail after `tensor` was overwritten, or nil if it is intact.
@@ -359,6 +359,24 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
 
     public func synchronize() throws {
         try context.queue.finish()
+        lock.lock()
+        scratchInFlight.removeAll()
+        lock.unlock()
+    }
+
+    /// Scratch buffers an op made and dropped while kernels that use them may not have run yet,
+    /// each with the event of its last use. They are kept here until that event is done: the
+    /// OpenCL spec lets a released buffer live until its commands finish, but under concurrent
+    /// enqueues from several threads rusticl was seen reusing such memory early (another case's
+    /// flags and outputs were overwritten by a pending permute's chunk counts).
+    private var scratchInFlight: [(Buffer, Event)] = []
+
+    /// Keeps `buffers` alive until `event` (their last use on the in-order queue) is done.
+    func holdScratch(_ buffers: [Buffer], until event: Event) {
+        lock.lock()
+        defer { lock.unlock() }
+        scratchInFlight.removeAll { $0.1.isDone }
+        for b in buffers { scratchInFlight.append((b, event)) }
     }
 
     // MARK: launching
@@ -487,7 +505,8 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
             defines["SCRATCH_GLOBAL"] = "1"
             args.append(.buffer(try context.buffer(byteCount: op.rows * padded * 8, label: "topK scratch")))
         }
-        try launch("topk.cl", "topk_rows", defines: defines, args: args, global: [op.rows * group], local: [group])
+        let event = try launch("topk.cl", "topk_rows", defines: defines, args: args, global: [op.rows * group], local: [group])
+        if !inLocal, case .buffer(let scratch) = args.last! { holdScratch([scratch], until: event) }
         return (values, indices)
     }
 }
@@ -525,6 +544,24 @@ final class BufferPool: @unchecked Sendable {
         }
         free[buffer.byteCount, default: []].append(buffer)
         cached += size
+    }
+}
+
+/// Keeps an unpooled buffer alive, when the last tensor viewing it goes away, until every
+/// command enqueued so far has run (see `OpenCLBackend.holdScratch`).
+final class QueuedRelease: @unchecked Sendable {
+    let buffer: Buffer
+    weak var backend: OpenCLBackend?
+
+    init(_ buffer: Buffer, _ backend: OpenCLBackend) {
+        self.buffer = buffer
+        self.backend = backend
+    }
+
+    deinit {
+        if let backend, let marker = try? backend.context.queue.marker() {
+            backend.holdScratch([buffer], until: marker)
+        }
     }
 }
 

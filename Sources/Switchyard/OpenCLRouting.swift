@@ -1,8 +1,17 @@
 import OpenCLHost
 
 extension OpenCLBackend {
-    /// Assignments per chunk of the counting sort (a constant: results never depend on it).
-    static let permuteChunk = 256
+    /// Assignments per chunk of the counting sort: 256, or √n for more than 65,536 assignments,
+    /// so neither a chunk's walk (count, scatter) nor an expert's scan over the chunks passes
+    /// ~46,000 steps for any n below 2³¹ (lane-style devices such as llvmpipe stop a work-item's
+    /// loops after 65,535 iterations), and the chunk-count scratch stays at √n · E. The sort is
+    /// exact and stable for any chunk, so results never depend on it.
+    static func permuteChunk(assignments n: Int) -> Int {
+        var root = Int(Double(n).squareRoot())
+        while root * root < n { root += 1 }
+        while root > 0 && (root - 1) * (root - 1) >= n { root -= 1 }
+        return max(256, root)
+    }
 
     /// Tokens per chunk of the routing statistics' partial sums (a constant: results never
     /// depend on the device).
@@ -53,11 +62,11 @@ extension OpenCLBackend {
                        .buffer(weights.buffer!), .int(tokens), .int(experts), .int(c.k), .int(sigmoid), .int(hasBias),
                        .int(c.expertGroups)],
                 global: [roundUp(experts, lanes), tokens], local: [lanes, 1])
-            try launch(
+            holdScratch([rowStats, rowGroups], until: try launch(
                 "routing.cl", "gating_finish",
                 args: [.buffer(weights.buffer!), .int(tokens), .int(c.k), .int(c.renormalize ? 1 : 0),
                        .float(c.routedScale)],
-                global: [roundUp(tokens, group)], local: [group])
+                global: [roundUp(tokens, group)], local: [group]))
         } else {
             try launch(
                 "routing.cl", "gating_topk", defines: logits.dtype.defines("X"),
@@ -88,7 +97,7 @@ extension OpenCLBackend {
         counts: Tensor, routed: Tensor, offsets: Tensor, tiles: Tensor, rowOf: Tensor, assignmentOf: Tensor,
         weights: Buffer, dropped: Tensor
     ) throws {
-        let chunk = Self.permuteChunk
+        let chunk = Self.permuteChunk(assignments: n)
         let chunks = max(1, (n + chunk - 1) / chunk)
         let scratch = try context.buffer(byteCount: chunks * experts * 4, label: "permute chunk counts")
         let keepArg: OpenCLBackend.Arg = .buffer(keep ?? ids)
@@ -115,12 +124,13 @@ extension OpenCLBackend {
                        .int(tiles.count)],
                 global: [roundUp(tiles.count, 64)], local: [64])
         }
-        try launch(
+        let last = try launch(
             "routing.cl", "permute_scatter",
             args: [.buffer(ids), keepArg, .int(useKeep), .buffer(scratch), .buffer(offsets.buffer!),
                    .buffer(rowOf.buffer!), .buffer(assignmentOf.buffer!), .buffer(weights), .int(n), .int(experts),
-                   .int(chunk), .int(capacity)],
+                   .int(chunk), .int(capacity), .int(assignmentOf.count)],
             global: [roundUp(chunks, itemGroup)], local: [itemGroup])
+        holdScratch([scratch], until: last)
     }
 
     public func permute(_ g: Gating, blockSize: Int) throws -> Routing {
@@ -144,29 +154,38 @@ extension OpenCLBackend {
         let capacity = c.capacity(tokens: g.tokens) ?? Int(Int32.max)
 
         var keep: Buffer?
+        var temporaries: [Tensor] = []
         if c.capacityFactor != nil && c.dropPriority == .weight && n > 0 {
             // First an uncapped sort, so each expert's assignments are contiguous; then per expert
             // a radix select of its `capacity` best by weight clears the others' keep flags.
             let keepTensor = try empty(shape: [n], dtype: .i32, label: "keep flags")
+            let scratchTiles = try empty(shape: [n + experts], dtype: .i32, label: "scratch tiles")
+            temporaries += [keepTensor, scratchTiles]
             try fill(keepTensor, 1)
             try countingSort(
                 ids: ids, keep: nil, flags: flags, assignments: n, experts: experts, blockSize: 1,
                 capacity: Int(Int32.max), counts: counts, routed: routed, offsets: offsets,
-                tiles: try empty(shape: [n + experts], dtype: .i32, label: "scratch tiles"), rowOf: rowOf,
+                tiles: scratchTiles, rowOf: rowOf,
                 assignmentOf: assignmentOf, weights: weights.buffer!, dropped: dropped)
             let group = tuning.rowGroup
             try launch(
                 "routing.cl", "capacity_by_weight", defines: ["GROUP": "\(group)"],
                 args: [.buffer(counts.buffer!), .buffer(offsets.buffer!), .buffer(assignmentOf.buffer!),
-                       .buffer(weights.buffer!), .buffer(keepTensor.buffer!), .int(capacity)],
+                       .buffer(weights.buffer!), .buffer(keepTensor.buffer!), .int(capacity), .int(n),
+                       .int(maxRows)],
                 global: [experts * group], local: [group])
             keep = keepTensor.buffer
         }
+        let secondRouted = keep == nil ? routed : try empty(shape: [experts], dtype: .i32)
+        if keep != nil { temporaries.append(secondRouted) }
         try countingSort(
             ids: ids, keep: keep, flags: flags, assignments: n, experts: experts, blockSize: blockSize,
-            capacity: capacity, counts: counts, routed: keep == nil ? routed : try empty(shape: [experts], dtype: .i32),
+            capacity: capacity, counts: counts, routed: secondRouted,
             offsets: offsets, tiles: tiles, rowOf: rowOf, assignmentOf: assignmentOf, weights: weights.buffer!,
             dropped: dropped)
+        if !temporaries.isEmpty {
+            holdScratch(temporaries.compactMap(\.buffer), until: try context.queue.marker())
+        }
         return Routing(
             gating: g, blockSize: blockSize, counts: counts, routedCounts: routed, offsets: offsets, tileExpert: tiles,
             rowOf: rowOf, assignmentOf: assignmentOf, weights: weights, dropped: dropped)
@@ -235,6 +254,7 @@ extension OpenCLBackend {
                    .int(tokens), .int(experts), .int(c.scoring == .sigmoid ? 1 : 0)],
             global: [roundUp(tokens, itemGroup)], local: [itemGroup])
         let (values, indices) = try topK(scores, k: capacity)
+        holdScratch([scores.buffer!], until: try context.queue.marker())
         return ExpertChoice(tokens: indices, weights: values, flags: flags, capacity: capacity)
     }
 

@@ -108,6 +108,10 @@ public struct CaseResult: Sendable {
 public final class ConformanceRunner: @unchecked Sendable {
     public let device: OpenCLBackend
     public let reference = ReferenceBackend()
+    /// Cases on one device run one at a time. Several threads enqueueing on one rusticl context
+    /// corrupted other cases' buffers (about one case in a thousand: stray flags, wrong outputs;
+    /// PoCL never did), so a result must not depend on what else runs.
+    private let serial = NSLock()
 
     /// A runner on `device`; its backend poisons outputs and guards them with sentinel tails.
     /// Without `tuning` it runs the device's defaults (never the user's stored entry, so results
@@ -120,6 +124,8 @@ public final class ConformanceRunner: @unchecked Sendable {
     /// Runs one case: reference, then the device twice (the second run must be bitwise equal to
     /// the first), comparing every output and checking every sentinel.
     public func run(_ c: ConformanceCase) -> CaseResult {
+        serial.lock()
+        defer { serial.unlock() }
         let start = Date()
         func result(_ passed: Bool, _ error: Double, _ detail: String) -> CaseResult {
             CaseResult(
