@@ -134,8 +134,10 @@ __kernel void gating_topk(__global const X_T* logits, __global const float* bias
             }
         }
         for (int j = 0; j < kk; ++j) {
-            int e = (int)(chosen[j] & 0xFFFFFFFFu);
-            if (e >= experts) e = 0;  // only reachable with NaN logits, which raise the flag
+            // A slot still holding the empty key (fewer candidates than k, which validation rules
+            // out) would name expert 0xFFFFFFFF: never an address, expert 0 instead.
+            const uint chosen_e = (uint)(chosen[j] & 0xFFFFFFFFu);
+            const int e = chosen_e < (uint)experts ? (int)chosen_e : 0;
             ids[out + j] = e;
             weights[out + j] = router_score(X_LOAD(logits, base + e), m, denom, sigmoid);
         }
@@ -278,11 +280,11 @@ __kernel void permute_tiles(__global const int* offsets, __global int* tile_expe
 // Step 4: per chunk, walk the assignments in order and give each kept one its row: the
 // expert's offset plus its rank (the earlier chunks' count, from the scan, plus the running
 // count inside this chunk). Token order is kept within each expert. Dropped assignments get
-// row -1 and weight 0.
+// row -1 and weight 0. Rows are checked against max_rows (assignment_of's length) before use.
 __kernel void permute_scatter(__global const int* ids, __global const int* keep, int use_keep,
                               __global int* chunk_counts, __global const int* offsets, __global int* row_of,
                               __global int* assignment_of, __global float* weights, int assignments, int experts,
-                              int chunk, int capacity) {
+                              int chunk, int capacity, int max_rows) {
     const int c = get_global_id(0);
     const int begin = c * chunk;
     if (begin >= assignments) return;
@@ -293,7 +295,10 @@ __kernel void permute_scatter(__global const int* ids, __global const int* keep,
         int row = -1;
         if (e >= 0 && e < experts && (!use_keep || keep[a])) {
             const int rank = running[e]++;
-            if (rank < capacity) row = offsets[e] + rank;
+            // offsets and ranks come from the earlier steps: a row outside assignment_of is never
+            // written (the assignment counts as dropped; consistent steps never get here).
+            const int r = offsets[e] + rank;
+            if (rank < capacity && r >= 0 && r < max_rows) row = r;
         }
         row_of[a] = row;
         if (row >= 0) {
@@ -307,42 +312,56 @@ __kernel void permute_scatter(__global const int* ids, __global const int* keep,
 // Weight-priority capacity: one work-group of GROUP work-items per expert, over the expert's
 // rows of a first (uncapped) permutation. If the expert has more than `capacity` assignments,
 // the capacity-th smallest key (descending weight, then assignment index) is found by a radix
-// select over the 64 key bits, and assignments with larger keys lose their keep flag.
+// select over the 64 key bits, 4 bits a pass (16 passes, so a work-item's loops stay short:
+// 17 × rows / GROUP steps), and assignments with larger keys lose their keep flag. Rows and
+// assignment indices read from the permutation are checked before use (max_rows is
+// assignment_of's length); an invalid one is neither counted nor cleared.
 __kernel void capacity_by_weight(__global const int* counts, __global const int* offsets,
                                  __global const int* assignment_of, __global const float* weights,
-                                 __global int* keep, int capacity) {
+                                 __global int* keep, int capacity, int assignments, int max_rows) {
     const int e = get_group_id(0);
     const int lid = get_local_id(0);
-    __local int red[GROUP];
+    __local int hist[16];
     const int begin = offsets[e];
     // Experts within capacity keep everything: they scan nothing (no early return, so every
     // work-item reaches every barrier).
-    const int n = counts[e] > capacity ? counts[e] : 0;
-    ulong prefix = 0;           // the bits of the answer found so far
-    int remaining = capacity;   // rank (1-based) still to find among keys matching prefix
-    for (int bit = 63; bit >= 0; --bit) {
-        const ulong high_mask = bit == 63 ? 0 : ~(((ulong)1 << (uint)(bit + 1)) - 1);
-        int zeros = 0;
+    int n = counts[e] > capacity ? counts[e] : 0;
+    if (begin < 0 || begin > max_rows) n = 0;
+    n = min(n, max_rows - max(begin, 0));
+    ulong prefix = 0;          // the digits of the answer found so far
+    int remaining = capacity;  // rank (1-based) still to find among keys matching prefix
+    for (int shift = 60; shift >= 0; shift -= 4) {
+        const ulong high_mask = shift == 60 ? 0 : ~((((ulong)1) << (uint)(shift + 4)) - 1);
+        if (lid < 16) hist[lid] = 0;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        int mine[16];
+        for (int d = 0; d < 16; ++d) mine[d] = 0;
         for (int r = lid; r < n; r += GROUP) {
             const int a = assignment_of[begin + r];
+            if (a < 0 || a >= assignments) continue;
             const ulong key = rank_key(weights[a], (uint)a);
-            if ((key & high_mask) == prefix && !((key >> (uint)bit) & 1)) zeros++;
+            if ((key & high_mask) == prefix) mine[(key >> (uint)shift) & 15]++;
         }
-        red[lid] = zeros;
+        for (int d = 0; d < 16; ++d) {
+            if (mine[d]) atomic_add(&hist[d], mine[d]);  // integer counts: any order gives the same sums
+        }
         barrier(CLK_LOCAL_MEM_FENCE);
-        for (int s = GROUP / 2; s > 0; s >>= 1) {
-            if (lid < s) red[lid] += red[lid + s];
-            barrier(CLK_LOCAL_MEM_FENCE);
+        int digit = 15;
+        for (int d = 0; d < 16; ++d) {
+            const int h = hist[d];
+            if (h < remaining) {
+                remaining -= h;
+            } else {
+                digit = d;
+                break;
+            }
         }
-        const int total = red[0];
-        barrier(CLK_LOCAL_MEM_FENCE);
-        if (total < remaining) {
-            remaining -= total;
-            prefix |= (ulong)1 << (uint)bit;
-        }
+        prefix |= (ulong)digit << (uint)shift;
+        barrier(CLK_LOCAL_MEM_FENCE);  // hist is read by all before the next pass clears it
     }
     for (int r = lid; r < n; r += GROUP) {
         const int a = assignment_of[begin + r];
+        if (a < 0 || a >= assignments) continue;
         if (rank_key(weights[a], (uint)a) > prefix) keep[a] = 0;
     }
 }
@@ -425,31 +444,37 @@ __kernel void router_scores_transposed(__global const X_T* logits, __global floa
 // log σ(v) without overflow or underflow to -inf for any finite v.
 inline float log_sigmoid(float v) { return fmin(v, 0.0f) - log1p(exp(-fabs(v))); }
 
-// Routing statistics, step 1: per token, the logits' max m and exp-sum s (the z-loss uses
-// lse = m + log s), and for sigmoid scoring the max ms and exp-sum ss of log σ(v), so a
-// probability σ(v) / Σσ is exp(log σ(v) − ms) / ss: no rounded lse is subtracted and no
-// underflowed sum divided. Out: row_stats [T, 4] = m, s, ms, ss.
+// σ(v) / e^ms = e^(min(v, 0) − ms) / (1 + e^−|v|): neither factor overflows or underflows to
+// zero before the scaling by the row's max ms = log σ(max v). Exponentials and a division only:
+// log or log1p inside these loops made Mesa warn of an argument read in control flow.
+inline float scaled_sigmoid(float v, float ms) { return exp(fmin(v, 0.0f) - ms) / (1.0f + exp(-fabs(v))); }
+
+// Routing statistics, step 1: per token, the scoring's max M and scaled sum S, so a token's
+// probability is exp(v − M) / S (softmax: M the logits' max m, S = Σ exp(v − m)) or
+// scaled_sigmoid(v, M) / S (sigmoid: M = log σ(m), S = Σ scaled_sigmoid): no rounded lse is
+// subtracted and no underflowed sum divided. Also lse = m + log Σ exp(v − m) for the z-loss.
+// Out: row_stats [T, 4] = M, S, lse, 0.
 __kernel void stats_tokens(__global const X_T* logits, __global float* row_stats, int experts, int sigmoid) {
     // Launched with exactly T work-items: no bounds branch (Mesa warns of argument loads in
-    // divergent control flow).
+    // divergent control flow); arguments are read into locals before any loop.
     const int t = get_global_id(0);
-    const size_t base = (size_t)t * (size_t)experts;
-    float m = -INFINITY, ms = -INFINITY;
-    for (int e = 0; e < experts; ++e) {
-        const float v = X_LOAD(logits, base + e);
-        m = fmax(m, v);
-        ms = fmax(ms, log_sigmoid(v));  // (unused for softmax scoring)
-    }
+    const int n_experts = experts;
+    const int by_sigmoid = sigmoid;
+    __global const X_T* row = logits + (size_t)t * (size_t)n_experts;
+    __global float* out = row_stats;
+    float m = -INFINITY;
+    for (int e = 0; e < n_experts; ++e) m = fmax(m, X_LOAD(row, e));
+    const float ms = log_sigmoid(m);  // log σ is increasing: its max is at the largest logit
     float s = 0.0f, ss = 0.0f;
-    for (int e = 0; e < experts; ++e) {
-        const float v = X_LOAD(logits, base + e);
+    for (int e = 0; e < n_experts; ++e) {
+        const float v = X_LOAD(row, e);
         s += exp(v - m);
-        ss += exp(log_sigmoid(v) - ms);
+        ss += scaled_sigmoid(v, ms);
     }
-    row_stats[4 * t] = m;
-    row_stats[4 * t + 1] = s;
-    row_stats[4 * t + 2] = ms;
-    row_stats[4 * t + 3] = ss;
+    out[4 * t] = by_sigmoid ? ms : m;
+    out[4 * t + 1] = by_sigmoid ? ss : s;
+    out[4 * t + 2] = m + log(s);
+    out[4 * t + 3] = 0.0f;
 }
 
 // Step 2: one work-item per (expert, chunk of `chunk` tokens): the chunk's sum of the expert's
@@ -457,26 +482,28 @@ __kernel void stats_tokens(__global const X_T* logits, __global float* row_stats
 // never depend on the device.
 __kernel void stats_partial(__global const X_T* logits, __global const float* row_stats, __global float* partial,
                             __global float* z_partial, int tokens, int experts, int sigmoid, int chunk) {
-    // Launched with exactly E × chunks work-items: no bounds branch (see stats_tokens).
+    // Launched with exactly E × chunks work-items: no bounds branch (see stats_tokens). No branch
+    // on the scoring in the loop either: softmax's terms are exp(min(v, +inf) − M) / (S · (1 + 0)),
+    // exactly exp(v − M) / S.
     const int e = get_global_id(0);
     const int c = get_global_id(1);
+    const int n_experts = experts;
     const int begin = c * chunk;
     const int end = min(begin + chunk, tokens);
+    const int by_sigmoid = sigmoid;
+    const float upper = by_sigmoid ? 0.0f : INFINITY;
+    const float tail = by_sigmoid ? 1.0f : 0.0f;
     float p = 0.0f, z = 0.0f;
     for (int t = begin; t < end; ++t) {
-        const float v = X_LOAD(logits, (size_t)t * (size_t)experts + e);
-        const float4 st = vload4(t, row_stats);  // m, s, ms, ss
-        // Both forms computed and one selected: no loads inside a branch.
-        const float by_sigmoid = exp(log_sigmoid(v) - st.s2) / st.s3;
-        const float by_softmax = exp(v - st.s0) / st.s1;
-        p += sigmoid ? by_sigmoid : by_softmax;
-        const float lse = st.s0 + log(st.s1);
-        z += lse * lse;
+        const float v = X_LOAD(logits, (size_t)t * (size_t)n_experts + e);
+        const float4 st = vload4(t, row_stats);  // M, S, lse, 0
+        p += exp(fmin(v, upper) - st.s0) / (st.s1 * (1.0f + tail * exp(-fabs(v))));
+        z += st.s2 * st.s2;
     }
     // Every work-item writes its own slot (the z sums of one chunk are equal across experts;
     // stats_final reads expert 0's), so no store needs a branch.
-    partial[(size_t)c * (size_t)experts + e] = p;
-    z_partial[(size_t)c * (size_t)experts + e] = z;
+    partial[(size_t)c * (size_t)n_experts + e] = p;
+    z_partial[(size_t)c * (size_t)n_experts + e] = z;
 }
 
 // Step 3: per expert, the mean probability: the chunks' sums in chunk order. One work-item per

@@ -47,7 +47,10 @@ __kernel void topk_rows(__global const X_T* x, __global X_T* values, __global in
     }
     const size_t out = (size_t)row * (size_t)k;
     for (int j = lid; j < k; j += GROUP) {
-        const int c = (int)(keys[j] & 0xFFFFFFFFu);
+        // Columns come from the sorted keys; a padding key (only with k > cols, which the host
+        // refuses) would name column 0xFFFFFFFF: checked, column 0 instead.
+        const uint key_c = (uint)(keys[j] & 0xFFFFFFFFu);
+        const int c = key_c < (uint)cols ? (int)key_c : 0;
         indices[out + j] = c;
         X_STORE(values, out + j, X_LOAD(x, base + c));
     }
