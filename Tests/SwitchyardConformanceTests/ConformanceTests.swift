@@ -34,6 +34,18 @@ struct ConformanceTests {
             #expect(result.passed, "\(device.name): \(c.name): \(result.detail)")
         }
     }
+
+    /// Weight-priority capacity with a 16-work-item group: each work-item walks 1/16 of an
+    /// expert's rows per radix pass, so the 40,000-assignment hot expert tests that the select's
+    /// loops stay inside a lane-style device's loop budget (llvmpipe stops at 65,535).
+    @Test(arguments: try! Conformance.cases(matching: "^permute.*weight"))
+    func capacityByWeightSmallGroups(_ c: ConformanceCase) throws {
+        for device in try Device.all() {
+            let runner = try ConformanceRunner(device: device, tuning: Tuning(rowGroup: 16))
+            let result = runner.run(c)
+            #expect(result.passed, "\(device.name): \(c.name): \(result.detail)")
+        }
+    }
 }
 
 @Suite("Switchyard API errors")
