@@ -1,12 +1,14 @@
 import OpenCLHost
 
 extension OpenCLBackend {
-    /// Assignments per chunk of the counting sort: 256, or √n for more than 65,536 assignments,
+    /// Assignments per chunk of the counting sort. Where work-items are SIMD lanes (llvmpipe
+    /// stops a work-item's loops after 65,535 iterations): 256, or √n above 65,536 assignments,
     /// so neither a chunk's walk (count, scatter) nor an expert's scan over the chunks passes
-    /// ~46,000 steps for any n below 2³¹ (lane-style devices such as llvmpipe stop a work-item's
-    /// loops after 65,535 iterations), and the chunk-count scratch stays at √n · E. The sort is
-    /// exact and stable for any chunk, so results never depend on it.
-    static func permuteChunk(assignments n: Int) -> Int {
+    /// ~46,000 steps for any n below 2³¹. On CPU-class devices: 256 up to 2²⁴ assignments (more
+    /// chunks balance the cores better), then n / 65,536, so the chunk-count scratch stays at
+    /// most 65,536 · E. The sort is exact and stable for any chunk, so results never depend on it.
+    func permuteChunk(assignments n: Int) -> Int {
+        if !device.workItemsAreLanes { return max(256, (n + 65535) / 65536) }
         var root = Int(Double(n).squareRoot())
         while root * root < n { root += 1 }
         while root > 0 && (root - 1) * (root - 1) >= n { root -= 1 }
@@ -97,7 +99,7 @@ extension OpenCLBackend {
         counts: Tensor, routed: Tensor, offsets: Tensor, tiles: Tensor, rowOf: Tensor, assignmentOf: Tensor,
         weights: Buffer, dropped: Tensor
     ) throws {
-        let chunk = Self.permuteChunk(assignments: n)
+        let chunk = permuteChunk(assignments: n)
         let chunks = max(1, (n + chunk - 1) / chunk)
         let scratch = try context.buffer(byteCount: chunks * experts * 4, label: "permute chunk counts")
         let keepArg: OpenCLBackend.Arg = .buffer(keep ?? ids)

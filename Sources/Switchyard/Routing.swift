@@ -73,15 +73,19 @@ public struct Gating: Sendable {
     public let ids: Tensor
     /// Their weights `[T, k]` (f32).
     public let weights: Tensor
-    /// Device-side flags: [non-finite logit, expert id out of range].
+    /// Device-side flags: [non-finite logit, expert id out of range]. Nothing waits for them:
+    /// `ids` and `weights` (and every tensor computed from this gating) carry them, so reading
+    /// one (`floats`, `ints`, `bytes`) throws `SwitchyardError.invalidValues` after the values
+    /// arrive if a flag is raised; `check(flags:)` checks them explicitly.
     public let flags: Tensor
 
+    /// A gating result; `ids` and `weights` are guarded by `flags` (see `flags`).
     public init(config: RouterConfig, tokens: Int, logits: Tensor, ids: Tensor, weights: Tensor, flags: Tensor) {
         self.config = config
         self.tokens = tokens
         self.logits = logits
-        self.ids = ids
-        self.weights = weights
+        self.ids = ids.guarded(by: [flags])
+        self.weights = weights.guarded(by: [flags])
         self.flags = flags
     }
 }
@@ -116,6 +120,25 @@ public struct Routing: Sendable {
     /// Rows the expert-ordered buffers are sized for (the worst case, known without a read).
     public var maxRows: Int { assignmentOf.shape[0] }
     public var maxTiles: Int { tileExpert.shape[0] }
+
+    /// A routing; every tensor is guarded by the gating's flags (reading one throws if the router
+    /// logits were not finite or an expert id was out of range).
+    init(
+        gating: Gating, blockSize: Int, counts: Tensor, routedCounts: Tensor, offsets: Tensor, tileExpert: Tensor,
+        rowOf: Tensor, assignmentOf: Tensor, weights: Tensor, dropped: Tensor
+    ) {
+        let flags = [gating.flags]
+        self.gating = gating
+        self.blockSize = blockSize
+        self.counts = counts.guarded(by: flags)
+        self.routedCounts = routedCounts.guarded(by: flags)
+        self.offsets = offsets.guarded(by: flags)
+        self.tileExpert = tileExpert.guarded(by: flags)
+        self.rowOf = rowOf.guarded(by: flags)
+        self.assignmentOf = assignmentOf.guarded(by: flags)
+        self.weights = weights.guarded(by: flags)
+        self.dropped = dropped.guarded(by: flags)
+    }
 }
 
 /// Expert-choice routing: each expert's chosen tokens and their scores.
@@ -124,8 +147,16 @@ public struct ExpertChoice: Sendable {
     public let tokens: Tensor
     /// Scores `[E, C]` (f32).
     public let weights: Tensor
+    /// Device-side flags, as `Gating.flags`; `tokens` and `weights` are guarded by them.
     public let flags: Tensor
     public let capacity: Int
+
+    init(tokens: Tensor, weights: Tensor, flags: Tensor, capacity: Int) {
+        self.tokens = tokens.guarded(by: [flags])
+        self.weights = weights.guarded(by: [flags])
+        self.flags = flags
+        self.capacity = capacity
+    }
 }
 
 /// Routing statistics, read from the device when asked.

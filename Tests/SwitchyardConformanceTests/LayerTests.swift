@@ -69,6 +69,37 @@ struct LayerTests {
         #expect(throws: SwitchyardError.self) { try backend.floats(h) }
     }
 
+    /// Every tensor of a gating, a routing and an expert choice carries the flags: with a NaN or
+    /// infinite logit each read throws (nothing waited for the flags when routing), with finite
+    /// logits none does. On the device and on the reference.
+    @Test(arguments: [Float.nan, .infinity, -.infinity, 0.25])
+    func routedTensorsCarryTheFlags(_ bad: Float) throws {
+        for backend in [try OpenCLBackend() as any ComputeBackend, ReferenceBackend()] {
+            var g = SeededGenerator(seed: 21)
+            var values = g.normals(40 * 8)
+            values[77] = bad
+            let logits = try backend.tensor(values, shape: [40, 8], dtype: .f32)
+            let routing = try backend.route(
+                logits, config: RouterConfig(experts: 8, k: 2, capacityFactor: 1.0, dropPriority: .weight),
+                blockSize: 4)
+            let choice = try backend.expertChoice(logits, config: RouterConfig(experts: 8, k: 2))
+            let ints = [routing.ids, routing.counts, routing.routedCounts, routing.offsets, routing.tileExpert,
+                        routing.rowOf, routing.assignmentOf, routing.dropped, choice.tokens]
+            let floats = [routing.gating.weights, routing.weights, choice.weights]
+            if bad.isFinite {
+                for t in ints { _ = try backend.ints(t) }
+                for t in floats { _ = try backend.floats(t) }
+                try backend.check(flags: routing.flags)
+            } else {
+                let error = SwitchyardError.invalidValues(
+                    argument: "router logits", detail: "NaN or infinite values; routing refused")
+                for t in ints { #expect(throws: error, "\(backend.name) \(t)") { try backend.ints(t) } }
+                for t in floats { #expect(throws: error, "\(backend.name) \(t)") { try backend.floats(t) } }
+                #expect(throws: error) { try backend.check(flags: choice.flags) }
+            }
+        }
+    }
+
     @Test func misShapedWeightsAndInputsAreErrors() throws {
         let backend = try OpenCLBackend()
         let config = MoEConfig.mixtralTiny
