@@ -180,6 +180,10 @@ public struct Device: @unchecked Sendable, CustomStringConvertible {
     /// work-group instead of giving one work-item a long loop.
     public var workItemsAreLanes: Bool { kind != .cpu || nativeFloatVectorWidth <= 1 }
 
+    /// The native float vector width rounded down to a power of two of at most 16 (an OpenCL
+    /// vector type): what tile shapes and ceiling kernels are derived from.
+    public var floatVectorWidth: Int { [16, 8, 4, 2, 1].first { $0 <= nativeFloatVectorWidth } ?? 1 }
+
     public var supportsFP16: Bool { extensions.contains("cl_khr_fp16") }
     public var supportsFP64: Bool { extensions.contains("cl_khr_fp64") || openCLCVersion.contains("fp64") }
 

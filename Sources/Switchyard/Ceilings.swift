@@ -145,7 +145,7 @@ extension OpenCLBackend {
         // kernel's vectors, and the fill's and streaming kernels' elements (so that on a CPU no
         // vector is wider than its registers, and where work-items are lanes a SIMD group's
         // loads form one contiguous vector).
-        let width = lanes ? 1 : ([16, 8, 4, 2].first { $0 <= device.nativeFloatVectorWidth } ?? 1)
+        let width = lanes ? 1 : device.floatVectorWidth
         defines["CEILINGS_VW"] = "\(width)"
 
         // Bandwidth: two buffers of `elements` float`width`s. Every work-item walks at most

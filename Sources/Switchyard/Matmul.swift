@@ -170,48 +170,46 @@ extension OpenCLBackend {
             let panels = weights.panels
             let wb = try deviceBuffer(packed, "packed weights")
             defines["PANEL"] = "\(width)"
+            // Per kernel: its tile rows, its -D values and its grid; the arguments are shared.
+            let tileRows: Int
+            let tiles: Int
+            let kernel: String
+            let global: [Int]
+            let local: [Int]
             switch tuning.matmulKernel {
             case .registers:
-                let rowsPerItem = matmulRows(block: routing?.blockSize, limit: tuning.matmulRows)
-                let block = routing?.blockSize ?? rowsPerItem
-                let tiles = (rows + rowsPerItem - 1) / rowsPerItem
+                tileRows = matmulRows(block: routing?.blockSize, limit: tuning.matmulRows)
+                tiles = (rows + tileRows - 1) / tileRows
                 let step = tuning.matmulTileStep
                 let items = (tiles + step - 1) / step
-                let local = device.workItemsAreLanes ? 16 : 1
-                defines["ROWS"] = "\(rowsPerItem)"
+                let group = device.workItemsAreLanes ? 16 : 1
                 defines["VW"] = "\(tuning.matmulVectorWidth)"
                 defines["TILE_STEP"] = "\(step)"
-                try launch(
-                    "matmul.cl", "grouped_matmul_packed", defines: defines,
-                    args: common + [
-                        .buffer(wb), .buffer(tileMap), .buffer(y.buffer!), .buffer(scaleBuffer), .int(scaleMode),
-                        .int(weights.inFeatures), .int(n), .int(panels), .int(routing == nil ? rows : 0), .int(tokensK),
-                        .int(tiles), .int(block), .int(rows), .int(experts),
-                    ],
-                    global: [(items + local - 1) / local * local, panels], local: [local, 1])
+                (kernel, global, local) = ("grouped_matmul_packed", [(items + group - 1) / group * group, panels], [group, 1])
             case .workGroup:
                 // Rows per work-group: a power of two dividing the block (and the tuning's).
-                var tileRows = tuning.matmulRows
+                var r = tuning.matmulRows
                 if let block = routing?.blockSize {
-                    while tileRows > 1 && block % tileRows != 0 { tileRows /= 2 }
+                    while r > 1 && block % r != 0 { r /= 2 }
                 }
+                tileRows = r
                 let perItem = min(tuning.matmulRowsPerItem, tileRows)
-                let block = routing?.blockSize ?? tileRows
-                let tiles = (rows + tileRows - 1) / tileRows
-                defines["ROWS"] = "\(tileRows)"
                 defines["TRM"] = "\(perItem)"
                 defines["TBK"] = "\(tuning.matmulTileK)"
                 let groupCols = width / 4
                 let groupRows = tileRows / perItem
-                try launch(
-                    "matmul.cl", "grouped_matmul_tiled", defines: defines,
-                    args: common + [
-                        .buffer(wb), .buffer(tileMap), .buffer(y.buffer!), .buffer(scaleBuffer), .int(scaleMode),
-                        .int(weights.inFeatures), .int(n), .int(panels), .int(routing == nil ? rows : 0), .int(tokensK),
-                        .int(tiles), .int(block), .int(rows), .int(experts),
-                    ],
-                    global: [panels * groupCols, tiles * groupRows], local: [groupCols, groupRows])
+                tiles = (rows + tileRows - 1) / tileRows
+                (kernel, global, local) = ("grouped_matmul_tiled", [panels * groupCols, tiles * groupRows], [groupCols, groupRows])
             }
+            defines["ROWS"] = "\(tileRows)"
+            try launch(
+                "matmul.cl", kernel, defines: defines,
+                args: common + [
+                    .buffer(wb), .buffer(tileMap), .buffer(y.buffer!), .buffer(scaleBuffer), .int(scaleMode),
+                    .int(weights.inFeatures), .int(n), .int(panels), .int(routing == nil ? rows : 0), .int(tokensK),
+                    .int(tiles), .int(routing?.blockSize ?? tileRows), .int(rows), .int(experts),
+                ],
+                global: global, local: local)
         } else {
             // Short per-work-item loops on lane-style devices: at most 4 rows × 8 columns each.
             let rowsPerItem = matmulRows(

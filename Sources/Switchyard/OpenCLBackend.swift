@@ -92,7 +92,7 @@ public struct Tuning: Sendable, Hashable, Codable {
                 rowGroup: group, topKLocalKeys: min(16384, max(2, device.localMemoryBytes / 16)), matmulRows: rows,
                 matmulKernel: .workGroup, matmulPanel: 64, matmulVectorWidth: 1, matmulRowsPerItem: 4, matmulTileK: 16)
         }
-        let width = [16, 8, 4, 2, 1].first { $0 <= device.nativeFloatVectorWidth } ?? 1
+        let width = device.floatVectorWidth
         let tile = registerTile(vectorWidth: width, registers: cpuRegisters(vectorWidth: width))
         return Tuning(
             rowGroup: 16, topKLocalKeys: min(16384, max(2, device.localMemoryBytes / 16)), matmulRows: tile.rows,
@@ -281,11 +281,11 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
             // inside the next kernel (seconds per GB on a CPU device). On one in-order queue a
             // reused buffer is only written after every earlier command on it has run.
             let buffer = try pool.take(bytes) ?? context.buffer(byteCount: bytes, label: label)
-            return Tensor(shape: shape, dtype: dtype, storage: .device(buffer), lease: BufferLease(buffer, pool))
+            return Tensor(shape: shape, dtype: dtype, storage: .device(buffer), lease: BufferLease(buffer, self, pooled: true))
         }
         let buffer = try context.buffer(byteCount: bytes + sentinelBytes, label: label)
         try buffer.fill(pattern: Self.poison)
-        return Tensor(shape: shape, dtype: dtype, storage: .device(buffer), lease: QueuedRelease(buffer, self))
+        return Tensor(shape: shape, dtype: dtype, storage: .device(buffer), lease: BufferLease(buffer, self, pooled: false))
     }
 
     /// Describes how the sentinel tail after `tensor` was overwritten, or nil if it is intact.
@@ -547,35 +547,26 @@ final class BufferPool: @unchecked Sendable {
     }
 }
 
-/// Keeps an unpooled buffer alive, when the last tensor viewing it goes away, until every
-/// command enqueued so far has run (see `OpenCLBackend.holdScratch`).
-final class QueuedRelease: @unchecked Sendable {
-    let buffer: Buffer
-    weak var backend: OpenCLBackend?
-
-    init(_ buffer: Buffer, _ backend: OpenCLBackend) {
-        self.buffer = buffer
-        self.backend = backend
-    }
-
-    deinit {
-        if let backend, let marker = try? backend.context.queue.marker() {
-            backend.holdScratch([buffer], until: marker)
-        }
-    }
-}
-
-/// Returns its buffer to the pool when the last tensor viewing it goes away.
+/// What happens to a tensor's buffer when the last tensor viewing it goes away: it goes back to
+/// the backend's pool (reused on the same in-order queue), or, unpooled, it is kept alive until
+/// every command enqueued so far has run (see `OpenCLBackend.holdScratch`).
 final class BufferLease: @unchecked Sendable {
     let buffer: Buffer
-    weak var pool: BufferPool?
+    weak var backend: OpenCLBackend?
+    let pooled: Bool
 
-    init(_ buffer: Buffer, _ pool: BufferPool) {
+    init(_ buffer: Buffer, _ backend: OpenCLBackend, pooled: Bool) {
         self.buffer = buffer
-        self.pool = pool
+        self.backend = backend
+        self.pooled = pooled
     }
 
     deinit {
-        pool?.put(buffer)
+        guard let backend else { return }
+        if pooled {
+            backend.pool.put(buffer)
+        } else if let marker = try? backend.context.queue.marker() {
+            backend.holdScratch([buffer], until: marker)
+        }
     }
 }

@@ -57,13 +57,12 @@ extension OpenCLBackend {
                        .int(tokens), .int(experts), .int(sigmoid), .int(hasBias), .int(c.renormalize ? 1 : 0),
                        .int(c.expertGroups), .int(c.topKGroups)],
                 global: [roundUp(tokens, group)], local: [group])
-            let lanes = device.workItemsAreLanes ? 64 : 1
             try launch(
                 "routing.cl", "gating_rank", defines: logits.dtype.defines("X"),
                 args: [.buffer(lb), .buffer(biasBuffer), .buffer(rowStats), .buffer(rowGroups), .buffer(ids.buffer!),
                        .buffer(weights.buffer!), .int(tokens), .int(experts), .int(c.k), .int(sigmoid), .int(hasBias),
                        .int(c.expertGroups)],
-                global: [roundUp(experts, lanes), tokens], local: [lanes, 1])
+                global: [roundUp(experts, group), tokens], local: [group, 1])
             holdScratch([rowStats, rowGroups], until: try launch(
                 "routing.cl", "gating_finish",
                 args: [.buffer(weights.buffer!), .int(tokens), .int(c.k), .int(c.renormalize ? 1 : 0),

@@ -33,7 +33,6 @@ public final class SafeTensorsFile: @unchecked Sendable {
     public let path: String
     public let entries: [String: Entry]
     private let fd: Int32
-    private let length: Int
     private let dataStart: Int
 
     /// Bytes per element of every safetensors dtype.
@@ -117,7 +116,6 @@ public final class SafeTensorsFile: @unchecked Sendable {
         }
         self.entries = entries
         self.fd = fd
-        self.length = length
         self.dataStart = dataStart
         ok = true
     }
@@ -143,14 +141,6 @@ public final class SafeTensorsFile: @unchecked Sendable {
             done += n
         }
         return out
-    }
-
-    static func elementSize(_ dtype: String) -> Int? {
-        switch dtype {
-        case "F32": 4
-        case "F16", "BF16": 2
-        default: nil
-        }
     }
 
     /// The storage type Switchyard keeps the tensor in (F32, F16, BF16).

@@ -86,14 +86,15 @@ struct Conformance: ParsableCommand {
 
 /// Runs the cases and prints a line per case and the summary; true when all passed.
 func runConformance(device selector: String?, filter: String?, json: String?) throws -> Bool {
-    let (runner, cases) = try failing {
+    let (runner, cases, tuned) = try failing {
         let device = try Device.select(selector)
         // The user's stored tuning, when there is one, is what their runs use: check that.
         let tuning = try Tuning.stored(for: device)
-        return (try ConformanceRunner(device: device, tuning: tuning), try SwitchyardConformance.Conformance.cases(matching: filter))
+        return (try ConformanceRunner(device: device, tuning: tuning), try SwitchyardConformance.Conformance.cases(matching: filter),
+                tuning != nil)
     }
     print("device: \(runner.device.device.name) (\(runner.device.device.kind.rawValue), \(runner.device.device.platformName), driver \(runner.device.device.driverVersion))")
-    print("matmul: \(runner.device.tuning.matmulSummary)\((try? Tuning.stored(for: runner.device.device)) != nil ? " (stored by switchyard tune)" : " (defaults)")")
+    print("matmul: \(runner.device.tuning.matmulSummary)\(tuned ? " (stored by switchyard tune)" : " (defaults)")")
     let terminal = isatty(STDERR_FILENO) != 0
     var results: [CaseResult] = []
     for (i, c) in cases.enumerated() {
@@ -416,7 +417,7 @@ struct Tune: ParsableCommand {
     /// vector width around the native one (with some spill allowed), and work-group tiles.
     func candidates(base: Tuning, device: Device) -> [Tuning] {
         var out: [Tuning] = []
-        let native = [16, 8, 4, 2, 1].first { $0 <= device.nativeFloatVectorWidth } ?? 1
+        let native = device.floatVectorWidth
         let widths = quick ? [native] : Array(Set([native, max(4, native / 2), min(16, native * 2)])).sorted(by: >)
         for width in widths {
             let registers = Tuning.cpuRegisters(vectorWidth: width)

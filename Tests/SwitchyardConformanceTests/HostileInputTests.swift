@@ -47,33 +47,22 @@ struct HostileInputTests {
 
         Self.expectCheckpointError(
             try Self.file("huge-header.safetensors", header: "{}", data: [], declared: 1 << 63), "header length")
-        Self.expectCheckpointError(
-            try Self.file("offsets.safetensors",
-                          header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,9223372036854775807]}}"#,
-                          data: eight), "outside")
-        Self.expectCheckpointError(
-            try Self.file("shape.safetensors",
-                          header: #"{"a":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,8]}}"#,
-                          data: eight), "needs more bytes")
-        Self.expectCheckpointError(
-            try Self.file("negative.safetensors",
-                          header: #"{"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}"#, data: eight), "negative")
-        Self.expectCheckpointError(
-            try Self.file("overlap.safetensors",
-                          header: #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
-                          data: eight), "overlaps")
-        Self.expectCheckpointError(
-            try Self.file("gap.safetensors",
-                          header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, data: eight), "gap")
-        Self.expectCheckpointError(
-            try Self.file("tail.safetensors",
-                          header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, data: eight), "cover")
-        Self.expectCheckpointError(
-            try Self.file("mismatch.safetensors",
-                          header: #"{"a":{"dtype":"F16","shape":[1],"data_offsets":[0,8]}}"#, data: eight), "byte range")
-        Self.expectCheckpointError(
-            try Self.file("dtype.safetensors",
-                          header: #"{"a":{"dtype":"Q4","shape":[8],"data_offsets":[0,8]}}"#, data: eight), "unknown dtype")
+        // Each over 8 data bytes: (file, header, what the error must say).
+        let bad: [(String, String, String)] = [
+            ("offsets", #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,9223372036854775807]}}"#, "outside"),
+            ("shape", #"{"a":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,8]}}"#, "needs more bytes"),
+            ("negative", #"{"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}"#, "negative"),
+            ("overlap",
+             #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+             "overlaps"),
+            ("gap", #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, "gap"),
+            ("tail", #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, "cover"),
+            ("mismatch", #"{"a":{"dtype":"F16","shape":[1],"data_offsets":[0,8]}}"#, "byte range"),
+            ("dtype", #"{"a":{"dtype":"Q4","shape":[8],"data_offsets":[0,8]}}"#, "unknown dtype"),
+        ]
+        for (name, header, fragment) in bad {
+            Self.expectCheckpointError(try Self.file("\(name).safetensors", header: header, data: eight), fragment)
+        }
     }
 
     @Test func aFileTruncatedAfterOpeningIsAnErrorNotSIGBUS() throws {
