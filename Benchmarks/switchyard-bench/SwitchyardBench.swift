@@ -92,7 +92,7 @@ struct SwitchyardBench: ParsableCommand {
             if !noLayers {
                 items += try layerItems(filter: filter, quick: quick, coldBytes: 512 << 20, peers: peerOptions)
             }
-            return (try OpenCLBackend(device: device, sentinelBytes: 0), items)
+            return (try OpenCLBackend(device: device), items)
         }
         let d = backend.device
         print("device: \(d.name) (\(d.kind.rawValue), \(d.platformName), driver \(d.driverVersion), \(d.computeUnits) compute units)")

@@ -1,6 +1,6 @@
 import Foundation
 import OpenCLHost
-import Switchyard
+@_spi(Profiling) import Switchyard
 
 /// Order statistics of a set of timings (seconds).
 struct Stats: Sendable {

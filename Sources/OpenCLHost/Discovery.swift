@@ -13,6 +13,9 @@ public enum OpenCLHostError: Error, Sendable, CustomStringConvertible {
     case sizeMismatch(what: String, expected: Int, actual: Int)
     /// A launch shape the device cannot take.
     case invalidLaunch(String)
+    /// A caller's OpenCL object that Switchyard cannot work with (another context, an
+    /// out-of-order queue, a misaligned sub-buffer offset).
+    case interop(String)
 
     public var description: String {
         switch self {
@@ -34,6 +37,8 @@ public enum OpenCLHostError: Error, Sendable, CustomStringConvertible {
             return "\(what): expected at most \(expected) bytes, got \(actual)"
         case .invalidLaunch(let message):
             return "invalid kernel launch: \(message)"
+        case .interop(let message):
+            return "OpenCL interop: \(message)"
         }
     }
 }

@@ -15,21 +15,28 @@ public final class Context: @unchecked Sendable {
         let options: String
     }
 
-    public init(device: Device) throws {
-        self.device = device
+    /// A new context and in-order profiling queue on `device`.
+    public convenience init(device: Device) throws {
         var status: cl_int = 0
         var deviceID: cl_device_id? = device.id
         guard let context = clCreateContext(nil, 1, &deviceID, nil, nil, &status) else {
             throw CLError(code: status == 0 ? CL_INVALID_VALUE : status, call: "clCreateContext")
         }
-        try check(status, "clCreateContext")
-        handle = context
         do {
-            queue = try CommandQueue(context: context, device: device)
+            try check(status, "clCreateContext")
+            let queue = try CommandQueue(context: context, device: device)
+            self.init(adopting: context, device: device, queue: queue)
         } catch {
             clReleaseContext(context)
             throw error
         }
+    }
+
+    /// Takes ownership of one reference to `context`.
+    init(adopting context: cl_context, device: Device, queue: CommandQueue) {
+        self.device = device
+        self.handle = context
+        self.queue = queue
     }
 
     deinit {
@@ -73,6 +80,8 @@ public final class Context: @unchecked Sendable {
 /// An in-order command queue with profiling enabled.
 public final class CommandQueue: @unchecked Sendable {
     public let handle: cl_command_queue
+    /// Whether events of this queue carry device timestamps (`CL_QUEUE_PROFILING_ENABLE`).
+    public let profiling: Bool
 
     init(context: cl_context, device: Device) throws {
         var status: cl_int = 0
@@ -82,6 +91,14 @@ public final class CommandQueue: @unchecked Sendable {
         }
         try check(status, "clCreateCommandQueue")
         handle = queue
+        profiling = true
+    }
+
+    /// Wraps a caller's queue, retaining it.
+    init(retaining queue: cl_command_queue, profiling: Bool) throws {
+        try check(clRetainCommandQueue(queue), "clRetainCommandQueue")
+        handle = queue
+        self.profiling = profiling
     }
 
     deinit {
@@ -156,11 +173,19 @@ public final class Buffer: @unchecked Sendable {
         self.context = context
     }
 
+    /// Takes ownership of one reference to `mem`.
+    init(adopting mem: cl_mem, byteCount: Int, label: String, context: Context) {
+        self.handle = mem
+        self.byteCount = byteCount
+        self.label = label
+        self.context = context
+    }
+
     deinit {
         clReleaseMemObject(handle)
     }
 
-    private func checkRange(_ what: String, offset: Int, bytes: Int) throws {
+    func checkRange(_ what: String, offset: Int, bytes: Int) throws {
         if offset < 0 || bytes < 0 || offset + bytes > byteCount {
             throw OpenCLHostError.sizeMismatch(
                 what: "\(what) \(label) at byte offset \(offset)", expected: byteCount - max(offset, 0),

@@ -16,6 +16,12 @@ public protocol ComputeBackend: AnyObject, Sendable {
     func ints(_ tensor: Tensor) throws -> [Int32]
     /// Waits until every op issued so far has finished.
     func synchronize() throws
+    /// The values of a floating-point tensor, widened to Float, read without blocking a thread.
+    func floats(_ tensor: Tensor) async throws -> [Float]
+    /// The values of an Int32 tensor, read without blocking a thread.
+    func ints(_ tensor: Tensor) async throws -> [Int32]
+    /// Suspends until every op issued so far has finished, blocking no thread.
+    func synchronize() async throws
 
     /// Row-wise softmax of `x [rows, cols]` (any float dtype; the result has x's dtype).
     func softmax(_ x: Tensor) throws -> Tensor

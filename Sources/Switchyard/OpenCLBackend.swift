@@ -223,7 +223,7 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
     /// Bytes of poisoned sentinel placed after every op output (0: outputs are exact-size and
     /// not poisoned). Conformance runs with sentinels so unwritten elements and writes past the
     /// end are caught.
-    public let sentinelBytes: Int
+    @_spi(Testing) public let sentinelBytes: Int
 
     private let lock = NSLock()
     let pool: BufferPool
@@ -255,10 +255,36 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
     public var name: String { device.name }
 
     /// A backend on `device`, or on the default device (`SWITCHYARD_DEVICE`, else first GPU,
-    /// accelerator, CPU).
-    public init(device: Device? = nil, tuning: Tuning? = nil, sentinelBytes: Int = 0) throws {
-        let device = try device ?? Device.select()
-        self.context = try Context(device: device)
+    /// accelerator, CPU), with its own context and in-order queue.
+    public convenience init(device: Device? = nil, tuning: Tuning? = nil) throws {
+        try self.init(context: Context(device: device ?? Device.select()), tuning: tuning, sentinelBytes: 0)
+    }
+
+    /// A backend on an existing `Context` (for instance one wrapping an engine's `cl_context` and
+    /// queue: `Context(wrapping:queue:)`). Ops enqueue on its queue in order with whatever else
+    /// the engine enqueues there.
+    public convenience init(context: Context, tuning: Tuning? = nil) throws {
+        try self.init(context: context, tuning: tuning, sentinelBytes: 0)
+    }
+
+    /// A backend on an engine's own OpenCL context and in-order command queue (`cl_context` and
+    /// `cl_command_queue` handles, both retained for the backend's lifetime): Switchyard's
+    /// kernels run on the engine's queue, in order with its own work, and its buffers can be
+    /// wrapped as tensors without copying (`tensor(wrapping:...)`).
+    public convenience init(clContext: OpaquePointer, queue: OpaquePointer, tuning: Tuning? = nil) throws {
+        try self.init(context: Context(wrapping: clContext, queue: queue), tuning: tuning, sentinelBytes: 0)
+    }
+
+    /// A backend whose every output is poisoned and followed by `sentinelBytes` of poisoned tail
+    /// (conformance: unwritten elements and writes past the end are caught).
+    @_spi(Testing)
+    public convenience init(device: Device? = nil, tuning: Tuning? = nil, sentinelBytes: Int) throws {
+        try self.init(context: Context(device: device ?? Device.select()), tuning: tuning, sentinelBytes: sentinelBytes)
+    }
+
+    init(context: Context, tuning: Tuning?, sentinelBytes: Int) throws {
+        let device = context.device
+        self.context = context
         let chosen = try tuning ?? Tuning.stored(for: device) ?? Tuning.defaults(for: device)
         try chosen.validate(for: device)
         self.tuning = chosen
@@ -289,7 +315,7 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
     }
 
     /// Describes how the sentinel tail after `tensor` was overwritten, or nil if it is intact.
-    public func sentinelViolation(_ tensor: Tensor) throws -> String? {
+    @_spi(Testing) public func sentinelViolation(_ tensor: Tensor) throws -> String? {
         guard sentinelBytes > 0, let buffer = tensor.buffer else { return nil }
         let tail = try buffer.download(UInt8.self, count: sentinelBytes, byteOffset: tensor.byteCount)
         for (i, byte) in tail.enumerated() where byte != Self.poison[i % 2] {
@@ -362,6 +388,75 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
         lock.lock()
         scratchInFlight.removeAll()
         lock.unlock()
+    }
+
+    /// Suspends until every op issued so far has finished, blocking no thread.
+    public func synchronize() async throws {
+        try await context.queue.finished()
+    }
+
+    /// An event that completes when every op issued so far (on this backend's queue) has: a
+    /// completion handle for engines that schedule themselves (`Event.handle` is the `cl_event`
+    /// for their own wait lists; `await event.completed()` suspends without blocking).
+    public func completionEvent() throws -> Event {
+        let event = try context.queue.marker()
+        try context.queue.flush()
+        return event
+    }
+
+    /// The values of a floating-point tensor, read without blocking a thread.
+    public func floats(_ tensor: Tensor) async throws -> [Float] {
+        guard tensor.dtype.isFloatingPoint else {
+            throw SwitchyardError.dtype(argument: "tensor", expected: "f32, f16 or bf16", actual: tensor.dtype)
+        }
+        let raw = try await deviceBuffer(tensor, "tensor").downloadBytes(count: tensor.byteCount)
+        try await checkGuards(tensor)
+        return Self.decodeFloats(raw, tensor.dtype)
+    }
+
+    /// The values of an Int32 tensor, read without blocking a thread.
+    public func ints(_ tensor: Tensor) async throws -> [Int32] {
+        guard tensor.dtype == .i32 else {
+            throw SwitchyardError.dtype(argument: "tensor", expected: "i32", actual: tensor.dtype)
+        }
+        let raw = try await deviceBuffer(tensor, "tensor").downloadBytes(count: tensor.byteCount)
+        try await checkGuards(tensor)
+        return raw.withUnsafeBytes { Array($0.bindMemory(to: Int32.self)) }
+    }
+
+    /// The raw bytes of a tensor, read without blocking a thread.
+    public func bytes(_ tensor: Tensor) async throws -> [UInt8] {
+        let raw = try await deviceBuffer(tensor, "tensor").downloadBytes(count: tensor.byteCount)
+        try await checkGuards(tensor)
+        return raw
+    }
+
+    static func decodeFloats(_ raw: [UInt8], _ dtype: DType) -> [Float] {
+        raw.withUnsafeBytes { bytes in
+            switch dtype {
+            case .f32, .i32: Array(bytes.bindMemory(to: Float.self))
+            case .f16: bytes.bindMemory(to: UInt16.self).map(FloatBits.fromF16)
+            case .bf16: bytes.bindMemory(to: UInt16.self).map(FloatBits.fromBF16)
+            }
+        }
+    }
+
+    /// A tensor over an engine's own device memory, without copying: `mem` (a `cl_mem` buffer of
+    /// this backend's context) from byte `byteOffset`, holding `shape` elements of `dtype`.
+    /// The buffer is retained while the tensor (or any op output that depends on it) is alive;
+    /// Switchyard never returns it to its pool. An offset other than 0 must be a multiple of the
+    /// device's base address alignment (an OpenCL sub-buffer).
+    public func tensor(wrapping mem: OpaquePointer, byteOffset: Int = 0, shape: [Int], dtype: DType) throws -> Tensor {
+        let bytes = try Tensor.checkedCount(shape, dtype: dtype, "wrapped tensor") * dtype.size
+        let buffer = try context.buffer(wrapping: mem, byteOffset: byteOffset, byteCount: bytes, label: "wrapped tensor")
+        return Tensor(shape: shape, dtype: dtype, storage: .device(buffer))
+    }
+
+    /// The OpenCL buffer (`cl_mem`) holding `tensor`'s elements from byte 0, for an engine's
+    /// own kernels. It stays valid while `tensor` is alive; do not write it while Switchyard ops
+    /// that read the tensor may still run.
+    public func clBuffer(of tensor: Tensor) throws -> OpaquePointer {
+        try deviceBuffer(tensor, "tensor").handle
     }
 
     /// Scratch buffers an op made and dropped while kernels that use them may not have run yet,
@@ -448,7 +543,7 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
 
     /// Runs `body` and returns, with its result, every kernel launch it made and its event
     /// (for device-side timing of each stage).
-    public func recordingLaunches<T>(_ body: () throws -> T) throws -> (T, [(kernel: String, event: Event)]) {
+    @_spi(Profiling) public func recordingLaunches<T>(_ body: () throws -> T) throws -> (T, [(kernel: String, event: Event)]) {
         let key = Self.threadKey
         lock.lock()
         let outer = recorders[key]  // a recording nested in another on this thread

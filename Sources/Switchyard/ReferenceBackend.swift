@@ -58,6 +58,21 @@ public final class ReferenceBackend: ComputeBackend {
     }
     public func synchronize() throws {}
 
+    // Host memory: the values are already here, nothing to wait for.
+    public func floats(_ tensor: Tensor) async throws -> [Float] {
+        let values = try hostFloats(tensor, "tensor")
+        try await checkGuards(tensor)
+        return values
+    }
+
+    public func ints(_ tensor: Tensor) async throws -> [Int32] {
+        let values = try hostInts(tensor, "tensor")
+        try await checkGuards(tensor)
+        return values
+    }
+
+    public func synchronize() async throws {}
+
     public func softmax(_ x: Tensor) throws -> Tensor {
         let op = try Softmax(validating: x)
         let y = Reference.softmax(try hostFloats(x, "softmax x"), rows: op.rows, cols: op.cols)

@@ -193,6 +193,17 @@ extension ComputeBackend {
         for flags in tensor.guards { try check(flags: flags) }
     }
 
+    /// Checks every flags tensor guarding `tensor`, reading them without blocking a thread.
+    func checkGuards(_ tensor: Tensor) async throws {
+        for flags in tensor.guards { try Self.raise(flags: try await ints(flags)) }
+    }
+
+    /// Throws if the device flagged the routing's input (see `check(flags:)`), reading the
+    /// flags without blocking a thread.
+    public func check(flags: Tensor) async throws {
+        try Self.raise(flags: try await ints(flags))
+    }
+
     static func raise(flags f: [Int32]) throws {
         if f.count > 0 && f[0] != 0 {
             throw SwitchyardError.invalidValues(

@@ -1,6 +1,6 @@
 import Foundation
 import OpenCLHost
-import Switchyard
+@_spi(Testing) import Switchyard
 import SwitchyardReference
 
 /// How one output of a case is compared with the reference.

@@ -1,7 +1,7 @@
 import Foundation
 import Synchronization
 import OpenCLHost
-import Switchyard
+@_spi(Profiling) import Switchyard
 import SwitchyardConformance
 import Testing
 
