@@ -48,11 +48,13 @@ public protocol ComputeBackend: AnyObject, Sendable {
     /// Expert weights `[E, N_w, K]` ready for `groupedMatmul`, repacked once when `pack`.
     func prepareWeights(_ w: Tensor, swiglu: Bool, pack: Bool) throws -> ExpertWeights
     /// For every expert e, `Y_e = act(X_e · W_eᵀ) · scale` over the expert's rows of the
-    /// expert-ordered activations (`a [maxRows, K]`, or `x [T, K]` read through the permutation
-    /// when `fusedGather`), one launch for all experts; `[maxRows, N]`. Without a routing it is
-    /// a dense linear layer (`weights` with one expert, `a [T, K]` → `[T, N]`).
+    /// activations (`input`: expert-ordered rows `[maxRows, K]`, or tokens `[T, K]` read through
+    /// the permutation), one launch for all experts; `[maxRows, N]`. Without a routing it is a
+    /// dense linear layer (`weights` with one expert, rows `[T, K]` → `[T, N]`). The output has
+    /// `dtype` (floating point), else the activations' type. See `GroupedMatmul` for every check;
+    /// `groupedMatmul(_:weights:...)` and `groupedMatmul(gathering:...)` give the defaults.
     func groupedMatmul(
-        _ a: Tensor, weights: ExpertWeights, routing: Routing?, fusedGather: Bool, epilogue: Epilogue, scale: RowScale,
+        _ input: MatmulInput, weights: ExpertWeights, routing: Routing?, epilogue: Epilogue, scale: RowScale,
         dtype: DType?
     ) throws -> Tensor
 }

@@ -39,61 +39,185 @@ public enum RowScale: Sendable {
     case routingWeights
 }
 
-func validateWeights(_ w: Tensor, swiglu: Bool) throws {
-    let s = try w.expectRank(3, "expert weights", "[experts, out, in]")
-    try w.expectDType(DType.floatingPoint, "expert weights")
-    if swiglu && s[1] % 2 != 0 {
-        throw SwitchyardError.shape(argument: "gate|up weights", expected: "[experts, 2·ffn, in]", actual: s)
+/// What the grouped matmul reads as its activations.
+public enum MatmulInput: Sendable {
+    /// Rows already in expert order, `[maxRows, K]` (a `gather`'s or a previous grouped
+    /// matmul's output), or, without a routing, the rows of a dense layer `[T, K]`.
+    case rows(Tensor)
+    /// Tokens `[T, K]` read through the routing's permutation: the gather fused into the
+    /// matmul's loads (no expert-ordered copy is made).
+    case gathered(Tensor)
+
+    /// The tensor read.
+    public var tensor: Tensor {
+        switch self {
+        case .rows(let t), .gathered(let t): t
+        }
     }
-    if s[0] < 1 || s[1] < 1 || s[2] < 1 {
-        throw SwitchyardError.shape(argument: "expert weights", expected: "non-empty [experts, out, in]", actual: s)
+
+    public var isGathered: Bool {
+        if case .gathered = self { return true }
+        return false
     }
 }
 
-/// Checks a matmul call; returns the output row count.
-func validateMatmul(
-    _ a: Tensor, weights: ExpertWeights, routing: Routing?, fusedGather: Bool, epilogue: Epilogue, scale: RowScale
-) throws -> Int {
-    if (epilogue == .swiglu) != weights.swiglu {
-        throw SwitchyardError.unsupported(
-            "the SwiGLU epilogue needs fused gate|up weights (prepared with swiglu: true), and only it takes them")
+/// Preparing expert weights `[E, N_w, K]` for `groupedMatmul` (optionally repacked into panels).
+public struct PrepareWeights: OpDescriptor, Hashable {
+    public var experts: Int
+    public var weightRows: Int
+    public var inFeatures: Int
+    public var swiglu: Bool
+    public var dtype: DType
+
+    public init(experts: Int, weightRows: Int, inFeatures: Int, swiglu: Bool, dtype: DType) {
+        self.experts = experts
+        self.weightRows = weightRows
+        self.inFeatures = inFeatures
+        self.swiglu = swiglu
+        self.dtype = dtype
     }
-    let s = try a.expectRank(2, "matmul activations", "[rows, \(weights.inFeatures)]")
-    try a.expectDType(DType.floatingPoint, "matmul activations")
-    guard s[1] == weights.inFeatures else {
-        throw SwitchyardError.shape(argument: "matmul activations", expected: "[rows, \(weights.inFeatures)]", actual: s)
+
+    /// Checks `w` (rank 3, non-empty, floating point; an even row count for fused gate|up).
+    public init(validating w: Tensor, swiglu: Bool) throws {
+        let s = try w.expectRank(3, "expert weights", "[experts, out, in]")
+        try w.expectDType(DType.floatingPoint, "expert weights")
+        if swiglu && s[1] % 2 != 0 {
+            throw SwitchyardError.shape(argument: "gate|up weights", expected: "[experts, 2·ffn, in]", actual: s)
+        }
+        if s[0] < 1 || s[1] < 1 || s[2] < 1 {
+            throw SwitchyardError.shape(argument: "expert weights", expected: "non-empty [experts, out, in]", actual: s)
+        }
+        self.init(experts: s[0], weightRows: s[1], inFeatures: s[2], swiglu: swiglu, dtype: w.dtype)
     }
-    let rows: Int
-    if let routing {
-        guard weights.experts == routing.config.experts else {
-            throw SwitchyardError.shape(
-                argument: "expert weights", expected: "[\(routing.config.experts), out, in]",
-                actual: weights.weight.shape)
-        }
-        let expectedRows = fusedGather ? routing.tokens : routing.maxRows
-        guard s[0] == expectedRows else {
-            throw SwitchyardError.shape(
-                argument: fusedGather ? "matmul x (fused gather)" : "matmul xs (expert-ordered)",
-                expected: "[\(expectedRows), \(weights.inFeatures)]", actual: s)
-        }
-        rows = routing.maxRows
-    } else {
-        guard weights.experts == 1 else {
-            throw SwitchyardError.shape(argument: "dense weights", expected: "[1, out, in]", actual: weights.weight.shape)
-        }
-        if fusedGather { throw SwitchyardError.unsupported("a fused gather needs a routing") }
-        rows = s[0]
+
+    public var outputs: [TensorSpec] { [TensorSpec([experts, weightRows, inFeatures], dtype)] }
+    public var flops: Double { 0 }
+    public var bytes: Double { 2 * Double(experts * weightRows * inFeatures * dtype.size) }
+}
+
+/// The grouped expert matmul: for every expert e, `Y_e = act(X_e · W_eᵀ) · scale` over the
+/// expert's rows, one launch for all experts; without a routing, a dense linear layer.
+public struct GroupedMatmul: OpDescriptor, Hashable {
+    /// Output rows: the routing's `maxRows` (block-padded worst case), or T for a dense layer.
+    public var rows: Int
+    /// Rows that carry work: the routed assignments T·k (at most), or T for a dense layer.
+    public var activeRows: Int
+    public var experts: Int
+    public var inFeatures: Int
+    /// Output columns (for SwiGLU, half the weight rows).
+    public var outFeatures: Int
+    public var epilogue: Epilogue
+    public var gathered: Bool
+    public var activationType: DType
+    public var weightType: DType
+    public var outputType: DType
+
+    public init(
+        rows: Int, activeRows: Int, experts: Int, inFeatures: Int, outFeatures: Int, epilogue: Epilogue,
+        gathered: Bool = false, activationType: DType, weightType: DType? = nil, outputType: DType? = nil
+    ) {
+        self.rows = rows
+        self.activeRows = activeRows
+        self.experts = experts
+        self.inFeatures = inFeatures
+        self.outFeatures = outFeatures
+        self.epilogue = epilogue
+        self.gathered = gathered
+        self.activationType = activationType
+        self.weightType = weightType ?? activationType
+        self.outputType = outputType ?? activationType
     }
-    switch scale {
-    case .none: break
-    case .perRow(let t):
-        guard t.shape == [rows], t.dtype == .f32 else {
-            throw SwitchyardError.shape(argument: "row scale", expected: "[\(rows)] f32", actual: t.shape)
+
+    /// Checks a call: the epilogue against the weights (SwiGLU takes fused gate|up weights and
+    /// only it does), the activations' shape against the routing (`[maxRows, K]` expert-ordered,
+    /// `[T, K]` gathered, `[T, K]` dense with one expert), the row scale, and the output dtype
+    /// (floating point; the activations' when nil).
+    public init(
+        validating input: MatmulInput, weights: ExpertWeights, routing: Routing?, epilogue: Epilogue, scale: RowScale,
+        dtype: DType?
+    ) throws {
+        if (epilogue == .swiglu) != weights.swiglu {
+            throw SwitchyardError.unsupported(
+                "the SwiGLU epilogue needs fused gate|up weights (prepared with swiglu: true), and only it takes them")
         }
-    case .routingWeights:
-        if routing == nil { throw SwitchyardError.unsupported("routing-weight scaling needs a routing") }
+        let a = input.tensor
+        let argument = input.isGathered ? "matmul x (gathered)" : routing == nil ? "matmul x" : "matmul xs (expert-ordered)"
+        let s = try a.expectRank(2, argument, "[rows, \(weights.inFeatures)]")
+        try a.expectDType(DType.floatingPoint, argument)
+        guard s[1] == weights.inFeatures else {
+            throw SwitchyardError.shape(argument: argument, expected: "[rows, \(weights.inFeatures)]", actual: s)
+        }
+        let rows: Int
+        let active: Int
+        if let routing {
+            guard weights.experts == routing.config.experts else {
+                throw SwitchyardError.shape(
+                    argument: "expert weights", expected: "[\(routing.config.experts), out, in]",
+                    actual: weights.weight.shape)
+            }
+            let expectedRows = input.isGathered ? routing.tokens : routing.maxRows
+            guard s[0] == expectedRows else {
+                throw SwitchyardError.shape(
+                    argument: argument, expected: "[\(expectedRows), \(weights.inFeatures)]", actual: s)
+            }
+            rows = routing.maxRows
+            active = routing.tokens * routing.config.k
+        } else {
+            guard weights.experts == 1 else {
+                throw SwitchyardError.shape(argument: "dense weights", expected: "[1, out, in]", actual: weights.weight.shape)
+            }
+            if input.isGathered { throw SwitchyardError.unsupported("a gathered matmul input needs a routing") }
+            rows = s[0]
+            active = s[0]
+        }
+        switch scale {
+        case .none: break
+        case .perRow(let t):
+            guard t.shape == [rows], t.dtype == .f32 else {
+                throw SwitchyardError.shape(argument: "row scale", expected: "[\(rows)] f32", actual: t.shape)
+            }
+        case .routingWeights:
+            if routing == nil { throw SwitchyardError.unsupported("routing-weight scaling needs a routing") }
+        }
+        let out = dtype ?? a.dtype
+        guard out.isFloatingPoint else {
+            throw SwitchyardError.dtype(argument: "matmul output dtype", expected: "f32, f16 or bf16", actual: out)
+        }
+        self.init(
+            rows: rows, activeRows: active, experts: weights.experts, inFeatures: weights.inFeatures,
+            outFeatures: weights.outFeatures, epilogue: epilogue, gathered: input.isGathered, activationType: a.dtype,
+            weightType: weights.weight.dtype, outputType: out)
     }
-    return rows
+
+    /// Weight rows per expert (`2 · outFeatures` for SwiGLU).
+    public var weightRows: Int { epilogue == .swiglu ? 2 * outFeatures : outFeatures }
+    public var outputs: [TensorSpec] { [TensorSpec([rows, outFeatures], outputType)] }
+    public var flops: Double { 2 * Double(activeRows) * Double(inFeatures) * Double(weightRows) }
+    /// Every expert's weights once, the active rows' activations in and results out.
+    public var bytes: Double {
+        Double(experts * weightRows * inFeatures * weightType.size)
+            + Double(activeRows) * Double(inFeatures * activationType.size + outFeatures * outputType.size)
+    }
+}
+
+extension ComputeBackend {
+    /// `groupedMatmul` over rows `a`: expert-ordered `[maxRows, K]` with a routing, or a dense
+    /// layer's `[T, K]` without one (weights with one expert).
+    public func groupedMatmul(
+        _ a: Tensor, weights: ExpertWeights, routing: Routing? = nil, epilogue: Epilogue = .none,
+        scale: RowScale = .none, dtype: DType? = nil
+    ) throws -> Tensor {
+        try groupedMatmul(.rows(a), weights: weights, routing: routing, epilogue: epilogue, scale: scale, dtype: dtype)
+    }
+
+    /// `groupedMatmul` reading tokens `x [T, K]` through the routing's permutation (the gather
+    /// fused into the loads); the output is expert-ordered `[maxRows, N]`.
+    public func groupedMatmul(
+        gathering x: Tensor, weights: ExpertWeights, routing: Routing, epilogue: Epilogue = .none,
+        scale: RowScale = .none, dtype: DType? = nil
+    ) throws -> Tensor {
+        try groupedMatmul(.gathered(x), weights: weights, routing: routing, epilogue: epilogue, scale: scale, dtype: dtype)
+    }
 }
 
 extension OpenCLBackend {
@@ -116,7 +240,7 @@ extension OpenCLBackend {
     }
 
     public func prepareWeights(_ w: Tensor, swiglu: Bool, pack: Bool) throws -> ExpertWeights {
-        try validateWeights(w, swiglu: swiglu)
+        _ = try PrepareWeights(validating: w, swiglu: swiglu)
         let plain = ExpertWeights(weight: w, packed: nil, swiglu: swiglu)
         guard pack else { return plain }
         let e = plain.experts
@@ -133,15 +257,15 @@ extension OpenCLBackend {
     }
 
     public func groupedMatmul(
-        _ a: Tensor, weights: ExpertWeights, routing: Routing?, fusedGather: Bool = false, epilogue: Epilogue = .none,
-        scale: RowScale = .none, dtype: DType? = nil
+        _ input: MatmulInput, weights: ExpertWeights, routing: Routing?, epilogue: Epilogue, scale: RowScale,
+        dtype: DType?
     ) throws -> Tensor {
-        let rows = try validateMatmul(
-            a, weights: weights, routing: routing, fusedGather: fusedGather, epilogue: epilogue, scale: scale)
-        let out = dtype ?? a.dtype
-        guard out.isFloatingPoint else {
-            throw SwitchyardError.dtype(argument: "matmul output dtype", expected: "f32, f16 or bf16", actual: out)
-        }
+        let op = try GroupedMatmul(
+            validating: input, weights: weights, routing: routing, epilogue: epilogue, scale: scale, dtype: dtype)
+        let a = input.tensor
+        let fusedGather = op.gathered
+        let rows = op.rows
+        let out = op.outputType
         let n = weights.outFeatures
         let y = try empty(shape: [rows, n], dtype: out, label: "matmul output")
         if rows == 0 { return y.guarded(by: routing.map { [$0.flags] } ?? []) }
@@ -234,20 +358,20 @@ extension OpenCLBackend {
 
 extension ReferenceBackend {
     public func prepareWeights(_ w: Tensor, swiglu: Bool, pack: Bool) throws -> ExpertWeights {
-        try validateWeights(w, swiglu: swiglu)
+        _ = try PrepareWeights(validating: w, swiglu: swiglu)
         return ExpertWeights(weight: w, packed: nil, swiglu: swiglu)
     }
 
     public func groupedMatmul(
-        _ a: Tensor, weights: ExpertWeights, routing: Routing?, fusedGather: Bool = false, epilogue: Epilogue = .none,
-        scale: RowScale = .none, dtype: DType? = nil
+        _ input: MatmulInput, weights: ExpertWeights, routing: Routing?, epilogue: Epilogue, scale: RowScale,
+        dtype: DType?
     ) throws -> Tensor {
-        let rows = try validateMatmul(
-            a, weights: weights, routing: routing, fusedGather: fusedGather, epilogue: epilogue, scale: scale)
-        let out = dtype ?? a.dtype
-        guard out.isFloatingPoint else {
-            throw SwitchyardError.dtype(argument: "matmul output dtype", expected: "f32, f16 or bf16", actual: out)
-        }
+        let op = try GroupedMatmul(
+            validating: input, weights: weights, routing: routing, epilogue: epilogue, scale: scale, dtype: dtype)
+        let a = input.tensor
+        let fusedGather = op.gathered
+        let rows = op.rows
+        let out = op.outputType
         var source = Array(0..<rows)
         var expert = [Int](repeating: 0, count: rows)
         var factor = [Double](repeating: 1, count: rows)

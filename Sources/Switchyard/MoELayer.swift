@@ -177,36 +177,27 @@ public final class MoELayer: @unchecked Sendable {
             return value
         }
         let logits = try stage("router") {
-            try backend.groupedMatmul(
-                x, weights: router, routing: nil, fusedGather: false, epilogue: .none, scale: .none, dtype: .f32)
+            try backend.groupedMatmul(x, weights: router, dtype: .f32)
         }
         let routing = try stage("routing") {
             try backend.route(logits, bias: bias, config: config.router, blockSize: blockSize)
         }
         let h = try stage("gate|up+SwiGLU") {
-            try backend.groupedMatmul(
-                x, weights: gateUp, routing: routing, fusedGather: true, epilogue: .swiglu, scale: .none, dtype: x.dtype)
+            try backend.groupedMatmul(gathering: x, weights: gateUp, routing: routing, epilogue: .swiglu)
         }
         let ys = try stage("down") {
-            try backend.groupedMatmul(
-                h, weights: down, routing: routing, fusedGather: false, epilogue: .none, scale: .none, dtype: x.dtype)
+            try backend.groupedMatmul(h, weights: down, routing: routing, dtype: x.dtype)
         }
         var shared: Tensor?
         if let sharedGateUp, let sharedDown {
             shared = try stage("shared expert") {
-                let hs = try backend.groupedMatmul(
-                    x, weights: sharedGateUp, routing: nil, fusedGather: false, epilogue: .swiglu, scale: .none,
-                    dtype: x.dtype)
+                let hs = try backend.groupedMatmul(x, weights: sharedGateUp, epilogue: .swiglu)
                 var scale = RowScale.none
                 if let sharedGate {
-                    let g = try backend.groupedMatmul(
-                        x, weights: sharedGate, routing: nil, fusedGather: false, epilogue: .sigmoid, scale: .none,
-                        dtype: .f32)
+                    let g = try backend.groupedMatmul(x, weights: sharedGate, epilogue: .sigmoid, dtype: .f32)
                     scale = .perRow(try g.reshaped([s[0]]))
                 }
-                return try backend.groupedMatmul(
-                    hs, weights: sharedDown, routing: nil, fusedGather: false, epilogue: .none, scale: scale,
-                    dtype: .f32)
+                return try backend.groupedMatmul(hs, weights: sharedDown, scale: scale, dtype: .f32)
             }
         }
         let y = try stage("combine") {

@@ -75,11 +75,13 @@ enum MatmulCases {
                 .filter { !$0.isEmpty }.joined(separator: " ")
             let seed = Conformance.seed("grouped_matmul \(shape) \(s.dtype) \(options)")
             let rows = s.dense ? s.tokens : s.tokens * s.k
-            let wrows = s.epilogue == .swiglu ? 2 * s.outFeatures : s.outFeatures
+            let op = GroupedMatmul(
+                rows: rows, activeRows: rows, experts: s.experts, inFeatures: s.inFeatures, outFeatures: s.outFeatures,
+                epilogue: s.epilogue, gathered: s.fused, activationType: s.dtype)
+            let wrows = op.weightRows
             return ConformanceCase(
-                op: "grouped_matmul", shape: shape, dtype: s.dtype, options: options, seed: seed,
-                flops: Double(2 * rows * s.inFeatures * wrows),
-                bytes: Double((s.experts * wrows * s.inFeatures + rows * (s.inFeatures + s.outFeatures)) * s.dtype.size)
+                op: "grouped_matmul", shape: shape, dtype: s.dtype, options: options, seed: seed, flops: op.flops,
+                bytes: op.bytes
             ) { backend in
                 var g = SeededGenerator(seed: seed)
                 let x = try backend.tensor(
@@ -96,8 +98,7 @@ enum MatmulCases {
                         : .none
                     return {
                         [CaseOutput("y", try backend.groupedMatmul(
-                            x, weights: w, routing: nil, fusedGather: false, epilogue: s.epilogue, scale: scale,
-                            dtype: nil), .nmse(for: s.dtype))]
+                            x, weights: w, epilogue: s.epilogue, scale: scale), .nmse(for: s.dtype))]
                     }
                 }
                 let routing = try RoutingCases.randomRouting(
@@ -114,8 +115,8 @@ enum MatmulCases {
                 }
                 return {
                     [CaseOutput("y", try backend.groupedMatmul(
-                        a, weights: w, routing: routing, fusedGather: s.fused, epilogue: s.epilogue, scale: scale,
-                        dtype: nil), .nmse(for: s.dtype))]
+                        s.fused ? .gathered(a) : .rows(a), weights: w, routing: routing, epilogue: s.epilogue,
+                        scale: scale, dtype: nil), .nmse(for: s.dtype))]
                 }
             }
         }

@@ -130,8 +130,7 @@ struct HostileInputTests {
                 pack: true)
             let a = try backend.tensor([1, 2, 3, 4], shape: [1, 4], dtype: .f32)
             #expect(throws: SwitchyardError.dtype(argument: "matmul output dtype", expected: "f32, f16 or bf16", actual: .i32)) {
-                try backend.groupedMatmul(a, weights: w, routing: nil, fusedGather: false, epilogue: .none, scale: .none,
-                                          dtype: .i32)
+                try backend.groupedMatmul(a, weights: w, dtype: .i32)
             }
         }
     }

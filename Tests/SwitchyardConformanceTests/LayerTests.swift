@@ -59,13 +59,13 @@ struct LayerTests {
             x, weights: try backend.prepareWeights(
                 try backend.tensor([Float](repeating: 0.1, count: 8 * config.hidden), shape: [1, 8, config.hidden],
                                    dtype: .f32), swiglu: false, pack: true),
-            routing: nil, fusedGather: false, epilogue: .none, scale: .none, dtype: .f32)
+            dtype: .f32)
         let routing = try backend.route(logits, bias: nil, config: config.router, blockSize: 4)
         let h = try backend.groupedMatmul(
-            x, weights: try backend.prepareWeights(
+            gathering: x, weights: try backend.prepareWeights(
                 try backend.tensor([Float](repeating: 0.1, count: 8 * 4 * config.hidden), shape: [8, 4, config.hidden],
                                    dtype: .f32), swiglu: false, pack: true),
-            routing: routing, fusedGather: true, epilogue: .none, scale: .none, dtype: .f32)
+            routing: routing, dtype: .f32)
         #expect(throws: SwitchyardError.self) { try backend.floats(h) }
     }
 
