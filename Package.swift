@@ -43,7 +43,7 @@ let package = Package(
         .executableTarget(
             name: "switchyard",
             dependencies: [
-                "Switchyard", "SwitchyardConformance", "OpenCLHost",
+                "Switchyard", "SwitchyardConformance", "SwitchyardReference", "OpenCLHost",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -67,7 +67,7 @@ let package = Package(
         .executableTarget(
             name: "switchyard-bench",
             dependencies: [
-                "Switchyard", "SwitchyardConformance", "OpenCLHost", "COpenBLAS", "CCLBlast",
+                "Switchyard", "SwitchyardConformance", "SwitchyardReference", "OpenCLHost", "COpenBLAS", "CCLBlast",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Benchmarks/switchyard-bench"
@@ -76,7 +76,7 @@ let package = Package(
         .testTarget(name: "SwitchyardReferenceTests", dependencies: ["SwitchyardReference"]),
         .testTarget(
             name: "SwitchyardConformanceTests",
-            dependencies: ["Switchyard", "SwitchyardConformance", "OpenCLHost"]
+            dependencies: ["Switchyard", "SwitchyardConformance", "SwitchyardReference", "OpenCLHost"]
         ),
     ],
     swiftLanguageModes: [.v6]

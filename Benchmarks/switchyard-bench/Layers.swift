@@ -164,14 +164,7 @@ private func input(_ backend: any ComputeBackend, _ tokens: Int, _ hidden: Int, 
 
 /// Device copies of every weight tensor (same values, distinct memory).
 private func duplicate(_ w: MoEWeights, _ backend: OpenCLBackend) throws -> MoEWeights {
-    func copy(_ t: Tensor) throws -> Tensor {
-        let out = try backend.empty(shape: t.shape, dtype: t.dtype, label: "weight copy")
-        guard case .device(let source) = t.storage, case .device(let destination) = out.storage else {
-            throw SwitchyardError.unsupported("duplicating weights that are not on the device")
-        }
-        try destination.copy(from: source, bytes: t.byteCount)
-        return out
-    }
+    func copy(_ t: Tensor) throws -> Tensor { try backend.copy(t) }
     let result = MoEWeights(
         router: try copy(w.router), bias: try w.bias.map(copy), gateUp: try copy(w.gateUp), down: try copy(w.down),
         sharedGateUp: try w.sharedGateUp.map(copy), sharedDown: try w.sharedDown.map(copy),

@@ -1,3 +1,4 @@
+import SwitchyardReference
 import Foundation
 import OpenCLHost
 import Switchyard
@@ -38,20 +39,25 @@ func routingItems(filter: String?, quick: Bool) throws -> [BenchItem] {
         return made
     }
 
+    // Costs from the ops' descriptors, as the conformance cases count them.
+    let gather = Gather(tokens: t, k: config.k, d: d, maxRows: rows, inputType: dtype)
+    let combine = Combine(tokens: t, k: config.k, d: d, maxRows: rows, inputType: dtype, residual: false)
     let stages: [(op: String, bytes: Double, run: (OpenCLBackend, Inputs) throws -> () throws -> Void)] = [
-        ("gating", Double(t * config.experts * 4 + n * 8), { b, i in { _ = try b.gating(i.logits, bias: nil, config: config) } }),
-        ("permute", Double(n * 4 * 3 + n * 8 + rows * 4 * 2), { b, i in
+        ("gating", GatingOp(tokens: t, config: config).bytes, { b, i in
+            { _ = try b.gating(i.logits, bias: nil, config: config) }
+        }),
+        ("permute", Permute(tokens: t, k: config.k, experts: config.experts, blockSize: block).bytes, { b, i in
             let g = try b.gating(i.logits, bias: nil, config: config)
             return { _ = try b.permute(g, blockSize: block) }
         }),
-        ("gather", Double(n * d * dtype.size + rows * d * dtype.size + rows * 4), { b, i in
+        ("gather", gather.bytes, { b, i in
             { _ = try b.gather(i.x, routing: i.routing, dtype: nil) }
         }),
-        ("combine", Double(n * d * dtype.size + t * d * dtype.size + n * 8), { b, i in
+        ("combine", combine.bytes, { b, i in
             let ys = try b.gather(i.x, routing: i.routing, dtype: nil)
             return { _ = try b.combine(ys, routing: i.routing, residual: nil, dtype: dtype) }
         }),
-        ("routing_stats", Double(t * config.experts * 4 * 2), { b, i in { _ = try b.routingStats(i.routing) } }),
+        ("routing_stats", RoutingStatsOp(tokens: t, experts: config.experts, k: config.k).bytes, { b, i in { _ = try b.routingStats(i.routing) } }),
     ]
     return stages.compactMap { stage in
         let name = "\(stage.op) \(shape) \(dtype.rawValue) routing-bench"

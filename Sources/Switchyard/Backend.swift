@@ -1,3 +1,4 @@
+import SwitchyardReference
 import OpenCLHost
 
 /// A place ops run: the OpenCL device (`OpenCLBackend`) or the CPU reference
@@ -22,6 +23,13 @@ public protocol ComputeBackend: AnyObject, Sendable {
     func ints(_ tensor: Tensor) async throws -> [Int32]
     /// Suspends until every op issued so far has finished, blocking no thread.
     func synchronize() async throws
+    /// The routing block size this backend's grouped matmul runs fastest with (its row tile):
+    /// what `route` and `MoELayer` pad each expert's rows to unless told otherwise.
+    var preferredBlockSize: Int { get }
+    /// Runs `body` (which enqueues ops) and returns its result with a function giving the device
+    /// time of the kernels it launched, in seconds (it waits for them), or nil where the backend
+    /// has no device clock (the reference; a wrapped queue without profiling).
+    func timed<T>(_ body: () throws -> T) throws -> (value: T, seconds: () throws -> Double?)
 
     /// Row-wise softmax of `x [rows, cols]` (any float dtype; the result has x's dtype).
     func softmax(_ x: Tensor) throws -> Tensor
@@ -62,61 +70,4 @@ public protocol ComputeBackend: AnyObject, Sendable {
 func checkHostCount(_ count: Int, _ shape: [Int], _ argument: String) throws {
     let expected = try Tensor.checkedCount(shape, dtype: .f32, argument)
     if count != expected { throw SwitchyardError.hostData(argument: argument, expected: expected, actual: count) }
-}
-
-// MARK: - Op descriptors
-
-/// Row-wise softmax: `y[r, c] = exp(x[r, c] − max_r) / Σ_c exp(x[r, c] − max_r)`.
-public struct Softmax: Hashable, Sendable {
-    public var rows: Int
-    public var cols: Int
-    public var dtype: DType
-
-    public init(rows: Int, cols: Int, dtype: DType) {
-        self.rows = rows
-        self.cols = cols
-        self.dtype = dtype
-    }
-
-    init(validating x: Tensor) throws {
-        let s = try x.expectRank(2, "softmax x", "[rows, cols]")
-        try x.expectDType(DType.floatingPoint, "softmax x")
-        if s[0] > 0 && s[1] == 0 {
-            throw SwitchyardError.shape(argument: "softmax x", expected: "[rows, cols ≥ 1]", actual: s)
-        }
-        self.init(rows: s[0], cols: s[1], dtype: x.dtype)
-    }
-
-    public var flops: Double { Double(rows * cols) * 5 }
-    public var bytes: Double { Double(rows * cols * dtype.size * 2) }
-}
-
-/// Row-wise top-k: the k largest values of each row, descending, with their column indices.
-public struct TopK: Hashable, Sendable {
-    public var rows: Int
-    public var cols: Int
-    public var k: Int
-    public var dtype: DType
-
-    public init(rows: Int, cols: Int, k: Int, dtype: DType) {
-        self.rows = rows
-        self.cols = cols
-        self.k = k
-        self.dtype = dtype
-    }
-
-    init(validating x: Tensor, k: Int) throws {
-        let s = try x.expectRank(2, "topK x", "[rows, cols]")
-        try x.expectDType(DType.floatingPoint, "topK x")
-        guard s[1] >= 1 else {
-            throw SwitchyardError.shape(argument: "topK x", expected: "[rows, cols ≥ 1]", actual: s)
-        }
-        guard k >= 1 && k <= s[1] else {
-            throw SwitchyardError.outOfRange(argument: "topK k", value: k, range: "1...\(s[1]) (the row length)")
-        }
-        self.init(rows: s[0], cols: s[1], k: k, dtype: x.dtype)
-    }
-
-    public var flops: Double { 0 }
-    public var bytes: Double { Double(rows * cols * dtype.size + rows * k * (dtype.size + 4)) }
 }

@@ -229,7 +229,13 @@ extension OpenCLBackend {
     }
 
     /// The routing block size the MoE layer pads each expert's rows to: the matmul's rows per tile.
-    public var matmulBlockSize: Int { tuning.matmulRows }
+    public var preferredBlockSize: Int { tuning.matmulRows }
+
+    public func timed<T>(_ body: () throws -> T) throws -> (value: T, seconds: () throws -> Double?) {
+        let (value, launches) = try recordingLaunches(body)
+        guard context.queue.profiling else { return (value, { nil }) }
+        return (value, { try launches.reduce(0) { $0 + (try $1.event.seconds()) } })
+    }
 
     static func weightCode(_ d: DType) -> String {
         switch d {

@@ -141,7 +141,7 @@ public final class MoELayer: @unchecked Sendable {
         }
         try backend.synchronize()
         packSeconds = Date().timeIntervalSince(start)
-        blockSize = (backend as? OpenCLBackend)?.matmulBlockSize ?? 4
+        blockSize = backend.preferredBlockSize
     }
 
     /// Bytes of routed-expert weights (gate|up and down), in their storage type.
@@ -168,12 +168,11 @@ public final class MoELayer: @unchecked Sendable {
             throw SwitchyardError.shape(argument: "MoE input x", expected: "[tokens, \(config.hidden)]", actual: s)
         }
         try x.expectDType(DType.floatingPoint, "MoE input x")
-        let device = profile ? backend as? OpenCLBackend : nil
-        var recorded: [(String, [Event])] = []
+        var recorded: [(String, () throws -> Double?)] = []
         func stage<T>(_ name: String, _ body: () throws -> T) throws -> T {
-            guard let device else { return try body() }
-            let (value, events) = try device.recordingLaunches(body)
-            recorded.append((name, events.map(\.event)))
+            guard profile else { return try body() }
+            let (value, seconds) = try backend.timed(body)
+            recorded.append((name, seconds))
             return value
         }
         let logits = try stage("router") {
@@ -204,10 +203,8 @@ public final class MoELayer: @unchecked Sendable {
             try backend.combine(ys, routing: routing, residual: shared, dtype: .f32)
         }
         var stages: [StageTime] = []
-        for (name, events) in recorded {
-            var seconds = 0.0
-            for e in events { seconds += try e.seconds() }
-            stages.append(StageTime(stage: name, seconds: seconds))
+        for (name, seconds) in recorded {
+            if let s = try seconds() { stages.append(StageTime(stage: name, seconds: s)) }
         }
         return Output(y: y, routing: routing, stages: stages)
     }

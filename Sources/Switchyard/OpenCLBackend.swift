@@ -314,6 +314,14 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
         return Tensor(shape: shape, dtype: dtype, storage: .device(buffer), lease: BufferLease(buffer, self, pooled: false))
     }
 
+    /// A copy of `tensor` in new device memory of this backend (enqueued; same shape and dtype).
+    public func copy(_ tensor: Tensor) throws -> Tensor {
+        let source = try deviceBuffer(tensor, "copy source")
+        let out = try empty(shape: tensor.shape, dtype: tensor.dtype, label: "copy")
+        try out.buffer!.copy(from: source, bytes: tensor.byteCount)
+        return out.guarded(by: tensor.guards)
+    }
+
     /// Describes how the sentinel tail after `tensor` was overwritten, or nil if it is intact.
     @_spi(Testing) public func sentinelViolation(_ tensor: Tensor) throws -> String? {
         guard sentinelBytes > 0, let buffer = tensor.buffer else { return nil }
@@ -562,48 +570,6 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
         return (result, events.map { (kernel: $0.0, event: $0.1) })
     }
 
-    // MARK: ops
-
-    public func softmax(_ x: Tensor) throws -> Tensor {
-        let op = try Softmax(validating: x)
-        let xb = try deviceBuffer(x, "softmax x")
-        let y = try empty(shape: x.shape, dtype: x.dtype, label: "softmax y")
-        let group = tuning.rowGroup
-        try launch(
-            "softmax.cl", "softmax_rows",
-            defines: x.dtype.defines("X").merging(x.dtype.defines("Y")) { a, _ in a }
-                .merging(["GROUP": "\(group)"]) { a, _ in a },
-            args: [.buffer(xb), .buffer(y.buffer!), .int(op.rows), .int(op.cols)],
-            global: [op.rows * group], local: [group])
-        return y
-    }
-
-    public func topK(_ x: Tensor, k: Int) throws -> (values: Tensor, indices: Tensor) {
-        let op = try TopK(validating: x, k: k)
-        let xb = try deviceBuffer(x, "topK x")
-        let values = try empty(shape: [op.rows, k], dtype: x.dtype, label: "topK values")
-        let indices = try empty(shape: [op.rows, k], dtype: .i32, label: "topK indices")
-        if op.rows == 0 { return (values, indices) }
-        var padded = 1
-        while padded < op.cols { padded <<= 1 }
-        let group = min(tuning.rowGroup, max(1, padded / 2))
-        // Sort keys live in local memory when a row fits, else in a global scratch buffer with
-        // the same bitonic network (one work-group per row either way).
-        let inLocal = padded <= tuning.topKLocalKeys
-        var defines = x.dtype.defines("X").merging(["GROUP": "\(group)"]) { a, _ in a }
-        var args: [Arg] = [.buffer(xb), .buffer(values.buffer!), .buffer(indices.buffer!)]
-        args += [.int(op.rows), .int(op.cols), .int(k), .int(padded)]
-        if inLocal {
-            args.append(.local(bytes: padded * 8))
-        } else {
-            // Released when this returns; OpenCL keeps it until the kernel that uses it has run.
-            defines["SCRATCH_GLOBAL"] = "1"
-            args.append(.buffer(try context.buffer(byteCount: op.rows * padded * 8, label: "topK scratch")))
-        }
-        let event = try launch("topk.cl", "topk_rows", defines: defines, args: args, global: [op.rows * group], local: [group])
-        if !inLocal, case .buffer(let scratch) = args.last! { holdScratch([scratch], until: event) }
-        return (values, indices)
-    }
 }
 
 /// Freed device buffers kept for reuse, by exact size, up to `limit` bytes in all.

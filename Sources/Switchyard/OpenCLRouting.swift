@@ -1,3 +1,4 @@
+import SwitchyardReference
 import OpenCLHost
 
 extension OpenCLBackend {
@@ -37,7 +38,8 @@ extension OpenCLBackend {
     func roundUp(_ n: Int, _ m: Int) -> Int { max(m, (n + m - 1) / m * m) }
 
     public func gating(_ logits: Tensor, bias: Tensor?, config c: RouterConfig) throws -> Gating {
-        let (tokens, experts) = try validateGating(logits, bias: bias, config: c)
+        let op = try GatingOp(validating: logits, bias: bias, config: c)
+        let (tokens, experts) = (op.tokens, op.experts)
         let lb = try deviceBuffer(logits, "router logits")
         let ids = try empty(shape: [tokens, c.k], dtype: .i32, label: "gating ids")
         let weights = try empty(shape: [tokens, c.k], dtype: .f32, label: "gating weights")
@@ -79,7 +81,7 @@ extension OpenCLBackend {
                 ],
                 global: [roundUp((tokens + tokensPerItem - 1) / tokensPerItem, group)], local: [group])
         }
-        return Gating(config: c, tokens: tokens, logits: logits, ids: ids, weights: weights, flags: flags)
+        return Gating(unchecked: c, tokens: tokens, logits: logits, ids: ids, weights: weights, flags: flags)
     }
 
     /// Fills an i32 tensor's elements on the queue without waiting (a kernel, not
@@ -135,7 +137,7 @@ extension OpenCLBackend {
     }
 
     public func permute(_ g: Gating, blockSize: Int) throws -> Routing {
-        try validatePermute(g, blockSize: blockSize)
+        _ = try Permute(validating: g, blockSize: blockSize)
         let c = g.config
         let n = g.tokens * c.k
         let experts = c.experts
@@ -193,9 +195,8 @@ extension OpenCLBackend {
     }
 
     public func gather(_ x: Tensor, routing r: Routing, dtype: DType? = nil) throws -> Tensor {
-        let (_, d) = try validateRows(x, "gather x", rows: r.tokens)
-        let out = dtype ?? x.dtype
-        try x.expectDType(DType.floatingPoint, "gather x")
+        let op = try Gather(validating: x, routing: r, dtype: dtype)
+        let (d, out) = (op.d, op.outputType)
         let xs = try empty(shape: [r.maxRows, d], dtype: out, label: "expert-ordered rows")
         if r.maxRows == 0 || d == 0 { return xs.guarded(by: [r.flags]) }
         let group = tuning.copyGroup
@@ -211,17 +212,8 @@ extension OpenCLBackend {
     }
 
     public func combine(_ ys: Tensor, routing r: Routing, residual: Tensor? = nil, dtype: DType? = nil) throws -> Tensor {
-        let (_, d) = try validateRows(ys, "combine ys", rows: r.maxRows)
-        if let residual {
-            guard residual.shape == [r.tokens, d] else {
-                throw SwitchyardError.shape(argument: "combine residual", expected: "[\(r.tokens), \(d)]", actual: residual.shape)
-            }
-            try residual.expectDType(DType.floatingPoint, "combine residual")
-        }
-        let out = dtype ?? residual?.dtype ?? ys.dtype
-        if let residual, residual.dtype != out {
-            throw SwitchyardError.dtype(argument: "combine residual", expected: out.rawValue, actual: residual.dtype)
-        }
+        let op = try Combine(validating: ys, routing: r, residual: residual, dtype: dtype)
+        let (d, out) = (op.d, op.outputType)
         let y = try empty(shape: [r.tokens, d], dtype: out, label: "combined output")
         if r.tokens == 0 || d == 0 { return y.guarded(by: [r.flags]) }
         let group = tuning.copyGroup
@@ -238,9 +230,8 @@ extension OpenCLBackend {
     }
 
     public func expertChoice(_ logits: Tensor, config c: RouterConfig) throws -> ExpertChoice {
-        let (tokens, experts) = try validateGating(logits, bias: nil, config: c)
-        let capacity = min(tokens, RouterConfig(experts: experts, k: c.k, capacityFactor: c.capacityFactor ?? 1)
-            .capacity(tokens: tokens)!)
+        let op = try ExpertChoiceOp(validating: logits, config: c)
+        let (tokens, experts, capacity) = (op.tokens, op.experts, op.capacity)
         let flags = try empty(shape: [2], dtype: .i32, label: "routing flags")
         try fill(flags, 0)
         if capacity == 0 {

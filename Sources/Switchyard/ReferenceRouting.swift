@@ -14,17 +14,17 @@ extension ReferenceBackend {
     }
 
     public func gating(_ logits: Tensor, bias: Tensor?, config c: RouterConfig) throws -> Gating {
-        let (tokens, _) = try validateGating(logits, bias: bias, config: c)
+        let tokens = try GatingOp(validating: logits, bias: bias, config: c).tokens
         let r = Reference.gating(
             logits: try hostFloats(logits, "router logits"), tokens: tokens,
             bias: try bias.map { try hostFloats($0, "correction bias") }, config: c)
         return Gating(
-            config: c, tokens: tokens, logits: logits, ids: ints(r.ids, [tokens, c.k]),
+            unchecked: c, tokens: tokens, logits: logits, ids: ints(r.ids, [tokens, c.k]),
             weights: f32(r.weights.map { Float($0) }, [tokens, c.k]), flags: flagsTensor(nonFinite: r.invalid, badIds: false))
     }
 
     public func permute(_ g: Gating, blockSize: Int) throws -> Routing {
-        try validatePermute(g, blockSize: blockSize)
+        _ = try Permute(validating: g, blockSize: blockSize)
         let c = g.config
         let ids = try hostInts(g.ids, "ids")
         let flags = try hostInts(g.flags, "flags")
@@ -35,7 +35,7 @@ extension ReferenceBackend {
         var routed = [Int32](repeating: 0, count: c.experts)
         for id in ids where id >= 0 && Int(id) < c.experts { routed[Int(id)] += 1 }
         let gating = Gating(
-            config: c, tokens: g.tokens, logits: g.logits, ids: g.ids, weights: g.weights,
+            unchecked: c, tokens: g.tokens, logits: g.logits, ids: g.ids, weights: g.weights,
             flags: ints([flags.first ?? 0, bad ? 1 : 0], [2]))
         return Routing(
             gating: gating, blockSize: blockSize, counts: ints(p.counts, [c.experts]),
@@ -46,8 +46,8 @@ extension ReferenceBackend {
     }
 
     public func gather(_ x: Tensor, routing r: Routing, dtype: DType? = nil) throws -> Tensor {
-        let (_, d) = try validateRows(x, "gather x", rows: r.tokens)
-        let out = dtype ?? x.dtype
+        let op = try Gather(validating: x, routing: r, dtype: dtype)
+        let (d, out) = (op.d, op.outputType)
         let rows = Reference.gather(
             x: try hostFloats(x, "gather x"), tokens: r.tokens, d: d, k: r.config.k,
             assignmentOf: try hostInts(r.assignmentOf, "routing"))
@@ -56,11 +56,8 @@ extension ReferenceBackend {
     }
 
     public func combine(_ ys: Tensor, routing r: Routing, residual: Tensor? = nil, dtype: DType? = nil) throws -> Tensor {
-        let (_, d) = try validateRows(ys, "combine ys", rows: r.maxRows)
-        if let residual, residual.shape != [r.tokens, d] {
-            throw SwitchyardError.shape(argument: "combine residual", expected: "[\(r.tokens), \(d)]", actual: residual.shape)
-        }
-        let out = dtype ?? residual?.dtype ?? ys.dtype
+        let op = try Combine(validating: ys, routing: r, residual: residual, dtype: dtype)
+        let (d, out) = (op.d, op.outputType)
         let y = Reference.combine(
             ys: try hostFloats(ys, "combine ys"), d: d, rowOf: try hostInts(r.rowOf, "routing"),
             weights: try hostFloats(r.weights, "routing"), tokens: r.tokens, k: r.config.k,
@@ -69,10 +66,9 @@ extension ReferenceBackend {
     }
 
     public func expertChoice(_ logits: Tensor, config c: RouterConfig) throws -> ExpertChoice {
-        let (tokens, experts) = try validateGating(logits, bias: nil, config: c)
+        let op = try ExpertChoiceOp(validating: logits, config: c)
+        let (tokens, experts, capacity) = (op.tokens, op.experts, op.capacity)
         let values = try hostFloats(logits, "router logits")
-        let capacity = min(tokens, RouterConfig(experts: experts, k: c.k, capacityFactor: c.capacityFactor ?? 1)
-            .capacity(tokens: tokens)!)
         let r = Reference.expertChoice(logits: values, tokens: tokens, experts: experts, capacity: capacity, scoring: c.scoring)
         return ExpertChoice(
             tokens: ints(r.tokens, [experts, capacity]), weights: f32(r.weights.map { Float($0) }, [experts, capacity]),

@@ -1,4 +1,10 @@
-@_exported import SwitchyardReference
+import SwitchyardReference
+
+/// How a router picks experts (scoring, k, renormalization, groups, capacity, drop priority):
+/// defined with the CPU reference, used by both backends.
+public typealias RouterConfig = SwitchyardReference.RouterConfig
+/// The activation applied to a grouped matmul's output (none, SiLU, GELU, SwiGLU, sigmoid).
+public typealias Epilogue = SwitchyardReference.Epilogue
 
 // MARK: - Presets
 
@@ -79,8 +85,33 @@ public struct Gating: Sendable {
     /// arrive if a flag is raised; `check(flags:)` checks them explicitly.
     public let flags: Tensor
 
-    /// A gating result; `ids` and `weights` are guarded by `flags` (see `flags`).
-    public init(config: RouterConfig, tokens: Int, logits: Tensor, ids: Tensor, weights: Tensor, flags: Tensor) {
+    /// A gating result made by the caller (ids chosen by its own router, say), checked: logits
+    /// `[tokens, E]` (floating point), ids `[tokens, k]` (i32), weights `[tokens, k]` (f32),
+    /// flags `[2]` (i32, zeros when the caller has nothing to flag), all on one backend. Expert
+    /// ids out of range are caught by `permute` on the device (a raised flag), not here.
+    public init(config: RouterConfig, tokens: Int, logits: Tensor, ids: Tensor, weights: Tensor, flags: Tensor) throws {
+        try config.validate(experts: config.experts)
+        guard tokens >= 0 else { throw SwitchyardError.outOfRange(argument: "gating tokens", value: tokens, range: "0...") }
+        func expect(_ t: Tensor, _ shape: [Int], _ dtypes: [DType], _ name: String) throws {
+            guard t.shape == shape else {
+                throw SwitchyardError.shape(argument: name, expected: "\(shape)", actual: t.shape)
+            }
+            try t.expectDType(dtypes, name)
+        }
+        try expect(logits, [tokens, config.experts], DType.floatingPoint, "gating logits")
+        try expect(ids, [tokens, config.k], [.i32], "gating ids")
+        try expect(weights, [tokens, config.k], [.f32], "gating weights")
+        try expect(flags, [2], [.i32], "gating flags")
+        for (t, name) in [(ids, "gating ids"), (weights, "gating weights"), (flags, "gating flags")]
+        where !t.sameBackend(as: logits) {
+            throw SwitchyardError.backendMismatch(
+                argument: name, expected: "the backend of the gating logits", actual: "another backend")
+        }
+        self.init(unchecked: config, tokens: tokens, logits: logits, ids: ids, weights: weights, flags: flags)
+    }
+
+    /// A gating result from a backend's own `gating`; `ids` and `weights` are guarded by `flags`.
+    init(unchecked config: RouterConfig, tokens: Int, logits: Tensor, ids: Tensor, weights: Tensor, flags: Tensor) {
         self.config = config
         self.tokens = tokens
         self.logits = logits
@@ -174,11 +205,12 @@ public struct RoutingStats: Sendable, Equatable {
 
 extension ComputeBackend {
     /// Gating then the permutation: the one call between router logits and expert matmuls.
-    /// `blockSize` is the grouped matmul's row tile (each expert's rows padded to it).
-    public func route(_ logits: Tensor, bias: Tensor? = nil, config: RouterConfig, blockSize: Int = 1) throws
+    /// `blockSize` is the grouped matmul's row tile (each expert's rows padded to it): this
+    /// backend's `preferredBlockSize` unless given.
+    public func route(_ logits: Tensor, bias: Tensor? = nil, config: RouterConfig, blockSize: Int? = nil) throws
         -> Routing
     {
-        try permute(gating(logits, bias: bias, config: config), blockSize: blockSize)
+        try permute(gating(logits, bias: bias, config: config), blockSize: blockSize ?? preferredBlockSize)
     }
 
     /// Throws if the device flagged the routing's input: NaN or infinite logits, or an expert
@@ -212,36 +244,6 @@ extension ComputeBackend {
         if f.count > 1 && f[1] != 0 {
             throw SwitchyardError.invalidValues(argument: "expert ids", detail: "an expert index is out of range")
         }
-    }
-}
-
-func validateGating(_ logits: Tensor, bias: Tensor?, config: RouterConfig) throws -> (tokens: Int, experts: Int) {
-    let s = try logits.expectRank(2, "router logits", "[tokens, experts]")
-    try logits.expectDType(DType.floatingPoint, "router logits")
-    try config.validate(experts: s[1])
-    if let bias {
-        guard bias.shape == [s[1]] else {
-            throw SwitchyardError.shape(argument: "correction bias", expected: "[\(s[1])]", actual: bias.shape)
-        }
-        try bias.expectDType([.f32], "correction bias")
-    }
-    return (s[0], s[1])
-}
-
-func validatePermute(_ g: Gating, blockSize: Int) throws {
-    guard (1...4096).contains(blockSize) else {
-        throw SwitchyardError.outOfRange(argument: "blockSize", value: blockSize, range: "1...4096")
-    }
-    let n = g.tokens * g.config.k
-    guard g.ids.shape == [g.tokens, g.config.k], g.ids.dtype == .i32 else {
-        throw SwitchyardError.shape(argument: "ids", expected: "[\(g.tokens), \(g.config.k)] i32", actual: g.ids.shape)
-    }
-    guard g.weights.shape == [g.tokens, g.config.k], g.weights.dtype == .f32 else {
-        throw SwitchyardError.shape(
-            argument: "weights", expected: "[\(g.tokens), \(g.config.k)] f32", actual: g.weights.shape)
-    }
-    guard n + g.config.experts * blockSize < Int(Int32.max) else {
-        throw SwitchyardError.outOfRange(argument: "tokens × k", value: n, range: "below 2³¹ rows")
     }
 }
 

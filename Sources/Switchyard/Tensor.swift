@@ -5,10 +5,10 @@ import OpenCLHost
 public final class Tensor: @unchecked Sendable, CustomStringConvertible {
     public let shape: [Int]
     public let dtype: DType
-    public let storage: Storage
+    let storage: Storage
 
     /// Where the elements live.
-    public enum Storage: @unchecked Sendable {
+    enum Storage: @unchecked Sendable {
         /// Host memory of the reference backend: floats already rounded to `dtype`, or Int32s.
         case host(HostValues)
         /// An OpenCL buffer (possibly longer than the tensor, e.g. with a sentinel tail).
@@ -16,7 +16,7 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
     }
 
     /// Host-side element values.
-    public enum HostValues: Sendable {
+    enum HostValues: Sendable {
         case floats([Float])
         case ints([Int32])
     }
@@ -53,6 +53,15 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
     public var byteCount: Int { count * dtype.size }
 
     public var description: String { "Tensor(\(shape), \(dtype))" }
+
+    /// Whether both tensors live on the same backend storage (one OpenCL context, or host memory).
+    func sameBackend(as other: Tensor) -> Bool {
+        switch (storage, other.storage) {
+        case (.host, .host): true
+        case (.device(let a), .device(let b)): a.context === b.context
+        default: false
+        }
+    }
 
     var buffer: Buffer? {
         if case .device(let buffer) = storage { return buffer }

@@ -1,3 +1,4 @@
+import SwitchyardReference
 import Switchyard
 
 /// Cases of the MoE routing ops: gating, permute, route (both), gather, combine, expert choice
@@ -159,10 +160,9 @@ enum RoutingCases {
                 .joined(separator: " ")
             let seed = Conformance.seed("gating \(shape) \(s.dtype) \(options)")
             let biasValues = s.bias ? bias(s.config.experts, seed: seed) : nil
-            let bytes = Double(s.tokens * s.config.experts * s.dtype.size + s.tokens * s.config.k * 8)
+            let op = GatingOp(tokens: s.tokens, config: s.config, logitType: s.dtype, hasBias: s.bias)
             return ConformanceCase(
-                op: "gating", shape: shape, dtype: s.dtype, options: options, seed: seed,
-                flops: Double(s.tokens * s.config.experts * (s.config.k + 4)), bytes: bytes
+                op: "gating", shape: shape, dtype: s.dtype, options: options, seed: seed, flops: op.flops, bytes: op.bytes
             ) { backend in
                 let x = try backend.tensor(
                     logits(tokens: s.tokens, config: s.config, bias: biasValues, kind: s.kind, seed: seed),
@@ -236,15 +236,17 @@ enum RoutingCases {
                 .filter { !$0.isEmpty }.joined(separator: " ")
             let seed = Conformance.seed("permute \(shape) \(options)")
             let n = s.tokens * s.k
+            let op = Permute(tokens: s.tokens, k: s.k, experts: s.experts, blockSize: s.block)
             return ConformanceCase(
-                op: "permute", shape: shape, dtype: .i32, options: options, seed: seed, flops: 0,
-                bytes: Double(n * 4 * 6 + s.experts * 8)
+                op: "permute", shape: shape, dtype: .i32, options: options, seed: seed, flops: op.flops, bytes: op.bytes
             ) { backend in
                 let ids = try backend.tensor(
                     ids(tokens: s.tokens, k: s.k, experts: s.experts, kind: s.kind, seed: seed), shape: [s.tokens, s.k])
                 let w = try backend.tensor(weights(n, seed: seed), shape: [s.tokens, s.k], dtype: .f32)
                 let flags = try backend.tensor([0, 0] as [Int32], shape: [2])
-                let g = Gating(config: config, tokens: s.tokens, logits: w, ids: ids, weights: w, flags: flags)
+                let logits = try backend.tensor(
+                    [Float](repeating: 0, count: s.tokens * s.experts), shape: [s.tokens, s.experts], dtype: .f32)
+                let g = try Gating(config: config, tokens: s.tokens, logits: logits, ids: ids, weights: w, flags: flags)
                 return { try routingOutputs(backend, try backend.permute(g, blockSize: s.block)) }
             }
         }
@@ -260,7 +262,8 @@ enum RoutingCases {
                 let ids = try backend.tensor(values, shape: [50, 2])
                 let w = try backend.tensor(weights(100, seed: seed), shape: [50, 2], dtype: .f32)
                 let flags = try backend.tensor([0, 0] as [Int32], shape: [2])
-                let g = Gating(config: .mixtral(), tokens: 50, logits: w, ids: ids, weights: w, flags: flags)
+                let logits = try backend.tensor([Float](repeating: 0, count: 50 * 8), shape: [50, 8], dtype: .f32)
+                let g = try Gating(config: .mixtral(), tokens: 50, logits: logits, ids: ids, weights: w, flags: flags)
                 return { try routingOutputs(backend, try backend.permute(g, blockSize: 4)) }
             })
         return cases
@@ -285,10 +288,11 @@ enum RoutingCases {
                 .joined(separator: " ")
             let seed = Conformance.seed("route \(shape) \(options)")
             let biasValues = s.bias ? bias(s.config.experts, seed: seed) : nil
+            let gating = GatingOp(tokens: s.tokens, config: s.config, hasBias: s.bias)
+            let permute = Permute(tokens: s.tokens, k: s.config.k, experts: s.config.experts, blockSize: s.block)
             return ConformanceCase(
                 op: "route", shape: shape, dtype: .f32, options: options, seed: seed,
-                flops: Double(s.tokens * s.config.experts * (s.config.k + 4)),
-                bytes: Double(s.tokens * (s.config.experts * 4 + s.config.k * 32))
+                flops: gating.flops + permute.flops, bytes: gating.bytes + permute.bytes
             ) { backend in
                 let x = try backend.tensor(
                     logits(tokens: s.tokens, config: s.config, bias: biasValues, kind: s.kind, seed: seed),
@@ -315,8 +319,10 @@ enum RoutingCases {
         var g = SeededGenerator(seed: seed ^ 0x77)
         let w = try backend.tensor((0..<(tokens * k)).map { _ in Float(g.unit()) }, shape: [tokens, k], dtype: .f32)
         let flags = try backend.tensor([0, 0] as [Int32], shape: [2])
+        let logits = try backend.tensor(
+            [Float](repeating: 0, count: tokens * experts), shape: [tokens, experts], dtype: .f32)
         return try backend.permute(
-            Gating(config: config, tokens: tokens, logits: w, ids: ids, weights: w, flags: flags), blockSize: block)
+            Gating(config: config, tokens: tokens, logits: logits, ids: ids, weights: w, flags: flags), blockSize: block)
     }
 
     static let movementShapes: [(tokens: Int, d: Int, experts: Int, k: Int, block: Int, capacity: Double?)] = [
@@ -332,10 +338,14 @@ enum RoutingCases {
                 let shape = "T=\(s.tokens) d=\(s.d) E=\(s.experts) k=\(s.k) block=\(s.block)"
                 let options = s.capacity.map { "cap=\($0)" } ?? ""
                 let seed = Conformance.seed("gather \(shape) \(dtype) \(options)")
+                let op = Gather(
+                    tokens: s.tokens, k: s.k, d: s.d,
+                    maxRows: Reference.maxRows(assignments: s.tokens * s.k, experts: s.experts, blockSize: s.block),
+                    inputType: dtype)
                 cases.append(
                     ConformanceCase(
-                        op: "gather", shape: shape, dtype: dtype, options: options, seed: seed, flops: 0,
-                        bytes: Double(2 * s.tokens * s.k * s.d * dtype.size)
+                        op: "gather", shape: shape, dtype: dtype, options: options, seed: seed, flops: op.flops,
+                        bytes: op.bytes
                     ) { backend in
                         var g = SeededGenerator(seed: seed)
                         let x = try backend.tensor(g.normals(s.tokens * s.d), shape: [s.tokens, s.d], dtype: dtype)
@@ -351,7 +361,11 @@ enum RoutingCases {
         cases.append(
             ConformanceCase(
                 op: "gather", shape: "T=300 d=96 E=8 k=2 block=16", dtype: .bf16, options: "from f32", seed: seed,
-                flops: 0, bytes: Double(300 * 2 * 96 * 6)
+                flops: 0,
+                bytes: Gather(
+                    tokens: 300, k: 2, d: 96, maxRows: Reference.maxRows(assignments: 600, experts: 8, blockSize: 16),
+                    inputType: .f32, outputType: .bf16
+                ).bytes
             ) { backend in
                 var g = SeededGenerator(seed: seed)
                 let x = try backend.tensor(g.normals(300 * 96), shape: [300, 96], dtype: .f32)
@@ -374,8 +388,12 @@ enum RoutingCases {
                     cases.append(
                         ConformanceCase(
                             op: "combine", shape: shape, dtype: dtype, options: options, seed: seed,
-                            flops: Double(2 * s.tokens * s.k * s.d),
-                            bytes: Double((s.tokens * s.k + s.tokens * (residual ? 2 : 1)) * s.d * dtype.size)
+                            flops: Combine(
+                                tokens: s.tokens, k: s.k, d: s.d, maxRows: rows, inputType: dtype, residual: residual
+                            ).flops,
+                            bytes: Combine(
+                                tokens: s.tokens, k: s.k, d: s.d, maxRows: rows, inputType: dtype, residual: residual
+                            ).bytes
                         ) { backend in
                             var g = SeededGenerator(seed: seed)
                             let ys = try backend.tensor(g.normals(rows * s.d), shape: [rows, s.d], dtype: dtype)
@@ -436,7 +454,8 @@ enum RoutingCases {
             let seed = Conformance.seed("expert_choice \(shape) \(s.scoring)")
             return ConformanceCase(
                 op: "expert_choice", shape: shape, dtype: .f32, options: s.scoring.rawValue, seed: seed,
-                flops: Double(s.tokens * s.experts * 6), bytes: Double(s.tokens * s.experts * 12)
+                flops: ExpertChoiceOp(tokens: s.tokens, experts: s.experts, capacity: capacity).flops,
+                bytes: ExpertChoiceOp(tokens: s.tokens, experts: s.experts, capacity: capacity).bytes
             ) { backend in
                 let x = try backend.tensor(
                     expertChoiceLogits(
@@ -464,7 +483,8 @@ enum RoutingCases {
             let seed = Conformance.seed("routing_stats \(shape) \(options)")
             return ConformanceCase(
                 op: "routing_stats", shape: shape, dtype: .f32, options: options, seed: seed,
-                flops: Double(s.tokens * s.config.experts * 8), bytes: Double(s.tokens * s.config.experts * 8)
+                flops: RoutingStatsOp(tokens: s.tokens, experts: s.config.experts, k: s.config.k).flops,
+                bytes: RoutingStatsOp(tokens: s.tokens, experts: s.config.experts, k: s.config.k).bytes
             ) { backend in
                 let x = try backend.tensor(
                     logits(tokens: s.tokens, config: s.config, bias: nil, kind: s.kind, seed: seed),
