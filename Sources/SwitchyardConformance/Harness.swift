@@ -68,12 +68,15 @@ public struct ConformanceCase: Sendable, CustomStringConvertible {
     public let bytes: Double
     /// Whether the op must refuse this input with a `SwitchyardError` on every backend.
     public let expectsError: Bool
+    /// Tokens (or rows) of the case, when the op has such a count: a case with none checks edge
+    /// handling and has nothing to time.
+    public let rows: Int?
     /// Uploads the seeded inputs to a backend and returns the op's launch.
     public let prepare: @Sendable (any ComputeBackend) throws -> () throws -> [CaseOutput]
 
     public init(
-        op: String, shape: String, dtype: DType, options: String = "", seed: UInt64, flops: Double, bytes: Double,
-        expectsError: Bool = false, prepare: @escaping @Sendable (any ComputeBackend) throws -> () throws -> [CaseOutput]
+        op: String, shape: String, dtype: DType, options: String = "", seed: UInt64, rows: Int? = nil, flops: Double,
+        bytes: Double, expectsError: Bool = false, prepare: @escaping @Sendable (any ComputeBackend) throws -> () throws -> [CaseOutput]
     ) {
         self.op = op
         self.shape = shape
@@ -83,8 +86,12 @@ public struct ConformanceCase: Sendable, CustomStringConvertible {
         self.flops = flops
         self.bytes = bytes
         self.expectsError = expectsError
+        self.rows = rows
         self.prepare = prepare
     }
+
+    /// Whether the case has zero tokens or rows.
+    public var isEmpty: Bool { rows == 0 }
 
     public var name: String { [op, shape, dtype.rawValue, options].filter { !$0.isEmpty }.joined(separator: " ") }
     public var description: String { name }
