@@ -17,6 +17,7 @@ public final class Context: @unchecked Sendable {
 
     /// A new context and in-order profiling queue on `device`.
     public convenience init(device: Device) throws {
+        try FaultInjection.point("clCreateContext")
         var status: cl_int = 0
         var deviceID: cl_device_id? = device.id
         guard let context = clCreateContext(nil, 1, &deviceID, nil, nil, &status) else {
@@ -37,10 +38,12 @@ public final class Context: @unchecked Sendable {
         self.device = device
         self.handle = context
         self.queue = queue
+        LiveObjects.created("context")
     }
 
     deinit {
         clReleaseContext(handle)
+        LiveObjects.released("context")
     }
 
     /// Allocates a device buffer of `byteCount` bytes (at least one byte is allocated, so an
@@ -84,6 +87,7 @@ public final class CommandQueue: @unchecked Sendable {
     public let profiling: Bool
 
     init(context: cl_context, device: Device) throws {
+        try FaultInjection.point("clCreateCommandQueue")
         var status: cl_int = 0
         let properties = cl_command_queue_properties(CL_QUEUE_PROFILING_ENABLE)
         guard let queue = clCreateCommandQueue(context, device.id, properties, &status) else {
@@ -92,6 +96,7 @@ public final class CommandQueue: @unchecked Sendable {
         try check(status, "clCreateCommandQueue")
         handle = queue
         profiling = true
+        LiveObjects.created("queue")
     }
 
     /// Wraps a caller's queue, retaining it.
@@ -99,19 +104,23 @@ public final class CommandQueue: @unchecked Sendable {
         try check(clRetainCommandQueue(queue), "clRetainCommandQueue")
         handle = queue
         self.profiling = profiling
+        LiveObjects.created("queue")
     }
 
     deinit {
         clReleaseCommandQueue(handle)
+        LiveObjects.released("queue")
     }
 
     /// Blocks until every enqueued command has finished.
     public func finish() throws {
+        try FaultInjection.point("clFinish")
         try check(clFinish(handle), "clFinish")
     }
 
     /// Submits the queued commands without waiting.
     public func flush() throws {
+        try FaultInjection.point("clFlush")
         try check(clFlush(handle), "clFlush")
     }
 
@@ -129,6 +138,7 @@ public final class CommandQueue: @unchecked Sendable {
             }
         }
         if global.contains(0) { return try marker() }
+        try FaultInjection.point("clEnqueueNDRangeKernel(\(kernel.name))")
         var event: cl_event?
         let g = global.map { Int($0) }
         let status: cl_int
@@ -144,6 +154,7 @@ public final class CommandQueue: @unchecked Sendable {
 
     /// An event that completes when everything enqueued before it has.
     public func marker() throws -> Event {
+        try FaultInjection.point("clEnqueueMarker")
         var event: cl_event?
         try check(clEnqueueMarker(handle, &event), "clEnqueueMarker")
         return Event(adopting: event!)
@@ -158,6 +169,7 @@ public final class Buffer: @unchecked Sendable {
     public let context: Context
 
     init(context: Context, byteCount: Int, label: String) throws {
+        try FaultInjection.point("clCreateBuffer(\(label))")
         var status: cl_int = 0
         guard
             let mem = clCreateBuffer(
@@ -171,6 +183,7 @@ public final class Buffer: @unchecked Sendable {
         self.byteCount = byteCount
         self.label = label
         self.context = context
+        LiveObjects.created("buffer")
     }
 
     /// Takes ownership of one reference to `mem`.
@@ -179,10 +192,12 @@ public final class Buffer: @unchecked Sendable {
         self.byteCount = byteCount
         self.label = label
         self.context = context
+        LiveObjects.created("buffer")
     }
 
     deinit {
         clReleaseMemObject(handle)
+        LiveObjects.released("buffer")
     }
 
     func checkRange(_ what: String, offset: Int, bytes: Int) throws {
@@ -198,6 +213,7 @@ public final class Buffer: @unchecked Sendable {
         let bytes = values.count * MemoryLayout<T>.stride
         try checkRange("upload into", offset: offset, bytes: bytes)
         if bytes == 0 { return }
+        try FaultInjection.point("clEnqueueWriteBuffer(\(label))")
         try values.withUnsafeBytes { raw in
             try check(
                 clEnqueueWriteBuffer(
@@ -211,6 +227,7 @@ public final class Buffer: @unchecked Sendable {
         let bytes = count * MemoryLayout<T>.stride
         try checkRange("download from", offset: offset, bytes: bytes)
         if count == 0 { return [] }
+        try FaultInjection.point("clEnqueueReadBuffer(\(label))")
         return try [T](unsafeUninitializedCapacity: count) { storage, initialized in
             try check(
                 clEnqueueReadBuffer(
@@ -235,6 +252,7 @@ public final class Buffer: @unchecked Sendable {
         }
         if bytes == 0 { return }
         var event: cl_event?
+        try FaultInjection.point("clEnqueueFillBuffer(\(label))")
         try pattern.withUnsafeBytes { raw in
             try check(
                 clEnqueueFillBuffer(
@@ -252,6 +270,7 @@ public final class Buffer: @unchecked Sendable {
         try source.checkRange("copy from", offset: sourceOffset, bytes: bytes)
         try checkRange("copy into", offset: destinationOffset, bytes: bytes)
         if bytes == 0 { return try context.queue.marker() }
+        try FaultInjection.point("clEnqueueCopyBuffer(\(source.label) -> \(label))")
         var event: cl_event?
         try check(
             clEnqueueCopyBuffer(
@@ -268,6 +287,7 @@ public final class Program: @unchecked Sendable {
     public let buildLog: String
 
     init(context: Context, source: String, options: String) throws {
+        try FaultInjection.point("clCreateProgramWithSource")
         var status: cl_int = 0
         let program: cl_program? = source.withCString { text in
             var pointer: UnsafePointer<CChar>? = text
@@ -288,10 +308,12 @@ public final class Program: @unchecked Sendable {
         self.handle = program
         self.options = options
         self.buildLog = log
+        LiveObjects.created("program")
     }
 
     deinit {
         clReleaseProgram(handle)
+        LiveObjects.released("program")
     }
 
     static func log(_ program: cl_program, _ device: cl_device_id) -> String {
@@ -320,6 +342,7 @@ public final class Kernel: @unchecked Sendable {
     let program: Program  // keeps the program alive as long as the kernel
 
     init(program: Program, name: String) throws {
+        try FaultInjection.point("clCreateKernel(\(name))")
         var status: cl_int = 0
         guard let kernel = clCreateKernel(program.handle, name, &status) else {
             throw CLError(code: status == 0 ? CL_INVALID_KERNEL_NAME : status, call: "clCreateKernel(\(name))")
@@ -328,14 +351,17 @@ public final class Kernel: @unchecked Sendable {
         self.handle = kernel
         self.name = name
         self.program = program
+        LiveObjects.created("kernel")
     }
 
     deinit {
         clReleaseKernel(handle)
+        LiveObjects.released("kernel")
     }
 
     /// Sets argument `index` to a buffer.
     public func set(_ index: Int, _ buffer: Buffer) throws {
+        try FaultInjection.point("clSetKernelArg(\(name), \(index))")
         var mem: cl_mem? = buffer.handle
         try check(
             clSetKernelArg(handle, cl_uint(index), MemoryLayout<cl_mem>.size, &mem),
@@ -344,6 +370,7 @@ public final class Kernel: @unchecked Sendable {
 
     /// Sets argument `index` to a scalar (an `Int32`, `UInt32`, `Float`, ...).
     public func set<T: BitwiseCopyable>(_ index: Int, value: T) throws {
+        try FaultInjection.point("clSetKernelArg(\(name), \(index))")
         var copy = value
         try check(
             clSetKernelArg(handle, cl_uint(index), MemoryLayout<T>.size, &copy),
@@ -352,6 +379,7 @@ public final class Kernel: @unchecked Sendable {
 
     /// Sets argument `index` to `bytes` of local memory.
     public func setLocal(_ index: Int, bytes: Int) throws {
+        try FaultInjection.point("clSetKernelArg(\(name), \(index), local)")
         try check(clSetKernelArg(handle, cl_uint(index), bytes, nil), "clSetKernelArg(\(name), \(index), local)")
     }
 }
@@ -362,14 +390,17 @@ public final class Event: @unchecked Sendable {
 
     init(adopting handle: cl_event) {
         self.handle = handle
+        LiveObjects.created("event")
     }
 
     deinit {
         clReleaseEvent(handle)
+        LiveObjects.released("event")
     }
 
     /// Blocks until the command has finished.
     public func wait() throws {
+        try FaultInjection.point("clWaitForEvents")
         var event: cl_event? = handle
         try check(clWaitForEvents(1, &event), "clWaitForEvents")
     }
@@ -406,6 +437,9 @@ public final class Event: @unchecked Sendable {
     public func seconds() throws -> Double {
         let start = try startNanoseconds()
         let end = try endNanoseconds()
-        return Double(end &- start) * 1e-9
+        guard end >= start else {
+            throw CLError(code: CL_PROFILING_INFO_NOT_AVAILABLE, call: "clGetEventProfilingInfo (end \(end) before start \(start))")
+        }
+        return Double(end - start) * 1e-9
     }
 }
