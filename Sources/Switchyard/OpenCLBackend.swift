@@ -322,6 +322,17 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
         return out.guarded(by: tensor.guards)
     }
 
+    /// A scratch buffer for an op's intermediate values (released by the op; keep it alive past
+    /// its kernels with `holdScratch`). Poisoned like outputs when sentinels are on, so a kernel
+    /// that reads scratch it never wrote fails conformance.
+    func scratch(byteCount: Int, label: String) throws -> Buffer {
+        let buffer = try context.buffer(byteCount: byteCount, label: label)
+        if sentinelBytes > 0 && byteCount > 0 && byteCount % Self.poison.count == 0 {
+            try buffer.fill(pattern: Self.poison)
+        }
+        return buffer
+    }
+
     /// Describes how the sentinel tail after `tensor` was overwritten, or nil if it is intact.
     @_spi(Testing) public func sentinelViolation(_ tensor: Tensor) throws -> String? {
         guard sentinelBytes > 0, let buffer = tensor.buffer else { return nil }

@@ -180,7 +180,7 @@ enum RoutingCases {
                 cases.append(
                     ConformanceCase(
                         op: "gating", shape: shape, dtype: .f32, options: name, seed: seed, flops: 0, bytes: 0,
-                        expectsError: true
+                        expectsError: true, errorMatch: "router logits: NaN or infinite"
                     ) { backend in
                         var values = logits(tokens: 33, config: c, bias: nil, kind: "normal", seed: seed)
                         values[17 * c.experts + 5] = special
@@ -257,7 +257,7 @@ enum RoutingCases {
         cases.append(
             ConformanceCase(
                 op: "permute", shape: "T=50 E=8 k=2 block=4", dtype: .i32, options: "id out of range", seed: seed,
-                flops: 0, bytes: 0, expectsError: true
+                flops: 0, bytes: 0, expectsError: true, errorMatch: "expert ids: an expert index is out of range"
             ) { backend in
                 var values = ids(tokens: 50, k: 2, experts: 8, kind: "uniform", seed: seed)
                 values[37] = 8
