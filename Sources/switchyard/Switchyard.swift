@@ -78,20 +78,34 @@ struct Conformance: ParsableCommand {
     @Option(help: "Write every case's result to this JSON file.")
     var json: String?
 
+    @Option(help: "Instead of the registered cases, N random valid configurations (skewed to small and awkward sizes).")
+    var fuzz: Int?
+
+    @Option(help: "The first seed of --fuzz (case i uses seed + i; --fuzz 1 --seed S replays one).")
+    var seed: UInt64 = 1
+
     func run() throws {
-        let passed = try runConformance(device: device, filter: filter, json: json)
+        if let fuzz, fuzz < 1 { throw ValidationError("--fuzz must be at least 1") }
+        let passed = try runConformance(
+            device: device, filter: filter, json: json, fuzz: fuzz.map { (count: $0, seed: seed) })
         if !passed { throw ExitCode(1) }
     }
 }
 
 /// Runs the cases and prints a line per case and the summary; true when all passed.
-func runConformance(device selector: String?, filter: String?, json: String?) throws -> Bool {
+func runConformance(device selector: String?, filter: String?, json: String?, fuzz: (count: Int, seed: UInt64)? = nil)
+    throws -> Bool
+{
     let (runner, cases, tuned) = try failing {
         let device = try Device.select(selector)
         // The user's stored tuning, when there is one, is what their runs use: check that.
         let tuning = try Tuning.stored(for: device)
-        return (try ConformanceRunner(device: device, tuning: tuning), try SwitchyardConformance.Conformance.cases(matching: filter),
-                tuning != nil)
+        var cases = try SwitchyardConformance.Conformance.cases(matching: filter)
+        if let fuzz {
+            let regex = try filter.flatMap { $0.isEmpty ? nil : try Regex($0) }
+            cases = Fuzz.cases(count: fuzz.count, seed: fuzz.seed).filter { c in regex.map { c.name.contains($0) } ?? true }
+        }
+        return (try ConformanceRunner(device: device, tuning: tuning), cases, tuning != nil)
     }
     print("device: \(runner.device.device.name) (\(runner.device.device.kind.rawValue), \(runner.device.device.platformName), driver \(runner.device.device.driverVersion))")
     print("matmul: \(runner.device.tuning.matmulSummary)\(tuned ? " (stored by switchyard tune)" : " (defaults)")")
@@ -109,6 +123,7 @@ func runConformance(device selector: String?, filter: String?, json: String?) th
         let line = [c.op, c.shape, c.dtype.rawValue, c.options, "err=\(error)", status]
             .filter { !$0.isEmpty }.joined(separator: "  ")
         print(r.passed ? line : "\(line)  \(r.detail)")
+        if !r.passed, fuzz != nil { print("  replay: switchyard conformance --fuzz 1 --seed \(c.seed)") }
         fflush(nil)
     }
     let failed = results.filter { !$0.passed }.count
