@@ -8,7 +8,7 @@ SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := ocl-icd-opencl-dev opencl-headers pocl-opencl-icd mesa-opencl-icd pkg-config clinfo libopenblas-dev libclblast-dev python3 python3-numpy python3-pip
 
-.PHONY: run test deps build bench check-mutants fuzz fault-walk
+.PHONY: run test deps build bench check-mutants fuzz fault-walk check-large
 
 deps:
 	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -48,3 +48,8 @@ fuzz: build
 # Every OpenCL call of an MoE layer forward made to fail in turn, on every device (also in `make test`).
 fault-walk: build
 	for d in $(DEVICES); do .build/release/switchyard fault-walk --device $$d || exit 1; done
+
+# A batch of 1,048,576 tokens through mixtral-small on the default device: its intermediates
+# exceed one allocation, so the layer runs in chunks (about 12.5 GB peak RSS on PoCL, minutes).
+check-large: build
+	.build/release/switchyard run --config mixtral-small --tokens 1048576 --iterations 1

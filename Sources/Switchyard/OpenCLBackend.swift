@@ -314,6 +314,29 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
         return Tensor(shape: shape, dtype: dtype, storage: .device(buffer), lease: BufferLease(buffer, self, pooled: false))
     }
 
+    public func copyRows(_ t: Tensor, _ range: Range<Int>) throws -> Tensor {
+        let rowBytes = try validateRows(t, range)
+        let source = try deviceBuffer(t, "copyRows tensor")
+        let out = try empty(shape: [range.count] + t.shape.dropFirst(), dtype: t.dtype, label: "rows")
+        try out.buffer!.copy(from: source, bytes: range.count * rowBytes, sourceOffset: range.lowerBound * rowBytes)
+        return out.guarded(by: t.guards)
+    }
+
+    public func concatenateRows(_ parts: [Tensor]) throws -> Tensor {
+        let (shape, dtype) = try validateConcatenation(parts)
+        let out = try empty(shape: shape, dtype: dtype, label: "concatenated rows")
+        var offset = 0
+        var guards: [Tensor] = []
+        for p in parts {
+            try out.buffer!.copy(from: try deviceBuffer(p, "concatenateRows part"), bytes: p.byteCount, destinationOffset: offset)
+            offset += p.byteCount
+            guards += p.guards
+        }
+        return out.guarded(by: guards)
+    }
+
+    public var maxTensorBytes: Int { min(device.maxAllocationBytes, Tensor.maxBytes) }
+
     /// A copy of `tensor` in new device memory of this backend (enqueued; same shape and dtype).
     public func copy(_ tensor: Tensor) throws -> Tensor {
         let source = try deviceBuffer(tensor, "copy source")

@@ -228,17 +228,21 @@ struct Run: ParsableCommand {
                     throw ValidationError("dtype must be f32, f16 or bf16")
                 }
                 guard tokens >= 0 else { throw ValidationError("--tokens must be at least 0") }
-                // Sizes checked before any allocation: x [T, hidden] and the gate|up activations
-                // [T·k, ffn] (both f32 at most) must each fit one device allocation.
-                let limit = backend.device.maxAllocationBytes
-                for (what, rows, width) in [("x [T, hidden]", tokens, c.hidden), ("the expert activations [T·k, ffn]",
-                                                                                    tokens.multipliedReportingOverflow(by: c.router.k).partialValue, c.ffn)] {
-                    let (n, overflow) = rows.multipliedReportingOverflow(by: width * 4)
-                    guard !overflow, tokens.multipliedReportingOverflow(by: c.router.k).overflow == false, n <= limit else {
-                        throw ValidationError(
-                            "--tokens \(tokens) is too many for \(config): \(what) would exceed the device's largest allocation "
-                                + "(\(limit) bytes); at most \(limit / (4 * max(c.hidden, c.router.k * c.ffn))) tokens")
-                    }
+                // Sizes checked before any allocation: x and y [T, hidden] (f32 at most) must each
+                // fit one device allocation (a batch whose intermediates do not fit one runs in
+                // chunks: MoELayer.chunkTokens), and x must fit host memory.
+                let limit = backend.maxTensorBytes
+                let (n, overflow) = tokens.multipliedReportingOverflow(by: c.hidden * 4)
+                guard !overflow, n <= limit else {
+                    throw ValidationError(
+                        "--tokens \(tokens) is too many for \(config): x and y [T, hidden] would exceed the device's largest "
+                            + "allocation (\(limit) bytes); at most \(limit / (4 * c.hidden)) tokens")
+                }
+                let host = ProcessInfo.processInfo.physicalMemory
+                guard UInt64(n) <= host / 4 else {
+                    throw ValidationError(
+                        "--tokens \(tokens): the input [T, hidden] alone would take \(n) bytes of host memory, over a quarter of "
+                            + "the machine's \(host) bytes")
                 }
                 let seed: UInt64 = 20_261_124
                 layer = try MoELayer(
@@ -247,14 +251,14 @@ struct Run: ParsableCommand {
                 var g = SeededGenerator(seed: seed ^ 0xABCD)
                 (xHost, xType) = (g.normals(tokens * c.hidden), d)
                 name = "\(config) (seeded random weights)"
-                let n = tokens
+                let count = tokens
                 makeReference = {
                     let reference = ReferenceBackend()
                     return (try MoELayer(
                                 backend: reference, config: c,
                                 weights: try MoEWeights.random(config: c, backend: reference, dtype: d, seed: seed),
                                 pack: false),
-                            try reference.tensor(xHost, shape: [n, c.hidden], dtype: d))
+                            try reference.tensor(xHost, shape: [count, c.hidden], dtype: d))
                 }
             }
             let c = layer.config
@@ -304,7 +308,15 @@ struct Run: ParsableCommand {
                                           wall * 1e3, (wall - sum) * 1e3, walls.count))
         print(String(format: "throughput       %10.1f GFLOP/s over the layer's %.3f GFLOP", c.flops(tokens: tokens) / wall / 1e9,
                      c.flops(tokens: tokens) / 1e9))
-        let stats = try backend.routingStats(result!.routing)
+        let out = result!
+        let stats = out.routings.count == 1
+            ? try backend.routingStats(out.routing)
+            : try RoutingStats.merging(
+                out.routings.map { (try backend.routingStats($0), $0.tokens) }, experts: c.experts, k: c.router.k)
+        if out.routings.count > 1 {
+            print("")
+            print("the batch ran in \(out.routings.count) chunks of at most \(layer.chunkTokens) tokens (the statistics cover them all)")
+        }
         print("")
         print("tokens per expert (kept assignments)")
         let most = max(1, stats.tokensPerExpert.max() ?? 1)
