@@ -8,7 +8,7 @@ SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := ocl-icd-opencl-dev opencl-headers pocl-opencl-icd mesa-opencl-icd pkg-config clinfo libopenblas-dev libclblast-dev python3 python3-numpy python3-pip
 
-.PHONY: run test deps build bench check-mutants
+.PHONY: run test deps build bench check-mutants check-load
 
 deps:
 	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -37,3 +37,11 @@ bench: deps
 # each must make conformance fail. Not part of `make test`.
 check-mutants: build
 	python3 scripts/check-mutants.py .build/release/switchyard
+
+# A Mixtral-8x7B MoE layer (8 experts, hidden 4096, ffn 14336, bf16: about 2.8 GB, written to
+# $$TMPDIR by Tests/Fixtures/big_moe.py, or kept in SWITCHYARD_CHECK_LOAD_DIR) loaded onto every
+# device that holds it, the loader's peak host memory checked against 1.2 × its largest tensor
+# + 3 × the staging buffer + 16 MiB (`switchyard load`). Not part of `make test`, which checks
+# the same bound on a 201 MB layer.
+check-load: deps
+	SWITCHYARD_CHECK_LOAD=1 $(SWIFT) test --filter LoadMemoryTests
