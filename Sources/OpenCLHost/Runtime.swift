@@ -196,15 +196,19 @@ public final class Buffer: @unchecked Sendable {
         return Event(adopting: event!)
     }
 
-    /// Reads `destination.count` bytes starting at byte `offset` into `destination` (blocking).
-    public func download(into destination: UnsafeMutableRawBufferPointer, byteOffset offset: Int = 0) throws {
+    /// Reads `destination.count` bytes starting at byte `offset` into `destination` (blocking);
+    /// the returned event carries the transfer's device timing.
+    @discardableResult
+    public func download(into destination: UnsafeMutableRawBufferPointer, byteOffset offset: Int = 0) throws -> Event {
         try checkRange("download from", offset: offset, bytes: destination.count)
-        if destination.isEmpty { return }
+        if destination.isEmpty { return try context.queue.marker() }
+        var event: cl_event?
         try check(
             clEnqueueReadBuffer(
                 context.queue.handle, handle, cl_bool(CL_TRUE), offset, destination.count, destination.baseAddress, 0, nil,
-                nil),
+                &event),
             "clEnqueueReadBuffer(\(label), \(destination.count) bytes at \(offset))")
+        return Event(adopting: event!)
     }
 
     /// Reads `count` elements of type `T` starting at byte `offset`.

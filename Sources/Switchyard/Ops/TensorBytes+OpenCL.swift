@@ -26,7 +26,7 @@ extension OpenCLBackend {
         let buffer = try deviceBuffer(tensor, "tensor")
         let op = try TensorBytes(reading: tensor, elements: elements)
         var out = [UInt8](repeating: 0, count: op.byteCount)
-        try out.withUnsafeMutableBytes { try buffer.download(into: $0, byteOffset: op.byteOffset) }
+        recordTransfer("read_bytes", try out.withUnsafeMutableBytes { try buffer.download(into: $0, byteOffset: op.byteOffset) })
         try checkGuards(tensor)
         return out
     }
