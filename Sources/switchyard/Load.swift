@@ -101,10 +101,11 @@ final class MemorySampler: @unchecked Sendable {
     func probe(_ backend: OpenCLBackend) throws -> (eager: Bool, grew: Int) {
         let bytes = 64 << 20
         let before = resident()
-        let t = try backend.empty(shape: [bytes / 4], dtype: .f32, label: "memory probe")
+        // Not from the backend's pool: a pooled probe would be handed to the load and counted twice.
+        let probe = try backend.context.buffer(byteCount: bytes, label: "memory probe")
         try backend.synchronize()
         let grew = resident() - before
-        withExtendedLifetime(t) {}
+        withExtendedLifetime(probe) {}
         residentWhenAllocated = grew * 2 >= bytes
         return (residentWhenAllocated, grew)
     }
