@@ -8,7 +8,7 @@ SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := ocl-icd-opencl-dev opencl-headers pocl-opencl-icd mesa-opencl-icd pkg-config clinfo libopenblas-dev libclblast-dev python3 python3-numpy python3-pip
 
-.PHONY: run test deps build bench check-mutants fuzz fault-walk check-large
+.PHONY: run test deps build bench check-mutants fuzz fault-walk check-large check-load
 
 deps:
 	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -53,3 +53,11 @@ fault-walk: build
 # exceed one allocation, so the layer runs in chunks (about 12.5 GB peak RSS on PoCL, minutes).
 check-large: build
 	.build/release/switchyard run --config mixtral-small --tokens 1048576 --iterations 1
+
+# A Mixtral-8x7B MoE layer (8 experts, hidden 4096, ffn 14336, bf16: about 2.8 GB, written to
+# $$TMPDIR by Tests/Fixtures/big_moe.py, or kept in SWITCHYARD_CHECK_LOAD_DIR) loaded onto every
+# device that holds it, the loader's peak host memory checked against 1.2 × its largest tensor
+# + 3 × the staging buffer + 16 MiB (`switchyard load`). Not part of `make test`, which checks
+# the same bound on a 201 MB layer.
+check-load: deps
+	SWITCHYARD_CHECK_LOAD=1 $(SWIFT) test --filter LoadMemoryTests

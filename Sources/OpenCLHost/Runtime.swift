@@ -201,7 +201,7 @@ public final class Buffer: @unchecked Sendable {
     }
 
     func checkRange(_ what: String, offset: Int, bytes: Int) throws {
-        if offset < 0 || bytes < 0 || offset + bytes > byteCount {
+        if offset < 0 || bytes < 0 || offset > byteCount || bytes > byteCount - offset {
             throw OpenCLHostError.sizeMismatch(
                 what: "\(what) \(label) at byte offset \(offset)", expected: byteCount - max(offset, 0),
                 actual: bytes)
@@ -220,6 +220,36 @@ public final class Buffer: @unchecked Sendable {
                     context.queue.handle, handle, cl_bool(CL_TRUE), offset, bytes, raw.baseAddress, 0, nil, nil),
                 "clEnqueueWriteBuffer(\(label))")
         }
+    }
+
+    /// Copies the bytes of `source` into the buffer starting at byte `offset` (a blocking write:
+    /// `source` may be reused when this returns). The returned event carries the transfer's
+    /// device timing.
+    @discardableResult
+    public func upload(bytes source: UnsafeRawBufferPointer, byteOffset offset: Int = 0) throws -> Event {
+        try checkRange("upload into", offset: offset, bytes: source.count)
+        if source.isEmpty { return try context.queue.marker() }
+        var event: cl_event?
+        try check(
+            clEnqueueWriteBuffer(
+                context.queue.handle, handle, cl_bool(CL_TRUE), offset, source.count, source.baseAddress, 0, nil, &event),
+            "clEnqueueWriteBuffer(\(label), \(source.count) bytes at \(offset))")
+        return Event(adopting: event!)
+    }
+
+    /// Reads `destination.count` bytes starting at byte `offset` into `destination` (blocking);
+    /// the returned event carries the transfer's device timing.
+    @discardableResult
+    public func download(into destination: UnsafeMutableRawBufferPointer, byteOffset offset: Int = 0) throws -> Event {
+        try checkRange("download from", offset: offset, bytes: destination.count)
+        if destination.isEmpty { return try context.queue.marker() }
+        var event: cl_event?
+        try check(
+            clEnqueueReadBuffer(
+                context.queue.handle, handle, cl_bool(CL_TRUE), offset, destination.count, destination.baseAddress, 0, nil,
+                &event),
+            "clEnqueueReadBuffer(\(label), \(destination.count) bytes at \(offset))")
+        return Event(adopting: event!)
     }
 
     /// Reads `count` elements of type `T` starting at byte `offset`.

@@ -1,3 +1,4 @@
+import Foundation
 import SwitchyardReference
 import OpenCLHost
 
@@ -27,6 +28,9 @@ public protocol ComputeBackend: AnyObject, Sendable {
     func floats(_ tensor: Tensor) async throws -> [Float]
     /// The values of an Int32 tensor, read without blocking a thread.
     func ints(_ tensor: Tensor) async throws -> [Int32]
+    /// The raw bytes of a tensor (its elements' bit patterns, little-endian), read without
+    /// blocking a thread.
+    func bytes(_ tensor: Tensor) async throws -> [UInt8]
     /// Suspends until every op issued so far has finished, blocking no thread.
     func synchronize() async throws
     /// The routing block size this backend's grouped matmul runs fastest with (its row tile):
@@ -71,6 +75,39 @@ public protocol ComputeBackend: AnyObject, Sendable {
         _ input: MatmulInput, weights: ExpertWeights, routing: Routing?, epilogue: Epilogue, scale: RowScale,
         dtype: DType?
     ) throws -> Tensor
+
+    // MARK: Raw bytes and checkpoint loading (issue 14)
+
+    /// A tensor whose elements are not yet written (zeros on the reference; on a device whatever
+    /// its buffer held, or the poison pattern when the backend places sentinels), to be filled
+    /// with `write`. Sizes checked: a shape past `Tensor.maxBytes` or the device's largest
+    /// allocation is an error naming `label`.
+    func empty(shape: [Int], dtype: DType, label: String) throws -> Tensor
+    /// A tensor of any dtype from its elements' bit patterns as stored, little-endian (f32,
+    /// f16 and bf16 bits, i32 two's complement): no rounding. A byte count other than the
+    /// shape's is `SwitchyardError.hostData`.
+    func tensor(bytes: UnsafeRawBufferPointer, shape: [Int], dtype: DType) throws -> Tensor
+    /// Writes elements given as stored bytes (as `tensor(bytes:)` reads them) into `tensor` from
+    /// element `offset` on, in place; the region must lie inside the tensor and the byte count
+    /// be a whole number of elements. Ordered after every op issued before it.
+    func write(_ bytes: UnsafeRawBufferPointer, into tensor: Tensor, atElement offset: Int) throws
+    /// The elements of `tensor` as stored bytes, little-endian (the inverse of `tensor(bytes:)`;
+    /// on the reference a NaN comes back quiet).
+    func bytes(_ tensor: Tensor) throws -> [UInt8]
+    /// The stored bytes of the elements `elements` of `tensor`.
+    func bytes(_ tensor: Tensor, elements: Range<Int>) throws -> [UInt8]
+}
+
+extension ComputeBackend {
+    /// `tensor(bytes:shape:dtype:)` from `Data`.
+    public func tensor(bytes data: Data, shape: [Int], dtype: DType) throws -> Tensor {
+        try data.withUnsafeBytes { try tensor(bytes: $0, shape: shape, dtype: dtype) }
+    }
+
+    /// `write(_:into:atElement:)` from `Data`.
+    public func write(_ data: Data, into tensor: Tensor, atElement offset: Int) throws {
+        try data.withUnsafeBytes { try write($0, into: tensor, atElement: offset) }
+    }
 }
 
 /// Checks a row range of `t` and that `parts` can be stacked; returns the bytes of one row.

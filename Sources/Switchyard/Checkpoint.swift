@@ -1,4 +1,11 @@
 import Foundation
+import SwitchyardReference
+
+/// How far a layer load has got: bytes of backend tensors allocated, and written, so far.
+public struct LoadProgress: Sendable, Hashable {
+    public var allocatedBytes: Int
+    public var writtenBytes: Int
+}
 
 /// A Hugging Face model folder: `config.json` and `.safetensors` weights (one file, or shards
 /// listed by `model.safetensors.index.json`). Reads the MoE blocks of `mixtral`, `qwen2_moe`,
@@ -57,6 +64,12 @@ public final class HFCheckpoint: @unchecked Sendable {
         }
     }
 
+    /// The path of the file holding tensor `name`.
+    public func path(of name: String) throws -> String {
+        guard let fileName = weightMap[name] else { throw CheckpointError("\(folder): tensor '\(name)' is missing") }
+        return URL(fileURLWithPath: folder).appendingPathComponent(fileName).path
+    }
+
     func file(for name: String) throws -> SafeTensorsFile {
         guard let fileName = weightMap[name] else {
             throw CheckpointError("\(folder): tensor '\(name)' is missing")
@@ -67,13 +80,22 @@ public final class HFCheckpoint: @unchecked Sendable {
         return f
     }
 
-    /// A tensor's values, checked against `shape`.
+    /// A tensor's values widened to Float, checked against `shape` (small tensors and tests;
+    /// layers load without this, see `loadLayer`).
     public func tensor(_ name: String, shape: [Int]) throws -> (values: [Float], dtype: DType) {
+        _ = try storedType(name, shape: shape)
         let t = try file(for: name).floats(name)
-        guard t.shape == shape else {
-            throw CheckpointError("tensor '\(name)' has shape \(t.shape); expected \(shape)")
-        }
         return (t.values, t.dtype)
+    }
+
+    /// The storage type of tensor `name` after checking its shape is `shape`, without reading it.
+    func storedType(_ name: String, shape: [Int]) throws -> DType {
+        let f = try file(for: name)
+        let e = try f.entry(name)
+        guard e.shape == shape else {
+            throw CheckpointError("tensor '\(name)' has shape \(e.shape); expected \(shape)")
+        }
+        return try f.dtype(of: name)
     }
 
     /// The largest size config.json may give (a hidden size, a width, an expert count, a layer
@@ -169,63 +191,242 @@ public final class HFCheckpoint: @unchecked Sendable {
         return (p + "gate_proj.weight", p + "up_proj.weight", p + "down_proj.weight")
     }
 
-    /// Loads layer `layer`'s MoE block onto `backend`, weights in their checkpoint storage type
-    /// (the router bias in f32).
-    public func loadLayer(_ layer: Int, backend: any ComputeBackend, pack: Bool = true) throws -> MoELayer {
+    /// The stored size in bytes of every tensor `loadWeights` reads for layer `layer` (checking
+    /// each is present with the expected shape and a float type), in load order.
+    public func layerTensors(_ layer: Int) throws -> [(name: String, bytes: Int)] {
         let c = try moeConfig(layer: layer)
         let h = c.hidden
         let f = c.ffn
         let p = prefix(layer)
-        // The expert weights pass through host f32 here: refuse before allocating what the host lacks.
-        var floats = 1
-        for extent in [c.experts, 3, f, h] {
-            let (product, overflow) = floats.multipliedReportingOverflow(by: extent)
-            guard !overflow else { throw CheckpointError("layer \(layer): experts × 3 × ffn × hidden overflows") }
-            floats = product
-        }
-        let memory = Int(clamping: ProcessInfo.processInfo.physicalMemory)
-        guard floats <= memory / 2 / MemoryLayout<Float>.size else {
-            throw CheckpointError(
-                "layer \(layer): \(c.experts) experts × 3 × \(f) × \(h) weights need \(floats / 250_000_000) GB of host f32 "
-                    + "to load; this machine has \(memory / 1_000_000_000) GB")
-        }
-        let router = try tensor(p + "gate.weight", shape: [c.experts, h])
-        var gateUp: [Float] = []
-        var down: [Float] = []
-        gateUp.reserveCapacity(c.experts * 2 * f * h)
-        down.reserveCapacity(c.experts * h * f)
-        var expertType: DType?
+        var list: [(String, [Int])] = [(p + "gate.weight", [c.experts, h])]
         for e in 0..<c.experts {
             let n = expertNames(layer, e)
-            let g = try tensor(n.gate, shape: [f, h])
-            let u = try tensor(n.up, shape: [f, h])
-            let d = try tensor(n.down, shape: [h, f])
-            expertType = expertType ?? g.dtype
-            gateUp += g.values
-            gateUp += u.values
-            down += d.values
+            list += [(n.gate, [f, h]), (n.up, [f, h]), (n.down, [h, f])]
         }
-        let wt = expertType ?? .f32
-        var weights = MoEWeights(
-            router: try backend.tensor(router.values, shape: [c.experts, h], dtype: router.dtype),
-            gateUp: try backend.tensor(gateUp, shape: [c.experts, 2 * f, h], dtype: wt),
-            down: try backend.tensor(down, shape: [c.experts, h, f], dtype: wt))
-        if c.routerBias {
-            let b = try tensor(p + "gate.e_score_correction_bias", shape: [c.experts])
-            weights.bias = try backend.tensor(b.values, shape: [c.experts], dtype: .f32)
-        }
+        if c.routerBias { list.append((p + "gate.e_score_correction_bias", [c.experts])) }
         if c.sharedFFN > 0 {
             let sp = modelType == "deepseek_v3" ? p + "shared_experts." : p + "shared_expert."
-            let sg = try tensor(sp + "gate_proj.weight", shape: [c.sharedFFN, h])
-            let su = try tensor(sp + "up_proj.weight", shape: [c.sharedFFN, h])
-            let sd = try tensor(sp + "down_proj.weight", shape: [h, c.sharedFFN])
-            weights.sharedGateUp = try backend.tensor(sg.values + su.values, shape: [2 * c.sharedFFN, h], dtype: sg.dtype)
-            weights.sharedDown = try backend.tensor(sd.values, shape: [h, c.sharedFFN], dtype: sd.dtype)
+            list += [(sp + "gate_proj.weight", [c.sharedFFN, h]), (sp + "up_proj.weight", [c.sharedFFN, h]),
+                     (sp + "down_proj.weight", [h, c.sharedFFN])]
+            if c.sharedGate { list.append((p + "shared_expert_gate.weight", [1, h])) }
+        }
+        return try list.map { name, shape in
+            _ = try storedType(name, shape: shape)
+            let e = try file(for: name).entry(name)
+            return (name, e.end - e.begin)
+        }
+    }
+
+    /// Host bytes a layer streams through by default: each tensor goes from the file to the
+    /// device in pieces of this size (with a conversion, a second buffer of at most twice it).
+    public static let defaultStagingBytes = 8 << 20
+
+    /// Loads layer `layer`'s MoE block onto `backend` and prepares (packs) it there. See
+    /// `loadWeights` for how the weights travel.
+    public func loadLayer(
+        _ layer: Int, backend: any ComputeBackend, pack: Bool = true, weightType: DType? = nil,
+        stagingBytes: Int = defaultStagingBytes, progress: ((LoadProgress) -> Void)? = nil
+    ) throws -> MoELayer {
+        let c = try moeConfig(layer: layer)
+        let weights = try loadWeights(
+            layer, backend: backend, weightType: weightType, stagingBytes: stagingBytes, progress: progress)
+        return try MoELayer(backend: backend, config: c, weights: weights, pack: pack)
+    }
+
+    /// Loads layer `layer`'s MoE weights onto `backend`, each tensor straight from its file to its
+    /// place in the device tensor: the per-expert gate and up `[ffn, hidden]` into the stacked
+    /// `[E, 2·ffn, hidden]` (gate rows first) and down `[hidden, ffn]` into `[E, hidden, ffn]`, one
+    /// tensor at a time, through one reused staging buffer of `stagingBytes` (`pread`, no mapping,
+    /// no whole-tensor host copy). The expert weights keep the storage type of expert 0's gate, or
+    /// become `weightType`; the router keeps its own, the DeepSeek-V3 correction bias becomes f32.
+    /// A tensor stored in another type is converted piece by piece in a second staging buffer.
+    /// Every tensor's presence, shape and type is checked before anything is allocated.
+    /// `progress` is called after each allocation and each piece written, with the totals so far.
+    public func loadWeights(
+        _ layer: Int, backend: any ComputeBackend, weightType: DType? = nil, stagingBytes: Int = defaultStagingBytes,
+        progress: ((LoadProgress) -> Void)? = nil
+    ) throws -> MoEWeights {
+        let c = try moeConfig(layer: layer)
+        let h = c.hidden
+        let f = c.ffn
+        let p = prefix(layer)
+        if let weightType, !weightType.isFloatingPoint {
+            throw CheckpointError("weight type \(weightType): expected f32, f16 or bf16")
+        }
+        // Sizes of the stacked tensors with checked arithmetic (config values are at most 2^24).
+        let (twoF, overflow) = f.multipliedReportingOverflow(by: 2)
+        if overflow { throw CheckpointError("layer \(layer): 2 × ffn overflows") }
+
+        // Every tensor checked (present, shaped, a float type) before any allocation.
+        let routerName = p + "gate.weight"
+        let routerType = try storedType(routerName, shape: [c.experts, h])
+        var experts: [(gate: String, up: String, down: String)] = []
+        var firstType: DType?
+        for e in 0..<c.experts {
+            let n = expertNames(layer, e)
+            let g = try storedType(n.gate, shape: [f, h])
+            _ = try storedType(n.up, shape: [f, h])
+            _ = try storedType(n.down, shape: [h, f])
+            firstType = firstType ?? g
+            experts.append(n)
+        }
+        let wt = weightType ?? firstType ?? .f32
+        let biasName = p + "gate.e_score_correction_bias"
+        if c.routerBias { _ = try storedType(biasName, shape: [c.experts]) }
+        let sp = modelType == "deepseek_v3" ? p + "shared_experts." : p + "shared_expert."
+        let shared = (gate: sp + "gate_proj.weight", up: sp + "up_proj.weight", down: sp + "down_proj.weight")
+        let sharedGateName = p + "shared_expert_gate.weight"
+        var sharedType = wt
+        if c.sharedFFN > 0 {
+            let sg = try storedType(shared.gate, shape: [c.sharedFFN, h])
+            _ = try storedType(shared.up, shape: [c.sharedFFN, h])
+            _ = try storedType(shared.down, shape: [h, c.sharedFFN])
+            if c.sharedGate { _ = try storedType(sharedGateName, shape: [1, h]) }
+            sharedType = weightType ?? sg
+        }
+
+        let loader = try Loader(checkpoint: self, backend: backend, stagingBytes: stagingBytes, progress: progress)
+        let router = try loader.load([routerName], shape: [c.experts, h], dtype: routerType, label: "router weight")
+        let gateUp = try loader.allocate([c.experts, twoF, h], wt, "expert gate|up weight")
+        let down = try loader.allocate([c.experts, h, f], wt, "expert down weight")
+        let slice = f * h  // one expert's gate, up or down: ≤ 2^48 / 4 elements, checked by `empty` above
+        for (e, n) in experts.enumerated() {
+            try loader.copy(n.gate, into: gateUp, atElement: 2 * e * slice)
+            try loader.copy(n.up, into: gateUp, atElement: (2 * e + 1) * slice)
+            try loader.copy(n.down, into: down, atElement: e * slice)
+        }
+        var weights = MoEWeights(router: router, gateUp: gateUp, down: down)
+        if c.routerBias {
+            weights.bias = try loader.load([biasName], shape: [c.experts], dtype: .f32, label: "router correction bias")
+        }
+        if c.sharedFFN > 0 {
+            weights.sharedGateUp = try loader.load(
+                [shared.gate, shared.up], shape: [2 * c.sharedFFN, h], dtype: sharedType, label: "shared expert gate|up weight")
+            weights.sharedDown = try loader.load(
+                [shared.down], shape: [h, c.sharedFFN], dtype: sharedType, label: "shared expert down weight")
             if c.sharedGate {
-                let gate = try tensor(p + "shared_expert_gate.weight", shape: [1, h])
-                weights.sharedGate = try backend.tensor(gate.values, shape: [1, h], dtype: gate.dtype)
+                let gateType = try storedType(sharedGateName, shape: [1, h])
+                weights.sharedGate = try loader.load([sharedGateName], shape: [1, h], dtype: gateType, label: "shared expert gate")
             }
         }
-        return try MoELayer(backend: backend, config: c, weights: weights, pack: pack)
+        return weights
+    }
+
+    /// Compares loaded weights with the file, bitwise: for every tensor of layer `layer`, up to
+    /// `regions` runs of `run` elements (its head, tail and evenly spaced ones between) read back
+    /// from `backend` against the stored bytes (converted to the loaded type where it differs).
+    /// Returns the number of runs compared; a mismatch is an error naming the tensor and element.
+    public func verify(
+        _ weights: MoEWeights, layer: Int, backend: any ComputeBackend, regions: Int = 3, run: Int = 4096
+    ) throws -> Int {
+        let c = try moeConfig(layer: layer)
+        let p = prefix(layer)
+        let slice = c.ffn * c.hidden
+        var places: [(String, Tensor, Int)] = [(p + "gate.weight", weights.router, 0)]
+        for e in 0..<c.experts {
+            let n = expertNames(layer, e)
+            places += [(n.gate, weights.gateUp, 2 * e * slice), (n.up, weights.gateUp, (2 * e + 1) * slice),
+                       (n.down, weights.down, e * slice)]
+        }
+        if c.routerBias, let bias = weights.bias { places.append((p + "gate.e_score_correction_bias", bias, 0)) }
+        if c.sharedFFN > 0, let gu = weights.sharedGateUp, let d = weights.sharedDown {
+            let sp = modelType == "deepseek_v3" ? p + "shared_experts." : p + "shared_expert."
+            places += [(sp + "gate_proj.weight", gu, 0), (sp + "up_proj.weight", gu, c.sharedFFN * c.hidden),
+                       (sp + "down_proj.weight", d, 0)]
+            if let g = weights.sharedGate { places.append((p + "shared_expert_gate.weight", g, 0)) }
+        }
+        var compared = 0
+        for (name, tensor, base) in places {
+            let file = try file(for: name)
+            let stored = try file.dtype(of: name)
+            let count = try file.entry(name).shape.reduce(1, *)
+            let length = min(run, count)
+            let n = max(1, regions)
+            var starts = Set<Int>()
+            for i in 0..<n { starts.insert(n == 1 ? 0 : (count - length) * i / (n - 1)) }
+            for start in starts.sorted() {
+                let range = start..<(start + length)
+                var want = try file.bytes(name, elements: range)
+                if stored != tensor.dtype {
+                    var out = [UInt8](repeating: 0, count: length * tensor.dtype.size)
+                    want.withUnsafeBytes { src in
+                        out.withUnsafeMutableBytes { dst in
+                            Reference.convert(src, from: stored.floatStorage!, into: dst, as: tensor.dtype.floatStorage!, count: length)
+                        }
+                    }
+                    want = out
+                }
+                let got = try backend.bytes(tensor, elements: (base + start)..<(base + start + length))
+                if got != want {
+                    let size = tensor.dtype.size
+                    let first = (0..<length * size).first { (b: Int) -> Bool in got[b] != want[b] } ?? 0
+                    let i = first / size
+                    throw CheckpointError(
+                        "'\(name)' element \(start + i) differs on \(backend.name) from the file (loaded at element \(base + start + i) "
+                            + "of \(tensor))")
+                }
+                compared += 1
+            }
+        }
+        return compared
+    }
+
+    /// Streams checkpoint tensors into backend tensors through one staging buffer.
+    final class Loader {
+        let checkpoint: HFCheckpoint
+        let backend: any ComputeBackend
+        let staging: StagingBuffer
+        /// For pieces converted to another storage type (made on first use).
+        var converted: StagingBuffer?
+        let progress: ((LoadProgress) -> Void)?
+        var state = LoadProgress(allocatedBytes: 0, writtenBytes: 0)
+
+        init(checkpoint: HFCheckpoint, backend: any ComputeBackend, stagingBytes: Int, progress: ((LoadProgress) -> Void)?) throws {
+            self.checkpoint = checkpoint
+            self.backend = backend
+            self.staging = try StagingBuffer(capacity: stagingBytes)
+            self.progress = progress
+        }
+
+        /// A backend tensor to load into (announced to `progress` before it is made: a device
+        /// that clears new buffers fills their pages during the call).
+        func allocate(_ shape: [Int], _ dtype: DType, _ label: String) throws -> Tensor {
+            state.allocatedBytes += try Tensor.checkedCount(shape, dtype: dtype, label) * dtype.size
+            progress?(state)
+            return try backend.empty(shape: shape, dtype: dtype, label: label)
+        }
+
+        /// A new tensor of `shape` and `dtype` holding `names` one after the other.
+        func load(_ names: [String], shape: [Int], dtype: DType, label: String) throws -> Tensor {
+            let t = try allocate(shape, dtype, label)
+            var offset = 0
+            for name in names {
+                try copy(name, into: t, atElement: offset)
+                offset += try checkpoint.file(for: name).entry(name).shape.reduce(1, *)
+            }
+            return t
+        }
+
+        /// Writes tensor `name` into `tensor` from element `base`, converted to its type if need be.
+        func copy(_ name: String, into tensor: Tensor, atElement base: Int) throws {
+            let file = try checkpoint.file(for: name)
+            let stored = try file.dtype(of: name)
+            let target = tensor.dtype
+            try file.read(name, through: staging) { piece, first in
+                if stored == target {
+                    try backend.write(piece, into: tensor, atElement: base + first)
+                    state.writtenBytes += piece.count
+                } else {
+                    let count = piece.count / stored.size
+                    let needed = staging.capacity / stored.size * target.size
+                    if converted == nil || converted!.capacity < needed { converted = try StagingBuffer(capacity: max(needed, 8)) }
+                    let out = UnsafeMutableRawBufferPointer(rebasing: converted!.bytes[0..<count * target.size])
+                    Reference.convert(piece, from: stored.floatStorage!, into: out, as: target.floatStorage!, count: count)
+                    try backend.write(UnsafeRawBufferPointer(out), into: tensor, atElement: base + first)
+                    state.writtenBytes += out.count
+                }
+                progress?(state)
+            }
+        }
     }
 }

@@ -28,7 +28,7 @@ public enum SwitchyardError: Error, Sendable, Equatable, CustomStringConvertible
         case .backendMismatch(let argument, let expected, let actual):
             "\(argument) lives on \(actual), but the op runs on \(expected)"
         case .hostData(let argument, let expected, let actual):
-            "\(argument): expected \(expected) host elements, got \(actual)"
+            "\(argument): expected \(expected) \(argument.hasSuffix("bytes") ? "bytes" : "host elements"), got \(actual)"
         case .invalidValues(let argument, let detail):
             "\(argument): \(detail)"
         case .unsupported(let message):

@@ -418,13 +418,6 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
         return values
     }
 
-    /// The raw bytes of a tensor (for bitwise comparisons).
-    public func bytes(_ tensor: Tensor) throws -> [UInt8] {
-        let values = try deviceBuffer(tensor, "tensor").download(UInt8.self, count: tensor.byteCount)
-        try checkGuards(tensor)
-        return values
-    }
-
     public func synchronize() throws {
         try context.queue.finish()
         lock.lock()
@@ -600,6 +593,13 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
         let event = try context.queue.enqueue(kernel, global: global, local: local)
         if !recorders.isEmpty, recorders[Self.threadKey] != nil { recorders[Self.threadKey]!.append((name, event)) }
         return event
+    }
+
+    /// Records a host↔device transfer's event like a launch (for device-side timing).
+    func recordTransfer(_ name: String, _ event: Event) {
+        lock.lock()
+        defer { lock.unlock() }
+        if !recorders.isEmpty, recorders[Self.threadKey] != nil { recorders[Self.threadKey]!.append((name, event)) }
     }
 
     /// Runs `body` and returns, with its result, every kernel launch it made and its event

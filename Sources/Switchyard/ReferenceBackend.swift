@@ -94,6 +94,12 @@ public final class ReferenceBackend: ComputeBackend {
         return values
     }
 
+    public func bytes(_ tensor: Tensor) async throws -> [UInt8] {
+        let values = try rawBytes(tensor)
+        try await checkGuards(tensor)
+        return values
+    }
+
     public func synchronize() async throws {}
 
     /// The reference pads to 4 rows (its results do not depend on it).

@@ -128,9 +128,17 @@ public final class SafeTensorsFile: @unchecked Sendable {
     /// it was opened).
     static func read(_ fd: Int32, _ path: String, offset: Int, count: Int) throws -> [UInt8] {
         var out = [UInt8](repeating: 0, count: count)
+        try out.withUnsafeMutableBytes { try read(fd, path, offset: offset, into: $0) }
+        return out
+    }
+
+    /// Fills `destination` with the bytes at `offset` (`pread`, no mapping: file pages never
+    /// count as the process's memory), or an error when the file is shorter.
+    static func read(_ fd: Int32, _ path: String, offset: Int, into destination: UnsafeMutableRawBufferPointer) throws {
+        let count = destination.count
         var done = 0
         while done < count {
-            let n = out.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, count - done, off_t(offset + done)) }
+            let n = pread(fd, destination.baseAddress! + done, count - done, off_t(offset + done))
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else {
                 throw CheckpointError(
@@ -140,7 +148,36 @@ public final class SafeTensorsFile: @unchecked Sendable {
             }
             done += n
         }
-        return out
+    }
+
+    /// The entry of tensor `name`, or an error naming it.
+    public func entry(_ name: String) throws -> Entry {
+        guard let e = entries[name] else { throw CheckpointError("\(path): no tensor '\(name)'") }
+        return e
+    }
+
+    /// Streams tensor `name`'s stored bytes through `staging`, in order, in pieces of at most its
+    /// capacity and a whole number of elements: `body(piece, firstElement)` for each (the piece
+    /// is only valid during the call). Host memory: the staging buffer, whatever the tensor's size.
+    public func read(
+        _ name: String, through staging: StagingBuffer,
+        _ body: (_ piece: UnsafeRawBufferPointer, _ firstElement: Int) throws -> Void
+    ) throws {
+        let e = try entry(name)
+        let size = Self.elementSizes[e.dtype]!  // known dtypes only were accepted when opened
+        let step = staging.capacity / size * size
+        guard step > 0 else {
+            throw CheckpointError("a staging buffer of \(staging.capacity) bytes holds no \(e.dtype) element")
+        }
+        let total = e.end - e.begin
+        var done = 0
+        while done < total {
+            let n = min(step, total - done)
+            let piece = UnsafeMutableRawBufferPointer(rebasing: staging.bytes[0..<n])
+            try Self.read(fd, path, offset: dataStart + e.begin + done, into: piece)
+            try body(UnsafeRawBufferPointer(piece), done / size)
+            done += n
+        }
     }
 
     /// The storage type Switchyard keeps the tensor in (F32, F16, BF16).
@@ -154,24 +191,25 @@ public final class SafeTensorsFile: @unchecked Sendable {
         }
     }
 
-    /// The values of tensor `name`, widened to Float.
-    public func floats(_ name: String) throws -> (values: [Float], shape: [Int], dtype: DType) {
-        guard let e = entries[name] else { throw CheckpointError("\(path): no tensor '\(name)'") }
-        let dtype = try dtype(of: name)
-        let count = (e.end - e.begin) / dtype.size  // checked against the shape when opened
-        let bytes = try Self.read(fd, path, offset: dataStart + e.begin, count: e.end - e.begin)
-        var out = [Float](repeating: 0, count: count)
-        bytes.withUnsafeBytes { p in
-            switch dtype {
-            case .f32:
-                for i in 0..<count { out[i] = Float(bitPattern: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self))) }
-            case .f16:
-                for i in 0..<count { out[i] = FloatBits.fromF16(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) }
-            case .bf16:
-                for i in 0..<count { out[i] = FloatBits.fromBF16(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) }
-            case .i32: break
-            }
+    /// The stored bytes of elements `elements` of tensor `name` (a region, for checks).
+    public func bytes(_ name: String, elements: Range<Int>) throws -> [UInt8] {
+        let e = try entry(name)
+        let size = Self.elementSizes[e.dtype]!
+        guard elements.lowerBound >= 0, elements.upperBound <= (e.end - e.begin) / size else {
+            throw CheckpointError("\(path): elements \(elements) of '\(name)' (\((e.end - e.begin) / size) elements)")
         }
+        return try Self.read(fd, path, offset: dataStart + e.begin + elements.lowerBound * size, count: elements.count * size)
+    }
+
+    /// The values of tensor `name`, widened to Float (for inputs and tests: a layer's weights
+    /// load through `HFCheckpoint.loadLayer`, in their storage type, without this).
+    public func floats(_ name: String) throws -> (values: [Float], shape: [Int], dtype: DType) {
+        let e = try entry(name)
+        let dtype = try dtype(of: name)
+        var out = [Float]()
+        out.reserveCapacity((e.end - e.begin) / dtype.size)  // checked against the shape when opened
+        let staging = try StagingBuffer(capacity: min(max(e.end - e.begin, 8), 1 << 20))
+        try read(name, through: staging) { piece, _ in out += Reference.decodeFloats(piece, as: dtype.floatStorage!) }
         return (out, e.shape, dtype)
     }
 
@@ -206,5 +244,29 @@ public final class SafeTensorsFile: @unchecked Sendable {
         file.append(json)
         file.append(data)
         try file.write(to: URL(fileURLWithPath: path))
+    }
+}
+
+/// A reused host buffer that tensors stream through on their way from a file to a device
+/// (`SafeTensorsFile.read(_:through:_:)`): the host memory a load holds, whatever the tensors'
+/// sizes.
+public final class StagingBuffer: @unchecked Sendable {
+    /// The largest staging buffer (far above what a load needs).
+    public static let maxCapacity = 1 << 32
+
+    public let capacity: Int
+    let bytes: UnsafeMutableRawBufferPointer
+
+    /// A buffer of `capacity` bytes (8 up to `maxCapacity`: room for an element of any type).
+    public init(capacity: Int) throws {
+        guard capacity >= 8 && capacity <= Self.maxCapacity else {
+            throw CheckpointError("staging buffer of \(capacity) bytes: expected 8...\(Self.maxCapacity)")
+        }
+        self.capacity = capacity
+        bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 64)
+    }
+
+    deinit {
+        bytes.deallocate()
     }
 }

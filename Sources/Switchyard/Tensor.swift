@@ -1,11 +1,17 @@
+import Foundation
 import OpenCLHost
 
 /// A dense row-major tensor: a shape, a storage type, and its storage on one backend.
-/// Tensors are immutable handles; ops return new tensors.
+/// Ops return new tensors and never change their inputs; only `ComputeBackend.write` changes a
+/// tensor's elements in place (loading weights into a stacked tensor), and every view of the
+/// storage (`reshaped`, a guarded copy) sees the change, on either backend.
 public final class Tensor: @unchecked Sendable, CustomStringConvertible {
     public let shape: [Int]
     public let dtype: DType
-    let storage: Storage
+    /// The elements (a snapshot of the host values on the reference backend).
+    var storage: Storage { box.storage }
+    /// Shared by every view of the same storage.
+    let box: StorageBox
 
     /// Where the elements live.
     enum Storage: @unchecked Sendable {
@@ -33,7 +39,16 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
     init(shape: [Int], dtype: DType, storage: Storage, lease: AnyObject? = nil, guards: [Tensor] = []) {
         self.shape = shape
         self.dtype = dtype
-        self.storage = storage
+        self.box = StorageBox(storage)
+        self.lease = lease
+        self.guards = guards
+    }
+
+    /// A view of `box` (same elements, another shape or more guards).
+    private init(shape: [Int], dtype: DType, box: StorageBox, lease: AnyObject?, guards: [Tensor]) {
+        self.shape = shape
+        self.dtype = dtype
+        self.box = box
         self.lease = lease
         self.guards = guards
     }
@@ -43,7 +58,7 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
         if flags.isEmpty { return self }
         var all = guards
         for f in flags where !all.contains(where: { $0 === f }) { all.append(f) }
-        return Tensor(shape: shape, dtype: dtype, storage: storage, lease: lease, guards: all)
+        return Tensor(shape: shape, dtype: dtype, box: box, lease: lease, guards: all)
     }
 
     /// Number of elements.
@@ -66,6 +81,33 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
     var buffer: Buffer? {
         if case .device(let buffer) = storage { return buffer }
         return nil
+    }
+}
+
+/// A tensor's storage, shared by its views. The device case never changes (writes go into the
+/// buffer); the reference backend's host values change under the lock.
+final class StorageBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: Tensor.Storage
+
+    init(_ value: Tensor.Storage) {
+        self.value = value
+    }
+
+    var storage: Tensor.Storage {
+        lock.lock()
+        defer { lock.unlock() }
+        return value
+    }
+
+    /// Runs `body` on the host values in place (no copy unless a snapshot of them is alive).
+    func mutateHost<T>(_ body: (inout Tensor.HostValues) throws -> T) throws -> T? {
+        lock.lock()
+        defer { lock.unlock() }
+        guard case .host(var values) = value else { return nil }
+        value = .host(.ints([]))  // drop the enum's reference so `values` is uniquely held
+        defer { value = .host(values) }
+        return try body(&values)
     }
 }
 
@@ -97,7 +139,7 @@ extension Tensor {
         guard (try? Tensor.checkedCount(newShape, dtype: dtype, "reshape")) == count else {
             throw SwitchyardError.shape(argument: "reshape to \(newShape)", expected: "\(count) elements", actual: shape)
         }
-        return Tensor(shape: newShape, dtype: dtype, storage: storage, lease: lease, guards: guards)
+        return Tensor(shape: newShape, dtype: dtype, box: box, lease: lease, guards: guards)
     }
 
     /// Checks the tensor has rank `rank`, returning its shape.

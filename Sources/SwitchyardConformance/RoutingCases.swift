@@ -422,7 +422,10 @@ enum RoutingCases {
     {
         var g = SeededGenerator(seed: seed)
         var logits = g.normals(tokens * experts, scale: 2)
-        for _ in 0..<50 {
+        // Redrawn until no chosen pair is a near tie (the device ranks f32 scores, the reference
+        // Double ones); the redrawn tokens in ascending order, so the draws are a pure function
+        // of the seed (a Set's iteration order changes from process to process).
+        for _ in 0..<1000 {
             var scores = [Double](repeating: 0, count: tokens * experts)
             for t in 0..<tokens {
                 let s = Reference.scores(logits[(t * experts)..<((t + 1) * experts)], scoring)
@@ -438,7 +441,7 @@ enum RoutingCases {
                 }
             }
             if redraw.isEmpty { break }
-            for t in redraw { for e in 0..<experts { logits[t * experts + e] = g.normal() * 2 } }
+            for t in redraw.sorted() { for e in 0..<experts { logits[t * experts + e] = g.normal() * 2 } }
         }
         return logits
     }

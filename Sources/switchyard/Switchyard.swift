@@ -10,7 +10,7 @@ struct SwitchyardCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchyard",
         abstract: "Switchyard: OpenCL kernels for conditional-computation networks (MoE routing and experts).",
-        subcommands: [Devices.self, Conformance.self, Run.self, Tune.self, FaultWalkCommand.self])
+        subcommands: [Devices.self, Conformance.self, Run.self, Tune.self, Load.self, FaultWalkCommand.self])
     // `switchyard run` is the main job; `conformance` checks every op against the reference.
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import OpenCLHost
 import Switchyard
 import SwitchyardReference
 import Testing
@@ -30,21 +31,66 @@ struct CheckpointTests {
         [("f32", "single"), ("bf16", "sharded"), ("f32", "sharded"), ("bf16", "single")].map { (t, $0.0, $0.1) }
     }
 
+    /// Every OpenCL device, then the reference.
+    static func backends() throws -> [any ComputeBackend] {
+        try Device.all().map { try OpenCLBackend(device: $0) as any ComputeBackend } + [ReferenceBackend()]
+    }
+
     @Test(arguments: variants)
     func layerMatchesAnIndependentReference(_ variant: (String, String, String)) throws {
         let (type, dtype, layout) = variant
         let (folder, layer) = try makeFolder(type, dtype, layout)
         defer { try? FileManager.default.removeItem(atPath: folder) }
-        let backend = try OpenCLBackend()
         let checkpoint = try HFCheckpoint(folder: folder)
         #expect(checkpoint.modelType == type)
         let x = try SafeTensorsFile(path: folder + "/x.safetensors").floats("x")
         let want = try SafeTensorsFile(path: folder + "/y_ref.safetensors").floats("y").values
-        for pack in [true, false] {
-            let moe = try checkpoint.loadLayer(layer, backend: backend, pack: pack)
+        for backend in try Self.backends() {
+            // Packed with the default staging buffer; in checkpoint layout through a 42-byte one
+            // (every tensor in many pieces, an f32 piece 40 bytes).
+            for pack in [true, false] {
+                let moe = try checkpoint.loadLayer(
+                    layer, backend: backend, pack: pack, stagingBytes: pack ? HFCheckpoint.defaultStagingBytes : 42)
+                #expect(moe.weightType == (dtype == "f32" ? .f32 : .bf16))
+                let y = try backend.floats(moe.forward(try backend.tensor(x.values, shape: x.shape, dtype: x.dtype)).y)
+                let error = ErrorMeasure.nmse(y, want)
+                #expect(error < (dtype == "f32" ? 1e-6 : 1e-3), "\(backend.name) \(type) \(dtype) \(layout) pack=\(pack): nmse \(error)")
+            }
+            // The loaded tensors hold the file's bytes: every tensor whole (they are small), bitwise.
+            let weights = try checkpoint.loadWeights(layer, backend: backend, stagingBytes: 8)
+            let tensors = try checkpoint.layerTensors(layer).count
+            #expect(try checkpoint.verify(weights, layer: layer, backend: backend, regions: 1, run: 1 << 20) == tensors)
+        }
+    }
+
+    /// Weights loaded in another storage type than the file's: converted piece by piece (bf16 →
+    /// f16, f32 → bf16, bf16 → f32), bitwise equal to the reference conversion of the file's
+    /// bytes, and the layer still matches the float64 reference.
+    @Test(arguments: [("mixtral", "bf16", "single", DType.f16), ("qwen2_moe", "f32", "sharded", .bf16),
+                      ("deepseek_v3", "bf16", "single", .f32)])
+    func weightsConvertToAnotherStorageType(_ type: String, _ dtype: String, _ layout: String, _ target: DType) throws {
+        let (folder, layer) = try makeFolder(type, dtype, layout)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let checkpoint = try HFCheckpoint(folder: folder)
+        let x = try SafeTensorsFile(path: folder + "/x.safetensors").floats("x")
+        let want = try SafeTensorsFile(path: folder + "/y_ref.safetensors").floats("y").values
+        for backend in try Self.backends() {
+            let weights = try checkpoint.loadWeights(layer, backend: backend, weightType: target, stagingBytes: 42)
+            #expect(weights.gateUp.dtype == target && weights.down.dtype == target)
+            #expect(weights.sharedGateUp.map { $0.dtype == target } ?? true)
+            #expect(weights.bias.map { $0.dtype == .f32 } ?? true)
+            let tensors = try checkpoint.layerTensors(layer).count
+            #expect(try checkpoint.verify(weights, layer: layer, backend: backend, regions: 1, run: 1 << 20) == tensors)
+            let moe = try MoELayer(backend: backend, config: try checkpoint.moeConfig(layer: layer), weights: weights)
             let y = try backend.floats(moe.forward(try backend.tensor(x.values, shape: x.shape, dtype: x.dtype)).y)
             let error = ErrorMeasure.nmse(y, want)
-            #expect(error < (dtype == "f32" ? 1e-6 : 1e-3), "\(type) \(dtype) \(layout) pack=\(pack): nmse \(error)")
+            #expect(error < 1e-3, "\(backend.name) \(type) \(dtype) → \(target): nmse \(error)")
+        }
+        #expect(throws: CheckpointError.self) {
+            try checkpoint.loadWeights(layer, backend: ReferenceBackend(), weightType: .i32)
+        }
+        #expect(throws: CheckpointError.self) {
+            try checkpoint.loadWeights(layer, backend: ReferenceBackend(), stagingBytes: 4)
         }
     }
 

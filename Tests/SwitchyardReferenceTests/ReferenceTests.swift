@@ -65,3 +65,25 @@ struct ReferenceTests {
         #expect(ErrorMeasure.nmse([], []) == 0)
     }
 }
+
+@Suite("CPU reference: raw bytes, hand-checked")
+struct ReferenceBytesTests {
+    @Test func decodeEncodeAndConvert() {
+        let f16: [UInt8] = [0x00, 0x3C, 0x01, 0x3C, 0x00, 0xFC]  // 1, 1 + 2^-10, -inf
+        let values = f16.withUnsafeBytes { Reference.decodeFloats($0, as: .f16) }
+        #expect(values == [1, 1 + 0x1p-10, -.infinity])
+        #expect(Reference.encode(values[...], as: .f16) == f16)
+        #expect(Reference.encode(values[...], as: .bf16) == [0x80, 0x3F, 0x80, 0x3F, 0x80, 0xFF])  // 1 + 2^-10 rounds to 1
+        #expect(Reference.encode([Float(1.5)][...], as: .f32) == [0x00, 0x00, 0xC0, 0x3F])
+        #expect(Reference.encode([Int32(-2), 65536][...]) == [0xFE, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x01, 0x00])
+        #expect([UInt8]([0xFE, 0xFF, 0xFF, 0xFF]).withUnsafeBytes { Reference.decodeInts($0) } == [-2])
+        // bf16 → f16 → f32 conversions of pieces: 3.140625 and 70000 (f16 overflows to inf).
+        let bf16: [UInt8] = [0x49, 0x40, 0x89, 0x47]
+        var out = [UInt8](repeating: 0, count: 4)
+        bf16.withUnsafeBytes { src in out.withUnsafeMutableBytes { Reference.convert(src, from: .bf16, into: $0, as: .f16, count: 2) } }
+        #expect(out == [0x48, 0x42, 0x00, 0x7C])  // 3.140625 = 0x4248 in f16; 70144 → inf
+        var wide = [UInt8](repeating: 0, count: 8)
+        bf16.withUnsafeBytes { src in wide.withUnsafeMutableBytes { Reference.convert(src, from: .bf16, into: $0, as: .f32, count: 2) } }
+        #expect(wide == [0x00, 0x00, 0x49, 0x40, 0x00, 0x00, 0x89, 0x47])
+    }
+}
