@@ -8,7 +8,7 @@ SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := ocl-icd-opencl-dev opencl-headers pocl-opencl-icd mesa-opencl-icd pkg-config clinfo libopenblas-dev libclblast-dev python3 python3-numpy python3-pip
 
-.PHONY: run test deps build bench check-mutants fuzz fault-walk check-large check-load
+.PHONY: run test deps build bench check-mutants fuzz fault-walk check-large check-load check-leaks
 
 deps:
 	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -61,3 +61,14 @@ check-large: build
 # the same bound on a 201 MB layer.
 check-load: deps
 	SWITCHYARD_CHECK_LOAD=1 $(SWIFT) test --filter LoadMemoryTests
+
+# A quick conformance subset under valgrind on PoCL: no invalid access and no definite or indirect
+# leak outside the drivers' own state (scripts/valgrind-drivers.supp says what is suppressed and
+# why). Installs valgrind when missing. Takes minutes (LLVM compiles kernels under valgrind).
+check-leaks: deps
+	@command -v valgrind >/dev/null || ($(SUDO) apt-get install -y --no-install-recommends valgrind)
+	$(SWIFT) build --product switchyard
+	valgrind --error-exitcode=1 --leak-check=full --show-leak-kinds=definite,indirect \
+	  --errors-for-leak-kinds=definite,indirect --suppressions=scripts/valgrind-drivers.supp --num-callers=40 \
+	  .build/debug/switchyard conformance --device 0 \
+	  --filter '^(softmax rows=3 cols=16|topk rows=3 cols=7 k=7|gating T=0|permute T=5 E=8 k=8 block=16|moe_layer mixtral-tiny T=1 f32|tensor refused)'
