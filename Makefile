@@ -8,7 +8,7 @@ SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := ocl-icd-opencl-dev opencl-headers pocl-opencl-icd mesa-opencl-icd pkg-config clinfo libopenblas-dev libclblast-dev python3 python3-numpy python3-pip
 
-.PHONY: run test deps build bench check-mutants
+.PHONY: run test deps build bench check-mutants docs
 
 deps:
 	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -37,3 +37,10 @@ bench: deps
 # each must make conformance fail. Not part of `make test`.
 check-mutants: build
 	python3 scripts/check-mutants.py .build/release/switchyard
+
+# DocC documentation of Switchyard and OpenCLHost (the catalogs in Sources/*/*.docc and the doc
+# comments), into .build/plugins/Swift-DocC/outputs/*.doccarchive. Any DocC warning (an unresolved
+# link, a malformed topic group) fails the target. The code blocks are compiled and run by
+# `swift test --filter DocSampleTests`. Needs no OpenCL device and nothing beyond Swift.
+docs:
+	$(SWIFT) package generate-documentation --target Switchyard --target OpenCLHost --warnings-as-errors

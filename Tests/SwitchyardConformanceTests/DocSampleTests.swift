@@ -69,9 +69,10 @@ enum DocSamples {
         for (n, block) in blocks.enumerated() {
             var body: [String] = []
             for line in block.code {
-                let trimmed = line.trimmingCharacters(in: .whitespaces)
-                if trimmed.hasPrefix("import ") && !trimmed.contains("(") {
-                    if !imports.contains(trimmed) { imports.append(trimmed) }
+                // An import (its comment dropped) moves to the top of the file.
+                let code = line.components(separatedBy: "//")[0].trimmingCharacters(in: .whitespaces)
+                if code.hasPrefix("import ") {
+                    if !imports.contains(code) { imports.append(code) }
                 } else {
                     body.append("    " + line)
                 }
@@ -132,13 +133,13 @@ enum DocSamples {
             ```
             ````
             ```swift title
-            import Switchyard
+            import Switchyard  // a comment
             let b = 2
             ```
             """
         let blocks = DocSamples.blocks(of: text, file: "t.md")
         #expect(blocks.map(\.line) == [2, 13])
-        #expect(blocks.map(\.code) == [["let a = 1"], ["import Switchyard", "let b = 2"]])
+        #expect(blocks.map(\.code) == [["let a = 1"], ["import Switchyard  // a comment", "let b = 2"]])
         let main = DocSamples.mainSource(blocks)
         #expect(main.contains("import Switchyard\n"))
         #expect(main.contains("func sample1() async throws {\n    let b = 2\n}"))
