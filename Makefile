@@ -8,7 +8,7 @@ SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := ocl-icd-opencl-dev opencl-headers pocl-opencl-icd mesa-opencl-icd pkg-config clinfo libopenblas-dev libclblast-dev python3 python3-numpy python3-pip
 
-.PHONY: run test deps build bench check-mutants docs
+.PHONY: run test deps build bench check-mutants fuzz fault-walk check-large docs
 
 deps:
 	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -37,6 +37,22 @@ bench: deps
 # each must make conformance fail. Not part of `make test`.
 check-mutants: build
 	python3 scripts/check-mutants.py .build/release/switchyard
+
+# 2000 random valid configurations against the reference on every device (case i replays
+# with `switchyard conformance --fuzz 1 --seed $$((1000 + i))`). Not part of `make test`.
+DEVICES = $$(seq 0 $$(( $$(clinfo -l 2>/dev/null | grep -c 'Device \#') - 1 )))
+
+fuzz: build
+	for d in $(DEVICES); do .build/release/switchyard conformance --device $$d --fuzz 2000 --seed 1000 || exit 1; done
+
+# Every OpenCL call of an MoE layer forward made to fail in turn, on every device (also in `make test`).
+fault-walk: build
+	for d in $(DEVICES); do .build/release/switchyard fault-walk --device $$d || exit 1; done
+
+# A batch of 1,048,576 tokens through mixtral-small on the default device: its intermediates
+# exceed one allocation, so the layer runs in chunks (about 12.5 GB peak RSS on PoCL, minutes).
+check-large: build
+	.build/release/switchyard run --config mixtral-small --tokens 1048576 --iterations 1
 
 # DocC documentation of Switchyard and OpenCLHost (the catalogs in Sources/*/*.docc and the doc
 # comments), into .build/plugins/Swift-DocC/outputs/*.doccarchive. Any DocC warning (an unresolved

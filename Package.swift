@@ -73,7 +73,9 @@ let package = Package(
                 "Switchyard", "SwitchyardConformance", "SwitchyardReference", "OpenCLHost", "COpenBLAS", "CCLBlast",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
-            path: "Benchmarks/switchyard-bench"
+            path: "Benchmarks/switchyard-bench",
+            // The ceiling kernels, compiled into the binary (PackageResources.ceilings_cl).
+            resources: [.embedInCode("ceilings.cl")]
         ),
         .testTarget(name: "OpenCLHostTests", dependencies: ["OpenCLHost", "Switchyard"]),
         .testTarget(name: "SwitchyardReferenceTests", dependencies: ["SwitchyardReference"]),

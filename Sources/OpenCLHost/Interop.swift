@@ -119,6 +119,7 @@ extension Context {
                     + "which OpenCL sub-buffers need")
         }
         var region = cl_buffer_region(origin: start, size: max(count, 1))
+        try FaultInjection.point("clCreateSubBuffer(\(label))")
         var status: cl_int = 0
         guard
             let sub = clCreateSubBuffer(
@@ -196,6 +197,7 @@ extension Buffer {
     public func downloadBytes(count: Int, byteOffset offset: Int = 0) async throws -> [UInt8] {
         try checkRange("download from", offset: offset, bytes: count)
         if count == 0 { return [] }
+        try FaultInjection.point("clEnqueueReadBuffer(\(label))")
         let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 64)
         defer { storage.deallocate() }
         var event: cl_event?
@@ -214,6 +216,7 @@ extension Buffer {
     public func upload(bytes: UnsafeRawBufferPointer, byteOffset offset: Int = 0) throws {
         try checkRange("upload into", offset: offset, bytes: bytes.count)
         if bytes.isEmpty { return }
+        try FaultInjection.point("clEnqueueWriteBuffer(\(label))")
         try check(
             clEnqueueWriteBuffer(
                 context.queue.handle, handle, cl_bool(CL_TRUE), offset, bytes.count, bytes.baseAddress, 0, nil, nil),

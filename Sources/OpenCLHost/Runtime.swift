@@ -21,6 +21,7 @@ public final class Context: @unchecked Sendable {
 
     /// A new context and in-order profiling queue on `device`.
     public convenience init(device: Device) throws {
+        try FaultInjection.point("clCreateContext")
         var status: cl_int = 0
         var deviceID: cl_device_id? = device.id
         guard let context = clCreateContext(nil, 1, &deviceID, nil, nil, &status) else {
@@ -41,10 +42,12 @@ public final class Context: @unchecked Sendable {
         self.device = device
         self.handle = context
         self.queue = queue
+        LiveObjects.created("context")
     }
 
     deinit {
         clReleaseContext(handle)
+        LiveObjects.released("context")
     }
 
     /// Allocates a device buffer of `byteCount` bytes (at least one byte is allocated, so an
@@ -89,6 +92,7 @@ public final class CommandQueue: @unchecked Sendable {
     public let profiling: Bool
 
     init(context: cl_context, device: Device) throws {
+        try FaultInjection.point("clCreateCommandQueue")
         var status: cl_int = 0
         let properties = cl_command_queue_properties(CL_QUEUE_PROFILING_ENABLE)
         guard let queue = clCreateCommandQueue(context, device.id, properties, &status) else {
@@ -97,6 +101,7 @@ public final class CommandQueue: @unchecked Sendable {
         try check(status, "clCreateCommandQueue")
         handle = queue
         profiling = true
+        LiveObjects.created("queue")
     }
 
     /// Wraps a caller's queue, retaining it.
@@ -104,19 +109,23 @@ public final class CommandQueue: @unchecked Sendable {
         try check(clRetainCommandQueue(queue), "clRetainCommandQueue")
         handle = queue
         self.profiling = profiling
+        LiveObjects.created("queue")
     }
 
     deinit {
         clReleaseCommandQueue(handle)
+        LiveObjects.released("queue")
     }
 
     /// Blocks until every enqueued command has finished.
     public func finish() throws {
+        try FaultInjection.point("clFinish")
         try check(clFinish(handle), "clFinish")
     }
 
     /// Submits the queued commands without waiting.
     public func flush() throws {
+        try FaultInjection.point("clFlush")
         try check(clFlush(handle), "clFlush")
     }
 
@@ -134,6 +143,7 @@ public final class CommandQueue: @unchecked Sendable {
             }
         }
         if global.contains(0) { return try marker() }
+        try FaultInjection.point("clEnqueueNDRangeKernel(\(kernel.name))")
         var event: cl_event?
         let g = global.map { Int($0) }
         let status: cl_int
@@ -149,6 +159,7 @@ public final class CommandQueue: @unchecked Sendable {
 
     /// An event that completes when everything enqueued before it has.
     public func marker() throws -> Event {
+        try FaultInjection.point("clEnqueueMarker")
         var event: cl_event?
         try check(clEnqueueMarker(handle, &event), "clEnqueueMarker")
         return Event(adopting: event!)
@@ -167,6 +178,7 @@ public final class Buffer: @unchecked Sendable {
     public let context: Context
 
     init(context: Context, byteCount: Int, label: String) throws {
+        try FaultInjection.point("clCreateBuffer(\(label))")
         var status: cl_int = 0
         guard
             let mem = clCreateBuffer(
@@ -180,6 +192,7 @@ public final class Buffer: @unchecked Sendable {
         self.byteCount = byteCount
         self.label = label
         self.context = context
+        LiveObjects.created("buffer")
     }
 
     /// Takes ownership of one reference to `mem`.
@@ -188,10 +201,12 @@ public final class Buffer: @unchecked Sendable {
         self.byteCount = byteCount
         self.label = label
         self.context = context
+        LiveObjects.created("buffer")
     }
 
     deinit {
         clReleaseMemObject(handle)
+        LiveObjects.released("buffer")
     }
 
     func checkRange(_ what: String, offset: Int, bytes: Int) throws {
@@ -207,6 +222,7 @@ public final class Buffer: @unchecked Sendable {
         let bytes = values.count * MemoryLayout<T>.stride
         try checkRange("upload into", offset: offset, bytes: bytes)
         if bytes == 0 { return }
+        try FaultInjection.point("clEnqueueWriteBuffer(\(label))")
         try values.withUnsafeBytes { raw in
             try check(
                 clEnqueueWriteBuffer(
@@ -220,6 +236,7 @@ public final class Buffer: @unchecked Sendable {
         let bytes = count * MemoryLayout<T>.stride
         try checkRange("download from", offset: offset, bytes: bytes)
         if count == 0 { return [] }
+        try FaultInjection.point("clEnqueueReadBuffer(\(label))")
         return try [T](unsafeUninitializedCapacity: count) { storage, initialized in
             try check(
                 clEnqueueReadBuffer(
@@ -244,6 +261,7 @@ public final class Buffer: @unchecked Sendable {
         }
         if bytes == 0 { return }
         var event: cl_event?
+        try FaultInjection.point("clEnqueueFillBuffer(\(label))")
         try pattern.withUnsafeBytes { raw in
             try check(
                 clEnqueueFillBuffer(
@@ -261,6 +279,7 @@ public final class Buffer: @unchecked Sendable {
         try source.checkRange("copy from", offset: sourceOffset, bytes: bytes)
         try checkRange("copy into", offset: destinationOffset, bytes: bytes)
         if bytes == 0 { return try context.queue.marker() }
+        try FaultInjection.point("clEnqueueCopyBuffer(\(source.label) -> \(label))")
         var event: cl_event?
         try check(
             clEnqueueCopyBuffer(
@@ -280,6 +299,7 @@ public final class Program: @unchecked Sendable {
     public let buildLog: String
 
     init(context: Context, source: String, options: String) throws {
+        try FaultInjection.point("clCreateProgramWithSource")
         var status: cl_int = 0
         let program: cl_program? = source.withCString { text in
             var pointer: UnsafePointer<CChar>? = text
@@ -300,10 +320,12 @@ public final class Program: @unchecked Sendable {
         self.handle = program
         self.options = options
         self.buildLog = log
+        LiveObjects.created("program")
     }
 
     deinit {
         clReleaseProgram(handle)
+        LiveObjects.released("program")
     }
 
     static func log(_ program: cl_program, _ device: cl_device_id) -> String {
@@ -334,6 +356,7 @@ public final class Kernel: @unchecked Sendable {
     let program: Program  // keeps the program alive as long as the kernel
 
     init(program: Program, name: String) throws {
+        try FaultInjection.point("clCreateKernel(\(name))")
         var status: cl_int = 0
         guard let kernel = clCreateKernel(program.handle, name, &status) else {
             throw CLError(code: status == 0 ? CL_INVALID_KERNEL_NAME : status, call: "clCreateKernel(\(name))")
@@ -342,14 +365,17 @@ public final class Kernel: @unchecked Sendable {
         self.handle = kernel
         self.name = name
         self.program = program
+        LiveObjects.created("kernel")
     }
 
     deinit {
         clReleaseKernel(handle)
+        LiveObjects.released("kernel")
     }
 
     /// Sets argument `index` to a buffer.
     public func set(_ index: Int, _ buffer: Buffer) throws {
+        try FaultInjection.point("clSetKernelArg(\(name), \(index))")
         var mem: cl_mem? = buffer.handle
         try check(
             clSetKernelArg(handle, cl_uint(index), MemoryLayout<cl_mem>.size, &mem),
@@ -358,6 +384,7 @@ public final class Kernel: @unchecked Sendable {
 
     /// Sets argument `index` to a scalar (an `Int32`, `UInt32`, `Float`, ...).
     public func set<T: BitwiseCopyable>(_ index: Int, value: T) throws {
+        try FaultInjection.point("clSetKernelArg(\(name), \(index))")
         var copy = value
         try check(
             clSetKernelArg(handle, cl_uint(index), MemoryLayout<T>.size, &copy),
@@ -366,6 +393,7 @@ public final class Kernel: @unchecked Sendable {
 
     /// Sets argument `index` to `bytes` of local memory.
     public func setLocal(_ index: Int, bytes: Int) throws {
+        try FaultInjection.point("clSetKernelArg(\(name), \(index), local)")
         try check(clSetKernelArg(handle, cl_uint(index), bytes, nil), "clSetKernelArg(\(name), \(index), local)")
     }
 }
@@ -377,14 +405,17 @@ public final class Event: @unchecked Sendable {
 
     init(adopting handle: cl_event) {
         self.handle = handle
+        LiveObjects.created("event")
     }
 
     deinit {
         clReleaseEvent(handle)
+        LiveObjects.released("event")
     }
 
     /// Blocks until the command has finished.
     public func wait() throws {
+        try FaultInjection.point("clWaitForEvents")
         var event: cl_event? = handle
         try check(clWaitForEvents(1, &event), "clWaitForEvents")
     }
@@ -421,6 +452,9 @@ public final class Event: @unchecked Sendable {
     public func seconds() throws -> Double {
         let start = try startNanoseconds()
         let end = try endNanoseconds()
-        return Double(end &- start) * 1e-9
+        guard end >= start else {
+            throw CLError(code: CL_PROFILING_INFO_NOT_AVAILABLE, call: "clGetEventProfilingInfo (end \(end) before start \(start))")
+        }
+        return Double(end - start) * 1e-9
     }
 }

@@ -11,6 +11,12 @@ public protocol ComputeBackend: AnyObject, Sendable {
     func tensor(_ values: [Float], shape: [Int], dtype: DType) throws -> Tensor
     /// An Int32 tensor holding `values`.
     func tensor(_ values: [Int32], shape: [Int]) throws -> Tensor
+    /// A copy of rows `range` of `t` (rank ≥ 1, split along its first dimension).
+    func copyRows(_ t: Tensor, _ range: Range<Int>) throws -> Tensor
+    /// The rows of `parts` one after another (same dtype and row shape), as one new tensor.
+    func concatenateRows(_ parts: [Tensor]) throws -> Tensor
+    /// The largest single tensor this backend can hold, in bytes.
+    var maxTensorBytes: Int { get }
     /// The values of a floating-point tensor, widened to Float.
     func floats(_ tensor: Tensor) throws -> [Float]
     /// The values of an Int32 tensor.
@@ -65,6 +71,36 @@ public protocol ComputeBackend: AnyObject, Sendable {
         _ input: MatmulInput, weights: ExpertWeights, routing: Routing?, epilogue: Epilogue, scale: RowScale,
         dtype: DType?
     ) throws -> Tensor
+}
+
+/// Checks a row range of `t` and that `parts` can be stacked; returns the bytes of one row.
+func validateRows(_ t: Tensor, _ range: Range<Int>) throws -> Int {
+    guard let rows = t.shape.first else {
+        throw SwitchyardError.shape(argument: "copyRows tensor", expected: "[rows, ...]", actual: t.shape)
+    }
+    guard range.lowerBound >= 0, range.upperBound <= rows else {
+        throw SwitchyardError.outOfRange(argument: "copyRows upper bound", value: range.upperBound, range: "0...\(rows)")
+    }
+    return rows == 0 ? 0 : t.byteCount / rows
+}
+
+func validateConcatenation(_ parts: [Tensor]) throws -> (shape: [Int], dtype: DType) {
+    guard let first = parts.first, !first.shape.isEmpty else {
+        throw SwitchyardError.unsupported("concatenateRows needs at least one tensor of rank 1 or more")
+    }
+    var rows = 0
+    for (i, p) in parts.enumerated() {
+        guard p.dtype == first.dtype, p.shape.count == first.shape.count, Array(p.shape.dropFirst()) == Array(first.shape.dropFirst())
+        else {
+            throw SwitchyardError.shape(
+                argument: "concatenateRows part \(i)", expected: "[rows] + \(Array(first.shape.dropFirst())) \(first.dtype)",
+                actual: p.shape)
+        }
+        rows += p.shape[0]
+    }
+    let shape = [rows] + Array(first.shape.dropFirst())
+    _ = try Tensor.checkedCount(shape, dtype: first.dtype, "concatenateRows result")
+    return (shape, first.dtype)
 }
 
 func checkHostCount(_ count: Int, _ shape: [Int], _ argument: String) throws {

@@ -153,21 +153,83 @@ public final class MoELayer: @unchecked Sendable {
     public struct Output: Sendable {
         /// `[T, hidden]`, the block's output without the residual.
         public let y: Tensor
-        public let routing: Routing
-        /// Device time per stage (OpenCL backend with profiling requested), in order.
+        /// The routing of each chunk of tokens, in token order: one, the whole batch, unless the
+        /// batch was too large for one pass (see `chunkTokens`).
+        public let routings: [Routing]
+        /// Device time per stage (OpenCL backend with profiling requested), in order, summed over chunks.
         public let stages: [StageTime]
+
+        /// The routing of the first chunk: the whole batch's unless it was split (see `routings`).
+        public var routing: Routing { routings[0] }
+    }
+
+    /// The most tokens one pass of `forward` takes on this backend: its largest intermediate (the
+    /// expert-ordered SwiGLU or down output, `maxRows` rows of `k·ffn` or `k·hidden` f32 per
+    /// token, block padding included) stays within half the backend's largest tensor.
+    public var chunkTokens: Int {
+        let k = config.router.k
+        let widest = max(k * config.ffn, k * config.hidden, config.sharedFFN, config.experts)
+        let perToken = max(1, widest * 4)
+        // Block padding adds at most E·(block − 1) rows to the k·T routed ones.
+        let padding = config.experts * max(0, blockSize - 1) * max(config.ffn, config.hidden) * 4
+        return max(1, (backend.maxTensorBytes / 2 - padding) / perToken)
     }
 
     /// Runs the block on `x [T, hidden]`: enqueues every stage on the device's in-order queue and
     /// returns without waiting (with `profile`, the stage times need the work done, so that waits).
     /// The routing flags guard the output: reading `y` (`floats`, `bytes`) throws if a router
     /// logit was NaN or infinite.
-    public func forward(_ x: Tensor, profile: Bool = false) throws -> Output {
+    ///
+    /// A batch of more than `chunkTokens` tokens (`chunk`, when given) runs in chunks of that
+    /// many, each routed on its own, and the chunks' outputs are stacked: each token's output is
+    /// bitwise what one pass gives (rows never depend on what else shares their batch). Routing
+    /// with a capacity cannot be split (capacity depends on the whole batch) and is refused with
+    /// the limit named.
+    public func forward(_ x: Tensor, profile: Bool = false, chunk: Int? = nil) throws -> Output {
         let s = try x.expectRank(2, "MoE input x", "[tokens, \(config.hidden)]")
         guard s[1] == config.hidden else {
             throw SwitchyardError.shape(argument: "MoE input x", expected: "[tokens, \(config.hidden)]", actual: s)
         }
         try x.expectDType(DType.floatingPoint, "MoE input x")
+        let limit = chunk ?? chunkTokens
+        guard limit >= 1 else { throw SwitchyardError.outOfRange(argument: "chunk", value: limit, range: "1...") }
+        if s[0] <= limit { return try forwardPass(x, profile: profile) }
+        if config.router.capacityFactor != nil {
+            throw SwitchyardError.outOfRange(
+                argument: "MoE tokens", value: s[0],
+                range: "1...\(limit) with capacity-limited routing (capacity depends on the whole batch, so it is not split; "
+                    + "the largest intermediate must fit \(backend.maxTensorBytes) bytes)")
+        }
+        let outCount = try Tensor.checkedCount([s[0], config.hidden], dtype: .f32, "MoE output")
+        guard outCount * 4 <= backend.maxTensorBytes else {
+            throw SwitchyardError.shape(
+                argument: "MoE output", expected: "at most \(backend.maxTensorBytes) bytes (the backend's largest tensor)",
+                actual: [s[0], config.hidden])
+        }
+        var parts: [Tensor] = []
+        var routings: [Routing] = []
+        var seconds: [String: Double] = [:]
+        var order: [String] = []
+        var start = 0
+        while start < s[0] {
+            let end = min(s[0], start + limit)
+            let out = try forwardPass(try backend.copyRows(x, start..<end), profile: profile)
+            parts.append(out.y)
+            routings.append(out.routing)
+            for stage in out.stages {
+                if seconds[stage.stage] == nil { order.append(stage.stage) }
+                seconds[stage.stage, default: 0] += stage.seconds
+            }
+            start = end
+        }
+        return Output(
+            y: try backend.concatenateRows(parts), routings: routings,
+            stages: order.map { StageTime(stage: $0, seconds: seconds[$0]!) })
+    }
+
+    /// One pass over the whole batch `x` (validated by `forward`).
+    func forwardPass(_ x: Tensor, profile: Bool) throws -> Output {
+        let s = x.shape
         var recorded: [(String, () throws -> Double?)] = []
         func stage<T>(_ name: String, _ body: () throws -> T) throws -> T {
             guard profile else { return try body() }
@@ -206,6 +268,6 @@ public final class MoELayer: @unchecked Sendable {
         for (name, seconds) in recorded {
             if let s = try seconds() { stages.append(StageTime(stage: name, seconds: s)) }
         }
-        return Output(y: y, routing: routing, stages: stages)
+        return Output(y: y, routings: [routing], stages: stages)
     }
 }

@@ -314,12 +314,46 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
         return Tensor(shape: shape, dtype: dtype, storage: .device(buffer), lease: BufferLease(buffer, self, pooled: false))
     }
 
+    public func copyRows(_ t: Tensor, _ range: Range<Int>) throws -> Tensor {
+        let rowBytes = try validateRows(t, range)
+        let source = try deviceBuffer(t, "copyRows tensor")
+        let out = try empty(shape: [range.count] + t.shape.dropFirst(), dtype: t.dtype, label: "rows")
+        try out.buffer!.copy(from: source, bytes: range.count * rowBytes, sourceOffset: range.lowerBound * rowBytes)
+        return out.guarded(by: t.guards)
+    }
+
+    public func concatenateRows(_ parts: [Tensor]) throws -> Tensor {
+        let (shape, dtype) = try validateConcatenation(parts)
+        let out = try empty(shape: shape, dtype: dtype, label: "concatenated rows")
+        var offset = 0
+        var guards: [Tensor] = []
+        for p in parts {
+            try out.buffer!.copy(from: try deviceBuffer(p, "concatenateRows part"), bytes: p.byteCount, destinationOffset: offset)
+            offset += p.byteCount
+            guards += p.guards
+        }
+        return out.guarded(by: guards)
+    }
+
+    public var maxTensorBytes: Int { min(device.maxAllocationBytes, Tensor.maxBytes) }
+
     /// A copy of `tensor` in new device memory of this backend (enqueued; same shape and dtype).
     public func copy(_ tensor: Tensor) throws -> Tensor {
         let source = try deviceBuffer(tensor, "copy source")
         let out = try empty(shape: tensor.shape, dtype: tensor.dtype, label: "copy")
         try out.buffer!.copy(from: source, bytes: tensor.byteCount)
         return out.guarded(by: tensor.guards)
+    }
+
+    /// A scratch buffer for an op's intermediate values (released by the op; keep it alive past
+    /// its kernels with `holdScratch`). Poisoned like outputs when sentinels are on, so a kernel
+    /// that reads scratch it never wrote fails conformance.
+    func scratch(byteCount: Int, label: String) throws -> Buffer {
+        let buffer = try context.buffer(byteCount: byteCount, label: label)
+        if sentinelBytes > 0 && byteCount > 0 && byteCount % Self.poison.count == 0 {
+            try buffer.fill(pattern: Self.poison)
+        }
+        return buffer
     }
 
     /// Describes how the sentinel tail after `tensor` was overwritten, or nil if it is intact.
@@ -484,13 +518,7 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
 
     // MARK: launching
 
-    /// A kernel argument.
-    enum Arg {
-        case buffer(Buffer)
-        case int(Int)
-        case float(Float)
-        case local(bytes: Int)
-    }
+    typealias Arg = KernelArgument
 
     /// The `-D` option string for `defines`, in a stable order so equal sets share one program.
     static func options(_ defines: [String: String]) -> String {
@@ -498,14 +526,18 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
             .joined(separator: " ")
     }
 
-    /// Builds (once) the program of `file` with `defines` and returns its kernel `name`.
-    /// Call with `lock` held.
-    private func kernelLocked(_ file: String, _ name: String, _ defines: [String: String]) throws -> Kernel {
+    /// Builds (once) the program of `file` (an embedded kernel file, or with `source` a
+    /// caller's program text) with `defines` and returns its kernel `name`. Call with `lock` held.
+    private func kernelLocked(_ file: String, _ name: String, _ defines: [String: String], source given: String? = nil)
+        throws -> Kernel
+    {
         let options = Self.options(defines)
-        let key = KernelKey(file: file, name: name, options: options)
+        let key = KernelKey(file: given ?? file, name: name, options: options)
         if let kernel = kernels[key] { return kernel }
         let source: String
-        if let cached = sources[file] {
+        if let given {
+            source = given
+        } else if let cached = sources[file] {
             source = cached
         } else {
             source = try KernelLibrary.source(of: file)
@@ -523,15 +555,36 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
         _ = try kernelLocked(file, name, defines)
     }
 
+    /// Builds (once per source and defines) a caller's OpenCL C program ahead of its first launch.
+    public func prepare(program source: String, kernel name: String, defines: [String: String] = [:]) throws {
+        lock.lock()
+        defer { lock.unlock() }
+        _ = try kernelLocked("", name, defines, source: source)
+    }
+
+    /// Enqueues kernel `name` of a caller's OpenCL C program (`source`, built once per source
+    /// and `defines`, each `-DKEY=VALUE`, with `-cl-std=CL1.2`) on this backend's queue, in order
+    /// with Switchyard's own ops: for an engine's own kernels beside Switchyard's, and for the
+    /// benchmark's ceiling kernels. `global` must be a multiple of `local` in each dimension.
+    /// Integer arguments are passed as 32-bit `int` (an error if one does not fit).
+    @discardableResult
+    public func launch(
+        program source: String, kernel name: String, defines: [String: String] = [:], arguments: [KernelArgument],
+        global: [Int], local: [Int]
+    ) throws -> Event {
+        try launch("", name, defines: defines, args: arguments, global: global, local: local, source: source)
+    }
+
     /// Sets the arguments of kernel `name` from `file` and enqueues it. Local sizes are always
     /// explicit (a driver's own choice was measured slower, and each new local size is a compile).
     @discardableResult
     func launch(
-        _ file: String, _ name: String, defines: [String: String] = [:], args: [Arg], global: [Int], local: [Int]
+        _ file: String, _ name: String, defines: [String: String] = [:], args: [Arg], global: [Int], local: [Int],
+        source: String? = nil
     ) throws -> Event {
         lock.lock()
         defer { lock.unlock() }
-        let kernel = try kernelLocked(file, name, defines)
+        let kernel = try kernelLocked(file, name, defines, source: source)
         for (i, arg) in args.enumerated() {
             switch arg {
             case .buffer(let buffer): try kernel.set(i, buffer)
@@ -570,6 +623,26 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
         return (result, events.map { (kernel: $0.0, event: $0.1) })
     }
 
+}
+
+/// An argument of a kernel launched with `OpenCLBackend.launch(program:kernel:...)`.
+public enum KernelArgument: Sendable {
+    /// A device buffer (`Context.buffer(byteCount:)`, or a tensor's via `.tensor`).
+    case buffer(Buffer)
+    /// A 32-bit `int` argument.
+    case int(Int)
+    /// A `float` argument.
+    case float(Float)
+    /// `bytes` of local memory.
+    case local(bytes: Int)
+
+    /// A tensor's device buffer (the tensor must live on the backend that launches).
+    public static func tensor(_ t: Tensor) throws -> KernelArgument {
+        guard let buffer = t.buffer else {
+            throw SwitchyardError.backendMismatch(argument: "kernel argument", expected: "an OpenCL device", actual: "the reference backend")
+        }
+        return .buffer(buffer)
+    }
 }
 
 /// Freed device buffers kept for reuse, by exact size, up to `limit` bytes in all.

@@ -51,8 +51,8 @@ extension OpenCLBackend {
         let hasBias = bias == nil ? 0 : 1
         if tokens > 0 && gatingByRank(experts: experts, k: c.k) {
             // Released when this returns; OpenCL keeps them until the kernels that use them have run.
-            let rowStats = try context.buffer(byteCount: tokens * 8, label: "gating row stats")
-            let rowGroups = try context.buffer(byteCount: tokens * 8, label: "gating kept groups")
+            let rowStats = try scratch(byteCount: tokens * 8, label: "gating row stats")
+            let rowGroups = try scratch(byteCount: tokens * 8, label: "gating kept groups")
             try launch(
                 "routing.cl", "gating_prepare", defines: logits.dtype.defines("X"),
                 args: [.buffer(lb), .buffer(biasBuffer), .buffer(rowStats), .buffer(rowGroups), .buffer(flags.buffer!),
@@ -102,7 +102,7 @@ extension OpenCLBackend {
     ) throws {
         let chunk = permuteChunk(assignments: n)
         let chunks = max(1, (n + chunk - 1) / chunk)
-        let scratch = try context.buffer(byteCount: chunks * experts * 4, label: "permute chunk counts")
+        let scratch = try scratch(byteCount: chunks * experts * 4, label: "permute chunk counts")
         let keepArg: OpenCLBackend.Arg = .buffer(keep ?? ids)
         let useKeep = keep == nil ? 0 : 1
         try fill(assignmentOf, Int32(n))
@@ -257,10 +257,10 @@ extension OpenCLBackend {
         let logits = try deviceBuffer(r.gating.logits, "router logits")
         let chunk = Self.statsChunk
         let chunks = (t + chunk - 1) / chunk
-        let rowStats = try context.buffer(byteCount: max(1, t) * 16, label: "stats per token")
-        let partial = try context.buffer(byteCount: max(1, chunks * e) * 4, label: "stats partial sums")
-        let zPartial = try context.buffer(byteCount: max(1, chunks * e) * 4, label: "stats z partial sums")
-        let out = try context.buffer(byteCount: (e + 2) * 4, label: "stats out")
+        let rowStats = try scratch(byteCount: max(1, t) * 16, label: "stats per token")
+        let partial = try scratch(byteCount: max(1, chunks * e) * 4, label: "stats partial sums")
+        let zPartial = try scratch(byteCount: max(1, chunks * e) * 4, label: "stats z partial sums")
+        let out = try scratch(byteCount: (e + 2) * 4, label: "stats out")
         let defines = r.gating.logits.dtype.defines("X")
         let sigmoid = r.config.scoring == .sigmoid ? 1 : 0
         if t > 0 {

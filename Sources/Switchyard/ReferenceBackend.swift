@@ -58,6 +58,29 @@ public final class ReferenceBackend: ComputeBackend {
     }
     public func synchronize() throws {}
 
+    public func copyRows(_ t: Tensor, _ range: Range<Int>) throws -> Tensor {
+        _ = try validateRows(t, range)
+        let per = t.shape.dropFirst().reduce(1, *)
+        let shape = [range.count] + t.shape.dropFirst()
+        let lo = range.lowerBound * per
+        let hi = range.upperBound * per
+        switch try host(t, "copyRows tensor") {
+        case .floats(let v): return Tensor(shape: shape, dtype: t.dtype, storage: .host(.floats(Array(v[lo..<hi]))), guards: t.guards)
+        case .ints(let v): return Tensor(shape: shape, dtype: t.dtype, storage: .host(.ints(Array(v[lo..<hi]))), guards: t.guards)
+        }
+    }
+
+    public func concatenateRows(_ parts: [Tensor]) throws -> Tensor {
+        let (shape, dtype) = try validateConcatenation(parts)
+        let guards = parts.flatMap(\.guards)
+        if dtype == .i32 {
+            return Tensor(shape: shape, dtype: dtype, storage: .host(.ints(try parts.flatMap { try hostInts($0, "part") })), guards: guards)
+        }
+        return Tensor(shape: shape, dtype: dtype, storage: .host(.floats(try parts.flatMap { try hostFloats($0, "part") })), guards: guards)
+    }
+
+    public var maxTensorBytes: Int { Tensor.maxBytes }
+
     // Host memory: the values are already here, nothing to wait for.
     public func floats(_ tensor: Tensor) async throws -> [Float] {
         let values = try hostFloats(tensor, "tensor")

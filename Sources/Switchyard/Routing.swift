@@ -199,6 +199,43 @@ public struct RoutingStats: Sendable, Equatable {
     public var balanceLoss: Float
     /// Router z-loss mean_t(logsumexp(logits_t)²).
     public var zLoss: Float
+
+    public init(tokensPerExpert: [Int], dropped: Int, meanProbability: [Float], balanceLoss: Float, zLoss: Float) {
+        self.tokensPerExpert = tokensPerExpert
+        self.dropped = dropped
+        self.meanProbability = meanProbability
+        self.balanceLoss = balanceLoss
+        self.zLoss = zLoss
+    }
+
+    /// The statistics of a batch routed in parts (each with its token count), as if routed at
+    /// once without capacity: counts and drops add, mean probabilities and the z-loss are
+    /// token-weighted means, and the balance loss E · Σ f_e · P_e is formed again from the totals.
+    public static func merging(_ parts: [(RoutingStats, tokens: Int)], experts: Int, k: Int) throws -> RoutingStats {
+        let total = parts.reduce(0) { $0 + $1.tokens }
+        guard parts.allSatisfy({ $0.0.tokensPerExpert.count == experts && $0.0.meanProbability.count == experts }) else {
+            throw SwitchyardError.unsupported("merging routing statistics of different expert counts")
+        }
+        var counts = [Int](repeating: 0, count: experts)
+        var probability = [Double](repeating: 0, count: experts)
+        var z = 0.0
+        var dropped = 0
+        for (s, t) in parts {
+            for e in 0..<experts {
+                counts[e] += s.tokensPerExpert[e]
+                probability[e] += Double(s.meanProbability[e]) * Double(t)
+            }
+            z += Double(s.zLoss) * Double(t)
+            dropped += s.dropped
+        }
+        let n = Double(max(1, total))
+        let assignments = Double(max(1, total * k))
+        var balance = 0.0
+        for e in 0..<experts { balance += Double(counts[e]) / assignments * (probability[e] / n) }
+        return RoutingStats(
+            tokensPerExpert: counts, dropped: dropped, meanProbability: probability.map { Float($0 / n) },
+            balanceLoss: Float(Double(experts) * balance), zLoss: Float(z / n))
+    }
 }
 
 // MARK: - Backend-independent entry points

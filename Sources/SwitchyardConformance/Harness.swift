@@ -68,12 +68,18 @@ public struct ConformanceCase: Sendable, CustomStringConvertible {
     public let bytes: Double
     /// Whether the op must refuse this input with a `SwitchyardError` on every backend.
     public let expectsError: Bool
+    /// Text the refusal must contain on every backend (the argument it names, say), so a case
+    /// refused for another reason than the one it tests fails.
+    public let errorMatch: String?
+    /// Tokens (or rows) of the case, when the op has such a count: a case with none checks edge
+    /// handling and has nothing to time.
+    public let rows: Int?
     /// Uploads the seeded inputs to a backend and returns the op's launch.
     public let prepare: @Sendable (any ComputeBackend) throws -> () throws -> [CaseOutput]
 
     public init(
-        op: String, shape: String, dtype: DType, options: String = "", seed: UInt64, flops: Double, bytes: Double,
-        expectsError: Bool = false, prepare: @escaping @Sendable (any ComputeBackend) throws -> () throws -> [CaseOutput]
+        op: String, shape: String, dtype: DType, options: String = "", seed: UInt64, rows: Int? = nil, flops: Double,
+        bytes: Double, expectsError: Bool = false, errorMatch: String? = nil, prepare: @escaping @Sendable (any ComputeBackend) throws -> () throws -> [CaseOutput]
     ) {
         self.op = op
         self.shape = shape
@@ -83,8 +89,13 @@ public struct ConformanceCase: Sendable, CustomStringConvertible {
         self.flops = flops
         self.bytes = bytes
         self.expectsError = expectsError
+        self.errorMatch = errorMatch
+        self.rows = rows
         self.prepare = prepare
     }
+
+    /// Whether the case has zero tokens or rows.
+    public var isEmpty: Bool { rows == 0 }
 
     public var name: String { [op, shape, dtype.rawValue, options].filter { !$0.isEmpty }.joined(separator: " ") }
     public var description: String { name }
@@ -140,6 +151,9 @@ public final class ConformanceRunner: @unchecked Sendable {
                     try backend.synchronize()
                     return result(false, .nan, "\(backend.name) accepted an input it must refuse")
                 } catch let error as SwitchyardError {
+                    if let match = c.errorMatch, !"\(error)".contains(match) {
+                        return result(false, .nan, "\(backend.name) refused for another reason: \(error) (expected '\(match)')")
+                    }
                     messages.append("\(error)")
                 } catch {
                     return result(false, .nan, "\(backend.name) threw a non-Switchyard error: \(error)")
@@ -207,8 +221,16 @@ public final class ConformanceRunner: @unchecked Sendable {
             }
             // Same input, same device: bitwise the same output.
             let second = try launch()
-            for (a, b) in zip(first, second) where try device.bytes(a.tensor) != device.bytes(b.tensor) {
-                return result(false, worst, "\(a.name): a second run on the same input differs bitwise")
+            guard second.count == first.count else {
+                return result(false, worst, "a second run gave \(second.count) outputs, the first \(first.count)")
+            }
+            for (a, b) in zip(first, second) {
+                if let violation = try device.sentinelViolation(b.tensor) {
+                    return result(false, worst, "\(b.name) (second run): \(violation)")
+                }
+                if try device.bytes(a.tensor) != device.bytes(b.tensor) {
+                    return result(false, worst, "\(a.name): a second run on the same input differs bitwise")
+                }
             }
             return result(true, worst, "")
         } catch {

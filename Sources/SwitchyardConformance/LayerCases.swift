@@ -40,7 +40,7 @@ enum LayerCases {
             let options = s.pack ? "packed" : "plain"
             let seed = Conformance.seed("moe_layer \(shape) \(s.dtype) \(options)")
             return ConformanceCase(
-                op: "moe_layer", shape: shape, dtype: s.dtype, options: options, seed: seed,
+                op: "moe_layer", shape: shape, dtype: s.dtype, options: options, seed: seed, rows: s.tokens,
                 flops: s.config.flops(tokens: s.tokens),
                 bytes: Double(s.config.experts * 3 * s.config.hidden * s.config.ffn * s.dtype.size)
             ) { backend in

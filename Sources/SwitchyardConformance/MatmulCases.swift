@@ -80,7 +80,8 @@ enum MatmulCases {
                 epilogue: s.epilogue, gathered: s.fused, activationType: s.dtype)
             let wrows = op.weightRows
             return ConformanceCase(
-                op: "grouped_matmul", shape: shape, dtype: s.dtype, options: options, seed: seed, flops: op.flops,
+                op: "grouped_matmul", shape: shape, dtype: s.dtype, options: options, seed: seed, rows: s.tokens,
+                flops: op.flops,
                 bytes: op.bytes
             ) { backend in
                 var g = SeededGenerator(seed: seed)

@@ -162,7 +162,8 @@ enum RoutingCases {
             let biasValues = s.bias ? bias(s.config.experts, seed: seed) : nil
             let op = GatingOp(tokens: s.tokens, config: s.config, logitType: s.dtype, hasBias: s.bias)
             return ConformanceCase(
-                op: "gating", shape: shape, dtype: s.dtype, options: options, seed: seed, flops: op.flops, bytes: op.bytes
+                op: "gating", shape: shape, dtype: s.dtype, options: options, seed: seed, rows: s.tokens, flops: op.flops,
+                bytes: op.bytes
             ) { backend in
                 let x = try backend.tensor(
                     logits(tokens: s.tokens, config: s.config, bias: biasValues, kind: s.kind, seed: seed),
@@ -179,7 +180,7 @@ enum RoutingCases {
                 cases.append(
                     ConformanceCase(
                         op: "gating", shape: shape, dtype: .f32, options: name, seed: seed, flops: 0, bytes: 0,
-                        expectsError: true
+                        expectsError: true, errorMatch: "router logits: NaN or infinite"
                     ) { backend in
                         var values = logits(tokens: 33, config: c, bias: nil, kind: "normal", seed: seed)
                         values[17 * c.experts + 5] = special
@@ -238,7 +239,8 @@ enum RoutingCases {
             let n = s.tokens * s.k
             let op = Permute(tokens: s.tokens, k: s.k, experts: s.experts, blockSize: s.block)
             return ConformanceCase(
-                op: "permute", shape: shape, dtype: .i32, options: options, seed: seed, flops: op.flops, bytes: op.bytes
+                op: "permute", shape: shape, dtype: .i32, options: options, seed: seed, rows: s.tokens, flops: op.flops,
+                bytes: op.bytes
             ) { backend in
                 let ids = try backend.tensor(
                     ids(tokens: s.tokens, k: s.k, experts: s.experts, kind: s.kind, seed: seed), shape: [s.tokens, s.k])
@@ -255,7 +257,7 @@ enum RoutingCases {
         cases.append(
             ConformanceCase(
                 op: "permute", shape: "T=50 E=8 k=2 block=4", dtype: .i32, options: "id out of range", seed: seed,
-                flops: 0, bytes: 0, expectsError: true
+                flops: 0, bytes: 0, expectsError: true, errorMatch: "expert ids: an expert index is out of range"
             ) { backend in
                 var values = ids(tokens: 50, k: 2, experts: 8, kind: "uniform", seed: seed)
                 values[37] = 8
@@ -291,7 +293,7 @@ enum RoutingCases {
             let gating = GatingOp(tokens: s.tokens, config: s.config, hasBias: s.bias)
             let permute = Permute(tokens: s.tokens, k: s.config.k, experts: s.config.experts, blockSize: s.block)
             return ConformanceCase(
-                op: "route", shape: shape, dtype: .f32, options: options, seed: seed,
+                op: "route", shape: shape, dtype: .f32, options: options, seed: seed, rows: s.tokens,
                 flops: gating.flops + permute.flops, bytes: gating.bytes + permute.bytes
             ) { backend in
                 let x = try backend.tensor(
@@ -344,7 +346,7 @@ enum RoutingCases {
                     inputType: dtype)
                 cases.append(
                     ConformanceCase(
-                        op: "gather", shape: shape, dtype: dtype, options: options, seed: seed, flops: op.flops,
+                        op: "gather", shape: shape, dtype: dtype, options: options, seed: seed, rows: s.tokens, flops: op.flops,
                         bytes: op.bytes
                     ) { backend in
                         var g = SeededGenerator(seed: seed)
@@ -387,7 +389,7 @@ enum RoutingCases {
                     let rows = Reference.maxRows(assignments: s.tokens * s.k, experts: s.experts, blockSize: s.block)
                     cases.append(
                         ConformanceCase(
-                            op: "combine", shape: shape, dtype: dtype, options: options, seed: seed,
+                            op: "combine", shape: shape, dtype: dtype, options: options, seed: seed, rows: s.tokens,
                             flops: Combine(
                                 tokens: s.tokens, k: s.k, d: s.d, maxRows: rows, inputType: dtype, residual: residual
                             ).flops,
@@ -453,7 +455,7 @@ enum RoutingCases {
             let shape = "T=\(s.tokens) E=\(s.experts) k=\(s.k) cap=\(s.factor)"
             let seed = Conformance.seed("expert_choice \(shape) \(s.scoring)")
             return ConformanceCase(
-                op: "expert_choice", shape: shape, dtype: .f32, options: s.scoring.rawValue, seed: seed,
+                op: "expert_choice", shape: shape, dtype: .f32, options: s.scoring.rawValue, seed: seed, rows: s.tokens,
                 flops: ExpertChoiceOp(tokens: s.tokens, experts: s.experts, capacity: capacity).flops,
                 bytes: ExpertChoiceOp(tokens: s.tokens, experts: s.experts, capacity: capacity).bytes
             ) { backend in
@@ -482,7 +484,7 @@ enum RoutingCases {
             let options = s.kind == "normal" ? "" : s.kind
             let seed = Conformance.seed("routing_stats \(shape) \(options)")
             return ConformanceCase(
-                op: "routing_stats", shape: shape, dtype: .f32, options: options, seed: seed,
+                op: "routing_stats", shape: shape, dtype: .f32, options: options, seed: seed, rows: s.tokens,
                 flops: RoutingStatsOp(tokens: s.tokens, experts: s.config.experts, k: s.config.k).flops,
                 bytes: RoutingStatsOp(tokens: s.tokens, experts: s.config.experts, k: s.config.k).bytes
             ) { backend in

@@ -43,7 +43,7 @@ enum RowCases {
                     let op = Softmax(rows: rows, cols: cols, dtype: dtype)
                     cases.append(
                         ConformanceCase(
-                            op: "softmax", shape: shape, dtype: dtype, options: options, seed: seed, flops: op.flops,
+                            op: "softmax", shape: shape, dtype: dtype, options: options, seed: seed, rows: rows, flops: op.flops,
                             bytes: op.bytes
                         ) { backend in
                             let x = try backend.tensor(
@@ -75,7 +75,7 @@ enum RowCases {
                 let op = TopK(rows: rows, cols: cols, k: k, dtype: dtype)
                 cases.append(
                     ConformanceCase(
-                        op: "topk", shape: shape, dtype: dtype, options: options, seed: seed, flops: op.flops,
+                        op: "topk", shape: shape, dtype: dtype, options: options, seed: seed, rows: rows, flops: op.flops,
                         bytes: op.bytes
                     ) { backend in
                         let x = try backend.tensor(

@@ -10,7 +10,7 @@ struct SwitchyardCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchyard",
         abstract: "Switchyard: OpenCL kernels for conditional-computation networks (MoE routing and experts).",
-        subcommands: [Devices.self, Conformance.self, Run.self, Tune.self])
+        subcommands: [Devices.self, Conformance.self, Run.self, Tune.self, FaultWalkCommand.self])
     // `switchyard run` is the main job; `conformance` checks every op against the reference.
 }
 
@@ -78,20 +78,34 @@ struct Conformance: ParsableCommand {
     @Option(help: "Write every case's result to this JSON file.")
     var json: String?
 
+    @Option(help: "Instead of the registered cases, N random valid configurations (skewed to small and awkward sizes).")
+    var fuzz: Int?
+
+    @Option(help: "The first seed of --fuzz (case i uses seed + i; --fuzz 1 --seed S replays one).")
+    var seed: UInt64 = 1
+
     func run() throws {
-        let passed = try runConformance(device: device, filter: filter, json: json)
+        if let fuzz, fuzz < 1 { throw ValidationError("--fuzz must be at least 1") }
+        let passed = try runConformance(
+            device: device, filter: filter, json: json, fuzz: fuzz.map { (count: $0, seed: seed) })
         if !passed { throw ExitCode(1) }
     }
 }
 
 /// Runs the cases and prints a line per case and the summary; true when all passed.
-func runConformance(device selector: String?, filter: String?, json: String?) throws -> Bool {
+func runConformance(device selector: String?, filter: String?, json: String?, fuzz: (count: Int, seed: UInt64)? = nil)
+    throws -> Bool
+{
     let (runner, cases, tuned) = try failing {
         let device = try Device.select(selector)
         // The user's stored tuning, when there is one, is what their runs use: check that.
         let tuning = try Tuning.stored(for: device)
-        return (try ConformanceRunner(device: device, tuning: tuning), try SwitchyardConformance.Conformance.cases(matching: filter),
-                tuning != nil)
+        var cases = try SwitchyardConformance.Conformance.cases(matching: filter)
+        if let fuzz {
+            let regex = try filter.flatMap { $0.isEmpty ? nil : try Regex($0) }
+            cases = Fuzz.cases(count: fuzz.count, seed: fuzz.seed).filter { c in regex.map { c.name.contains($0) } ?? true }
+        }
+        return (try ConformanceRunner(device: device, tuning: tuning), cases, tuning != nil)
     }
     print("device: \(runner.device.device.name) (\(runner.device.device.kind.rawValue), \(runner.device.device.platformName), driver \(runner.device.device.driverVersion))")
     print("matmul: \(runner.device.tuning.matmulSummary)\(tuned ? " (stored by switchyard tune)" : " (defaults)")")
@@ -109,6 +123,7 @@ func runConformance(device selector: String?, filter: String?, json: String?) th
         let line = [c.op, c.shape, c.dtype.rawValue, c.options, "err=\(error)", status]
             .filter { !$0.isEmpty }.joined(separator: "  ")
         print(r.passed ? line : "\(line)  \(r.detail)")
+        if !r.passed, fuzz != nil { print("  replay: switchyard conformance --fuzz 1 --seed \(c.seed)") }
         fflush(nil)
     }
     let failed = results.filter { !$0.passed }.count
@@ -213,17 +228,21 @@ struct Run: ParsableCommand {
                     throw ValidationError("dtype must be f32, f16 or bf16")
                 }
                 guard tokens >= 0 else { throw ValidationError("--tokens must be at least 0") }
-                // Sizes checked before any allocation: x [T, hidden] and the gate|up activations
-                // [T·k, ffn] (both f32 at most) must each fit one device allocation.
-                let limit = backend.device.maxAllocationBytes
-                for (what, rows, width) in [("x [T, hidden]", tokens, c.hidden), ("the expert activations [T·k, ffn]",
-                                                                                    tokens.multipliedReportingOverflow(by: c.router.k).partialValue, c.ffn)] {
-                    let (n, overflow) = rows.multipliedReportingOverflow(by: width * 4)
-                    guard !overflow, tokens.multipliedReportingOverflow(by: c.router.k).overflow == false, n <= limit else {
-                        throw ValidationError(
-                            "--tokens \(tokens) is too many for \(config): \(what) would exceed the device's largest allocation "
-                                + "(\(limit) bytes); at most \(limit / (4 * max(c.hidden, c.router.k * c.ffn))) tokens")
-                    }
+                // Sizes checked before any allocation: x and y [T, hidden] (f32 at most) must each
+                // fit one device allocation (a batch whose intermediates do not fit one runs in
+                // chunks: MoELayer.chunkTokens), and x must fit host memory.
+                let limit = backend.maxTensorBytes
+                let (n, overflow) = tokens.multipliedReportingOverflow(by: c.hidden * 4)
+                guard !overflow, n <= limit else {
+                    throw ValidationError(
+                        "--tokens \(tokens) is too many for \(config): x and y [T, hidden] would exceed the device's largest "
+                            + "allocation (\(limit) bytes); at most \(limit / (4 * c.hidden)) tokens")
+                }
+                let host = ProcessInfo.processInfo.physicalMemory
+                guard UInt64(n) <= host / 4 else {
+                    throw ValidationError(
+                        "--tokens \(tokens): the input [T, hidden] alone would take \(n) bytes of host memory, over a quarter of "
+                            + "the machine's \(host) bytes")
                 }
                 let seed: UInt64 = 20_261_124
                 layer = try MoELayer(
@@ -232,14 +251,14 @@ struct Run: ParsableCommand {
                 var g = SeededGenerator(seed: seed ^ 0xABCD)
                 (xHost, xType) = (g.normals(tokens * c.hidden), d)
                 name = "\(config) (seeded random weights)"
-                let n = tokens
+                let count = tokens
                 makeReference = {
                     let reference = ReferenceBackend()
                     return (try MoELayer(
                                 backend: reference, config: c,
                                 weights: try MoEWeights.random(config: c, backend: reference, dtype: d, seed: seed),
                                 pack: false),
-                            try reference.tensor(xHost, shape: [n, c.hidden], dtype: d))
+                            try reference.tensor(xHost, shape: [count, c.hidden], dtype: d))
                 }
             }
             let c = layer.config
@@ -289,7 +308,15 @@ struct Run: ParsableCommand {
                                           wall * 1e3, (wall - sum) * 1e3, walls.count))
         print(String(format: "throughput       %10.1f GFLOP/s over the layer's %.3f GFLOP", c.flops(tokens: tokens) / wall / 1e9,
                      c.flops(tokens: tokens) / 1e9))
-        let stats = try backend.routingStats(result!.routing)
+        let out = result!
+        let stats = out.routings.count == 1
+            ? try backend.routingStats(out.routing)
+            : try RoutingStats.merging(
+                out.routings.map { (try backend.routingStats($0), $0.tokens) }, experts: c.experts, k: c.router.k)
+        if out.routings.count > 1 {
+            print("")
+            print("the batch ran in \(out.routings.count) chunks of at most \(layer.chunkTokens) tokens (the statistics cover them all)")
+        }
         print("")
         print("tokens per expert (kept assignments)")
         let most = max(1, stats.tokensPerExpert.max() ?? 1)

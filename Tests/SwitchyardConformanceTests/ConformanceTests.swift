@@ -25,6 +25,16 @@ struct ConformanceTests {
         }
     }
 
+    /// 150 random valid configurations (`switchyard conformance --fuzz`), a fixed seed so a
+    /// failure replays; the long sweep is `make fuzz`.
+    @Test(arguments: Fuzz.cases(count: 150, seed: 20_261_128))
+    func fuzzedConfigurations(_ c: ConformanceCase) throws {
+        for runner in runners {
+            let result = runner.run(c)
+            #expect(result.passed, "\(runner.device.name): \(c.name): \(result.detail) (replay: --fuzz 1 --seed \(c.seed))")
+        }
+    }
+
     /// Top-k rows too wide for the local-memory path sort in global scratch: force that path.
     @Test(arguments: try! Conformance.cases(matching: "^topk"))
     func topKGlobalScratchPath(_ c: ConformanceCase) throws {

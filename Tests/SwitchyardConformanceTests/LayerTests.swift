@@ -5,6 +5,37 @@ import Testing
 
 @Suite("MoE layer: batch invariance and errors")
 struct LayerTests {
+    /// A batch split into chunks (as a batch over `chunkTokens` is) gives bitwise the output of
+    /// one pass, on every device and the reference; capacity-limited routing is not split.
+    @Test func chunkedForwardIsBitwiseOnePass() throws {
+        let backends: [any ComputeBackend] = try Device.all().map { try OpenCLBackend(device: $0) } + [ReferenceBackend()]
+        for backend in backends {
+            for config in [MoEConfig.mixtralTiny, .qwenMoETiny, .deepSeekTiny] {
+                let layer = try MoELayer(
+                    backend: backend, config: config,
+                    weights: try MoEWeights.random(config: config, backend: backend, dtype: .bf16, seed: 5))
+                var g = SeededGenerator(seed: 17)
+                let x = try backend.tensor(g.normals(60 * config.hidden), shape: [60, config.hidden], dtype: .bf16)
+                let whole = try layer.forward(x)
+                #expect(whole.routings.count == 1)
+                let one = try backend.floats(whole.y).map(\.bitPattern)
+                for chunk in [13, 59] {
+                    let split = try layer.forward(x, chunk: chunk)
+                    #expect(split.routings.count == (60 + chunk - 1) / chunk)
+                    #expect(try backend.floats(split.y).map(\.bitPattern) == one, "\(backend.name) chunk \(chunk)")
+                }
+            }
+            var capped = MoEConfig.mixtralTiny
+            capped.router = .switchTransformer(experts: 8, capacityFactor: 1.25)
+            let layer = try MoELayer(
+                backend: backend, config: capped,
+                weights: try MoEWeights.random(config: capped, backend: backend, dtype: .f32, seed: 5))
+            let x = try backend.tensor([Float](repeating: 0.5, count: 10 * capped.hidden), shape: [10, capped.hidden], dtype: .f32)
+            #expect(throws: SwitchyardError.self) { try layer.forward(x, chunk: 4) }
+            _ = try layer.forward(x, chunk: 10)
+        }
+    }
+
     /// A token's output row is bitwise the same whatever else shares its batch: a prefix, one
     /// token, a shuffled half; for both weight layouts and several row-tile sizes.
     @Test(arguments: [(4, true), (6, true), (1, true), (4, false)])

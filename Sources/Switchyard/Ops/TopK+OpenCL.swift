@@ -19,7 +19,7 @@ extension OpenCLBackend {
         } else {
             // Released when this returns; OpenCL keeps it until the kernel that uses it has run.
             defines["SCRATCH_GLOBAL"] = "1"
-            args.append(.buffer(try context.buffer(byteCount: op.rows * padded * 8, label: "topK scratch")))
+            args.append(.buffer(try scratch(byteCount: op.rows * padded * 8, label: "topK scratch")))
         }
         let event = try launch("topk.cl", "topk_rows", defines: defines, args: args, global: [op.rows * group], local: [group])
         if !inLocal, case .buffer(let scratch) = args.last! { holdScratch([scratch], until: event) }

@@ -1,5 +1,6 @@
 import Foundation
 import OpenCLHost
+import Switchyard
 
 /// How `OpenCLBackend.measureCeilings` measures.
 public struct CeilingOptions: Sendable, Hashable {
@@ -109,7 +110,7 @@ extension OpenCLBackend {
     /// device with hashed pseudo-random values first (never zeros, and every page touched before
     /// anything is timed).
     public func measureCeilings(_ options: CeilingOptions = CeilingOptions()) throws -> Ceilings {
-        let file = "ceilings.cl"
+        let file = String(decoding: PackageResources.ceilings_cl, as: UTF8.self)
         // Where work-items are SIMD lanes (GPUs, llvmpipe), neighbouring work-items read
         // neighbouring addresses (interleaved) in large work-groups. On a CPU whose work-items
         // are threads of a work-group's loop, few work-items that each own a contiguous range,
@@ -119,13 +120,15 @@ extension OpenCLBackend {
         var groups = lanes ? max(64, device.computeUnits * 16) : max(64, device.computeUnits * 32)
         var defines = ["CEILINGS_INTERLEAVED": lanes ? "1" : "0", "CEILINGS_NONTEMPORAL": "1"]
         do {
-            try prepare(file, "ceilings_features", defines: defines)
+            try prepare(program: file, kernel: "ceilings_features", defines: defines)
         } catch OpenCLHostError.buildFailed {
             defines["CEILINGS_NONTEMPORAL"] = "0"
-            try prepare(file, "ceilings_features", defines: defines)
+            try prepare(program: file, kernel: "ceilings_features", defines: defines)
         }
         let flag = try context.buffer(byteCount: 4, label: "ceilings flag")
-        try launch(file, "ceilings_features", defines: defines, args: [.buffer(flag)], global: [local], local: [local])
+        try launch(
+                program: file, kernel: "ceilings_features", defines: defines,
+                arguments: [.buffer(flag)], global: [local], local: [local])
         let nonTemporal = try flag.download(Int32.self, count: 1)[0] == 1
 
         let runs = max(1, options.runs)
@@ -171,8 +174,8 @@ extension OpenCLBackend {
         let dst = try context.buffer(byteCount: bytes, label: "ceilings destination")
         for (buffer, seed) in [(src, 1), (dst, 2)] {
             try launch(
-                file, "ceilings_fill", defines: defines,
-                args: [.buffer(buffer), .int(elements), .int(perItem), .int(seed)], global: [global], local: [local])
+                program: file, kernel: "ceilings_fill", defines: defines,
+                arguments: [.buffer(buffer), .int(elements), .int(perItem), .int(seed)], global: [global], local: [local])
         }
         try synchronize()
         let moved = Double(2 * bytes) / 1e9
@@ -183,14 +186,16 @@ extension OpenCLBackend {
         // a GPU's way, but llvmpipe turns each lane's load into a gather and streams faster
         // when each lane owns a contiguous range (measured 2.2 against 5.9 GB/s).
         let layouts = lanes ? ["1", "0"] : [defines["CEILINGS_INTERLEAVED"]!]
-        func fastest(_ kernel: String, amount: Double, args: [Arg]) throws -> CeilingMeasurement {
+        func fastest(_ kernel: String, amount: Double, args: [KernelArgument]) throws -> CeilingMeasurement {
             var best: CeilingMeasurement?
             for layout in layouts {
                 var d = defines
                 d["CEILINGS_INTERLEAVED"] = layout
                 let name = layouts.count > 1 ? "\(kernel) (\(layout == "1" ? "interleaved" : "contiguous"))" : kernel
                 let m = try timed(name, unit: "GB/s", amount: amount) {
-                    try launch(file, kernel, defines: d, args: args, global: [global], local: [local])
+                    try launch(
+                program: file, kernel: kernel, defines: d,
+                arguments: args, global: [global], local: [local])
                 }
                 if best == nil || m.best > best!.best { best = m }
             }
@@ -227,8 +232,8 @@ extension OpenCLBackend {
             fmaDefines["FMA_MAD"] = mad ? "1" : "0"
             func fma(_ outer: Int) throws -> Event {
                 try launch(
-                    file, "ceilings_fma", defines: fmaDefines,
-                    args: [.buffer(fmaSums), .buffer(fmaSteps), .int(outer), .float(0.999_999), .float(1e-6)],
+                program: file, kernel: "ceilings_fma", defines: fmaDefines,
+                arguments: [.buffer(fmaSums), .buffer(fmaSteps), .int(outer), .float(0.999_999), .float(1e-6)],
                     global: [global], local: [local])
             }
             // Calibrate the outer count to about `fmaSeconds` a run, at most 16,384 (a small
