@@ -8,7 +8,7 @@ SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := ocl-icd-opencl-dev opencl-headers pocl-opencl-icd mesa-opencl-icd pkg-config clinfo libopenblas-dev libclblast-dev python3 python3-numpy python3-pip
 
-.PHONY: run test deps build bench check-mutants fuzz fault-walk check-large check-load check-leaks
+.PHONY: run test deps build bench check-mutants fuzz fault-walk check-large check-load check-leaks docs
 
 deps:
 	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -72,3 +72,10 @@ check-leaks: deps
 	  --errors-for-leak-kinds=definite,indirect --suppressions=scripts/valgrind-drivers.supp --num-callers=40 \
 	  .build/debug/switchyard conformance --device 0 \
 	  --filter '^(softmax rows=3 cols=16|topk rows=3 cols=7 k=7|gating T=0|permute T=5 E=8 k=8 block=16|moe_layer mixtral-tiny T=1 f32|tensor refused)'
+
+# DocC documentation of Switchyard and OpenCLHost (the catalogs in Sources/*/*.docc and the doc
+# comments), into .build/plugins/Swift-DocC/outputs/*.doccarchive. Any DocC warning (an unresolved
+# link, a malformed topic group) fails the target. The code blocks are compiled and run by
+# `swift test --filter DocSampleTests`. Needs no OpenCL device and nothing beyond Swift.
+docs:
+	$(SWIFT) package generate-documentation --target Switchyard --target OpenCLHost --warnings-as-errors

@@ -13,6 +13,7 @@ public struct CeilingOptions: Sendable, Hashable {
     /// Device seconds one FMA-throughput run is sized to take.
     public var fmaSeconds: Double
 
+    /// Options for a full measurement: 512 MiB buffers, 5 runs, 0.1 s FMA runs.
     public init(bandwidthBytes: Int = 512 << 20, runs: Int = 5, fmaSeconds: Double = 0.1) {
         self.bandwidthBytes = bandwidthBytes
         self.runs = runs
@@ -28,9 +29,11 @@ public struct CeilingOptions: Sendable, Hashable {
 public struct CeilingMeasurement: Sendable, Hashable {
     /// What was timed: `clEnqueueCopyBuffer` or a kernel name.
     public var name: String
+    /// "GB/s" or "GFLOP/s".
     public var unit: String
     /// The best run (the ceiling) and the median run.
     public var best: Double
+    /// The median run, in `unit`.
     public var median: Double
     /// Seconds of every timed run.
     public var seconds: [Double]
@@ -58,18 +61,25 @@ public struct Ceilings: Sendable, Hashable {
 
     /// What each figure timed.
     public var copyName: String
+    /// The plain-store streaming kernel's name.
     public var streamKernel: String
+    /// The non-temporal-store streaming kernel's name.
     public var streamNTKernel: String
+    /// The FMA kernel (builtin `fma` or `mad` form) that gave `fmaGFlops`.
     public var fmaKernel: String
+    /// The read-only streaming kernel's name.
     public var readKernel: String
     /// The FMA kernel's shape: vector width (1: scalar work-items, the lanes of a SIMD device),
     /// independent chains per work-item, and work-items.
     public var fmaVectorWidth: Int
+    /// Independent FMA chains per work-item.
     public var fmaChains: Int
+    /// Work-items of the FMA launch.
     public var fmaWorkItems: Int
     /// The FMA kernel written with the fma() builtin and with mad(), GFLOP/s (`fmaGFlops` is the
     /// faster; a driver that computes fma() in software shows here).
     public var fmaBuiltinGFlops: Double
+    /// The FMA kernel written with `mad()`, GFLOP/s.
     public var madGFlops: Double
     /// Whether `streamNTKernel` was compiled with non-temporal stores.
     public var nonTemporalStores: Bool

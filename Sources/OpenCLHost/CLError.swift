@@ -2,16 +2,22 @@ import COpenCL
 
 /// A failed OpenCL call: the status code, its name from cl.h, and the call that returned it.
 public struct CLError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The OpenCL status code (negative; `CL_SUCCESS` is 0 and never thrown).
     public let code: Int32
+    /// The status code's name in cl.h, e.g. `CL_OUT_OF_RESOURCES`, or "unknown OpenCL status".
     public let name: String
+    /// The OpenCL call that returned the status, with what it was doing where known
+    /// (e.g. `clSetKernelArg(topk_rows, 2)`).
     public let call: String
 
+    /// An error for status `code` returned by `call`; the name is looked up from the code.
     public init(code: Int32, call: String) {
         self.code = code
         self.name = CLError.name(of: code)
         self.call = call
     }
 
+    /// "`call` failed with `NAME` (`code`)".
     public var description: String { "\(call) failed with \(name) (\(code))" }
 
     /// The cl.h name of a status code, e.g. `CL_OUT_OF_RESOURCES` for -5.

@@ -17,6 +17,8 @@ public enum OpenCLHostError: Error, Sendable, CustomStringConvertible {
     /// out-of-order queue, a misaligned sub-buffer offset).
     case interop(String)
 
+    /// A paragraph saying what went wrong and what to do about it (for `noPlatform`: which
+    /// driver packages to install and where the loader looks; for `noSuchDevice`: every device).
     public var description: String {
         switch self {
         case .noPlatform(let status):
@@ -67,6 +69,7 @@ extension OpenCLHostError {
 
 /// The kind of an OpenCL device.
 public enum DeviceKind: String, Sendable, Comparable {
+    /// `CL_DEVICE_TYPE_GPU`, `CL_DEVICE_TYPE_ACCELERATOR`, `CL_DEVICE_TYPE_CPU`, or none of these.
     case gpu = "GPU", accelerator = "Accelerator", cpu = "CPU", other = "Other"
 
     /// Preference order for the default device: GPU, then accelerator, then CPU.
@@ -79,14 +82,19 @@ public enum DeviceKind: String, Sendable, Comparable {
         }
     }
 
+    /// Orders kinds by preference for the default device: GPU, accelerator, CPU, other.
     public static func < (a: DeviceKind, b: DeviceKind) -> Bool { a.rank < b.rank }
 }
 
 /// An OpenCL platform (driver). Platform ids are owned by the ICD loader and never released.
 public struct Platform: @unchecked Sendable {
+    /// The loader's platform id.
     public let id: cl_platform_id
+    /// `CL_PLATFORM_NAME`, e.g. "Portable Computing Language" or "rusticl".
     public let name: String
+    /// `CL_PLATFORM_VENDOR`.
     public let vendor: String
+    /// `CL_PLATFORM_VERSION`, e.g. "OpenCL 3.0 PoCL 3.1 ...".
     public let version: String
 
     /// Every platform the ICD loader knows. Throws `OpenCLHostError.noPlatform` when there is none.
@@ -132,20 +140,38 @@ private func platformString(_ id: cl_platform_id, _ param: cl_platform_info) thr
 /// An OpenCL device and the properties Switchyard uses to pick kernels and check sizes.
 /// Root device ids are owned by the driver and need no release.
 public struct Device: @unchecked Sendable, CustomStringConvertible {
+    /// The driver's device id.
     public let id: cl_device_id
+    /// The name of the platform (driver) the device belongs to.
     public let platformName: String
+    /// `CL_DEVICE_NAME`: what `SWITCHYARD_DEVICE` matches against (a case-insensitive substring).
     public let name: String
+    /// `CL_DEVICE_VENDOR`.
     public let vendor: String
+    /// `CL_DRIVER_VERSION` (part of `identity`: tuning entries and caches are per driver).
     public let driverVersion: String
+    /// `CL_DEVICE_VERSION`, e.g. "OpenCL 3.0 PoCL ...".
     public let deviceVersion: String
+    /// `CL_DEVICE_OPENCL_C_VERSION`: the newest OpenCL C the compiler takes (Switchyard's
+    /// kernels need 1.2).
     public let openCLCVersion: String
+    /// GPU, accelerator, CPU or other.
     public let kind: DeviceKind
+    /// `CL_DEVICE_MAX_COMPUTE_UNITS` (cores on a CPU device).
     public let computeUnits: Int
+    /// `CL_DEVICE_GLOBAL_MEM_SIZE` in bytes.
     public let globalMemoryBytes: Int
+    /// `CL_DEVICE_MAX_MEM_ALLOC_SIZE`: the largest single buffer; `Context.buffer(byteCount:label:)`
+    /// refuses larger ones with a clear error instead of a driver failure.
     public let maxAllocationBytes: Int
+    /// `CL_DEVICE_LOCAL_MEM_SIZE`: local memory per work-group, in bytes.
     public let localMemoryBytes: Int
+    /// `CL_DEVICE_MAX_WORK_GROUP_SIZE`: the most work-items in one work-group.
     public let maxWorkGroupSize: Int
+    /// `CL_DEVICE_MEM_BASE_ADDR_ALIGN` in bytes: the alignment a sub-buffer's offset needs
+    /// (see `Context.buffer(wrapping:byteOffset:byteCount:label:)`).
     public let memoryBaseAlignBytes: Int
+    /// `CL_DEVICE_EXTENSIONS`, split at spaces. Switchyard's kernels need none of them.
     public let extensions: Set<String>
     /// `CL_DEVICE_NATIVE_VECTOR_WIDTH_FLOAT`: floats per native SIMD register of one
     /// work-item (16 on an AVX-512 CPU under PoCL, 8 on AVX2, 4 on SSE/NEON; 1 where the
@@ -189,12 +215,16 @@ public struct Device: @unchecked Sendable, CustomStringConvertible {
     /// vector type): what tile shapes and ceiling kernels are derived from.
     public var floatVectorWidth: Int { [16, 8, 4, 2, 1].first { $0 <= nativeFloatVectorWidth } ?? 1 }
 
+    /// Whether the device has `cl_khr_fp16` (f16 arithmetic). Switchyard does not need it: its
+    /// f16 tensors are a storage format converted with `vload_half`/`vstore_half`.
     public var supportsFP16: Bool { extensions.contains("cl_khr_fp16") }
+    /// Whether the device has double-precision arithmetic (`cl_khr_fp64`).
     public var supportsFP64: Bool { extensions.contains("cl_khr_fp64") || openCLCVersion.contains("fp64") }
 
     /// A key that changes when the device or its driver does (for tuning entries and binary caches).
     public var identity: String { "\(name) | \(driverVersion)" }
 
+    /// "name (kind, platform)", as `switchyard devices` lists it.
     public var description: String { "\(name) (\(kind.rawValue), \(platformName))" }
 
     static func string(_ id: cl_device_id, _ param: Int32) throws -> String {

@@ -4,8 +4,12 @@ import Foundation
 /// An OpenCL context on one device, with its in-order profiling queue and its program cache.
 /// Thread-safe: programs are cached under a lock; enqueues on the queue are OpenCL thread-safe.
 public final class Context: @unchecked Sendable {
+    /// The device the context was created for (Switchyard uses one device per context).
     public let device: Device
+    /// The OpenCL context, released when this object goes away (for a wrapped context: the
+    /// reference taken when it was wrapped).
     public let handle: cl_context
+    /// The one in-order queue every op of this context is enqueued on.
     public let queue: CommandQueue
     private let lock = NSLock()
     private var programs: [ProgramKey: Program] = [:]
@@ -82,6 +86,7 @@ public final class Context: @unchecked Sendable {
 
 /// An in-order command queue with profiling enabled.
 public final class CommandQueue: @unchecked Sendable {
+    /// The OpenCL queue, released when this object goes away.
     public let handle: cl_command_queue
     /// Whether events of this queue carry device timestamps (`CL_QUEUE_PROFILING_ENABLE`).
     public let profiling: Bool
@@ -163,9 +168,13 @@ public final class CommandQueue: @unchecked Sendable {
 
 /// A device buffer of a fixed byte size. Transfers are blocking and their sizes checked.
 public final class Buffer: @unchecked Sendable {
+    /// The OpenCL buffer, released when this object goes away.
     public let handle: cl_mem
+    /// The usable size in bytes (the allocation is at least one byte, even for 0).
     public let byteCount: Int
+    /// A name for error messages ("router logits", "output", ...).
     public let label: String
+    /// The context the buffer lives in (kept alive by the buffer).
     public let context: Context
 
     init(context: Context, byteCount: Int, label: String) throws {
@@ -312,8 +321,11 @@ public final class Buffer: @unchecked Sendable {
 
 /// A built OpenCL program.
 public final class Program: @unchecked Sendable {
+    /// The OpenCL program, released when this object goes away.
     public let handle: cl_program
+    /// The build options it was built with (`-D` defines).
     public let options: String
+    /// The compiler's build log (warnings; empty on most drivers when there are none).
     public let buildLog: String
 
     init(context: Context, source: String, options: String) throws {
@@ -367,7 +379,9 @@ public final class Program: @unchecked Sendable {
 /// An OpenCL kernel. `clSetKernelArg` is not thread-safe: use one kernel object per thread, or
 /// set arguments and enqueue under a lock.
 public final class Kernel: @unchecked Sendable {
+    /// The OpenCL kernel, released when this object goes away.
     public let handle: cl_kernel
+    /// The `__kernel` function's name.
     public let name: String
     let program: Program  // keeps the program alive as long as the kernel
 
@@ -416,6 +430,7 @@ public final class Kernel: @unchecked Sendable {
 
 /// An OpenCL event with its profiling times.
 public final class Event: @unchecked Sendable {
+    /// The OpenCL event, released when this object goes away.
     public let handle: cl_event
 
     init(adopting handle: cl_event) {

@@ -2,6 +2,8 @@ import SwitchyardReference
 
 /// Storage type of a tensor. Floating-point types are always computed in f32 on the device.
 public enum DType: String, Sendable, Hashable, CaseIterable, CustomStringConvertible {
+    /// IEEE single (`f32`), IEEE half (`f16`), bfloat16 (`bf16`: the top 16 bits of an f32,
+    /// rounded to nearest even) and 32-bit signed integers (`i32`: indices and counts).
     case f32, f16, bf16, i32
 
     /// Bytes per element.
@@ -12,8 +14,10 @@ public enum DType: String, Sendable, Hashable, CaseIterable, CustomStringConvert
         }
     }
 
+    /// Whether this is a floating-point storage type (f32, f16, bf16).
     public var isFloatingPoint: Bool { self != .i32 }
 
+    /// "f32", "f16", "bf16" or "i32".
     public var description: String { rawValue }
 
     /// The floating-point storage types.

@@ -17,6 +17,7 @@ public enum SwitchyardError: Error, Sendable, Equatable, CustomStringConvertible
     /// An option combination the op does not support.
     case unsupported(String)
 
+    /// One line naming the argument, what was expected and what was given.
     public var description: String {
         switch self {
         case .shape(let argument, let expected, let actual):

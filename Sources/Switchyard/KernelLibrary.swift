@@ -5,9 +5,13 @@ import Foundation
 /// `#include "x.h"` lines are expanded here, so a program's source (and its cache key) covers
 /// its headers.
 public enum KernelLibrary {
+    /// A kernel file that is neither embedded nor in the `SWITCHYARD_KERNEL_DIR` folder.
     public struct MissingKernelFile: Error, CustomStringConvertible {
+        /// The file asked for, e.g. `routing.cl`.
         public let name: String
+        /// The `SWITCHYARD_KERNEL_DIR` folder searched, or nil when the embedded copies were.
         public let folder: String?
+        /// Which file is missing, and where it was looked for.
         public var description: String {
             if let folder { return "kernel file '\(name)' not found in SWITCHYARD_KERNEL_DIR=\(folder)" }
             return "kernel file '\(name)' is not embedded in this build"

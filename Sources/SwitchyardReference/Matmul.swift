@@ -8,7 +8,9 @@ import Darwin
 
 /// The activation applied to a matmul's output.
 public enum Epilogue: String, Sendable, Hashable, CaseIterable {
+    /// The plain product.
     case none
+    /// SiLU (swish): v · sigmoid(v).
     case silu
     /// GELU, tanh approximation.
     case geluTanh
@@ -33,8 +35,11 @@ public enum Epilogue: String, Sendable, Hashable, CaseIterable {
 }
 
 extension Reference {
+    /// SiLU: v / (1 + e^−v).
     public static func silu(_ v: Double) -> Double { v / (1 + exp(-v)) }
 
+    /// Epilogue `e` applied to one pre-activation `v` (SwiGLU's pairing of gate and up happens in
+    /// `linearRow`; here it is the identity, as `.none`).
     public static func activate(_ v: Double, _ e: Epilogue) -> Double {
         switch e {
         case .none, .swiglu: v

@@ -25,10 +25,11 @@ public struct RouterConfig: Hashable, Sendable {
         case weight
     }
 
-    /// Number of routed experts E (1...512).
+    /// Number of routed experts E (1...1024, `RouterConfig.maxExperts`).
     public var experts: Int
     /// Experts per token (1...E).
     public var k: Int
+    /// Softmax over the experts, or an element-wise sigmoid.
     public var scoring: Scoring
     /// Divide the chosen k weights by their sum (+1e-20).
     public var renormalize: Bool
@@ -40,8 +41,13 @@ public struct RouterConfig: Hashable, Sendable {
     public var topKGroups: Int
     /// When set, each expert keeps at most ceil(capacityFactor · T · k / E) assignments.
     public var capacityFactor: Double?
+    /// Which assignments an expert over capacity keeps (used only with `capacityFactor`).
     public var dropPriority: DropPriority
 
+    /// A router configuration; the defaults are a softmax top-2, renormalized, unscaled, one
+    /// group, no capacity. `RouterConfig.validate(experts:)` (in Switchyard) checks the options
+    /// against each other; the presets (`.mixtral()`, `.qwenMoE()`, `.deepSeekV3()`,
+    /// `.switchTransformer()`) give real models' settings.
     public init(
         experts: Int, k: Int = 2, scoring: Scoring = .softmax, renormalize: Bool = true, routedScale: Float = 1,
         expertGroups: Int = 1, topKGroups: Int = 1, capacityFactor: Double? = nil,
@@ -92,10 +98,16 @@ public struct PermutationResult: Sendable, Equatable {
 
 /// Routing statistics (see `Reference.routingStats`).
 public struct RoutingStatsResult: Sendable, Equatable {
+    /// Kept assignments per expert `[E]` (after capacity dropping).
     public var tokensPerExpert: [Int32]
+    /// Assignments dropped by capacity (or with an expert id out of range).
     public var dropped: Int32
+    /// Mean router probability per expert P_e `[E]` (sigmoid scores normalized per token).
     public var meanProbability: [Double]
+    /// Switch-Transformer load-balancing loss E · Σ_e f_e · P_e, f_e the fraction of the T·k
+    /// assignments routed to e before dropping.
     public var balanceLoss: Double
+    /// Router z-loss mean_t(logsumexp(logits_t)²).
     public var zLoss: Double
 }
 

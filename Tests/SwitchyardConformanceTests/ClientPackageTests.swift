@@ -17,6 +17,8 @@ import Testing
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-client-\(getpid())")
         try? FileManager.default.removeItem(at: folder)
         try FileManager.default.copyItem(at: fixture, to: folder)
+        // The documentation's samples: one more executable of the same build (DocSampleTests).
+        try DocSamples.generate(into: folder, repository: repository)
         let manifest = folder.appendingPathComponent("Package.swift")
         let identity = repository.lastPathComponent.lowercased()
         let text = try String(contentsOf: manifest, encoding: .utf8)

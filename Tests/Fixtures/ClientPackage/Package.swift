@@ -13,6 +13,17 @@ let package = Package(
             name: "client",
             dependencies: ["CClientOpenCL", .product(name: "Switchyard", package: "@SWITCHYARD_IDENTITY@")]
         ),
+        // The ```swift blocks of README.md and the DocC catalogs, each a function of the
+        // generated main.swift (DocSampleTests writes it into the temporary copy), run in order.
+        .executableTarget(
+            name: "samples",
+            dependencies: [
+                "CClientOpenCL",
+                .product(name: "Switchyard", package: "@SWITCHYARD_IDENTITY@"),
+                .product(name: "OpenCLHost", package: "@SWITCHYARD_IDENTITY@"),
+                .product(name: "SwitchyardConformance", package: "@SWITCHYARD_IDENTITY@"),
+            ]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )
