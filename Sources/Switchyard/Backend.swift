@@ -49,6 +49,14 @@ public protocol ComputeBackend: AnyObject, Sendable {
         _ a: Tensor, weights: ExpertWeights, routing: Routing?, fusedGather: Bool, epilogue: Epilogue, scale: RowScale,
         dtype: DType?
     ) throws -> Tensor
+
+    // MARK: Token merging (ToMe) and Soft MoE
+
+    /// ToMe bipartite soft matching of `x [B, L, d]` on `keys [B, L, dk]` (x when nil) with token
+    /// sizes `[B, L]` (f32, ones when nil): `r` tokens merged per batch (see `TokenMerge`).
+    func tokenMerge(_ x: Tensor, keys: Tensor?, sizes: Tensor?, r: Int, protectFirst: Bool) throws -> MergedTokens
+    /// Copies each row of `y [B, M, d]` back to every token its source map `[B, L]` sends there (see `TokenUnmerge`).
+    func tokenUnmerge(_ y: Tensor, sourceMap: Tensor) throws -> Tensor
 }
 
 func checkHostCount(_ count: Int, _ shape: [Int], _ argument: String) throws {
