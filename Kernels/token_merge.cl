@@ -49,10 +49,11 @@ inline float hmax16(float16 v) { return hmax8(fmax(v.lo, v.hi)); }
 
 // Normalized keys: one work-group of GROUP work-items per token, `per_group` tokens one after
 // the other. n = (k / m) / ‖k / m‖ with m = max |k| (no overflow or underflow for any finite
-// key); a zero key stays zero. A tokens go to ka [B][nA][dk] (rows), B tokens to kbt
-// [B][dk][nb_pad] (columns, so the match reads consecutive B tokens as one vector).
+// key); a zero key stays zero. A tokens go to ka [B][nA][dk] (rows), B tokens to kbt in panels
+// of `panel` tokens, [B][nb_pad / panel][dk][panel] (the match streams one panel's keys, its
+// consecutive B tokens one vector per key element).
 __kernel void merge_normalize(__global const K_T* keys, __global float* ka, __global float* kbt,
-                              __global int* flags, int total, int tokens, int dk, int na, int nb_pad, int per_group) {
+                              __global int* flags, int total, int tokens, int dk, int na, int nb_pad, int panel, int per_group) {
     const int lid = get_local_id(0);
     __local float red[GROUP];
     const int first = get_group_id(0) * per_group;
@@ -95,8 +96,10 @@ __kernel void merge_normalize(__global const K_T* keys, __global float* ka, __gl
             __global float* out = ka + ((size_t)b * (size_t)na + (size_t)(pos >> 1)) * (size_t)dk;
             for (int c = lid; c < dk; c += GROUP) out[c] = K_LOAD(keys, base + c) * scale * inv;
         } else {
-            __global float* out = kbt + (size_t)b * (size_t)dk * (size_t)nb_pad + (size_t)(pos >> 1);
-            for (int c = lid; c < dk; c += GROUP) out[(size_t)c * (size_t)nb_pad] = K_LOAD(keys, base + c) * scale * inv;
+            const int j = pos >> 1;
+            __global float* out = kbt + (size_t)b * (size_t)dk * (size_t)nb_pad + (size_t)(j / panel) * (size_t)dk * (size_t)panel
+                + (size_t)(j % panel);
+            for (int c = lid; c < dk; c += GROUP) out[(size_t)c * (size_t)panel] = K_LOAD(keys, base + c) * scale * inv;
         }
     }
 }
@@ -128,18 +131,24 @@ __kernel void merge_match(__global const float* ka, __global const float* kbt, _
     __global const float* bt = kbt + (size_t)b * (size_t)dk * (size_t)nb_pad;
     for (int p0 = col_begin; p0 < col_end; p0 += PANEL) {
         VEC acc[RA][NV];
+#pragma unroll
         for (int r = 0; r < RA; ++r)
+#pragma unroll
             for (int v = 0; v < NV; ++v) acc[r][v] = (VEC)0.0f;
+        __global const float* wp = bt + (size_t)p0 * (size_t)dk;  // panel p0 / PANEL, [dk][PANEL]
         for (int kk = 0; kk < dk; ++kk) {
-            __global const float* wrow = bt + (size_t)kk * (size_t)nb_pad + p0;
             VEC w[NV];
-            for (int v = 0; v < NV; ++v) w[v] = VLOAD(wrow + v * VW);
+#pragma unroll
+            for (int v = 0; v < NV; ++v) w[v] = VLOAD(wp + kk * PANEL + v * VW);
+#pragma unroll
             for (int r = 0; r < RA; ++r) {
-                const float av = a_rows[r][kk];
-                for (int v = 0; v < NV; ++v) acc[r][v] = fma((VEC)av, w[v], acc[r][v]);
+                const VEC av = (VEC)a_rows[r][kk];
+#pragma unroll
+                for (int v = 0; v < NV; ++v) acc[r][v] = fma(av, w[v], acc[r][v]);
             }
         }
         const bool full = p0 + PANEL <= nb;
+#pragma unroll
         for (int r = 0; r < RA; ++r) {
             if (full) {
                 // The panel's largest value first; only a strictly better panel is searched.
@@ -174,8 +183,8 @@ __kernel void merge_match(__global const float* ka, __global const float* kbt, _
 // ties to the lower column, then continue the best of the earlier ranges. No loop nests: a
 // lane's loop count is (its columns) × (dk + 1), which the host keeps far below 65,535.
 __kernel void merge_match_lanes(__global const float* ka, __global const float* kbt, __global float* best_val,
-                                __global int* best_idx, int na, int nb, int nb_pad, int dk, int col_begin,
-                                int col_end, int first, int protect) {
+                                __global int* best_idx, int na, int nb, int nb_pad, int panel, int dk,
+                                int col_begin, int col_end, int first, int protect) {
     const int lid = get_local_id(0);
     const int i = get_group_id(1);
     const int b = get_group_id(2);
@@ -188,7 +197,8 @@ __kernel void merge_match_lanes(__global const float* ka, __global const float* 
     int idx = none;
     for (int j = col_begin + lid; j < col_end; j += GROUP) {
         float acc = 0.0f;
-        for (int kk = 0; kk < dk; ++kk) acc = fma(a[kk], bt[(size_t)kk * (size_t)nb_pad + j], acc);
+        __global const float* col = bt + (size_t)(j / panel) * (size_t)dk * (size_t)panel + (size_t)(j % panel);
+        for (int kk = 0; kk < dk; ++kk) acc = fma(a[kk], col[(size_t)kk * (size_t)panel], acc);
         if (acc > best || idx == none) {
             best = acc;
             idx = j;

@@ -57,6 +57,12 @@ public protocol ComputeBackend: AnyObject, Sendable {
     func tokenMerge(_ x: Tensor, keys: Tensor?, sizes: Tensor?, r: Int, protectFirst: Bool) throws -> MergedTokens
     /// Copies each row of `y [B, M, d]` back to every token its source map `[B, L]` sends there (see `TokenUnmerge`).
     func tokenUnmerge(_ y: Tensor, sourceMap: Tensor) throws -> Tensor
+    /// Soft MoE dispatch of `x [B, T, d]` with prepared slot parameters Φᵀ `[1, n, d]`: the slots
+    /// `[B, n, d]` and the combine weights `[B, T, n]` (see `SoftMoEDispatch`).
+    func softMoEDispatch(_ x: Tensor, phi: ExpertWeights) throws -> SoftMoESlots
+    /// Soft MoE combine of expert outputs (`[B, n, d]`, or a fixed routing's rows) with the combine
+    /// weights `[B, T, n]` into `[B, T, d]` (see `SoftMoECombine`).
+    func softMoECombine(_ ys: Tensor, weights: Tensor, routing: Routing?, dtype: DType?) throws -> Tensor
 }
 
 func checkHostCount(_ count: Int, _ shape: [Int], _ argument: String) throws {

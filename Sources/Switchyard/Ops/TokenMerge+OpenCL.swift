@@ -62,12 +62,12 @@ extension OpenCLBackend {
             let panel = tile.width * tile.vectors
             let nbPad = roundUp(nb, panel)
             let ka = try empty(shape: [b, na, dk], dtype: .f32, label: "merge A keys")
-            let kbt = try empty(shape: [b, dk, nbPad], dtype: .f32, label: "merge B keys")
+            let kbt = try empty(shape: [b, nbPad / panel, dk, panel], dtype: .f32, label: "merge B keys")
             try launch(
                 "token_merge.cl", "merge_normalize",
                 defines: (keys?.dtype ?? x.dtype).defines("K").merging(["GROUP": "\(tuning.copyGroup)"]) { a, _ in a },
                 args: [.buffer(kb), .buffer(ka.buffer!), .buffer(kbt.buffer!), .buffer(flags.buffer!), .int(b * l),
-                       .int(l), .int(dk), .int(na), .int(nbPad), .int(tuning.rowsPerGroup)],
+                       .int(l), .int(dk), .int(na), .int(nbPad), .int(panel), .int(tuning.rowsPerGroup)],
                 global: [(b * l + tuning.rowsPerGroup - 1) / tuning.rowsPerGroup * tuning.copyGroup],
                 local: [tuning.copyGroup])
             let bestVal = try empty(shape: [b, na], dtype: .f32, label: "merge scores")
@@ -84,8 +84,9 @@ extension OpenCLBackend {
                 try launch(
                     "token_merge.cl", lanes ? "merge_match_lanes" : "merge_match", defines: defines,
                     args: [.buffer(ka.buffer!), .buffer(kbt.buffer!), .buffer(bestVal.buffer!), .buffer(bestIdx.buffer!),
-                           .int(na), .int(nb), .int(nbPad), .int(dk), .int(begin), .int(min(nb, begin + columns)),
-                           .int(begin == 0 ? 1 : 0), .int(protectFirst ? 1 : 0)],
+                           .int(na), .int(nb), .int(nbPad)] + (lanes ? [.int(panel)] : []) + [
+                           .int(dk), .int(begin), .int(min(nb, begin + columns)), .int(begin == 0 ? 1 : 0),
+                           .int(protectFirst ? 1 : 0)],
                     global: lanes ? [Self.mergeLanes, na, b] : [roundUp(tiles, itemGroup), b],
                     local: lanes ? [Self.mergeLanes, 1, 1] : [itemGroup, 1])
                 begin += columns
