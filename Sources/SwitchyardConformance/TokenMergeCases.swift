@@ -119,7 +119,7 @@ enum TokenMergeCases {
             Spec(batches: 2, tokens: 100, d: 48, dk: 16, r: 30, protect: true, dtype: .bf16, keyDType: .f32),
             Spec(batches: 1, tokens: 513, d: 32, dk: 16, r: 128, protect: true, dtype: .f32),
             // wide keys: several column ranges per match where work-items are lanes
-            Spec(batches: 2, tokens: 100, d: 33, dk: 4096, r: 25, protect: true, dtype: .f32),
+            Spec(batches: 2, tokens: 70, d: 33, dk: 4096, r: 17, protect: true, dtype: .f32),
             // nothing to merge
             Spec(batches: 0, tokens: 16, d: 8, dk: nil, r: 4, protect: false, dtype: .f32),
             Spec(batches: 2, tokens: 0, d: 8, dk: nil, r: 0, protect: true, dtype: .f32),
