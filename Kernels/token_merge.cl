@@ -29,6 +29,9 @@
 #ifndef NV
 #define NV 4
 #endif
+#ifndef TS
+#define TS 1
+#endif
 #define PANEL (NV * VW)
 
 #if VW == 1
@@ -105,74 +108,83 @@ __kernel void merge_normalize(__global const K_T* keys, __global float* ka, __gl
 }
 
 // Each A token's best B partner over the columns [col_begin, col_end) (col_begin a multiple of
-// PANEL), continuing the best so far unless `first`: a work-item takes RA A tokens of batch
-// get_global_id(1) and walks the range panel by panel, each panel's similarities one f32 fma
-// chain over the key in order (so equal keys give bit-equal similarities wherever they sit),
-// and keeps the strictly greater value, so ties go to the lower B index. The host sizes each
-// range so a work-item's loops stay far below llvmpipe's 65,535 iterations. With `protect`,
-// A token 0 (the class token) scores −∞.
+// PANEL), continuing the best so far unless `first`: a work-item takes TS tiles of RA A tokens of
+// batch get_global_id(1) and walks the range panel by panel (each panel, dk × PANEL keys, is
+// read once for its TS tiles, from cache), each similarity one f32 fma chain over the key in
+// order (so equal keys give bit-equal similarities wherever they sit), and keeps the strictly
+// greater value, so ties go to the lower B index. The host sizes each range so a work-item's
+// loops stay bounded. With `protect`, A token 0 (the class token) scores −∞.
 __kernel void merge_match(__global const float* ka, __global const float* kbt, __global float* best_val,
                           __global int* best_idx, int na, int nb, int nb_pad, int dk, int col_begin, int col_end,
                           int first, int protect) {
-    const int tile = get_global_id(0);
+    const int group = get_global_id(0);
     const int b = get_global_id(1);
-    if (tile * RA >= na) return;
-    const int i0 = tile * RA;
-    __global const float* a_rows[RA];
-    float best[RA];
-    int idx[RA];
-    for (int r = 0; r < RA; ++r) {
-        const int i = min(i0 + r, na - 1);  // a partial tile recomputes its last row, never stored
-        a_rows[r] = ka + ((size_t)b * (size_t)na + (size_t)i) * (size_t)dk;
-        const size_t at = (size_t)b * (size_t)na + (size_t)i;
-        best[r] = first ? -INFINITY : best_val[at];
-        idx[r] = first ? 0 : best_idx[at];
+    const int i_first = group * RA * TS;
+    if (i_first >= na) return;
+    float best[TS][RA];
+    int idx[TS][RA];
+    for (int t = 0; t < TS; ++t) {
+        for (int r = 0; r < RA; ++r) {
+            const size_t at = (size_t)b * (size_t)na + (size_t)min(i_first + t * RA + r, na - 1);
+            best[t][r] = first ? -INFINITY : best_val[at];
+            idx[t][r] = first ? 0 : best_idx[at];
+        }
     }
     __global const float* bt = kbt + (size_t)b * (size_t)dk * (size_t)nb_pad;
     for (int p0 = col_begin; p0 < col_end; p0 += PANEL) {
-        VEC acc[RA][NV];
-#pragma unroll
-        for (int r = 0; r < RA; ++r)
-#pragma unroll
-            for (int v = 0; v < NV; ++v) acc[r][v] = (VEC)0.0f;
         __global const float* wp = bt + (size_t)p0 * (size_t)dk;  // panel p0 / PANEL, [dk][PANEL]
-        for (int kk = 0; kk < dk; ++kk) {
-            VEC w[NV];
+        const bool full = p0 + PANEL <= nb;
+        for (int t = 0; t < TS; ++t) {
+            const int i0 = i_first + t * RA;
+            if (i0 >= na) break;
+            __global const float* a_rows[RA];
 #pragma unroll
-            for (int v = 0; v < NV; ++v) w[v] = VLOAD(wp + kk * PANEL + v * VW);
+            for (int r = 0; r < RA; ++r) a_rows[r] = ka + ((size_t)b * (size_t)na + (size_t)min(i0 + r, na - 1)) * (size_t)dk;
+            VEC acc[RA][NV];
+#pragma unroll
+            for (int r = 0; r < RA; ++r)
+#pragma unroll
+                for (int v = 0; v < NV; ++v) acc[r][v] = (VEC)0.0f;
+            for (int kk = 0; kk < dk; ++kk) {
+                VEC w[NV];
+#pragma unroll
+                for (int v = 0; v < NV; ++v) w[v] = VLOAD(wp + kk * PANEL + v * VW);
+#pragma unroll
+                for (int r = 0; r < RA; ++r) {
+                    const VEC av = (VEC)a_rows[r][kk];
+#pragma unroll
+                    for (int v = 0; v < NV; ++v) acc[r][v] = fma(av, w[v], acc[r][v]);
+                }
+            }
 #pragma unroll
             for (int r = 0; r < RA; ++r) {
-                const VEC av = (VEC)a_rows[r][kk];
+                if (full) {
+                    // The panel's largest value first; only a strictly better panel is searched.
+                    VEC mv = acc[r][0];
 #pragma unroll
-                for (int v = 0; v < NV; ++v) acc[r][v] = fma(av, w[v], acc[r][v]);
-            }
-        }
-        const bool full = p0 + PANEL <= nb;
+                    for (int v = 1; v < NV; ++v) mv = fmax(mv, acc[r][v]);
+                    if (!(HMAX(mv) > best[t][r])) continue;
+                }
+                float vals[PANEL];
 #pragma unroll
-        for (int r = 0; r < RA; ++r) {
-            if (full) {
-                // The panel's largest value first; only a strictly better panel is searched.
-                VEC mv = acc[r][0];
-                for (int v = 1; v < NV; ++v) mv = fmax(mv, acc[r][v]);
-                const float pm = HMAX(mv);
-                if (!(pm > best[r])) continue;
-            }
-            float vals[PANEL];
-            for (int v = 0; v < NV; ++v) VSTORE_PRIVATE(acc[r][v], v, vals);
-            for (int c = 0; c < PANEL; ++c) {
-                if (p0 + c < nb && vals[c] > best[r]) {
-                    best[r] = vals[c];
-                    idx[r] = p0 + c;
+                for (int v = 0; v < NV; ++v) VSTORE_PRIVATE(acc[r][v], v, vals);
+                for (int c = 0; c < PANEL; ++c) {
+                    if (p0 + c < nb && vals[c] > best[t][r]) {
+                        best[t][r] = vals[c];
+                        idx[t][r] = p0 + c;
+                    }
                 }
             }
         }
     }
-    for (int r = 0; r < RA; ++r) {
-        const int i = i0 + r;
-        if (i >= na) break;
-        const size_t at = (size_t)b * (size_t)na + (size_t)i;
-        best_val[at] = (protect && i == 0) ? -INFINITY : best[r];
-        best_idx[at] = idx[r];
+    for (int t = 0; t < TS; ++t) {
+        for (int r = 0; r < RA; ++r) {
+            const int i = i_first + t * RA + r;
+            if (i >= na) break;
+            const size_t at = (size_t)b * (size_t)na + (size_t)i;
+            best_val[at] = (protect && i == 0) ? -INFINITY : best[t][r];
+            best_idx[at] = idx[t][r];
+        }
     }
 }
 

@@ -17,6 +17,9 @@ extension OpenCLBackend {
     /// Wider column ranges take more launches, each continuing the best of the earlier ones.
     static let mergeMatchBudget = 8192
 
+    /// Row tiles each `merge_match` work-item walks per panel.
+    static let mergeTileStep = 8
+
     /// Lanes per A token in `merge_match_lanes`.
     static let mergeLanes = 32
 
@@ -76,9 +79,11 @@ extension OpenCLBackend {
             let columns = lanes
                 ? Self.mergeLanes * max(1, Self.mergeMatchBudget / (dk + 1))
                 : panel * max(1, Self.mergeMatchBudget / max(1, dk))
-            let tiles = (na + tile.rows - 1) / tile.rows
+            // A register work-item walks `mergeTileStep` row tiles per panel (the panel stays in cache).
+            let groups = (na + tile.rows * Self.mergeTileStep - 1) / (tile.rows * Self.mergeTileStep)
             let defines = lanes
-                ? ["GROUP": "\(Self.mergeLanes)"] : ["RA": "\(tile.rows)", "VW": "\(tile.width)", "NV": "\(tile.vectors)"]
+                ? ["GROUP": "\(Self.mergeLanes)"]
+                : ["RA": "\(tile.rows)", "VW": "\(tile.width)", "NV": "\(tile.vectors)", "TS": "\(Self.mergeTileStep)"]
             var begin = 0
             repeat {
                 try launch(
@@ -87,7 +92,7 @@ extension OpenCLBackend {
                            .int(na), .int(nb), .int(nbPad)] + (lanes ? [.int(panel)] : []) + [
                            .int(dk), .int(begin), .int(min(nb, begin + columns)), .int(begin == 0 ? 1 : 0),
                            .int(protectFirst ? 1 : 0)],
-                    global: lanes ? [Self.mergeLanes, na, b] : [roundUp(tiles, itemGroup), b],
+                    global: lanes ? [Self.mergeLanes, na, b] : [roundUp(groups, itemGroup), b],
                     local: lanes ? [Self.mergeLanes, 1, 1] : [itemGroup, 1])
                 begin += columns
             } while begin < nb
