@@ -1,9 +1,6 @@
 import OpenCLHost
 
 extension OpenCLBackend {
-    /// Lanes per work-group of `softmoe_mix_lanes`.
-    static let softMoELanes = 32
-
     /// `y [B, M, N] = a [B, M, K] · rows of x` (`softmoe_mix`): the register tile of the merge's
     /// similarity on CPU-class devices, one element per lane where work-items are lanes.
     func softMoEMix(
@@ -13,7 +10,7 @@ extension OpenCLBackend {
         var defines = xDType.defines("X").merging(y.dtype.defines("Y")) { a, _ in a }
         let common: [Arg] = [.buffer(a), .buffer(x), .buffer(rowOf ?? a), .int(rowOf == nil ? 0 : 1), .int(rows), .buffer(y.buffer!)]
         if device.workItemsAreLanes {
-            let lanes = Self.softMoELanes
+            let lanes = lanesGroup(32)
             try launch(
                 "soft_moe.cl", "softmoe_mix_lanes", defines: defines, args: common + [.int(m), .int(k), .int(n)],
                 global: [roundUp(n, lanes), m, batches], local: [lanes, 1, 1])
@@ -31,6 +28,7 @@ extension OpenCLBackend {
     public func softMoEDispatch(_ x: Tensor, phi: ExpertWeights) throws -> SoftMoESlots {
         let op = try SoftMoEDispatch(validating: x, phi: phi)
         let (b, t, d, n) = (op.batches, op.tokens, op.dim, op.slots)
+        let xb = try deviceBuffer(x, "softMoEDispatch x")
         let slots = try empty(shape: [b, n, d], dtype: x.dtype, label: "soft MoE slots")
         let logits = try groupedMatmul(
             x.reshaped([b * t, d]), weights: phi, routing: nil, fusedGather: false, epilogue: .none, scale: .none,
@@ -45,7 +43,7 @@ extension OpenCLBackend {
                 global: [n * group, b], local: [group, 1])
         }
         try softMoEMix(
-            a: dt.buffer!, x: try deviceBuffer(x, "softMoEDispatch x"), xDType: x.dtype, rowOf: nil, rows: b * t,
+            a: dt.buffer!, x: xb, xDType: x.dtype, rowOf: nil, rows: b * t,
             y: slots, batches: b, m: n, k: t, n: d)
         return SoftMoESlots(slots: slots.guarded(by: x.guards), combineWeights: combine.guarded(by: x.guards))
     }

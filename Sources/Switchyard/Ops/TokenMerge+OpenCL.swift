@@ -20,8 +20,16 @@ extension OpenCLBackend {
     /// Row tiles each `merge_match` work-item walks per panel.
     static let mergeTileStep = 8
 
-    /// Lanes per A token in `merge_match_lanes`.
-    static let mergeLanes = 32
+    /// Lanes per A token in `merge_match_lanes`: 32, or the largest power of two the device's
+    /// work-groups hold.
+    var mergeLanes: Int { lanesGroup(32) }
+
+    /// The largest power of two ≤ `wanted` and ≤ the device's largest work-group.
+    func lanesGroup(_ wanted: Int) -> Int {
+        var group = 1
+        while group * 2 <= min(wanted, max(1, device.maxWorkGroupSize)) { group *= 2 }
+        return group
+    }
 
     /// The grid of the row-copying kernels (`merge_rows`, `token_unmerge`) over `rows` rows of
     /// `d` columns: where work-items are lanes one column each (a work-item's loop is then one
@@ -77,12 +85,12 @@ extension OpenCLBackend {
             // Lanes: one work-group per A token, a lane per column; else the register tile.
             let lanes = device.workItemsAreLanes
             let columns = lanes
-                ? Self.mergeLanes * max(1, Self.mergeMatchBudget / (dk + 1))
+                ? mergeLanes * max(1, Self.mergeMatchBudget / (dk + 1))
                 : panel * max(1, Self.mergeMatchBudget / max(1, dk))
             // A register work-item walks `mergeTileStep` row tiles per panel (the panel stays in cache).
             let groups = (na + tile.rows * Self.mergeTileStep - 1) / (tile.rows * Self.mergeTileStep)
             let defines = lanes
-                ? ["GROUP": "\(Self.mergeLanes)"]
+                ? ["GROUP": "\(mergeLanes)"]
                 : ["RA": "\(tile.rows)", "VW": "\(tile.width)", "NV": "\(tile.vectors)", "TS": "\(Self.mergeTileStep)"]
             var begin = 0
             repeat {
@@ -92,8 +100,8 @@ extension OpenCLBackend {
                            .int(na), .int(nb), .int(nbPad)] + (lanes ? [.int(panel)] : []) + [
                            .int(dk), .int(begin), .int(min(nb, begin + columns)), .int(begin == 0 ? 1 : 0),
                            .int(protectFirst ? 1 : 0)],
-                    global: lanes ? [Self.mergeLanes, na, b] : [roundUp(groups, itemGroup), b],
-                    local: lanes ? [Self.mergeLanes, 1, 1] : [itemGroup, 1])
+                    global: lanes ? [mergeLanes, na, b] : [roundUp(groups, itemGroup), b],
+                    local: lanes ? [mergeLanes, 1, 1] : [itemGroup, 1])
                 begin += columns
             } while begin < nb
             chosen = try topK(bestVal, k: r).indices
