@@ -271,6 +271,10 @@ enum TokenMergeCases {
                 let t = try b.tensor([Float](), shape: [1, 65537, 0], dtype: .f32)
                 return { _ = try b.tokenMerge(t, keys: nil, sizes: nil, r: 0, protectFirst: false) }
             }),
+            ("batches × tokens past 2³¹", { b, _ in
+                let t = try b.tensor([Float](), shape: [1 << 21, 1 << 10, 0], dtype: .f32)
+                return { _ = try b.tokenMerge(t, keys: nil, sizes: nil, r: 0, protectFirst: false) }
+            }),
             ("NaN key", { b, g in
                 var values = g.normals(2 * 16 * 8)
                 values[77] = .nan

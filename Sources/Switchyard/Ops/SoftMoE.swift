@@ -54,9 +54,19 @@ public struct SoftMoEDispatch: Hashable, Sendable {
                 argument: "softMoEDispatch phi", expected: "[1, slots ≤ \(Self.maxSlots), d]", actual: phi.weight.shape)
         }
         _ = try Tensor.checkedCount(s, dtype: x.dtype, "softMoEDispatch x")
+        try Self.checkRows(batches: s[0], tokens: s[1], slots: n, "softMoEDispatch x")
         _ = try Tensor.checkedCount([s[0], max(s[1], n), n], dtype: .f32, "softMoEDispatch weights")
         _ = try Tensor.checkedCount([s[0], n, s[2]], dtype: x.dtype, "softMoEDispatch slots")
         self.init(batches: s[0], tokens: s[1], dim: s[2], slots: n, dtype: x.dtype, phiDType: phi.weight.dtype)
+    }
+
+    /// Row indices (batch × tokens, batch × slots) stay below 2³¹ in the kernels.
+    static func checkRows(batches: Int, tokens: Int, slots: Int, _ argument: String) throws {
+        let (rows, overflow) = batches.multipliedReportingOverflow(by: max(tokens, slots))
+        guard !overflow, rows < Int(Int32.max) else {
+            throw SwitchyardError.shape(
+                argument: argument, expected: "batches × max(tokens, slots) below 2³¹", actual: [batches, tokens, slots])
+        }
     }
 
     /// The logits, both softmaxes (~5 per element each) and the slot mix.
@@ -113,6 +123,7 @@ public struct SoftMoECombine: Hashable, Sendable {
                 argument: "softMoECombine weights",
                 expected: "[batches, tokens ≤ \(SoftMoEDispatch.maxTokens), slots ≤ \(SoftMoEDispatch.maxSlots)] f32", actual: w)
         }
+        try SoftMoEDispatch.checkRows(batches: b, tokens: t, slots: n, "softMoECombine weights")
         try ys.expectDType(DType.floatingPoint, "softMoECombine ys")
         let d: Int
         if let routing {

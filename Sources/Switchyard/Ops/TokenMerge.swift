@@ -78,7 +78,8 @@ public struct TokenMerge: Hashable, Sendable {
             throw SwitchyardError.shape(
                 argument: "tokenMerge x", expected: "[batches, tokens ≤ \(Self.maxTokens), d]", actual: s)
         }
-        guard b.multipliedReportingOverflow(by: l).partialValue < Int(Int32.max), b < Int(Int32.max) else {
+        let (rows, overflow) = b.multipliedReportingOverflow(by: l)
+        guard !overflow, rows < Int(Int32.max) else {
             throw SwitchyardError.shape(argument: "tokenMerge x", expected: "batches × tokens below 2³¹", actual: s)
         }
         var dk = d
@@ -171,7 +172,8 @@ public struct TokenUnmerge: Hashable, Sendable {
             throw SwitchyardError.shape(argument: "tokenUnmerge sourceMap", expected: "[\(s[0]), tokens] i32", actual: ms)
         }
         _ = try Tensor.checkedCount([ms[0], ms[1], s[2]], dtype: y.dtype, "tokenUnmerge output")
-        guard ms[0].multipliedReportingOverflow(by: max(ms[1], s[1])).partialValue < Int(Int32.max) else {
+        let (rows, overflow) = ms[0].multipliedReportingOverflow(by: max(ms[1], s[1]))
+        guard !overflow, rows < Int(Int32.max) else {
             throw SwitchyardError.shape(
                 argument: "tokenUnmerge sourceMap", expected: "batches × tokens below 2³¹", actual: ms)
         }
