@@ -78,10 +78,11 @@ __kernel void merge_normalize(__global const K_T* keys, __global float* ka, __gl
         }
         m = red[0];
         barrier(CLK_LOCAL_MEM_FENCE);
-        const float scale = m > 0.0f ? 1.0f / m : 0.0f;
+        // k / m by division (1 / m overflows for a subnormal m); m = 0: a zero key.
+        const float m_div = m > 0.0f ? m : 1.0f;
         float sum = 0.0f;
         for (int c = lid; c < dk; c += GROUP) {
-            const float v = K_LOAD(keys, base + c) * scale;
+            const float v = K_LOAD(keys, base + c) / m_div;
             sum = fma(v, v, sum);
         }
         red[lid] = sum;
@@ -97,12 +98,12 @@ __kernel void merge_normalize(__global const K_T* keys, __global float* ka, __gl
         const int pos = p - b * tokens;
         if ((pos & 1) == 0) {
             __global float* out = ka + ((size_t)b * (size_t)na + (size_t)(pos >> 1)) * (size_t)dk;
-            for (int c = lid; c < dk; c += GROUP) out[c] = K_LOAD(keys, base + c) * scale * inv;
+            for (int c = lid; c < dk; c += GROUP) out[c] = K_LOAD(keys, base + c) / m_div * inv;
         } else {
             const int j = pos >> 1;
             __global float* out = kbt + (size_t)b * (size_t)dk * (size_t)nb_pad + (size_t)(j / panel) * (size_t)dk * (size_t)panel
                 + (size_t)(j % panel);
-            for (int c = lid; c < dk; c += GROUP) out[(size_t)c * (size_t)panel] = K_LOAD(keys, base + c) * scale * inv;
+            for (int c = lid; c < dk; c += GROUP) out[(size_t)c * (size_t)panel] = K_LOAD(keys, base + c) / m_div * inv;
         }
     }
 }

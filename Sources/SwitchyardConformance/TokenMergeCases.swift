@@ -8,6 +8,9 @@ enum TokenMergeCases {
         /// Keys drawn from a few prototypes (one of them zero): exact ties in the partners and
         /// in the scores, which must go to the lower index.
         case ties
+        /// Normal keys, each token's scaled by 1e-30, 1 or 1e30 (their squares underflow or
+        /// overflow f32; the cosine does not change).
+        case extreme
     }
 
     struct Spec {
@@ -72,14 +75,17 @@ enum TokenMergeCases {
             }
             return (0..<batches * l).flatMap { p in (p % l) % 2 == 0 ? a[Int(g.next() % 4)] : b[Int(g.next() % 4)] }
         }
-        var values = g.normals(batches * l * dk).map(dtype.round)
+        let scales: [Float] = kind == .extreme ? [1e-30, 1, 1e30] : [1]
+        let scale = (0..<batches * l).map { _ in scales[Int(g.next() % UInt64(scales.count))] }
+        func draw(_ p: Int) -> [Float] { g.normals(dk).map { dtype.round($0 * scale[p]) } }
+        var values = (0..<batches * l).flatMap { draw($0) }
         for b in 0..<batches {
             for _ in 0..<200 {
                 let bad = nearTies(keys: values, batch: b, tokens: l, dk: dk, r: r, protect: protect)
                 if bad.isEmpty { break }
                 for i in bad {
                     let start = (b * l + 2 * i) * dk
-                    values.replaceSubrange(start..<(start + dk), with: g.normals(dk).map(dtype.round))
+                    values.replaceSubrange(start..<(start + dk), with: draw(b * l + 2 * i))
                 }
             }
         }
@@ -109,6 +115,8 @@ enum TokenMergeCases {
             Spec(batches: 2, tokens: 40, d: 24, dk: nil, r: 12, protect: true, dtype: .bf16, kind: .ties),
             Spec(batches: 3, tokens: 64, d: 16, dk: 8, r: 20, protect: false, dtype: .f16, keyDType: .f16, kind: .ties),
             Spec(batches: 2, tokens: 9, d: 1, dk: nil, r: 4, protect: false, dtype: .f32, kind: .ties),
+            // keys whose squares underflow or overflow f32
+            Spec(batches: 2, tokens: 50, d: 16, dk: 24, r: 20, protect: true, dtype: .f32, kind: .extreme),
             // sizes from earlier merges
             Spec(batches: 2, tokens: 33, d: 20, dk: 16, r: 10, protect: true, dtype: .f32, sizes: true),
             Spec(batches: 2, tokens: 257, d: 64, dk: 32, r: 64, protect: false, dtype: .f32, sizes: true),
