@@ -143,11 +143,13 @@ extension OpenCLBackend {
         try fill(flags, 0)
         let rows = op.batches * op.tokens
         if rows > 0 {
-            let grid = mergeRowGrid(rows: rows, d: op.dim)
+            // Rows of an even number of 16-bit elements move as 32-bit words (half the vector ops).
+            let (word, words) = y.dtype.size == 2 && op.dim % 2 == 0 ? ("uint", op.dim / 2) : (Self.rawWord(y.dtype), op.dim)
+            let grid = mergeRowGrid(rows: rows, d: words)
             try launch(
-                "token_merge.cl", "token_unmerge", defines: ["RAW_T": Self.rawWord(y.dtype)],
+                "token_merge.cl", "token_unmerge", defines: ["RAW_T": word],
                 args: [.buffer(yb), .buffer(mb), .buffer(out.buffer!), .buffer(flags.buffer!), .int(op.batches),
-                       .int(op.rows), .int(op.tokens), .int(op.dim), .int(grid.rowsPerItem), .int(grid.chunk)],
+                       .int(op.rows), .int(op.tokens), .int(words), .int(grid.rowsPerItem), .int(grid.chunk)],
                 global: grid.global, local: grid.local)
         }
         return out.guarded(by: [flags] + y.guards + sourceMap.guards)
