@@ -55,14 +55,37 @@ MUTANTS = [
      "<< 32) | (ulong)c)", "<< 32) | (ulong)(cols - 1 - c))", r"^topk"),
     ("NaN no longer ranks first", "common.h", "    if (isnan(v)) return 0u;", "    if (isnan(v)) return ~0u - 1u;",
      r"^topk"),
+    ("merge match (register) ties go to the higher index", "token_merge.cl",
+     "if (p0 + c < nb && vals[c] > best[t][r]) {", "if (p0 + c < nb && vals[c] >= best[t][r]) {", r"^token_merge"),
+    ("merge match (lanes) ties go to the higher index", "token_merge.cl",
+     "(v == vals[lid] && j < idxs[lid])", "(v == vals[lid] && j > idxs[lid])", r"^token_merge"),
+    ("merge leaves the B token's own size out of the average", "token_merge.cl",
+     "float acc = s_own * X_LOAD(own, c);", "float acc = X_LOAD(own, c);", r"^token_merge"),
+    ("merge plan numbers the unmerged tokens from 1", "token_merge.cl",
+     "    int row = counts[lid];", "    int row = counts[lid] + 1;", r"^token_merge"),
+    ("unmerge copies one column short", "token_merge.cl",
+     "        for (; c < c1; ++c) dst[c] = src[c];", "        for (; c < c1 - 1; ++c) dst[c] = src[c];",
+     r"^token_(un)?merge"),
+    ("soft MoE dispatch softmax skips the last token", "soft_moe.cl",
+     "for (int t = lid; t < tokens; t += GROUP) sum += exp(", "for (int t = lid; t < tokens - 1; t += GROUP) sum += exp(",
+     r"^softmoe_dispatch|^soft_moe_layer"),
+    ("soft MoE mix (register) k loop stops one short", "soft_moe.cl",
+     "        for (int k = 0; k < K; ++k) {\n            const int row = mix_row",
+     "        for (int k = 0; k < K - 1; ++k) {\n            const int row = mix_row", r"^softmoe|^soft_moe_layer"),
+    ("soft MoE mix (lanes) k loop stops one short", "soft_moe.cl",
+     "    for (int k = 0; k < K; ++k) {\n        const int row = mix_row(b, k, K, row_of, use_map, rows);\n        if (row >= 0)",
+     "    for (int k = 0; k < K - 1; ++k) {\n        const int row = mix_row(b, k, K, row_of, use_map, rows);\n        if (row >= 0)",
+     r"^softmoe|^soft_moe_layer"),
 ]
 
 
 # Mutants of one matmul kernel only run where the device runs that kernel: the names say which.
+# The token-merge and Soft MoE "(register)" and "(lanes)" kernels run on CPU-class devices and
+# where work-items are lanes, which run the register and work-group matmul kernels by default.
 def kernel_of(name):
-    if name.startswith("work-group matmul"):
+    if name.startswith("work-group matmul") or "(lanes)" in name:
         return "work-group"
-    if name.startswith("matmul"):
+    if name.startswith("matmul") or "(register)" in name:
         return "register"
     return None
 

@@ -90,6 +90,8 @@ struct SwitchyardBench: ParsableCommand {
             var items = try conformanceItems(filter: filter, quick: quick)
             items += try routingItems(filter: filter, quick: quick)
             items += try loadItems(filter: filter)
+            items += try tokenMergeItems(filter: filter, quick: quick)
+            items += try softMoEItems(filter: filter, quick: quick)
             if !noLayers {
                 items += try layerItems(filter: filter, quick: quick, coldBytes: 512 << 20, peers: peerOptions)
             }
@@ -147,6 +149,7 @@ struct SwitchyardBench: ParsableCommand {
         let results = measured.map { $0.result(against: ceilings) }
         print(resultTable(results))
         if let peers = layerPeerTables(results) { print("\n" + peers) }
+        if let stages = stageTable(results) { print("\n" + stages) }
         // A ceiling that a peer (or Switchyard) beats in the same run is a wrong ceiling.
         let excesses = ceilingExcesses(ceilings, results: results, hostPeersShareDevice: d.kind == .cpu)
         if excesses.isEmpty {

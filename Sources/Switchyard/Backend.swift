@@ -96,6 +96,20 @@ public protocol ComputeBackend: AnyObject, Sendable {
     func bytes(_ tensor: Tensor) throws -> [UInt8]
     /// The stored bytes of the elements `elements` of `tensor`.
     func bytes(_ tensor: Tensor, elements: Range<Int>) throws -> [UInt8]
+
+    // MARK: Token merging (ToMe) and Soft MoE
+
+    /// ToMe bipartite soft matching of `x [B, L, d]` on `keys [B, L, dk]` (x when nil) with token
+    /// sizes `[B, L]` (f32, ones when nil): `r` tokens merged per batch (see `TokenMerge`).
+    func tokenMerge(_ x: Tensor, keys: Tensor?, sizes: Tensor?, r: Int, protectFirst: Bool) throws -> MergedTokens
+    /// Copies each row of `y [B, M, d]` back to every token its source map `[B, L]` sends there (see `TokenUnmerge`).
+    func tokenUnmerge(_ y: Tensor, sourceMap: Tensor) throws -> Tensor
+    /// Soft MoE dispatch of `x [B, T, d]` with prepared slot parameters Φᵀ `[1, n, d]`: the slots
+    /// `[B, n, d]` and the combine weights `[B, T, n]` (see `SoftMoEDispatch`).
+    func softMoEDispatch(_ x: Tensor, phi: ExpertWeights) throws -> SoftMoESlots
+    /// Soft MoE combine of expert outputs (`[B, n, d]`, or a fixed routing's rows) with the combine
+    /// weights `[B, T, n]` into `[B, T, d]` (see `SoftMoECombine`).
+    func softMoECombine(_ ys: Tensor, weights: Tensor, routing: Routing?, dtype: DType?) throws -> Tensor
 }
 
 extension ComputeBackend {

@@ -86,6 +86,11 @@ public struct MoEWeights: Sendable {
 public struct StageTime: Sendable {
     public var stage: String
     public var seconds: Double
+
+    public init(stage: String, seconds: Double) {
+        self.stage = stage
+        self.seconds = seconds
+    }
 }
 
 /// A Mixture-of-Experts block: router linear → gating → permute → grouped gate|up with SwiGLU

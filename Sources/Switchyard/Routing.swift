@@ -273,6 +273,10 @@ extension ComputeBackend {
         try Self.raise(flags: try await ints(flags))
     }
 
+    /// Flags tensors share one layout, by slot: [0] non-finite router logits, [1] an expert id
+    /// out of range (routing: 2 slots); [2] non-finite token-merge keys, [3] a token-merge size
+    /// that is not positive and finite, [4] a source-map entry outside the merged rows (token
+    /// merging: 5 slots, the first two unused).
     static func raise(flags f: [Int32]) throws {
         if f.count > 0 && f[0] != 0 {
             throw SwitchyardError.invalidValues(
@@ -280,6 +284,17 @@ extension ComputeBackend {
         }
         if f.count > 1 && f[1] != 0 {
             throw SwitchyardError.invalidValues(argument: "expert ids", detail: "an expert index is out of range")
+        }
+        if f.count > 2 && f[2] != 0 {
+            throw SwitchyardError.invalidValues(argument: "token merge keys", detail: "NaN or infinite values; merge refused")
+        }
+        if f.count > 3 && f[3] != 0 {
+            throw SwitchyardError.invalidValues(
+                argument: "token merge sizes", detail: "a size that is not positive and finite; merge refused")
+        }
+        if f.count > 4 && f[4] != 0 {
+            throw SwitchyardError.invalidValues(
+                argument: "token unmerge sourceMap", detail: "an entry outside the merged rows; unmerge refused")
         }
     }
 }

@@ -5,7 +5,7 @@ public enum Conformance {
     public static let cases: [ConformanceCase] =
         RowCases.softmax + RowCases.topK + RoutingCases.gating + RoutingCases.permute + RoutingCases.route
         + RoutingCases.gather + RoutingCases.combine + RoutingCases.expertChoice + RoutingCases.routingStats + MatmulCases.grouped
-        + LayerCases.layers + RefusalCases.cases + TensorBytesCases.cases
+        + LayerCases.layers + RefusalCases.cases + TensorBytesCases.cases + TokenMergeCases.all + SoftMoECases.all
 
     /// The cases whose name matches `pattern` (a regular expression), or all when nil.
     public static func cases(matching pattern: String?) throws -> [ConformanceCase] {

@@ -87,3 +87,56 @@ struct ReferenceBytesTests {
         #expect(wide == [0x00, 0x00, 0x49, 0x40, 0x00, 0x00, 0x89, 0x47])
     }
 }
+
+@Suite("CPU reference, hand-checked: token merging and Soft MoE")
+struct MergeReferenceTests {
+    /// L = 5, d = 1, x = 1...5. A = positions 0, 2, 4 with keys (1, 0), (0, 1), (1, 0.05); B =
+    /// positions 1, 3 with keys (1, 0.1), (0.1, 1). A0 and A1 both score 1/√1.01 (a tie), A2
+    /// scores 1.005/(√1.0025·√1.01), the most; A0 and A2 pick B0, A1 picks B1.
+    static let keys: [Float] = [1, 0, 1, 0.1, 0, 1, 0.1, 1, 1, 0.05]
+
+    @Test func twoMergesTieToTheLowerIndex() {
+        let r = Reference.tokenMerge(
+            x: [1, 2, 3, 4, 5], keys: Self.keys, sizes: nil, batches: 1, tokens: 5, d: 1, dk: 2, r: 2, protectFirst: false)
+        // A2 first, then A0 (tied with A1, lower index): both into B0 = (2 + 1 + 5) / 3.
+        #expect(r.merged.count == 3)
+        #expect(r.merged[0] == 3)
+        #expect(abs(r.merged[1] - 8.0 / 3) < 1e-12)
+        #expect(r.merged[2] == 4)
+        #expect(r.sizes == [1, 3, 1])
+        #expect(r.sourceMap == [1, 1, 0, 2, 1])
+    }
+
+    @Test func theClassTokenNeverMerges() {
+        let r = Reference.tokenMerge(
+            x: [1, 2, 3, 4, 5], keys: Self.keys, sizes: [1, 1, 3, 1, 1], batches: 1, tokens: 5, d: 1, dk: 2, r: 2,
+            protectFirst: true)
+        // A0 scores −∞: A2 → B0 = (2 + 5) / 2, A1 (size 3) → B1 = (4 + 3·3) / 4.
+        #expect(r.merged == [1, 3.5, 13.0 / 4])
+        #expect(r.sizes == [1, 2, 4])
+        #expect(r.sourceMap == [0, 1, 2, 2, 1])
+        #expect(Reference.maxMerges(tokens: 5, protectFirst: true) == 2)
+        #expect(Reference.maxMerges(tokens: 6, protectFirst: true) == 2)
+        #expect(Reference.maxMerges(tokens: 6, protectFirst: false) == 3)
+    }
+
+    @Test func unmergeCopiesRowsBack() {
+        let r = Reference.tokenUnmerge(y: [10, 11, 20, 21], sourceMap: [1, 0, 1], batches: 1, rows: 2, tokens: 3, d: 2)
+        #expect(r.values == [20, 21, 10, 11, 20, 21])
+        #expect(!r.invalid)
+        #expect(Reference.tokenUnmerge(y: [1, 2], sourceMap: [2], batches: 1, rows: 2, tokens: 1, d: 1).invalid)
+    }
+
+    /// One slot: every token's combine weight is 1, the slot is the softmax-weighted mean of the
+    /// tokens (logits x·φ = 0, 1·ln 3: weights 1/4, 3/4).
+    @Test func softMoEWithOneSlot() {
+        let x: [Float] = [0, 2, 1, 6]  // T = 2, d = 2
+        let phi: [Float] = [Float(log(3.0)), 0]
+        let r = Reference.softMoEDispatch(x: x, phiT: phi, batches: 1, tokens: 2, d: 2, slots: 1)
+        #expect(r.combineWeights == [1, 1])
+        #expect(abs(r.slots[0] - 0.75) < 1e-6 && abs(r.slots[1] - (0.5 + 4.5)) < 1e-6)
+        let y = Reference.softMoECombine(
+            ys: [7, 8], rows: 1, rowOf: nil, weights: [1, 0.5], batches: 1, tokens: 2, d: 2, slots: 1)
+        #expect(y == [7, 8, 3.5, 4])
+    }
+}
