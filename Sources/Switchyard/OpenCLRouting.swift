@@ -84,7 +84,7 @@ extension OpenCLBackend {
 
     /// Fills an i32 tensor's elements on the queue without waiting (a kernel, not
     /// clEnqueueFillBuffer: rusticl was seen to fill wrong values under concurrent enqueues).
-    private func fill(_ t: Tensor, _ value: Int32) throws {
+    func fill(_ t: Tensor, _ value: Int32) throws {
         let n = t.count
         if n == 0 { return }
         try launch(

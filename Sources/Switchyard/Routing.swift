@@ -194,6 +194,10 @@ extension ComputeBackend {
     }
 
     static func raise(flags f: [Int32]) throws {
+        if f.count == TokenFlags.count {
+            try TokenFlags.raise(f)
+            return
+        }
         if f.count > 0 && f[0] != 0 {
             throw SwitchyardError.invalidValues(
                 argument: "router logits", detail: "NaN or infinite values; routing refused")
