@@ -43,6 +43,31 @@ enum ScatterTokensCases {
                     }
                 })
         }
+        // Mixture-of-depths end to end on one backend: tokenTopK picks 1/8 of the tokens by router
+        // score, gatherTokens packs them, the block (here the identity: its output is the packed
+        // rows) runs, scatterTokens adds its output back weighted by σ(score): x · (1 + σ) at the
+        // chosen tokens, x elsewhere.
+        for dtype in [DType.f32, .bf16] {
+            let (b, l, d) = (4, 600, 64)
+            let shape = "B=\(b) L=\(l) d=\(d) ratio=0.125"
+            let seed = Conformance.seed("scatter_tokens mod pipeline \(shape) \(dtype)")
+            let op = ScatterTokens(
+                batch: b, length: l, width: d, slots: l / 8 + (l % 8 == 0 ? 0 : 1), dtype: dtype, weightDType: dtype)
+            cases.append(
+                ConformanceCase(
+                    op: "scatter_tokens", shape: shape, dtype: dtype, options: "mixture-of-depths pipeline", seed: seed,
+                    flops: op.flops, bytes: op.bytes
+                ) { backend in
+                    let scores = try backend.tensor(TokenInputs.values(b * l, seed: seed, salt: 0x5C), shape: [b, l], dtype: dtype)
+                    let x = try backend.tensor(TokenInputs.values(b * l * d, seed: seed), shape: [b, l, d], dtype: dtype)
+                    return {
+                        let (i, w) = try backend.tokenTopK(scores, capacity: .ratio(0.125), weighting: .sigmoid)
+                        let h = try backend.gatherTokens(x, indices: i, rows: nil, dtype: nil)
+                        let y = try backend.scatterTokens(x, updates: h, indices: i, weights: w, dtype: nil)
+                        return [CaseOutput("indices", i, .exact), CaseOutput("y", y, .nmse(for: dtype))]
+                    }
+                })
+        }
         let refused: [(name: String, edit: @Sendable (inout [Int32]) -> Void, fShape: [Int], wShape: [Int]?, wType: DType)] = [
             ("index = L", { $0[2] = 20 }, [2, 5, 8], nil, .f32),
             ("repeated index", { $0[1] = $0[0] }, [2, 5, 8], [2, 5], .f32),
