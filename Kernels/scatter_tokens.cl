@@ -1,4 +1,5 @@
 #include "common.h"
+#include "token_rows.h"
 
 // Scatter of a block's output rows back to their tokens, one output row (b, p) of [B, L, d] at a
 // time, through the inverse map inv [B, L] (token_index_map): j = inv[b, p] is the slot whose
@@ -6,7 +7,8 @@
 // out = x where no slot lands. expandTokens (SCATTER_REPLACE, expand_tokens.cl): out = f[b, j],
 // else the base row (has_base) or `fill`. f is A_T; weights W_T. A slot read from inv is checked
 // against `rows` before use. One work-group per rows_per_group output rows; work-items stride
-// over columns, 16 at a time when d is a multiple of 16.
+// over columns, 16 at a time when d is a multiple of 16. Rows that are plain copies from a source
+// of the output's storage type (RAW_A, RAW_X: see token_rows.h) are copied bit for bit.
 #ifndef W_T
 #define W_T float
 #define W_LOAD LOAD_F32
@@ -36,6 +38,18 @@ __kernel void SCATTER_KERNEL(__global const X_T* base, int has_base, float fill,
         const size_t out = (size_t)r * (size_t)d;
         const size_t src = ((size_t)b * (size_t)rows + (size_t)(valid ? j : 0)) * (size_t)d;
 #ifdef SCATTER_REPLACE
+#ifdef RAW_A
+        if (valid) {
+            copy_row_raw((__global const RAW_T*)f + src, (__global RAW_T*)y + out, d, lid);
+            continue;
+        }
+#endif
+#ifdef RAW_X
+        if (!valid && has_base) {
+            copy_row_raw((__global const RAW_T*)base + out, (__global RAW_T*)y + out, d, lid);
+            continue;
+        }
+#endif
         if (valid) {
             if (vec) {
                 for (int q = lid; q < d / 16; q += GROUP) Y_STORE16(y + out, q, A_LOAD16(f + src, q));
@@ -65,11 +79,15 @@ __kernel void SCATTER_KERNEL(__global const X_T* base, int has_base, float fill,
                 for (int c = lid; c < d; c += GROUP) Y_STORE(y, out + c, X_LOAD(base, out + c) + g * A_LOAD(f, src + c));
             }
         } else {
+#ifdef RAW_X
+            copy_row_raw((__global const RAW_T*)base + out, (__global RAW_T*)y + out, d, lid);
+#else
             if (vec) {
                 for (int q = lid; q < d / 16; q += GROUP) Y_STORE16(y + out, q, X_LOAD16(base + out, q));
             } else {
                 for (int c = lid; c < d; c += GROUP) Y_STORE(y, out + c, X_LOAD(base, out + c));
             }
+#endif
         }
 #endif
     }

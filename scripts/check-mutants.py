@@ -74,6 +74,10 @@ MUTANTS = [
     ("scatter tokens ignores the weights", "scatter_tokens.cl",
      "            const float g = has_weights ? W_LOAD(w, (size_t)b * (size_t)slots + j) : 1.0f;",
      "            const float g = 1.0f;", r"^scatter_tokens"),
+    ("token raw row copy drops the last 16 columns", "token_rows.h",
+     "        for (int q = lid; q < d / 16; q += GROUP) vstore16(vload16(q, src), q, dst);",
+     "        for (int q = lid; q < d / 16 - 1; q += GROUP) vstore16(vload16(q, src), q, dst);",
+     r"^(gather|scatter|expand)_tokens"),
     ("expand tokens fills instead of the base", "scatter_tokens.cl", "        } else if (has_base) {",
      "        } else if (0) {", r"^expand_tokens"),
 ]

@@ -89,6 +89,7 @@ struct SwitchyardBench: ParsableCommand {
             let device = try Device.select(device)
             var items = try conformanceItems(filter: filter, quick: quick)
             items += try routingItems(filter: filter, quick: quick)
+            items += try tokenItems(filter: filter, quick: quick)
             if !noLayers {
                 items += try layerItems(filter: filter, quick: quick, coldBytes: 512 << 20, peers: peerOptions)
             }

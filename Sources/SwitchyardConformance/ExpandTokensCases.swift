@@ -10,6 +10,7 @@ enum ExpandTokensCases {
         (1, 1, 16, 1, 1, .sorted, .f32, nil, nil),
         (4, 64, 1, 64, 64, .padded, .f32, .f16, .f16),
         (3, 256, 128, 40, 40, .sorted, .bf16, nil, .f32),
+        (2, 90, 32, 90, 45, .padded, .bf16, .f16, .f32),
     ]
 
     static var cases: [ConformanceCase] {

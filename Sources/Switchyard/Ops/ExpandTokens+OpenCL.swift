@@ -18,6 +18,7 @@ extension OpenCLBackend {
             var defines = (op.baseDType ?? .f32).defines("X").merging(op.outputDType.defines("Y")) { a, _ in a }
             defines.merge(op.dtype.defines("A")) { a, _ in a }
             defines["GROUP"] = "\(local)"
+            defines.merge(rawCopyDefines(output: op.outputDType, sources: ["RAW_X": op.baseDType, "RAW_A": op.dtype])) { a, _ in a }
             try launch(
                 "expand_tokens.cl", "expand_tokens", defines: defines,
                 args: [.buffer(bb ?? pb), .int(bb == nil ? 0 : 1), .float(fill), .buffer(pb), .buffer(pb), .int(0),

@@ -62,10 +62,11 @@ public struct ExpandTokens: Hashable, Sendable {
 
     public var outputShape: [Int] { [batch, length, width] }
     public var flops: Double { 0 }
-    /// The output written, the base read (when given), the packed rows and positions read.
+    /// The output written and one source row read per output row (the packed row or the base
+    /// row) with a base; without one, the output written and the packed rows read; positions read.
     public var bytes: Double {
-        Double(batch * length * width * (outputDType.size + (baseDType?.size ?? 0)) + batch * rows * width * dtype.size
-            + batch * slots * 4)
+        let sources = baseDType.map { batch * length * width * $0.size } ?? batch * rows * width * dtype.size
+        return Double(batch * length * width * outputDType.size + sources + batch * slots * 4)
     }
 }
 

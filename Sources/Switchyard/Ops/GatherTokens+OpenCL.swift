@@ -14,7 +14,8 @@ extension OpenCLBackend {
             try launch(
                 "gather_tokens.cl", "gather_tokens",
                 defines: op.dtype.defines("X").merging(op.outputDType.defines("Y")) { a, _ in a }
-                    .merging(["GROUP": "\(local)"]) { a, _ in a },
+                    .merging(["GROUP": "\(local)"]) { a, _ in a }
+                    .merging(rawCopyDefines(output: op.outputDType, sources: ["RAW_X": op.dtype])) { a, _ in a },
                 args: [.buffer(xb), .buffer(ib), .buffer(y.buffer!), .int(total), .int(op.length), .int(op.slots),
                        .int(op.rows), .int(op.width), .int(per)],
                 global: [global], local: [local])

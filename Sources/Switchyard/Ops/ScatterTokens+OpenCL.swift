@@ -18,6 +18,7 @@ extension OpenCLBackend {
             defines.merge(op.updateDType.defines("A")) { a, _ in a }
             defines.merge((op.weightDType ?? .f32).defines("W")) { a, _ in a }
             defines["GROUP"] = "\(local)"
+            defines.merge(rawCopyDefines(output: op.outputDType, sources: ["RAW_X": op.dtype])) { a, _ in a }
             try launch(
                 "scatter_tokens.cl", "scatter_tokens", defines: defines,
                 args: [.buffer(xb), .int(1), .float(0), .buffer(fb), .buffer(wb ?? fb), .int(wb == nil ? 0 : 1),

@@ -50,6 +50,16 @@ extension OpenCLBackend {
         return inv
     }
 
+    /// The `-D` options that make the row kernels copy bits (no conversion) from each source
+    /// whose storage type is the output's (see Kernels/token_rows.h): `sources` maps a source's
+    /// define (`RAW_X`, `RAW_A`) to its type.
+    func rawCopyDefines(output: DType, sources: [String: DType?]) -> [String: String] {
+        var defines: [String: String] = [:]
+        for (name, type) in sources where type == output { defines[name] = "1" }
+        if !defines.isEmpty { defines["RAW_T"] = output.size == 4 ? "uint" : "ushort" }
+        return defines
+    }
+
     /// Work-items and rows per work-group of the row-copy kernels (gather, scatter, expand): the
     /// gather/combine tuning.
     func tokenRowLaunch(rows: Int) -> (global: Int, local: Int, rowsPerGroup: Int) {
