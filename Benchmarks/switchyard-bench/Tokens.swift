@@ -52,7 +52,7 @@ func tokenItems(filter: String?, quick: Bool) throws -> [BenchItem] {
         items.append(
             BenchItem(
                 name: name, op: op, shape: shape, dtype: dtype.rawValue, options: "token-bench", flops: 0, bytes: bytes,
-                bound: .copy, peers: []
+                bound: .copyTraffic, peers: []
             ) { backend in
                 let i = try inputs(backend, inputType ?? dtype)
                 return { try run(backend, i) }
