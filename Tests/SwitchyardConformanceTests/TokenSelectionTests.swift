@@ -29,6 +29,26 @@ struct TokenSelectionTests {
         #expect(throws: SwitchyardError.self) { try TokenCapacity.ratio(.infinity).resolve(length: 10) }
     }
 
+    /// Index spaces past the kernels' 32 bits (zero-element tensors of large extents exist) and
+    /// a `length` whose product with the batch overflows are refused with an error, never a trap.
+    @Test func hostileSizesAreRefused() throws {
+        var backends: [any ComputeBackend] = [ReferenceBackend()]
+        for device in try Device.all() { backends.append(try OpenCLBackend(device: device)) }
+        for backend in backends {
+            let huge = try backend.tensor([Float](), shape: [1 << 20, 1 << 20, 0], dtype: .f32)
+            let ids = try backend.tensor([Int32](), shape: [1 << 20, 0])
+            #expect(throws: SwitchyardError.self) { try backend.gatherTokens(huge, indices: ids, rows: nil, dtype: nil) }
+            #expect(throws: SwitchyardError.self) {
+                try backend.scatterTokens(huge, updates: huge, indices: ids, weights: nil, dtype: nil)
+            }
+            let packed = try backend.tensor([Float](), shape: [2, 0, 4], dtype: .f32)
+            let positions = try backend.tensor([Int32](), shape: [2, 0])
+            #expect(throws: SwitchyardError.self) {
+                try backend.expandTokens(packed, positions: positions, length: .max, base: nil, fill: 0, dtype: nil)
+            }
+        }
+    }
+
     /// Hand-checked selection: ties to the lower position, NaN first, −0 equal to +0, positions
     /// returned ascending; on the reference and every device.
     @Test func handCheckedSelection() throws {

@@ -30,7 +30,7 @@ public struct Compact: Hashable, Sendable {
     init(validating keep: Tensor, threshold: Float?) throws {
         let s = try keep.expectRank(2, "compact keep", "[batch, length]")
         _ = try Tensor.checkedCount(s, dtype: keep.dtype, "compact keep")
-        guard s[0] * s[1] <= tokenIndexLimit else {
+        guard fitsTokenIndices(s[0], s[1]) else {
             throw SwitchyardError.shape(argument: "compact keep", expected: "batch × length below 2³¹", actual: s)
         }
         switch (keep.dtype, threshold) {

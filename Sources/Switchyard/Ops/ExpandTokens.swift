@@ -41,8 +41,9 @@ public struct ExpandTokens: Hashable, Sendable {
                 argument: "expandTokens packed", expected: "[\(b), rows ≤ \(slots) (the position slots), \(d)]",
                 actual: packed.shape)
         }
-        guard length >= 0 else {
-            throw SwitchyardError.outOfRange(argument: "expandTokens length", value: length, range: "0...")
+        guard length >= 0 && fitsTokenIndices(b, length) else {
+            throw SwitchyardError.outOfRange(
+                argument: "expandTokens length", value: length, range: "0... with batch × length below 2³¹")
         }
         if let base {
             guard base.shape == [b, length, d] else {
@@ -55,9 +56,6 @@ public struct ExpandTokens: Hashable, Sendable {
             batch: b, length: length, width: d, slots: slots, rows: rows, dtype: packed.dtype, baseDType: base?.dtype,
             fill: fill, outputDType: dtype)
         _ = try Tensor.checkedCount(outputShape, dtype: outputDType, "expandTokens output")
-        guard b * length <= tokenIndexLimit else {
-            throw SwitchyardError.shape(argument: "expandTokens output", expected: "batch × length below 2³¹", actual: outputShape)
-        }
     }
 
     public var outputShape: [Int] { [batch, length, width] }

@@ -33,7 +33,7 @@ public struct GatherTokens: Hashable, Sendable {
         try validateOutputDType(dtype, "gatherTokens dtype")
         self.init(batch: b, length: l, width: d, slots: slots, rows: rows, dtype: x.dtype, outputDType: dtype)
         _ = try Tensor.checkedCount(outputShape, dtype: outputDType, "gatherTokens output")
-        guard batch * self.rows <= tokenIndexLimit else {
+        guard fitsTokenIndices(batch, self.rows) else {
             throw SwitchyardError.shape(argument: "gatherTokens output", expected: "batch × rows below 2³¹", actual: outputShape)
         }
     }

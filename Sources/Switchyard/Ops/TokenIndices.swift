@@ -43,12 +43,18 @@ enum TokenFlags {
 /// slots and rows with 32-bit integers.
 let tokenIndexLimit = Int(Int32.max)
 
+/// Whether `a · b` (extents, ≥ 0) fits the kernels' 32-bit index space, without overflowing.
+func fitsTokenIndices(_ a: Int, _ b: Int) -> Bool {
+    let (product, overflow) = a.multipliedReportingOverflow(by: b)
+    return !overflow && product <= tokenIndexLimit
+}
+
 /// Checks a token tensor `[batch, length, width]` of a float storage type.
 func validateTokenRows(_ x: Tensor, _ argument: String, pattern: String = "[batch, length, d]") throws -> (Int, Int, Int) {
     let s = try x.expectRank(3, argument, pattern)
     try x.expectDType(DType.floatingPoint, argument)
     _ = try Tensor.checkedCount(s, dtype: x.dtype, argument)
-    guard s[0] * s[1] <= tokenIndexLimit else {
+    guard fitsTokenIndices(s[0], s[1]) else {
         throw SwitchyardError.shape(argument: argument, expected: "batch × length below 2³¹", actual: s)
     }
     return (s[0], s[1], s[2])
@@ -61,7 +67,7 @@ func validateTokenIndices(_ indices: Tensor, batch: Int, _ argument: String) thr
     guard s[0] == batch else {
         throw SwitchyardError.shape(argument: argument, expected: "[\(batch), slots]", actual: s)
     }
-    guard s[0] * s[1] <= tokenIndexLimit else {
+    guard fitsTokenIndices(s[0], s[1]) else {
         throw SwitchyardError.shape(argument: argument, expected: "batch × slots below 2³¹", actual: s)
     }
     return s[1]

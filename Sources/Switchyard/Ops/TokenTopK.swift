@@ -54,8 +54,8 @@ public struct TokenTopK: Hashable, Sendable {
     init(validating scores: Tensor, capacity: TokenCapacity, weighting: TokenWeighting) throws {
         let s = try scores.expectRank(2, "tokenTopK scores", "[batch, length]")
         try scores.expectDType(DType.floatingPoint, "tokenTopK scores")
-        let count = try Tensor.checkedCount(s, dtype: scores.dtype, "tokenTopK scores")
-        guard count <= tokenIndexLimit else {
+        _ = try Tensor.checkedCount(s, dtype: scores.dtype, "tokenTopK scores")
+        guard fitsTokenIndices(s[0], s[1]) else {
             throw SwitchyardError.shape(argument: "tokenTopK scores", expected: "batch × length below 2³¹", actual: s)
         }
         self.init(
