@@ -20,7 +20,7 @@ __kernel void gather_tokens(__global const X_T* x, __global const int* indices, 
         const size_t in = ((size_t)b * (size_t)length + (size_t)(valid ? p : 0)) * (size_t)d;
 #ifdef RAW_X
         if (valid) {
-            copy_row_raw((__global const RAW_T*)x + in, (__global RAW_T*)y + out, d, lid);
+            copy_row_raw((__global const RAW_T*)x, in, (__global RAW_T*)y, out, d, lid);
             continue;
         }
 #endif

@@ -40,13 +40,13 @@ __kernel void SCATTER_KERNEL(__global const X_T* base, int has_base, float fill,
 #ifdef SCATTER_REPLACE
 #ifdef RAW_A
         if (valid) {
-            copy_row_raw((__global const RAW_T*)f + src, (__global RAW_T*)y + out, d, lid);
+            copy_row_raw((__global const RAW_T*)f, src, (__global RAW_T*)y, out, d, lid);
             continue;
         }
 #endif
 #ifdef RAW_X
         if (!valid && has_base) {
-            copy_row_raw((__global const RAW_T*)base + out, (__global RAW_T*)y + out, d, lid);
+            copy_row_raw((__global const RAW_T*)base, out, (__global RAW_T*)y, out, d, lid);
             continue;
         }
 #endif
@@ -80,7 +80,7 @@ __kernel void SCATTER_KERNEL(__global const X_T* base, int has_base, float fill,
             }
         } else {
 #ifdef RAW_X
-            copy_row_raw((__global const RAW_T*)base + out, (__global RAW_T*)y + out, d, lid);
+            copy_row_raw((__global const RAW_T*)base, out, (__global RAW_T*)y, out, d, lid);
 #else
             if (vec) {
                 for (int q = lid; q < d / 16; q += GROUP) Y_STORE16(y + out, q, X_LOAD16(base + out, q));

@@ -56,7 +56,10 @@ extension OpenCLBackend {
     func rawCopyDefines(output: DType, sources: [String: DType?]) -> [String: String] {
         var defines: [String: String] = [:]
         for (name, type) in sources where type == output { defines[name] = "1" }
-        if !defines.isEmpty { defines["RAW_T"] = output.size == 4 ? "uint" : "ushort" }
+        if !defines.isEmpty {
+            defines["RAW_T"] = output.size == 4 ? "uint" : "ushort"
+            defines["RAW_SIZE"] = "\(output.size)"
+        }
         return defines
     }
 
