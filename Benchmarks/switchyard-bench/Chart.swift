@@ -33,7 +33,7 @@ func svgChart(device: Device, ceilings: BenchCeilings, results: [ItemResult], sc
     let height = barsHeight + (scalingPart?.height ?? 0)
     let maxPercent = max(100, ((results.map(\.percent).filter(\.isFinite).max() ?? 0) / 25).rounded(.up) * 25)
     func x(_ percent: Double) -> Double { labelWidth + barWidth * max(0, min(percent, maxPercent)) / maxPercent }
-    let colors: [Bound: String] = [.memory: "#4a7fb5", .compute: "#d9822b", .copy: "#5aa469"]
+    let colors: [Bound: String] = [.memory: "#4a7fb5", .compute: "#d9822b", .copy: "#5aa469", .copyTraffic: "#8e6bb0"]
 
     var s = """
         <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(width))" height="\(Int(height))" \
@@ -90,6 +90,10 @@ func svgChart(device: Device, ceilings: BenchCeilings, results: [ItemResult], sc
         legend.append((.copy, String(
             format: "decode: GB/s of weight bytes read, of the clEnqueueCopyBuffer ceiling, %.1f GB/s (read + written; the read-only ceiling: %.1f GB/s)",
             d.copyGBps, d.readGBps)))
+    }
+    if results.contains(where: { $0.bound == .copyTraffic }) {
+        legend.append((.copyTraffic, String(
+            format: "row moves (token ops): GB/s (read + written) of the clEnqueueCopyBuffer ceiling, %.1f GB/s", d.copyGBps)))
     }
     for (j, (bound, text)) in legend.enumerated() {
         let yy = ly + Double(j) * 18

@@ -11,6 +11,9 @@ enum Bound: String, Sendable {
     /// Weight bytes read at decode: against the `clEnqueueCopyBuffer` ceiling (for the MoE
     /// layer at a handful of tokens, when it exists).
     case copy
+    /// Bytes read plus written by an op that moves rows (the token ops): against the
+    /// `clEnqueueCopyBuffer` ceiling, which counts a copy's bytes the same way.
+    case copyTraffic
 }
 
 /// One thing the benchmark times: a device launch with its work counted, and how to run the

@@ -85,7 +85,7 @@ func resultTable(_ results: [ItemResult]) -> String {
             r.item.flops > 0 ? rate(r.gflops) : "-", r.item.bytes > 0 ? rate(r.gbps) : "-",
             r.bound == .copy
                 ? String(format: "%.1f C %.1f R", r.percent, r.percentOfRead)
-                : String(format: "%.1f%@", r.percent, r.bound == .compute ? " F" : " B"),
+                : String(format: "%.1f%@", r.percent, r.bound == .compute ? " F" : r.bound == .copyTraffic ? " C" : " B"),
             refText, ratio,
         ])
     }

@@ -122,7 +122,7 @@ struct Measured {
             switch bound {
             case .memory: (ceilings.device.bandwidthName, ceilings.device.bandwidthGBps)
             case .compute: (ceilings.device.fmaKernel, ceilings.device.fmaGFlops)
-            case .copy: (ceilings.device.copyName, ceilings.device.copyGBps)
+            case .copy, .copyTraffic: (ceilings.device.copyName, ceilings.device.copyGBps)
             }
         return ItemResult(
             measured: self, bound: bound, ceilingName: ceilingName, ceiling: ceiling,

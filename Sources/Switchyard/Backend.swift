@@ -110,6 +110,25 @@ public protocol ComputeBackend: AnyObject, Sendable {
     /// Soft MoE combine of expert outputs (`[B, n, d]`, or a fixed routing's rows) with the combine
     /// weights `[B, T, n]` into `[B, T, d]` (see `SoftMoECombine`).
     func softMoECombine(_ ys: Tensor, weights: Tensor, routing: Routing?, dtype: DType?) throws -> Tensor
+
+    // MARK: - Token selection and compaction (mixture-of-depths, token dropping)
+
+    /// Per sequence of scores `[B, L]`, the top C positions (C given, or ⌈ratio · L⌉) in ascending
+    /// position order, i32 `[B, C]`, and their weights (score or sigmoid) `[B, C]` (see `TokenTopK`).
+    func tokenTopK(_ scores: Tensor, capacity: TokenCapacity, weighting: TokenWeighting) throws
+        -> (indices: Tensor, weights: Tensor)
+    /// The rows of `x [B, L, d]` at `indices [B, C]` (−1: a zero row), first `rows` slots (all when
+    /// nil), `[B, rows, d]` (see `GatherTokens`).
+    func gatherTokens(_ x: Tensor, indices: Tensor, rows: Int?, dtype: DType?) throws -> Tensor
+    /// `x` with `g · f[b, j]` added at `indices[b, j]` (g = weights, or 1), `[B, L, d]` (see `ScatterTokens`).
+    func scatterTokens(_ x: Tensor, updates: Tensor, indices: Tensor, weights: Tensor?, dtype: DType?) throws -> Tensor
+    /// Kept positions of a keep mask `[B, L]` packed first (−1 after) and the count per sequence,
+    /// on the device (see `Compact`).
+    func compact(_ keep: Tensor, threshold: Float?) throws -> (positions: Tensor, counts: Tensor)
+    /// Packed rows `[B, rows, d]` back to their positions in `[B, length, d]`, the rest from
+    /// `base` or `fill` (see `ExpandTokens`).
+    func expandTokens(_ packed: Tensor, positions: Tensor, length: Int, base: Tensor?, fill: Float, dtype: DType?) throws
+        -> Tensor
 }
 
 extension ComputeBackend {

@@ -278,6 +278,10 @@ extension ComputeBackend {
     /// that is not positive and finite, [4] a source-map entry outside the merged rows (token
     /// merging: 5 slots, the first two unused).
     static func raise(flags f: [Int32]) throws {
+        if f.count == TokenFlags.count {
+            try TokenFlags.raise(f)
+            return
+        }
         if f.count > 0 && f[0] != 0 {
             throw SwitchyardError.invalidValues(
                 argument: "router logits", detail: "NaN or infinite values; routing refused")

@@ -6,6 +6,8 @@ public enum Conformance {
         RowCases.softmax + RowCases.topK + RoutingCases.gating + RoutingCases.permute + RoutingCases.route
         + RoutingCases.gather + RoutingCases.combine + RoutingCases.expertChoice + RoutingCases.routingStats + MatmulCases.grouped
         + LayerCases.layers + RefusalCases.cases + TensorBytesCases.cases + TokenMergeCases.all + SoftMoECases.all
+        + TokenTopKCases.cases + GatherTokensCases.cases + ScatterTokensCases.cases + CompactCases.cases
+        + ExpandTokensCases.cases
 
     /// The cases whose name matches `pattern` (a regular expression), or all when nil.
     public static func cases(matching pattern: String?) throws -> [ConformanceCase] {
