@@ -14,9 +14,20 @@ import Testing
     /// Copies the fixture, builds it once (shared by the tests below) and returns its folder.
     static let built: Result<URL, any Error> = Result {
         let fixture = repository.appendingPathComponent("Tests/Fixtures/ClientPackage")
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-client-\(getpid())")
-        try? FileManager.default.removeItem(at: folder)
-        try FileManager.default.copyItem(at: fixture, to: folder)
+        // One folder per checkout, outside it, reused from run to run: its .build stays, so a
+        // second run builds incrementally, and runs leave no new folders behind.
+        var hash: UInt64 = 0xCBF2_9CE4_8422_2325
+        for byte in repository.path.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01B3 }
+        let folder = FileManager.default.temporaryDirectory
+            .appendingPathComponent("switchyard-client-\(String(hash, radix: 16))")
+        let files = FileManager.default
+        try files.createDirectory(at: folder, withIntermediateDirectories: true)
+        for item in try files.contentsOfDirectory(atPath: folder.path) where item != ".build" {
+            try files.removeItem(at: folder.appendingPathComponent(item))
+        }
+        for item in try files.contentsOfDirectory(atPath: fixture.path) {
+            try files.copyItem(at: fixture.appendingPathComponent(item), to: folder.appendingPathComponent(item))
+        }
         // The documentation's samples: one more executable of the same build (DocSampleTests).
         try DocSamples.generate(into: folder, repository: repository)
         let manifest = folder.appendingPathComponent("Package.swift")
