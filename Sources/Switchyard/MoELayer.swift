@@ -147,7 +147,7 @@ public final class MoELayer: @unchecked Sendable {
     /// Bytes of routed-expert weights (gate|up and down), in their storage type.
     public var weightBytes: Int { gateUp.bytes + down.bytes }
     /// Storage type of the routed-expert weights.
-    public var weightType: DType { gateUp.weight.dtype }
+    public var weightType: DType { gateUp.weight?.dtype ?? .u8 }
 
     /// The output of a forward.
     public struct Output: Sendable {

@@ -169,7 +169,7 @@ public final class SafeTensorsFile: @unchecked Sendable {
                 for i in 0..<count { out[i] = FloatBits.fromF16(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) }
             case .bf16:
                 for i in 0..<count { out[i] = FloatBits.fromBF16(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) }
-            case .i32: break
+            case .i32, .u8: break
             }
         }
         return (out, e.shape, dtype)
@@ -193,8 +193,8 @@ public final class SafeTensorsFile: @unchecked Sendable {
                 for v in t.values { withUnsafeBytes(of: FloatBits.f16(v).littleEndian) { data.append(contentsOf: $0) } }
             case .bf16:
                 for v in t.values { withUnsafeBytes(of: FloatBits.bf16(v).littleEndian) { data.append(contentsOf: $0) } }
-            case .i32:
-                throw CheckpointError("'\(t.name)': i32 tensors are not written")
+            case .i32, .u8:
+                throw CheckpointError("'\(t.name)': \(t.dtype) tensors are not written")
             }
             let name = ["f32": "F32", "f16": "F16", "bf16": "BF16"][t.dtype.rawValue]!
             header[t.name] = ["dtype": name, "shape": t.shape, "data_offsets": [begin, data.count]]
