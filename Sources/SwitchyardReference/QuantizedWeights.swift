@@ -121,6 +121,40 @@ public enum Quantization {
         s == 0xFF ? .nan : Float(sign: .plus, exponent: Int(s) - 127, significand: 1)
     }
 
+    /// MXFP4 encoding of float weights `[rows, K]` (K a multiple of 32), as the OCP MX spec
+    /// converts: per block of 32, scale X = 2^(floor(log2(max|w|)) − 2) (e8m0, clamped to
+    /// 2^-127...2^127; 2^-127 for an all-zero block, 0xFF for a block holding a non-finite value),
+    /// each value w / X rounded to the nearest e2m1 value (ties to the even code), saturating at ±6.
+    public static func quantizeMXFP4(_ w: [Float], rows: Int, k: Int) -> (blocks: [UInt8], scales: [UInt8]) {
+        precondition(k % 32 == 0 && w.count == rows * k)
+        let magnitudes: [Double] = [0, 0.5, 1, 1.5, 2, 3, 4, 6]
+        var blocks = [UInt8](repeating: 0, count: w.count / 2)
+        var scales = [UInt8](repeating: 0, count: w.count / 32)
+        for b in 0..<(w.count / 32) {
+            let values = w[(b * 32)..<((b + 1) * 32)]
+            guard values.allSatisfy(\.isFinite) else {
+                scales[b] = 0xFF
+                continue
+            }
+            let amax = values.reduce(Float(0)) { max($0, abs($1)) }
+            let e = amax > 0 ? min(127, max(-127, Int(amax.exponent) - 2)) : -127
+            scales[b] = UInt8(e + 127)
+            for (i, v) in values.enumerated() {
+                let q = abs(Double(v)) / Double(sign: .plus, exponent: e, significand: 1)
+                var best = 0
+                for c in 1..<8 {
+                    let d = abs(q - magnitudes[c])
+                    let bestD = abs(q - magnitudes[best])
+                    if d < bestD || (d == bestD && c % 2 == 0) { best = c }
+                }
+                let code = UInt8(best) | (v.sign == .minus && best != 0 ? 8 : 0)
+                let at = b * 32 + i
+                blocks[at / 2] |= at % 2 == 0 ? code : code << 4
+            }
+        }
+        return (blocks, scales)
+    }
+
     /// OCP FP8 e4m3fn: bias 7, subnormals m · 2^-9, no infinities, S.1111.111 NaN.
     public static func e4m3(_ code: UInt8) -> Float {
         let e = Int((code >> 3) & 15)

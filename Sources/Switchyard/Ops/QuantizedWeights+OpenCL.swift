@@ -48,6 +48,7 @@ extension OpenCLBackend {
         -> ExpertWeights
     {
         if q == .none { return try prepareWeights(w, swiglu: swiglu, pack: pack) }
+        if q == .mxfp4 { return try convertedToMXFP4(w, swiglu: swiglu) }
         let op = try QuantizeWeights(validating: w, q, swiglu: swiglu)
         let c = try quantizeWeights(w, q)
         let packed = try packQuantized(

@@ -9,12 +9,17 @@ public enum WeightQuantization: Sendable, Hashable, CustomStringConvertible {
     /// int4 in groups of `group` values along K (32 or 128 usually; any group in 1...K works), one
     /// f16 scale per group, and with `zeroPoint` a 4-bit zero per group (asymmetric).
     case int4(group: Int, zeroPoint: Bool)
+    /// MXFP4 (K a multiple of 32), converted on the host by `Quantization.quantizeMXFP4` (the
+    /// OCP conversion) and repacked on the backend like a checkpoint's (`prepareMXFP4`): for
+    /// measuring what the format costs in accuracy and speed when no MXFP4 checkpoint is at hand.
+    case mxfp4
 
     public var description: String {
         switch self {
         case .none: "none"
         case .int8: "int8"
         case .int4(let g, let z): "int4-g\(g)\(z ? "-zp" : "")"
+        case .mxfp4: "mxfp4"
         }
     }
 
@@ -24,6 +29,7 @@ public enum WeightQuantization: Sendable, Hashable, CustomStringConvertible {
         switch parts.first {
         case "none" where parts.count == 1: self = .none
         case "int8" where parts.count == 1: self = .int8
+        case "mxfp4" where parts.count == 1: self = .mxfp4
         case "int4":
             var group = 128
             var zero = false
@@ -47,6 +53,7 @@ public enum WeightQuantization: Sendable, Hashable, CustomStringConvertible {
         case .none: .float(dtype)
         case .int8: .int8
         case .int4(let g, let z): .int4(group: g, zeroPoint: z)
+        case .mxfp4: .mxfp4
         }
     }
 }
@@ -171,8 +178,10 @@ public struct QuantizeWeights: OpDescriptor, Hashable {
     public init(validating w: Tensor, _ q: WeightQuantization, swiglu: Bool = false) throws {
         let p = try PrepareWeights(validating: w, swiglu: swiglu)
         switch q {
-        case .none:
-            throw SwitchyardError.unsupported("quantizeWeights needs .int8 or .int4(group:zeroPoint:), not .none")
+        case .none, .mxfp4:
+            throw SwitchyardError.unsupported(
+                "quantizeWeights needs .int8 or .int4(group:zeroPoint:), not .\(q) (MXFP4 converts on the host: "
+                    + "prepareWeights(quantize: .mxfp4))")
         case .int8:
             if p.inFeatures > Self.maxGroup {
                 throw SwitchyardError.outOfRange(
@@ -274,6 +283,24 @@ public struct PrepareFP8: OpDescriptor, Hashable {
     public var bytes: Double { 2 * WeightFormat.fp8.bytes(rows: experts * weightRows, k: inFeatures) }
 }
 
+extension ComputeBackend {
+    /// Float weights converted to MXFP4 on the host (`Quantization.quantizeMXFP4`) and prepared
+    /// as a checkpoint's MXFP4 tensors.
+    func convertedToMXFP4(_ w: Tensor, swiglu: Bool) throws -> ExpertWeights {
+        let p = try PrepareWeights(validating: w, swiglu: swiglu)
+        guard p.inFeatures % 32 == 0 else {
+            throw SwitchyardError.shape(argument: "weights for MXFP4", expected: "[experts, out, in] with in a multiple of 32",
+                                        actual: w.shape)
+        }
+        let rows = p.experts * p.weightRows
+        let r = Quantization.quantizeMXFP4(try floats(w), rows: rows, k: p.inFeatures)
+        return try prepareMXFP4(
+            blocks: try tensor(codes: r.blocks, shape: [p.experts, p.weightRows, p.inFeatures / 32, 16]),
+            scales: try tensor(codes: r.scales, shape: [p.experts, p.weightRows, p.inFeatures / 32]), swiglu: swiglu,
+            interleavedGateUp: false)
+    }
+}
+
 extension ReferenceBackend {
     public func tensor(codes: [UInt8], shape: [Int]) throws -> Tensor {
         try checkHostCount(codes.count, shape, "tensor codes")
@@ -309,8 +336,8 @@ extension ReferenceBackend {
                 codes: try tensor(codes: r.codes, shape: w.shape),
                 scales: Tensor(shape: scaleShape, dtype: .f16, storage: .host(.floats(r.scales.map(FloatBits.fromF16)))),
                 zeros: z ? try tensor(codes: r.zeros, shape: scaleShape) : nil)
-        case .none:
-            throw SwitchyardError.unsupported("quantizeWeights needs .int8 or .int4(group:zeroPoint:), not .none")
+        case .none, .mxfp4:
+            throw SwitchyardError.unsupported("quantizeWeights needs .int8 or .int4(group:zeroPoint:), not .\(q)")
         }
     }
 
@@ -318,6 +345,7 @@ extension ReferenceBackend {
         -> ExpertWeights
     {
         if q == .none { return try prepareWeights(w, swiglu: swiglu, pack: pack) }
+        if q == .mxfp4 { return try convertedToMXFP4(w, swiglu: swiglu) }
         let op = try QuantizeWeights(validating: w, q, swiglu: swiglu)
         let c = try quantizeWeights(w, q)
         let quantized = QuantizedWeights(
