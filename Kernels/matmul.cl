@@ -108,11 +108,13 @@
 #else
 #define QROW PANEL
 #endif
-// e2m1 nibble c (0...15) to float bits: e = 0: ±m·0.5; else ±2^(e−1)·(1 + m/2).
-#define DEC_E2M1(c, U, AS_F)                                                                                   \
-    AS_F(select(((((c) & 7u) >> 1) + (U)126u) << 23 | ((c) & 1u) << 22, ((c) & 1u) * (U)0x3F000000u,          \
-                ((c) & 6u) == (U)0u) |                                                                       \
-         ((c) & 8u) << 28)
+// e2m1 nibble c (0...15) to float bits: its magnitude bits shifted into place (m at bit 22, e
+// at 23-24) and rebiased for e > 0, ±2^(e−1)·(1 + m/2); for e = 0, m·0.5 (bits m·0x3F000000,
+// as the shifted m·0x00400000 times 252); the sign bit (bit 3) or-ed in.
+#define DEC_E2M1(c, U, AS_F)                                                                             \
+    AS_F(select(((c) << 22 & (U)0x01C00000u) + (U)(126u << 23), ((c) << 22 & (U)0x01C00000u) * 252u,     \
+                ((c) << 22 & (U)0x01C00000u) < (U)0x00800000u) |                                     \
+         ((c) << 28 & (U)0x80000000u))
 // e8m0 byte s to 2^(s − 127) (s = 0: the subnormal 2^-127), 0xFF NaN.
 #define DEC_E8M0(s, U, AS_F) \
     AS_F(select(select((s) << 23, (U)0x00400000u, (s) == (U)0u), (U)0x7FC00000u, (s) == (U)255u))
@@ -261,10 +263,20 @@ inline void packed_tile(__global const A_T* a, __global const int* assignment_of
     int src[ROWS];
     __global const A_T* ap[ROWS];
     int fallback = 0;
+    int any = 0;
 #pragma unroll
     for (int r = ROWS - 1; r >= 0; --r) {
         src[r] = row0 + r < max_rows ? source_row(row0 + r, dense_rows, assignment_of, gather_k, tokens_k) : -1;
         if (src[r] >= 0) fallback = src[r];
+        any |= src[r] >= 0;
+    }
+    if (!any) {  // a tile of padding rows only (decode: most of an expert's block): zeros, no weight read
+        for (int r = 0; r < ROWS && row0 + r < max_rows; ++r)
+            for (int j = 0; j < PANEL_OUT; ++j) {
+                const int col = panel * PANEL_OUT + j;
+                if (col < N) Y_STORE(y, (size_t)(row0 + r) * (size_t)N + col, 0.0f);
+            }
+        return;
     }
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) ap[r] = a + (size_t)(src[r] >= 0 ? src[r] : fallback) * (size_t)K;

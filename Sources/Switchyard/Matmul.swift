@@ -7,7 +7,7 @@ import SwitchyardReference
 /// int8, int4, MXFP4 or FP8 codes and scales, see `QuantizedWeights`).
 public struct ExpertWeights: Sendable {
     /// The float weights `[E, N_w, K]`; for SwiGLU `N_w = 2·ffn` with the gate rows first. Nil
-    /// for weights given only in a quantized form (MXFP4, FP8 from a checkpoint).
+    /// for quantized weights (not kept: the quantized form is all the matmul reads).
     public let weight: Tensor?
     /// The panel layout `[E, panels, K, panelWidth]`, same storage type, when packed.
     public let packed: Tensor?
@@ -339,6 +339,13 @@ extension OpenCLBackend {
                 .int(q.group), .int(q.groups),
             ]
             quantRows = tuning.quantizedTileRows(format: q.format)
+            // Decode (fewer routed rows than experts' blocks): rows per tile near the rows an
+            // expert gets, so padding rows cost no dequantizing and tiles of padding only are
+            // skipped. (A row's sum is the same fma chain whatever its tile: batch invariant.)
+            if let routing {
+                let perExpert = (routing.tokens * routing.config.k + routing.config.experts - 1) / routing.config.experts
+                quantRows = max(1, min(quantRows, perExpert))
+            }
         }
         if let packed = weights.packed ?? weights.quantized?.codes {
             let width = weights.panelWidth

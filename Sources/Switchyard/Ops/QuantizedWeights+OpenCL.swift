@@ -56,7 +56,7 @@ extension OpenCLBackend {
             experts: op.experts, weightRows: op.weightRows, k: op.inFeatures, group: op.group, groups: op.groups,
             swiglu: swiglu, interleaved: false, scaleRows: op.weightRows, rowDivisor: 1)
         return ExpertWeights(
-            quantized: packed, weight: w, experts: op.experts, weightRows: op.weightRows, inFeatures: op.inFeatures,
+            quantized: packed, weight: nil, experts: op.experts, weightRows: op.weightRows, inFeatures: op.inFeatures,
             swiglu: swiglu)
     }
 

@@ -352,7 +352,7 @@ extension ReferenceBackend {
             format: q.format(for: w.dtype), codes: c.codes, scales: c.scales, zeros: c.zeros, group: op.group,
             groups: op.groups, panelWidth: nil, interleaved: false)
         return ExpertWeights(
-            quantized: quantized, weight: w, experts: op.experts, weightRows: op.weightRows, inFeatures: op.inFeatures,
+            quantized: quantized, weight: nil, experts: op.experts, weightRows: op.weightRows, inFeatures: op.inFeatures,
             swiglu: swiglu)
     }
 
