@@ -250,7 +250,7 @@ enum QuantizedWeightsCases {
             let bk = (s.inFeatures + 127) / 128
             var scales = (0..<(s.experts * bn * bk)).map { _ in Float(1e-3 + g.unit() * 1e-2) }
             if extreme {
-                let special: [Float] = [1e-30, 3e-39, 1e25, 0]
+                let special: [Float] = [1e-30, Float(bitPattern: 0x0020_0000), 1e25, 0]  // tiny, subnormal, huge, zero
                 for i in scales.indices where i % 2 == 1 { scales[i] = special[(i / 2) % 4] }
                 for e in 0..<s.experts {
                     codes[e * wrows * s.inFeatures + Int(g.next() % UInt64(wrows * s.inFeatures))] = g.next() % 2 == 0 ? 0x7F : 0xFF
@@ -364,5 +364,34 @@ enum QuantizedWeightsCases {
             },
         ]
         return cases
+    }
+
+    /// Whole MoE layers with quantized routed and shared experts, device against reference (the
+    /// same codes on both, so the float layer's tolerance).
+    static var layers: [ConformanceCase] {
+        let specs: [(name: String, config: MoEConfig, tokens: Int, dtype: DType, q: WeightQuantization)] = [
+            ("deepseek-tiny", .deepSeekTiny, 37, .bf16, .int4(group: 32, zeroPoint: true)),
+            ("qwen-moe-tiny", .qwenMoETiny, 16, .f32, .int8),
+            ("mixtral-tiny", .mixtralTiny, 5, .bf16, .mxfp4),
+            ("deepseek-tiny", .deepSeekTiny, 1, .f32, .int4(group: 128, zeroPoint: false)),
+        ]
+        return specs.map { s in
+            let shape = "\(s.name) T=\(s.tokens)"
+            let options = "\(s.q)"
+            let seed = Conformance.seed("quantized_layer \(shape) \(s.dtype) \(options)")
+            let c = s.config
+            let format = s.q.format(for: s.dtype)
+            return ConformanceCase(
+                op: "quantized_layer", shape: shape, dtype: s.dtype, options: options, seed: seed,
+                flops: c.flops(tokens: s.tokens),
+                bytes: Double(c.experts) * (format.bytes(rows: 2 * c.ffn, k: c.hidden) + format.bytes(rows: c.hidden, k: c.ffn))
+            ) { backend in
+                let weights = try MoEWeights.random(config: c, backend: backend, dtype: s.dtype, seed: seed)
+                let layer = try MoELayer(backend: backend, config: c, weights: weights, quantize: s.q)
+                var g = SeededGenerator(seed: seed ^ 0xF00D)
+                let x = try backend.tensor(g.normals(s.tokens * c.hidden), shape: [s.tokens, c.hidden], dtype: s.dtype)
+                return { [CaseOutput("y", try layer.forward(x).y, .nmse(s.dtype == .f32 ? 1e-11 : 1e-8))] }
+            }
+        }
     }
 }

@@ -5,7 +5,7 @@ public enum Conformance {
     public static let cases: [ConformanceCase] =
         RowCases.softmax + RowCases.topK + RoutingCases.gating + RoutingCases.permute + RoutingCases.route
         + RoutingCases.gather + RoutingCases.combine + RoutingCases.expertChoice + RoutingCases.routingStats + MatmulCases.grouped
-        + QuantizedWeightsCases.quantize + QuantizedWeightsCases.matmul
+        + QuantizedWeightsCases.quantize + QuantizedWeightsCases.matmul + QuantizedWeightsCases.layers
         + LayerCases.layers
 
     /// The cases whose name matches `pattern` (a regular expression), or all when nil.
