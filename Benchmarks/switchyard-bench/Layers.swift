@@ -66,7 +66,7 @@ func layerItems(filter: String?, quick: Bool, coldBytes: Int, peers peerOptions:
         let sharedBytes = format.bytes(rows: 2 * c.sharedFFN, k: c.hidden) + format.bytes(rows: c.hidden, k: c.sharedFFN)
         let routerBytes = Double(c.experts * c.hidden * s.dtype.size)
         let layerBytes = Double(c.experts) * expertBytes + sharedBytes + routerBytes
-        let copies = s.decode ? max(1, min(16, Int((Double(coldBytes) / layerBytes).rounded(.up)))) : 1
+        let copies = s.decode ? max(1, min(64, Int((Double(coldBytes) / layerBytes).rounded(.up)))) : 1
         // Decode: the weight bytes a forward reads, with the expected number of distinct experts
         // T tokens choose under uniform routing, E·(1 − ((E − k)/E)^T). Prefill: every weight
         // once plus the activations in and out.
