@@ -41,7 +41,18 @@
 #define TILE_STEP 1
 #endif
 
-#if W_DT == 0
+#ifndef QFMT
+#define QFMT 0
+#endif
+#ifndef ZP
+#define ZP 0
+#endif
+
+#if QFMT > 0
+#define W_T uchar
+#define W_RAW uchar
+#define W_LOAD1(p, i) 0.0f
+#elif W_DT == 0
 #define W_T float
 #define W_RAW uint
 #define W_LOAD1(p, i) ((p)[i])
@@ -78,6 +89,92 @@
 #endif
 #endif
 #define NV (PANEL >= VW ? PANEL / VW : 1)  // (never a zero-size array when a program is built for another kernel)
+
+// Quantized weights (QFMT 1 int8, 2 int4, 3 MXFP4, 4 FP8 e4m3; layouts in
+// Kernels/quantized_weights.cl): the packed kernels read codes `w` (bytes) and per-panel group
+// scales `qscale` (SC_T: f32, f16, e8m0 byte, f32), and for int4 with ZP a zero per group
+// (`qzero`), and dequantize in registers to exact f32 weights: int4 (q − z)·s as fma(q, s, −z·s)
+// (exact: s is an f16), MXFP4 e2m1 · 2^(e − 127), FP8 e4m3 · s, int8 q · s; the fma chain over k
+// is then the float kernel's. Formats decode with integer operations (no extension).
+#if QFMT == 2
+#define SC_T half
+#elif QFMT == 3
+#define SC_T uchar
+#else
+#define SC_T float
+#endif
+#if QFMT == 2 || QFMT == 3
+#define QROW (PANEL / 2)
+#else
+#define QROW PANEL
+#endif
+// e2m1 nibble c (0...15) to float bits: its magnitude bits shifted into place (m at bit 22, e
+// at 23-24) and rebiased for e > 0, ±2^(e−1)·(1 + m/2); for e = 0, m·0.5 (bits m·0x3F000000,
+// as the shifted m·0x00400000 times 252); the sign bit (bit 3) or-ed in.
+#define DEC_E2M1(c, U, AS_F)                                                                             \
+    AS_F(select(((c) << 22 & (U)0x01C00000u) + (U)(126u << 23), ((c) << 22 & (U)0x01C00000u) * 252u,     \
+                ((c) << 22 & (U)0x01C00000u) < (U)0x00800000u) |                                     \
+         ((c) << 28 & (U)0x80000000u))
+// e8m0 byte s to 2^(s − 127) (s = 0: the subnormal 2^-127), 0xFF NaN.
+#define DEC_E8M0(s, U, AS_F) \
+    AS_F(select(select((s) << 23, (U)0x00400000u, (s) == (U)0u), (U)0x7FC00000u, (s) == (U)255u))
+// e4m3fn byte c: e > 0: 2^(e−7)·(1 + m/8) (its bits shifted into place, exponent rebiased);
+// e = 0: m·2^-9, as (1 + m/8)·2^-6 − 2^-6 (exact); S.1111.111 NaN; sign bit or-ed in last.
+#define DEC_E4M3(c, U, F, AS_F, AS_U)                                                                          \
+    AS_F(AS_U(select(select(AS_F((((c) & 0x7Fu) << 20) + (U)(120u << 23)),                                    \
+                            AS_F((((c) & 0x7Fu) << 20) + (U)(121u << 23)) - (F)0x1p-6f, ((c) & 0x78u) == (U)0u), \
+                     (F)NAN, ((c) & 0x7Fu) == (U)0x7Fu)) |                                                   \
+         (((c) & 0x80u) << 24))
+
+#if QFMT > 0
+// The weight at (k, panel column j) of a panel's codes `wq`, scales `sq`, zeros `zq`.
+inline float dequant1(__global const uchar* wq, __global const SC_T* sq, __global const uchar* zq, int k, int j,
+                      int qgroup) {
+    const size_t gj = (size_t)(k / qgroup) * PANEL + j;
+#if QFMT == 1
+    return (float)(((__global const char*)wq)[(size_t)k * PANEL + j]) * sq[gj];
+#elif QFMT == 4
+    const uint c = wq[(size_t)k * PANEL + j];
+    return DEC_E4M3(c, uint, float, as_float, as_uint) * sq[gj];
+#else
+    const uint b = wq[(size_t)k * (PANEL / 2) + (j % (PANEL / 2))];
+    const uint c = j < PANEL / 2 ? (b & 15u) : (b >> 4);
+#if QFMT == 2
+    const float s = vload_half(gj, sq);
+#if ZP
+    const float zs = -(float)zq[gj] * s;
+#else
+    const float zs = -8.0f * s;
+#endif
+    return fma((float)c, s, zs);
+#else
+    return DEC_E2M1(c, uint, as_float) * DEC_E8M0((uint)sq[gj], uint, as_float);
+#endif
+#endif
+}
+
+// VW-wide forms for the register kernel.
+#if VW == 1
+#define VS
+#define LOADB(p, i) ((p)[i])
+#else
+#define VS VW
+#define LOADB(p, i) SY_CAT(vload, VW)((i), (p))
+#endif
+#define UV SY_CAT(uint, VS)
+#define CVT_UV SY_CAT(convert_uint, VS)
+#define CVT_FV SY_CAT(convert_float, VS)
+#define AS_FV SY_CAT(as_float, VS)
+#define AS_UV SY_CAT(as_uint, VS)
+#if VW == 2
+#define HLOAD(p, i) ((uint)(p)[i])
+#elif VW > 2
+#define HLOAD(p, i) SY_CAT(convert_uint, SY_CAT(H, VW))(SY_CAT(vload, SY_CAT(H, VW))((i), (p)))
+#define H4 2
+#define H8 4
+#define H16 8
+#endif
+#endif
 
 inline float silu(float v) { return v / (1.0f + exp(-v)); }
 inline float gelu_tanh(float v) {
@@ -147,7 +244,8 @@ inline int tile_expert_of(int tile, int dense_rows, __global const int* tile_exp
 inline void packed_tile(__global const A_T* a, __global const int* assignment_of, int gather_k,
                         __global const W_T* w, __global const int* tile_expert, __global Y_T* y,
                         __global const float* scale, int scale_mode, int K, int N, int panels, int dense_rows,
-                        int tokens_k, int block, int max_rows, int experts, const int tile, const int panel) {
+                        int tokens_k, int block, int max_rows, int experts, const int tile, const int panel,
+                        __global const SC_T* qscale, __global const uchar* qzero, int qgroup, int qgroups) {
     const int row0 = tile * ROWS;
     if (dense_rows > 0 && row0 >= dense_rows) return;
     const int e = tile_expert_of(tile, dense_rows, tile_expert, block, experts);
@@ -165,10 +263,20 @@ inline void packed_tile(__global const A_T* a, __global const int* assignment_of
     int src[ROWS];
     __global const A_T* ap[ROWS];
     int fallback = 0;
+    int any = 0;
 #pragma unroll
     for (int r = ROWS - 1; r >= 0; --r) {
         src[r] = row0 + r < max_rows ? source_row(row0 + r, dense_rows, assignment_of, gather_k, tokens_k) : -1;
         if (src[r] >= 0) fallback = src[r];
+        any |= src[r] >= 0;
+    }
+    if (!any) {  // a tile of padding rows only (decode: most of an expert's block): zeros, no weight read
+        for (int r = 0; r < ROWS && row0 + r < max_rows; ++r)
+            for (int j = 0; j < PANEL_OUT; ++j) {
+                const int col = panel * PANEL_OUT + j;
+                if (col < N) Y_STORE(y, (size_t)(row0 + r) * (size_t)N + col, 0.0f);
+            }
+        return;
     }
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) ap[r] = a + (size_t)(src[r] >= 0 ? src[r] : fallback) * (size_t)K;
@@ -178,6 +286,7 @@ inline void packed_tile(__global const A_T* a, __global const int* assignment_of
     for (int r = 0; r < ROWS; ++r)
 #pragma unroll
         for (int v = 0; v < NV; ++v) acc[r][v] = (VEC)0.0f;
+#if QFMT == 0
     __global const W_T* wp = w + ((size_t)e * (size_t)panels + (size_t)panel) * (size_t)K * PANEL;
     for (int k = 0; k < K; ++k) {
         VEC wv[NV];
@@ -190,6 +299,78 @@ inline void packed_tile(__global const A_T* a, __global const int* assignment_of
             for (int v = 0; v < NV; ++v) acc[r][v] = fma(av, wv[v], acc[r][v]);
         }
     }
+#else
+    const size_t pq = (size_t)e * (size_t)panels + (size_t)panel;
+    __global const uchar* wq = w + pq * (size_t)K * QROW;
+    __global const SC_T* sq = qscale + pq * (size_t)qgroups * PANEL;
+    __global const uchar* zq = qzero + pq * (size_t)qgroups * PANEL;
+    for (int g = 0; g < qgroups; ++g) {
+        VEC sv[NV];
+#if QFMT == 2
+        VEC zv[NV];
+#endif
+#pragma unroll
+        for (int v = 0; v < NV; ++v) {
+            const size_t at = (size_t)g * NV + v;
+#if QFMT == 1 || QFMT == 4
+            sv[v] = LOADB(sq, at);
+#elif QFMT == 2
+            sv[v] = SY_CAT(vload_half, VS)(at, sq);
+#if ZP
+            zv[v] = -CVT_FV(LOADB(zq, at)) * sv[v];
+#else
+            zv[v] = -8.0f * sv[v];
+#endif
+#else
+            sv[v] = DEC_E8M0(CVT_UV(LOADB(sq, at)), UV, AS_FV);
+#endif
+        }
+        const int k1 = min(K, (g + 1) * qgroup);
+        for (int k = g * qgroup; k < k1; ++k) {
+            VEC wv[NV];
+#if QFMT == 1
+#pragma unroll
+            for (int v = 0; v < NV; ++v) wv[v] = CVT_FV(LOADB((__global const char*)wq, (size_t)k * NV + v)) * sv[v];
+#elif QFMT == 4
+#pragma unroll
+            for (int v = 0; v < NV; ++v) {
+                const UV c = CVT_UV(LOADB(wq, (size_t)k * NV + v));
+                wv[v] = DEC_E4M3(c, UV, VEC, AS_FV, AS_UV) * sv[v];
+            }
+#elif NV >= 2
+#pragma unroll
+            for (int v = 0; v < NV / 2; ++v) {
+                const UV b = CVT_UV(LOADB(wq, (size_t)k * (NV / 2) + v));
+                const UV lo = b & 15u;
+                const UV hi = b >> 4;
+#if QFMT == 2
+                wv[v] = fma(CVT_FV(lo), sv[v], zv[v]);
+                wv[v + NV / 2] = fma(CVT_FV(hi), sv[v + NV / 2], zv[v + NV / 2]);
+#else
+                wv[v] = DEC_E2M1(lo, UV, AS_FV) * sv[v];
+                wv[v + NV / 2] = DEC_E2M1(hi, UV, AS_FV) * sv[v + NV / 2];
+#endif
+            }
+#else
+            {  // one vector per row: its low half from the low nibbles, its high half from the high ones
+                const UV b0 = HLOAD(wq, k);
+                const UV c = (UV)(b0 & 15u, b0 >> 4);
+#if QFMT == 2
+                wv[0] = fma(CVT_FV(c), sv[0], zv[0]);
+#else
+                wv[0] = DEC_E2M1(c, UV, AS_FV) * sv[0];
+#endif
+            }
+#endif
+#pragma unroll
+            for (int r = 0; r < ROWS; ++r) {
+                const VEC av = (VEC)A_LOAD(ap[r], k);
+#pragma unroll
+                for (int v = 0; v < NV; ++v) acc[r][v] = fma(av, wv[v], acc[r][v]);
+            }
+        }
+    }
+#endif
 
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
@@ -217,7 +398,9 @@ inline void packed_tile(__global const A_T* a, __global const int* assignment_of
 __kernel void grouped_matmul_packed(__global const A_T* a, __global const int* assignment_of, int gather_k,
                                     __global const W_T* w, __global const int* tile_expert, __global Y_T* y,
                                     __global const float* scale, int scale_mode, int K, int N, int panels,
-                                    int dense_rows, int tokens_k, int tiles, int block, int max_rows, int experts) {
+                                    int dense_rows, int tokens_k, int tiles, int block, int max_rows, int experts,
+                                    __global const SC_T* qscale, __global const uchar* qzero, int qgroup,
+                                    int qgroups) {
     const int first = get_global_id(0) * TILE_STEP;
     const int panel = get_global_id(1);
     if (panel >= panels) return;
@@ -225,7 +408,7 @@ __kernel void grouped_matmul_packed(__global const A_T* a, __global const int* a
         const int tile = first + step;
         if (tile >= tiles) break;
         packed_tile(a, assignment_of, gather_k, w, tile_expert, y, scale, scale_mode, K, N, panels, dense_rows,
-                    tokens_k, block, max_rows, experts, tile, panel);
+                    tokens_k, block, max_rows, experts, tile, panel, qscale, qzero, qgroup, qgroups);
     }
 }
 
@@ -242,7 +425,8 @@ __kernel void grouped_matmul_packed(__global const A_T* a, __global const int* a
 __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_tiled(
     __global const A_T* a, __global const int* assignment_of, int gather_k, __global const W_T* w,
     __global const int* tile_expert, __global Y_T* y, __global const float* scale, int scale_mode, int K, int N,
-    int panels, int dense_rows, int tokens_k, int tiles, int block, int max_rows, int experts) {
+    int panels, int dense_rows, int tokens_k, int tiles, int block, int max_rows, int experts,
+    __global const SC_T* qscale, __global const uchar* qzero, int qgroup, int qgroups) {
     __local float as[TBK][ROWS];
     __local float ws[TBK][PANEL];
     __local int srcs[ROWS];
@@ -274,7 +458,14 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
     float acc[TRM][4];
     for (int i = 0; i < TRM; ++i)
         for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+#if QFMT == 0
     __global const W_T* wp = w + ((size_t)e * (size_t)panels + (size_t)panel) * (size_t)K * PANEL;
+#else
+    const size_t pq = (size_t)e * (size_t)panels + (size_t)panel;
+    __global const uchar* wq = w + pq * (size_t)K * QROW;
+    __global const SC_T* sq = qscale + pq * (size_t)qgroups * PANEL;
+    __global const uchar* zq = qzero + pq * (size_t)qgroups * PANEL;
+#endif
     for (int k0 = 0; k0 < K; k0 += TBK) {
         const int kn = min(TBK, K - k0);
         for (int idx = lid; idx < TBK * ROWS; idx += TNT) {
@@ -285,7 +476,11 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
         }
         for (int idx = lid; idx < TBK * PANEL; idx += TNT) {
             const int kk = idx / PANEL;
+#if QFMT == 0
             ws[kk][idx % PANEL] = kk < kn ? W_LOAD1(wp, (size_t)k0 * PANEL + idx) : 0.0f;
+#else
+            ws[kk][idx % PANEL] = kk < kn ? dequant1(wq, sq, zq, k0 + kk, idx % PANEL, qgroup) : 0.0f;
+#endif
         }
         barrier(CLK_LOCAL_MEM_FENCE);
         for (int kk = 0; kk < kn; ++kk) {

@@ -38,6 +38,9 @@ struct BenchItem {
     /// For items whose run splits into stages (the MoE layers): one run with per-stage device
     /// times (after `prepareDevice`), timed apart from the plain runs.
     var profiledRun: (() throws -> [StageTime])? = nil
+    /// Called once the item is measured: drops what its runs hold (a layer's device weights), so
+    /// the items measured before do not add up in memory.
+    var finished: (() -> Void)? = nil
     /// The grouped expert matmul inside the item (MoE layers), which the per-expert GEMM peers
     /// are set against.
     var groupedMatmul: GroupedMatmulPart? = nil

@@ -26,6 +26,8 @@ func layerItems(filter: String?, quick: Bool, coldBytes: Int, peers peerOptions:
         let tokens: Int
         let dtype: DType
         let decode: Bool
+        /// Experts' weights quantized once on the device (activations stay `dtype`).
+        var quantize: WeightQuantization = .none
     }
     var specs = [
         Spec(name: "mixtral-small", config: .mixtralSmall, tokens: 2048, dtype: .f32, decode: false),
@@ -40,15 +42,31 @@ func layerItems(filter: String?, quick: Bool, coldBytes: Int, peers peerOptions:
             Spec(name: "mixtral-small", config: .mixtralSmall, tokens: 1, dtype: .f32, decode: true),
             Spec(name: "deepseek-like", config: .deepSeekLike, tokens: 1, dtype: .f32, decode: true),
         ]
+        // Quantized experts (issue 17): decode at T 1 and 16 for int8, int4 (groups of 128 and 32)
+        // and MXFP4 at both shapes, beside the bf16 layer they replace, and one prefill row.
+        for (name, config) in [("mixtral-small", MoEConfig.mixtralSmall), ("deepseek-like", .deepSeekLike)] {
+            for tokens in [1, 16] {
+                if !(name == "mixtral-small" && tokens == 16) {
+                    specs.append(Spec(name: name, config: config, tokens: tokens, dtype: .bf16, decode: true))
+                }
+                for q in [WeightQuantization.int8, .int4(group: 128, zeroPoint: false), .int4(group: 32, zeroPoint: false), .mxfp4] {
+                    specs.append(Spec(name: name, config: config, tokens: tokens, dtype: .bf16, decode: true, quantize: q))
+                }
+            }
+        }
+        specs.append(Spec(
+            name: "mixtral-small", config: .mixtralSmall, tokens: 2048, dtype: .bf16, decode: false,
+            quantize: .int4(group: 128, zeroPoint: false)))
     }
     let regex = try filter.flatMap { $0.isEmpty ? nil : try Regex($0) }
     return specs.compactMap { s in
         let c = s.config
-        let expertBytes = Double(3 * c.hidden * c.ffn * s.dtype.size)
-        let sharedBytes = Double(3 * c.hidden * c.sharedFFN * s.dtype.size)
+        let format = s.quantize.format(for: s.dtype)
+        let expertBytes = format.bytes(rows: 2 * c.ffn, k: c.hidden) + format.bytes(rows: c.hidden, k: c.ffn)
+        let sharedBytes = format.bytes(rows: 2 * c.sharedFFN, k: c.hidden) + format.bytes(rows: c.hidden, k: c.sharedFFN)
         let routerBytes = Double(c.experts * c.hidden * s.dtype.size)
         let layerBytes = Double(c.experts) * expertBytes + sharedBytes + routerBytes
-        let copies = s.decode ? max(1, min(16, Int((Double(coldBytes) / layerBytes).rounded(.up)))) : 1
+        let copies = s.decode ? max(1, min(64, Int((Double(coldBytes) / layerBytes).rounded(.up)))) : 1
         // Decode: the weight bytes a forward reads, with the expected number of distinct experts
         // T tokens choose under uniform routing, E·(1 − ((E − k)/E)^T). Prefill: every weight
         // once plus the activations in and out.
@@ -63,9 +81,10 @@ func layerItems(filter: String?, quick: Bool, coldBytes: Int, peers peerOptions:
         let flops = c.flops(tokens: s.tokens)
         let shape = "\(s.name) T=\(s.tokens)"
         // Decode rotates over `copies` layers: say how many bytes of weights that spans.
+        let weights = s.quantize == .none ? "packed" : "\(s.quantize)"
         let options = s.decode
-            ? "packed decode cold=\(copies) (rotation spans \(Int((Double(copies) * layerBytes / 1e6).rounded())) MB)"
-            : "packed"
+            ? "\(weights) decode cold=\(copies) (rotation spans \(Int((Double(copies) * layerBytes / 1e6).rounded())) MB)"
+            : weights
         let name = "moe_layer \(shape) \(s.dtype.rawValue) \(options)"
         if let regex, !name.contains(regex) { return nil }
         let seed = stableSeed("moe_layer \(shape) \(s.dtype.rawValue)")
@@ -78,7 +97,8 @@ func layerItems(filter: String?, quick: Bool, coldBytes: Int, peers peerOptions:
             return { _ = try layer.forward(x) }
         }
         let info = LayerRunInfo()
-        var peers: [any Peer] = [reference]
+        // (The reference dequantizes every forward: no peer for quantized layers.)
+        var peers: [any Peer] = s.quantize == .none ? [reference] : []
         // The per-expert GEMM peers and PyTorch run f32, so they stand beside the f32 layers.
         if s.dtype == .f32 {
             let loop = ExpertLoopShape(hidden: c.hidden, ffn: c.ffn, experts: c.experts, copies: copies, seed: seed)
@@ -101,9 +121,10 @@ func layerItems(filter: String?, quick: Bool, coldBytes: Int, peers peerOptions:
             bytes: bytes, bound: s.decode ? .copy : nil, peers: peers
         ) { backend in
             let weights = try MoEWeights.random(config: c, backend: backend, dtype: s.dtype, seed: seed)
-            var layers = [try MoELayer(backend: backend, config: c, weights: weights, pack: true)]
+            var layers = [try MoELayer(backend: backend, config: c, weights: weights, pack: true, quantize: s.quantize)]
             for _ in 1..<copies {
-                layers.append(try MoELayer(backend: backend, config: c, weights: try duplicate(weights, backend), pack: true))
+                layers.append(try MoELayer(
+                    backend: backend, config: c, weights: try duplicate(weights, backend), pack: true, quantize: s.quantize))
             }
             let x = try input(backend, s.tokens, c.hidden, s.dtype, seed)
             // The routing the layer computes for this input, read once: its per-expert row
@@ -123,6 +144,7 @@ func layerItems(filter: String?, quick: Bool, coldBytes: Int, peers peerOptions:
                 next = (next + 1) % layers.count
             }
         }
+        item.finished = { info.profiledRun = nil }
         item.profiledRun = {
             guard let run = info.profiledRun else { throw BenchError("\(name): profiled run before the device run") }
             return try run()

@@ -190,6 +190,7 @@ func measure(_ item: BenchItem, on backend: OpenCLBackend, policy: RunPolicy, pe
     for peer in item.peers {
         peers.append((peer.name, peer.measure(budget: peerBudget)))
     }
+    item.finished?()
 
     return Measured(
         item: item, firstSeconds: firstSeconds, device: device, kernels: kernels, peers: peers, profile: profile,

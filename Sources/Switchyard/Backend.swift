@@ -129,6 +129,24 @@ public protocol ComputeBackend: AnyObject, Sendable {
     /// `base` or `fill` (see `ExpandTokens`).
     func expandTokens(_ packed: Tensor, positions: Tensor, length: Int, base: Tensor?, fill: Float, dtype: DType?) throws
         -> Tensor
+
+    // MARK: quantized expert weights (Ops/QuantizedWeights.swift)
+
+    /// A `u8` tensor holding `codes` (quantized weight codes and byte scales, raw).
+    func tensor(codes: [UInt8], shape: [Int]) throws -> Tensor
+    /// The bytes of a `u8` tensor.
+    func codes(_ tensor: Tensor) throws -> [UInt8]
+    /// Float weights `[E, N_w, K]` quantized (`.int8` or `.int4`) into canonical codes and scales
+    /// (`QuantizedCodes`; the definition is `SwitchyardReference.Quantization`).
+    func quantizeWeights(_ w: Tensor, _ quantization: WeightQuantization) throws -> QuantizedCodes
+    /// `prepareWeights`, quantizing the weights once on the backend unless `quantize` is `.none`
+    /// (quantized weights are always in the panel layout the matmul reads; `pack` is for float).
+    func prepareWeights(_ w: Tensor, swiglu: Bool, pack: Bool, quantize: WeightQuantization) throws -> ExpertWeights
+    /// MXFP4 checkpoint tensors (`PrepareMXFP4`) repacked once for `groupedMatmul`; with
+    /// `interleavedGateUp` (gpt-oss) gate|up rows alternate gate, up instead of gate rows first.
+    func prepareMXFP4(blocks: Tensor, scales: Tensor, swiglu: Bool, interleavedGateUp: Bool) throws -> ExpertWeights
+    /// FP8 e4m3 checkpoint tensors with 128 × 128 block scales (`PrepareFP8`) repacked once.
+    func prepareFP8(codes: Tensor, scaleInv: Tensor, swiglu: Bool) throws -> ExpertWeights
 }
 
 extension ComputeBackend {

@@ -1,21 +1,24 @@
 import SwitchyardReference
 
 /// Storage type of a tensor. Floating-point types are always computed in f32 on the device.
+/// `u8` holds raw bytes: the codes and byte scales of quantized weights (int8, int4, MXFP4,
+/// FP8); only the ops that say so take it.
 public enum DType: String, Sendable, Hashable, CaseIterable, CustomStringConvertible {
     /// IEEE single (`f32`), IEEE half (`f16`), bfloat16 (`bf16`: the top 16 bits of an f32,
-    /// rounded to nearest even) and 32-bit signed integers (`i32`: indices and counts).
-    case f32, f16, bf16, i32
+    /// rounded to nearest even) 32-bit signed integers (`i32`: indices and counts) and bytes (`u8`: quantized weight codes and scales).
+    case f32, f16, bf16, i32, u8
 
     /// Bytes per element.
     public var size: Int {
         switch self {
         case .f32, .i32: 4
         case .f16, .bf16: 2
+        case .u8: 1
         }
     }
 
     /// Whether this is a floating-point storage type (f32, f16, bf16).
-    public var isFloatingPoint: Bool { self != .i32 }
+    public var isFloatingPoint: Bool { self != .i32 && self != .u8 }
 
     /// "f32", "f16", "bf16" or "i32".
     public var description: String { rawValue }
@@ -26,7 +29,7 @@ public enum DType: String, Sendable, Hashable, CaseIterable, CustomStringConvert
     /// Rounds `value` to the nearest value this type can store (identity for f32).
     public func round(_ value: Float) -> Float {
         switch self {
-        case .f32, .i32: value
+        case .f32, .i32, .u8: value
         case .f16: FloatBits.fromF16(FloatBits.f16(value))
         case .bf16: FloatBits.fromBF16(FloatBits.bf16(value))
         }
@@ -43,6 +46,7 @@ public enum DType: String, Sendable, Hashable, CaseIterable, CustomStringConvert
         case .bf16:
             ["\(prefix)_T": "ushort", "\(prefix)_LOAD": "LOAD_BF16", "\(prefix)_STORE": "STORE_BF16", "\(prefix)_DT": "2"]
         case .i32: ["\(prefix)_T": "int", "\(prefix)_LOAD": "LOAD_I32", "\(prefix)_STORE": "STORE_I32", "\(prefix)_DT": "3"]
+        case .u8: ["\(prefix)_T": "uchar", "\(prefix)_LOAD": "LOAD_I32", "\(prefix)_STORE": "STORE_I32", "\(prefix)_DT": "4"]
         }
     }
 }

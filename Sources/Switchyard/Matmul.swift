@@ -3,21 +3,50 @@ import SwitchyardReference
 
 /// Expert (or dense) weights in the checkpoint layout `[E, N_w, K]` (PyTorch `nn.Linear`:
 /// out × in), on a backend, optionally also repacked once into the layout the device kernel
-/// reads fastest (panels of the backend's panel width, k-major).
+/// reads fastest (panels of the backend's panel width, k-major), or quantized (`quantized`:
+/// int8, int4, MXFP4 or FP8 codes and scales, see `QuantizedWeights`).
 public struct ExpertWeights: Sendable {
-    /// `[E, N_w, K]`; for SwiGLU `N_w = 2·ffn` with the gate rows first.
-    public let weight: Tensor
+    /// The float weights `[E, N_w, K]`; for SwiGLU `N_w = 2·ffn` with the gate rows first. Nil
+    /// for quantized weights (not kept: the quantized form is all the matmul reads).
+    public let weight: Tensor?
     /// The panel layout `[E, panels, K, panelWidth]`, same storage type, when packed.
     public let packed: Tensor?
+    /// The quantized form the matmul reads instead of `weight` and `packed`, when quantized.
+    public let quantized: QuantizedWeights?
     /// Whether the rows are a fused gate|up pair (SwiGLU epilogue).
     public let swiglu: Bool
+    public let experts: Int
+    /// Weight rows per expert, `N_w` (2·ffn for SwiGLU).
+    public let weightRows: Int
+    public let inFeatures: Int
 
-    public var experts: Int { weight.shape[0] }
-    public var inFeatures: Int { weight.shape[2] }
-    public var outFeatures: Int { swiglu ? weight.shape[1] / 2 : weight.shape[1] }
+    init(weight: Tensor, packed: Tensor?, swiglu: Bool) {
+        self.weight = weight
+        self.packed = packed
+        self.quantized = nil
+        self.swiglu = swiglu
+        self.experts = weight.shape[0]
+        self.weightRows = weight.shape[1]
+        self.inFeatures = weight.shape[2]
+    }
+
+    init(quantized: QuantizedWeights, weight: Tensor?, experts: Int, weightRows: Int, inFeatures: Int, swiglu: Bool) {
+        self.weight = weight
+        self.packed = nil
+        self.quantized = quantized
+        self.swiglu = swiglu
+        self.experts = experts
+        self.weightRows = weightRows
+        self.inFeatures = inFeatures
+    }
+
+    /// The storage format the matmul reads.
+    public var format: WeightFormat { quantized?.format ?? .float(weight!.dtype) }
+    public var shape: [Int] { [experts, weightRows, inFeatures] }
+    public var outFeatures: Int { swiglu ? weightRows / 2 : weightRows }
     /// Output columns of one packed panel (the backend's `Tuning.matmulPanel` when packed);
     /// for SwiGLU a panel holds half as many gate and as many up columns.
-    public var panelWidth: Int { packed?.shape[3] ?? 64 }
+    public var panelWidth: Int { quantized?.panelWidth ?? packed?.shape[3] ?? 64 }
     /// Number of panels per expert in the packed layout.
     public var panels: Int { Self.panels(outFeatures: outFeatures, width: panelWidth, swiglu: swiglu) }
 
@@ -25,8 +54,8 @@ public struct ExpertWeights: Sendable {
         let perPanel = swiglu ? width / 2 : width
         return (outFeatures + perPanel - 1) / perPanel
     }
-    /// Bytes of weight storage one full pass reads.
-    public var bytes: Int { weight.byteCount }
+    /// Bytes of weight storage one full pass reads (codes, scales and zeros when quantized).
+    public var bytes: Int { Int(format.bytes(rows: experts * weightRows, k: inFeatures)) }
 }
 
 /// What each output row of a matmul is multiplied by.
@@ -111,10 +140,13 @@ public struct GroupedMatmul: OpDescriptor, Hashable {
     public var activationType: DType
     public var weightType: DType
     public var outputType: DType
+    /// How the weights are stored (`.float(weightType)` unless quantized).
+    public var weightFormat: WeightFormat
 
     public init(
         rows: Int, activeRows: Int, experts: Int, inFeatures: Int, outFeatures: Int, epilogue: Epilogue,
-        gathered: Bool = false, activationType: DType, weightType: DType? = nil, outputType: DType? = nil
+        gathered: Bool = false, activationType: DType, weightType: DType? = nil, outputType: DType? = nil,
+        weightFormat: WeightFormat? = nil
     ) {
         self.rows = rows
         self.activeRows = activeRows
@@ -124,7 +156,8 @@ public struct GroupedMatmul: OpDescriptor, Hashable {
         self.epilogue = epilogue
         self.gathered = gathered
         self.activationType = activationType
-        self.weightType = weightType ?? activationType
+        self.weightFormat = weightFormat ?? .float(weightType ?? activationType)
+        if case .float(let d) = self.weightFormat { self.weightType = d } else { self.weightType = .u8 }
         self.outputType = outputType ?? activationType
     }
 
@@ -153,7 +186,7 @@ public struct GroupedMatmul: OpDescriptor, Hashable {
             guard weights.experts == routing.config.experts else {
                 throw SwitchyardError.shape(
                     argument: "expert weights", expected: "[\(routing.config.experts), out, in]",
-                    actual: weights.weight.shape)
+                    actual: weights.shape)
             }
             let expectedRows = input.isGathered ? routing.tokens : routing.maxRows
             guard s[0] == expectedRows else {
@@ -164,7 +197,7 @@ public struct GroupedMatmul: OpDescriptor, Hashable {
             active = routing.tokens * routing.config.k
         } else {
             guard weights.experts == 1 else {
-                throw SwitchyardError.shape(argument: "dense weights", expected: "[1, out, in]", actual: weights.weight.shape)
+                throw SwitchyardError.shape(argument: "dense weights", expected: "[1, out, in]", actual: weights.shape)
             }
             if input.isGathered { throw SwitchyardError.unsupported("a gathered matmul input needs a routing") }
             rows = s[0]
@@ -186,7 +219,7 @@ public struct GroupedMatmul: OpDescriptor, Hashable {
         self.init(
             rows: rows, activeRows: active, experts: weights.experts, inFeatures: weights.inFeatures,
             outFeatures: weights.outFeatures, epilogue: epilogue, gathered: input.isGathered, activationType: a.dtype,
-            weightType: weights.weight.dtype, outputType: out)
+            outputType: out, weightFormat: weights.format)
     }
 
     /// Weight rows per expert (`2 · outFeatures` for SwiGLU).
@@ -195,7 +228,7 @@ public struct GroupedMatmul: OpDescriptor, Hashable {
     public var flops: Double { 2 * Double(activeRows) * Double(inFeatures) * Double(weightRows) }
     /// Every expert's weights once, the active rows' activations in and results out.
     public var bytes: Double {
-        Double(experts * weightRows * inFeatures * weightType.size)
+        weightFormat.bytes(rows: experts * weightRows, k: inFeatures)
             + Double(activeRows) * Double(inFeatures * activationType.size + outFeatures * outputType.size)
     }
 }
@@ -239,7 +272,7 @@ extension OpenCLBackend {
 
     static func weightCode(_ d: DType) -> String {
         switch d {
-        case .f32, .i32: "0"
+        case .f32, .i32, .u8: "0"
         case .f16: "1"
         case .bf16: "2"
         }
@@ -286,11 +319,35 @@ extension OpenCLBackend {
             case .routingWeights: (2, try deviceBuffer(routing!.weights, "routing"))
             }
         var defines = a.dtype.defines("A").merging(out.defines("Y")) { x, _ in x }.merging([
-            "W_DT": Self.weightCode(weights.weight.dtype), "EPILOGUE": "\(epilogue.code)",
+            "W_DT": Self.weightCode(weights.weight?.dtype ?? .f32), "EPILOGUE": "\(epilogue.code)",
         ]) { x, _ in x }
         let common: [Arg] = [.buffer(ab), .buffer(assignment), .int(fusedGather ? routing!.config.k : 0)]
         let experts = weights.experts
-        if let packed = weights.packed {
+        // Quantized weights: the packed kernels with QFMT, reading codes, scales (and zeros).
+        var quantArgs: [Arg] = [.buffer(y.buffer!), .buffer(y.buffer!), .int(1), .int(1)]
+        var quantRows = tuning.matmulRows
+        if let q = weights.quantized {
+            guard q.panelWidth != nil else {
+                throw SwitchyardError.backendMismatch(
+                    argument: "quantized weights", expected: name, actual: "the reference backend (unpacked)")
+            }
+            defines["QFMT"] = "\(q.format.kernelCode)"
+            if case .int4(_, true) = q.format { defines["ZP"] = "1" }
+            quantArgs = [
+                .buffer(try deviceBuffer(q.scales, "quantized weight scales")),
+                .buffer(try q.zeros.map { try deviceBuffer($0, "quantized weight zeros") } ?? y.buffer!),
+                .int(q.group), .int(q.groups),
+            ]
+            quantRows = tuning.quantizedTileRows(format: q.format)
+            // Decode (fewer routed rows than experts' blocks): rows per tile near the rows an
+            // expert gets, so padding rows cost no dequantizing and tiles of padding only are
+            // skipped. (A row's sum is the same fma chain whatever its tile: batch invariant.)
+            if let routing {
+                let perExpert = (routing.tokens * routing.config.k + routing.config.experts - 1) / routing.config.experts
+                quantRows = max(1, min(quantRows, perExpert))
+            }
+        }
+        if let packed = weights.packed ?? weights.quantized?.codes {
             let width = weights.panelWidth
             guard width == tuning.matmulPanel else {
                 throw SwitchyardError.unsupported(
@@ -298,7 +355,7 @@ extension OpenCLBackend {
                         + "panels: prepare the weights on the backend that runs them")
             }
             let panels = weights.panels
-            let wb = try deviceBuffer(packed, "packed weights")
+            let wb = try deviceBuffer(packed, weights.quantized == nil ? "packed weights" : "quantized weight codes")
             defines["PANEL"] = "\(width)"
             // Per kernel: its tile rows, its -D values and its grid; the arguments are shared.
             let tileRows: Int
@@ -308,7 +365,7 @@ extension OpenCLBackend {
             let local: [Int]
             switch tuning.matmulKernel {
             case .registers:
-                tileRows = matmulRows(block: routing?.blockSize, limit: tuning.matmulRows)
+                tileRows = matmulRows(block: routing?.blockSize, limit: quantRows)
                 tiles = (rows + tileRows - 1) / tileRows
                 let step = tuning.matmulTileStep
                 let items = (tiles + step - 1) / step
@@ -338,7 +395,7 @@ extension OpenCLBackend {
                     .buffer(wb), .buffer(tileMap), .buffer(y.buffer!), .buffer(scaleBuffer), .int(scaleMode),
                     .int(weights.inFeatures), .int(n), .int(panels), .int(routing == nil ? rows : 0), .int(tokensK),
                     .int(tiles), .int(routing?.blockSize ?? tileRows), .int(rows), .int(experts),
-                ],
+                ] + quantArgs,
                 global: global, local: local)
         } else {
             // Short per-work-item loops on lane-style devices: at most 4 rows × 8 columns each.
@@ -352,7 +409,7 @@ extension OpenCLBackend {
             try launch(
                 "matmul.cl", "grouped_matmul_plain", defines: defines,
                 args: common + [
-                    .buffer(try deviceBuffer(weights.weight, "expert weights")), .buffer(tileMap), .buffer(y.buffer!),
+                    .buffer(try deviceBuffer(weights.weight!, "expert weights")), .buffer(tileMap), .buffer(y.buffer!),
                     .buffer(scaleBuffer), .int(scaleMode), .int(weights.inFeatures), .int(n), .int(groups),
                     .int(routing == nil ? rows : 0), .int(tokensK), .int(tiles), .int(block), .int(rows), .int(experts),
                 ],
@@ -400,7 +457,7 @@ extension ReferenceBackend {
         if case .perRow(let t) = scale { factor = try hostFloats(t, "row scale").map(Double.init) }
         let y = Reference.groupedMatmul(
             a: try hostFloats(a, "matmul activations"), k: weights.inFeatures, sourceRow: source, rowExpert: expert,
-            w: try hostFloats(weights.weight, "expert weights"), n: weights.outFeatures, epilogue: epilogue,
+            w: try referenceWeights(weights), n: weights.outFeatures, epilogue: epilogue,
             scale: factor)
         return output(y, shape: [rows, weights.outFeatures], dtype: out).guarded(by: routing.map { [$0.flags] } ?? [])
     }

@@ -111,7 +111,12 @@ public final class MoELayer: @unchecked Sendable {
     /// Seconds spent preparing (packing) the weights, reported apart from the forward.
     public let packSeconds: Double
 
-    public init(backend: any ComputeBackend, config c: MoEConfig, weights w: MoEWeights, pack: Bool = true) throws {
+    /// `quantize`: the routed and shared experts' weights quantized once on the backend (the
+    /// router and the shared-expert gate stay in their float type).
+    public init(
+        backend: any ComputeBackend, config c: MoEConfig, weights w: MoEWeights, pack: Bool = true,
+        quantize: WeightQuantization = .none
+    ) throws {
         self.backend = backend
         self.config = c
         let h = c.hidden
@@ -131,12 +136,13 @@ public final class MoELayer: @unchecked Sendable {
         let start = Date()
         router = try backend.prepareWeights(try w.router.reshaped([1, c.experts, h]), swiglu: false, pack: pack)
         bias = c.routerBias ? w.bias : nil
-        gateUp = try backend.prepareWeights(w.gateUp, swiglu: true, pack: pack)
-        down = try backend.prepareWeights(w.down, swiglu: false, pack: pack)
+        gateUp = try backend.prepareWeights(w.gateUp, swiglu: true, pack: pack, quantize: quantize)
+        down = try backend.prepareWeights(w.down, swiglu: false, pack: pack, quantize: quantize)
         if c.sharedFFN > 0 {
             sharedGateUp = try backend.prepareWeights(
-                try w.sharedGateUp!.reshaped([1, 2 * c.sharedFFN, h]), swiglu: true, pack: pack)
-            sharedDown = try backend.prepareWeights(try w.sharedDown!.reshaped([1, h, c.sharedFFN]), swiglu: false, pack: pack)
+                try w.sharedGateUp!.reshaped([1, 2 * c.sharedFFN, h]), swiglu: true, pack: pack, quantize: quantize)
+            sharedDown = try backend.prepareWeights(
+                try w.sharedDown!.reshaped([1, h, c.sharedFFN]), swiglu: false, pack: pack, quantize: quantize)
             sharedGate = c.sharedGate
                 ? try backend.prepareWeights(try w.sharedGate!.reshaped([1, 1, h]), swiglu: false, pack: pack) : nil
         } else {
@@ -149,10 +155,12 @@ public final class MoELayer: @unchecked Sendable {
         blockSize = backend.preferredBlockSize
     }
 
-    /// Bytes of routed-expert weights (gate|up and down), in their storage type.
+    /// Bytes of routed-expert weights (gate|up and down), in their storage format.
     public var weightBytes: Int { gateUp.bytes + down.bytes }
-    /// Storage type of the routed-expert weights.
-    public var weightType: DType { gateUp.weight.dtype }
+    /// Storage type of the routed-expert weights (u8 when quantized).
+    public var weightType: DType { gateUp.quantized == nil ? gateUp.weight!.dtype : .u8 }
+    /// Storage format of the routed-expert weights.
+    public var weightFormat: WeightFormat { gateUp.format }
 
     /// The output of a forward.
     public struct Output: Sendable {

@@ -75,6 +75,19 @@ public struct Tuning: Sendable, Hashable, Codable {
         return best
     }
 
+    /// Rows of the register kernel's tile for quantized weights of `format`: dequantizing holds
+    /// a scale vector per accumulator column (and int4 a zero offset vector) beside the weight
+    /// vectors, so the rows shrink to what the register file still holds (AVX-512, 4 × float16
+    /// per row: 5 rows, int4 4; AVX2, 2 × float8: 5, int4 4), never above `matmulRows`.
+    /// The work-group kernel stages dequantized weights in local memory and keeps its rows.
+    public func quantizedTileRows(format: WeightFormat) -> Int {
+        guard matmulKernel == .registers, format.kernelCode != 0 else { return matmulRows }
+        let vectors = max(1, matmulPanel / max(1, matmulVectorWidth))
+        let extra = if case .int4 = format { 2 } else { 1 }
+        let registers = Tuning.cpuRegisters(vectorWidth: matmulVectorWidth)
+        return max(1, min(matmulRows, (registers - 2 - vectors * (1 + extra)) / vectors))
+    }
+
     /// SIMD registers of a CPU whose native float vector holds `width` floats: 32 with
     /// AVX-512's 16-wide vectors, 16 for AVX/AVX2 (8) and SSE (4). (NEON has 32 registers of 4
     /// floats; OpenCL reports no register count, so 4-wide devices get the smaller budget.)
@@ -309,7 +322,9 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
             let buffer = try pool.take(bytes) ?? context.buffer(byteCount: bytes, label: label)
             return Tensor(shape: shape, dtype: dtype, storage: .device(buffer), lease: BufferLease(buffer, self, pooled: true))
         }
-        let buffer = try context.buffer(byteCount: bytes + sentinelBytes, label: label)
+        // (u8 tensors can have an odd size: the poison pattern is 2 bytes, so the sentinel tail
+        // starts at an odd byte then, and `sentinelViolation` follows the pattern's phase.)
+        let buffer = try context.buffer(byteCount: bytes + (bytes & 1) + sentinelBytes, label: label)
         try buffer.fill(pattern: Self.poison)
         return Tensor(shape: shape, dtype: dtype, storage: .device(buffer), lease: BufferLease(buffer, self, pooled: false))
     }
@@ -360,7 +375,7 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
     @_spi(Testing) public func sentinelViolation(_ tensor: Tensor) throws -> String? {
         guard sentinelBytes > 0, let buffer = tensor.buffer else { return nil }
         let tail = try buffer.download(UInt8.self, count: sentinelBytes, byteOffset: tensor.byteCount)
-        for (i, byte) in tail.enumerated() where byte != Self.poison[i % 2] {
+        for (i, byte) in tail.enumerated() where byte != Self.poison[(tensor.byteCount + i) % 2] {
             return "write past the end of \(tensor): byte \(i) after the last element was overwritten"
         }
         return nil
@@ -373,7 +388,7 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
         case .f32: try t.buffer!.upload(values)
         case .f16: try t.buffer!.upload(values.map(FloatBits.f16))
         case .bf16: try t.buffer!.upload(values.map(FloatBits.bf16))
-        case .i32:
+        case .i32, .u8:
             throw SwitchyardError.dtype(argument: "tensor dtype", expected: "f32, f16 or bf16", actual: dtype)
         }
         return t
@@ -403,7 +418,7 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
         case .f32: values = try buffer.download(Float.self, count: tensor.count)
         case .f16: values = try buffer.download(UInt16.self, count: tensor.count).map(FloatBits.fromF16)
         case .bf16: values = try buffer.download(UInt16.self, count: tensor.count).map(FloatBits.fromBF16)
-        case .i32: throw SwitchyardError.dtype(argument: "tensor", expected: "f32, f16 or bf16", actual: .i32)
+        case .i32, .u8: throw SwitchyardError.dtype(argument: "tensor", expected: "f32, f16 or bf16", actual: tensor.dtype)
         }
         try checkGuards(tensor)
         return values
@@ -470,6 +485,7 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
         raw.withUnsafeBytes { bytes in
             switch dtype {
             case .f32, .i32: Array(bytes.bindMemory(to: Float.self))
+            case .u8: []  // (never called for u8: `floats` refuses it first)
             case .f16: bytes.bindMemory(to: UInt16.self).map(FloatBits.fromF16)
             case .bf16: bytes.bindMemory(to: UInt16.self).map(FloatBits.fromBF16)
             }

@@ -67,6 +67,7 @@ public final class ReferenceBackend: ComputeBackend {
         switch try host(t, "copyRows tensor") {
         case .floats(let v): return Tensor(shape: shape, dtype: t.dtype, storage: .host(.floats(Array(v[lo..<hi]))), guards: t.guards)
         case .ints(let v): return Tensor(shape: shape, dtype: t.dtype, storage: .host(.ints(Array(v[lo..<hi]))), guards: t.guards)
+        case .bytes(let v): return Tensor(shape: shape, dtype: t.dtype, storage: .host(.bytes(Array(v[lo..<hi]))), guards: t.guards)
         }
     }
 

@@ -231,8 +231,8 @@ public final class SafeTensorsFile: @unchecked Sendable {
                 for v in t.values { withUnsafeBytes(of: FloatBits.f16(v).littleEndian) { data.append(contentsOf: $0) } }
             case .bf16:
                 for v in t.values { withUnsafeBytes(of: FloatBits.bf16(v).littleEndian) { data.append(contentsOf: $0) } }
-            case .i32:
-                throw CheckpointError("'\(t.name)': i32 tensors are not written")
+            case .i32, .u8:
+                throw CheckpointError("'\(t.name)': \(t.dtype) tensors are not written")
             }
             let name = ["f32": "F32", "f16": "F16", "bf16": "BF16"][t.dtype.rawValue]!
             header[t.name] = ["dtype": name, "shape": t.shape, "data_offsets": [begin, data.count]]

@@ -25,6 +25,8 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
     enum HostValues: Sendable {
         case floats([Float])
         case ints([Int32])
+        /// Raw bytes of a `u8` tensor.
+        case bytes([UInt8])
     }
 
     /// Keeps a pooled device buffer leased while any tensor viewing it is alive.

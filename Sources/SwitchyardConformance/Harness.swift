@@ -23,7 +23,7 @@ public enum Comparison: Sendable, Hashable, CustomStringConvertible {
     /// an off-by-one fails.
     public static func nmse(for dtype: DType) -> Comparison {
         switch dtype {
-        case .f32, .i32: .nmse(1e-11)
+        case .f32, .i32, .u8: .nmse(1e-11)
         case .f16: .nmse(1e-8)
         case .bf16: .nmse(1e-7)
         }
@@ -34,7 +34,7 @@ public enum Comparison: Sendable, Hashable, CustomStringConvertible {
     /// one wrong element in a large tensor fails even where the mean hides it.
     public static func elementBound(for dtype: DType) -> Double {
         switch dtype {
-        case .f32, .i32: 1e-5
+        case .f32, .i32, .u8: 1e-5
         case .f16: 4e-3
         case .bf16: 3e-2
         }
@@ -181,6 +181,12 @@ public final class ConformanceRunner: @unchecked Sendable {
                 case (.i32, _):
                     let want = try reference.ints(e.tensor)
                     let got = try device.ints(a.tensor)
+                    if let i = want.indices.first(where: { want[$0] != got[$0] }) {
+                        return result(false, .nan, "\(a.name)[\(i)] = \(got[i]), reference \(want[i])")
+                    }
+                case (.u8, _):
+                    let want = try reference.codes(e.tensor)
+                    let got = try device.codes(a.tensor)
                     if let i = want.indices.first(where: { want[$0] != got[$0] }) {
                         return result(false, .nan, "\(a.name)[\(i)] = \(got[i]), reference \(want[i])")
                     }

@@ -95,7 +95,7 @@ enum RefusalCases {
             refusal("prepare_weights", "odd gate|up rows", "gate|up weights") { b in
                 let w = try b.prepareWeights(
                     b.tensor([Float](repeating: 0.5, count: 12), shape: [1, 3, 4], dtype: .f32), swiglu: true, pack: true)
-                return [CaseOutput("w", w.weight, .exact)]
+                return [CaseOutput("w", w.weight!, .exact)]
             },
             refusal("tensor", "host values against the shape", "tensor values") { b in
                 [CaseOutput("t", try b.tensor([1, 2, 3], shape: [2, 2], dtype: .f32), .exact)]

@@ -8,6 +8,7 @@ public enum Conformance {
         + LayerCases.layers + RefusalCases.cases + TensorBytesCases.cases + TokenMergeCases.all + SoftMoECases.all
         + TokenTopKCases.cases + GatherTokensCases.cases + ScatterTokensCases.cases + CompactCases.cases
         + ExpandTokensCases.cases
+        + QuantizedWeightsCases.quantize + QuantizedWeightsCases.matmul + QuantizedWeightsCases.layers
 
     /// The cases whose name matches `pattern` (a regular expression), or all when nil.
     public static func cases(matching pattern: String?) throws -> [ConformanceCase] {

@@ -167,6 +167,9 @@ struct Run: ParsableCommand {
     @Flag(help: "Use the weights in checkpoint layout instead of packing them once.")
     var noPack = false
 
+    @Option(help: "Quantize the experts' weights once: none, int8, int4 (groups of 128), int4-g32, int4-g128-zp (zero point), ..., or mxfp4 (converted on the host). Also reports the output's error against the unquantized layer.")
+    var quantize = "none"
+
     @Flag(help: "Also run the CPU reference and fail if the normalized error is over the tolerance.")
     var check = false
 
@@ -202,8 +205,15 @@ struct Run: ParsableCommand {
             let xHost: [Float]
             let xType: DType
             let makeReference: () throws -> (MoELayer, Tensor)
+            var makeUnquantized: (() throws -> MoELayer)?
             let name: String
+            guard let quantization = WeightQuantization(quantize) else {
+                throw ValidationError("--quantize \(quantize): expected none, int8, int4, int4-gN, int4-gN-zp or mxfp4")
+            }
             if let model {
+                if quantization != .none {
+                    throw ValidationError("--quantize applies to --config layers (loading quantized checkpoints is not here yet)")
+                }
                 guard let index = self.layer else { throw ValidationError("--model needs --layer N") }
                 guard let input else { throw ValidationError("--model needs --input X.safetensors (tensor 'x')") }
                 let checkpoint = try HFCheckpoint(folder: model)
@@ -245,9 +255,11 @@ struct Run: ParsableCommand {
                             + "the machine's \(host) bytes")
                 }
                 let seed: UInt64 = 20_261_124
-                layer = try MoELayer(
-                    backend: backend, config: c,
-                    weights: try MoEWeights.random(config: c, backend: backend, dtype: d, seed: seed), pack: !noPack)
+                let weights = try MoEWeights.random(config: c, backend: backend, dtype: d, seed: seed)
+                layer = try MoELayer(backend: backend, config: c, weights: weights, pack: !noPack, quantize: quantization)
+                if quantization != .none {
+                    makeUnquantized = { try MoELayer(backend: backend, config: c, weights: weights, pack: !noPack) }
+                }
                 var g = SeededGenerator(seed: seed ^ 0xABCD)
                 (xHost, xType) = (g.normals(tokens * c.hidden), d)
                 name = "\(config) (seeded random weights)"
@@ -257,7 +269,7 @@ struct Run: ParsableCommand {
                     return (try MoELayer(
                                 backend: reference, config: c,
                                 weights: try MoEWeights.random(config: c, backend: reference, dtype: d, seed: seed),
-                                pack: false),
+                                pack: false, quantize: quantization),
                             try reference.tensor(xHost, shape: [count, c.hidden], dtype: d))
                 }
             }
@@ -267,7 +279,14 @@ struct Run: ParsableCommand {
                 + "\(c.router.scoring.rawValue)\(c.router.expertGroups > 1 ? ", \(c.router.expertGroups) groups keep \(c.router.topKGroups)" : "")"
                 + "\(c.sharedFFN > 0 ? ", shared ffn \(c.sharedFFN)" : ""), input \(xType), T = \(t)")
             let x = try backend.tensor(xHost, shape: [t, c.hidden], dtype: xType)
+            if quantization != .none { print("weights \(layer.weightFormat) (routed and shared experts)") }
             try report(backend: backend, layer: layer, x: x, makeReference: makeReference)
+            if let makeUnquantized {
+                let float = try backend.floats(try makeUnquantized().forward(x).y)
+                let quantized = try backend.floats(try layer.forward(x).y)
+                print(String(format: "quantization  normalized error of the output vs the unquantized %@ layer: %.3e",
+                             xType.rawValue, ErrorMeasure.nmse(quantized, float)))
+            }
         }
     }
 

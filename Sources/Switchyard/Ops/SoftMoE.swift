@@ -39,10 +39,13 @@ public struct SoftMoEDispatch: Hashable, Sendable {
     init(validating x: Tensor, phi: ExpertWeights) throws {
         let s = try x.expectRank(3, "softMoEDispatch x", "[batches, tokens, d]")
         try x.expectDType(DType.floatingPoint, "softMoEDispatch x")
+        guard let phiWeight = phi.weight else {
+            throw SwitchyardError.unsupported("softMoEDispatch phi: quantized slot parameters are not supported; prepare Φᵀ unquantized")
+        }
         guard phi.experts == 1, !phi.swiglu, phi.inFeatures == s[2] else {
             throw SwitchyardError.shape(
                 argument: "softMoEDispatch phi", expected: "[1, slots, \(s[2])] (Φᵀ, prepared without SwiGLU)",
-                actual: phi.weight.shape)
+                actual: phiWeight.shape)
         }
         let n = phi.outFeatures
         guard s[1] <= Self.maxTokens else {
@@ -51,13 +54,13 @@ public struct SoftMoEDispatch: Hashable, Sendable {
         }
         guard n <= Self.maxSlots else {
             throw SwitchyardError.shape(
-                argument: "softMoEDispatch phi", expected: "[1, slots ≤ \(Self.maxSlots), d]", actual: phi.weight.shape)
+                argument: "softMoEDispatch phi", expected: "[1, slots ≤ \(Self.maxSlots), d]", actual: phiWeight.shape)
         }
         _ = try Tensor.checkedCount(s, dtype: x.dtype, "softMoEDispatch x")
         try Self.checkRows(batches: s[0], tokens: s[1], slots: n, "softMoEDispatch x")
         _ = try Tensor.checkedCount([s[0], max(s[1], n), n], dtype: .f32, "softMoEDispatch weights")
         _ = try Tensor.checkedCount([s[0], n, s[2]], dtype: x.dtype, "softMoEDispatch slots")
-        self.init(batches: s[0], tokens: s[1], dim: s[2], slots: n, dtype: x.dtype, phiDType: phi.weight.dtype)
+        self.init(batches: s[0], tokens: s[1], dim: s[2], slots: n, dtype: x.dtype, phiDType: phiWeight.dtype)
     }
 
     /// Row indices (batch × tokens, batch × slots) stay below 2³¹ in the kernels.
@@ -202,7 +205,7 @@ extension ReferenceBackend {
     public func softMoEDispatch(_ x: Tensor, phi: ExpertWeights) throws -> SoftMoESlots {
         let op = try SoftMoEDispatch(validating: x, phi: phi)
         let r = Reference.softMoEDispatch(
-            x: try hostFloats(x, "softMoEDispatch x"), phiT: try hostFloats(phi.weight, "softMoEDispatch phi"),
+            x: try hostFloats(x, "softMoEDispatch x"), phiT: try hostFloats(phi.weight!, "softMoEDispatch phi"),
             batches: op.batches, tokens: op.tokens, d: op.dim, slots: op.slots)
         return SoftMoESlots(
             slots: output(r.slots, shape: [op.batches, op.slots, op.dim], dtype: x.dtype).guarded(by: x.guards),

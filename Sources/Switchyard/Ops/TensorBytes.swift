@@ -85,7 +85,7 @@ extension DType {
         case .f32: .f32
         case .f16: .f16
         case .bf16: .bf16
-        case .i32: nil
+        case .i32, .u8: nil
         }
     }
 }
@@ -100,12 +100,14 @@ extension ReferenceBackend {
                 argument: label, expected: "at most \(memory / 2) bytes of host memory for the reference's 4-byte values",
                 actual: shape)
         }
+        if dtype == .u8 { return Tensor(shape: shape, dtype: dtype, storage: .host(.bytes(Array(repeating: 0, count: count)))) }
         if dtype == .i32 { return Tensor(shape: shape, dtype: dtype, storage: .host(.ints(Array(repeating: 0, count: count)))) }
         return Tensor(shape: shape, dtype: dtype, storage: .host(.floats(Array(repeating: 0, count: count))))
     }
 
     public func tensor(bytes: UnsafeRawBufferPointer, shape: [Int], dtype: DType) throws -> Tensor {
         _ = try TensorBytes(creating: shape, dtype: dtype, byteCount: bytes.count)
+        if dtype == .u8 { return Tensor(shape: shape, dtype: dtype, storage: .host(.bytes(Array(bytes)))) }
         if let storage = dtype.floatStorage {
             return Tensor(shape: shape, dtype: dtype, storage: .host(.floats(Reference.decodeFloats(bytes, as: storage))))
         }
@@ -126,6 +128,10 @@ extension ReferenceBackend {
                 values = .ints([])
                 ints.replaceSubrange(region, with: Reference.decodeInts(bytes))
                 values = .ints(ints)
+            case .bytes(var raw):
+                values = .ints([])
+                raw.replaceSubrange(region, with: Array(bytes))
+                values = .bytes(raw)
             }
         }
     }
@@ -147,6 +153,7 @@ extension ReferenceBackend {
         switch try host(tensor, "tensor") {
         case .floats(let values): return Reference.encode(values[region], as: tensor.dtype.floatStorage!)
         case .ints(let values): return Reference.encode(values[region])
+        case .bytes(let values): return Array(values[region])
         }
     }
 }

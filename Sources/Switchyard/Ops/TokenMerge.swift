@@ -220,6 +220,8 @@ extension ReferenceBackend {
             let r = Reference.tokenUnmerge(
                 y: v, sourceMap: map, batches: op.batches, rows: op.rows, tokens: op.tokens, d: op.dim)
             (values, invalid) = (.ints(r.values), r.invalid)
+        case .bytes:
+            throw SwitchyardError.dtype(argument: "tokenUnmerge y", expected: "f32, f16, bf16 or i32", actual: y.dtype)
         }
         let flags = Tensor(shape: [5], dtype: .i32, storage: .host(.ints([0, 0, 0, 0, invalid ? 1 : 0])))
         return Tensor(shape: shape, dtype: y.dtype, storage: .host(values)).guarded(by: [flags] + y.guards + sourceMap.guards)
