@@ -172,13 +172,27 @@ public final class HFCheckpoint: @unchecked Sendable {
     /// Loads layer `layer`'s MoE block onto `backend`, weights in their checkpoint storage type
     /// (the router bias in f32).
     public func loadLayer(_ layer: Int, backend: any ComputeBackend, pack: Bool = true) throws -> MoELayer {
+        let (c, weights) = try loadWeights(layer, backend: backend)
+        return try MoELayer(backend: backend, config: c, weights: weights, pack: pack)
+    }
+
+    /// Layer `layer`'s config and weights on `backend`; with `experts`, only those routed experts'
+    /// gate|up and down, in that order (`[experts.count, 2·ffn, hidden]`, `[experts.count, hidden,
+    /// ffn]`): what one rank of an expert-parallel layer holds. Router, bias and shared experts whole.
+    public func loadWeights(_ layer: Int, backend: any ComputeBackend, experts chosen: [Int]? = nil) throws
+        -> (config: MoEConfig, weights: MoEWeights)
+    {
         let c = try moeConfig(layer: layer)
         let h = c.hidden
         let f = c.ffn
         let p = prefix(layer)
+        let list = chosen ?? Array(0..<c.experts)
+        for e in list where !(0..<c.experts).contains(e) {
+            throw CheckpointError("layer \(layer): expert \(e) is out of range 0..<\(c.experts)")
+        }
         // The expert weights pass through host f32 here: refuse before allocating what the host lacks.
         var floats = 1
-        for extent in [c.experts, 3, f, h] {
+        for extent in [list.count, 3, f, h] {
             let (product, overflow) = floats.multipliedReportingOverflow(by: extent)
             guard !overflow else { throw CheckpointError("layer \(layer): experts × 3 × ffn × hidden overflows") }
             floats = product
@@ -192,10 +206,10 @@ public final class HFCheckpoint: @unchecked Sendable {
         let router = try tensor(p + "gate.weight", shape: [c.experts, h])
         var gateUp: [Float] = []
         var down: [Float] = []
-        gateUp.reserveCapacity(c.experts * 2 * f * h)
-        down.reserveCapacity(c.experts * h * f)
+        gateUp.reserveCapacity(list.count * 2 * f * h)
+        down.reserveCapacity(list.count * h * f)
         var expertType: DType?
-        for e in 0..<c.experts {
+        for e in list {
             let n = expertNames(layer, e)
             let g = try tensor(n.gate, shape: [f, h])
             let u = try tensor(n.up, shape: [f, h])
@@ -208,8 +222,8 @@ public final class HFCheckpoint: @unchecked Sendable {
         let wt = expertType ?? .f32
         var weights = MoEWeights(
             router: try backend.tensor(router.values, shape: [c.experts, h], dtype: router.dtype),
-            gateUp: try backend.tensor(gateUp, shape: [c.experts, 2 * f, h], dtype: wt),
-            down: try backend.tensor(down, shape: [c.experts, h, f], dtype: wt))
+            gateUp: try backend.tensor(gateUp, shape: [list.count, 2 * f, h], dtype: wt),
+            down: try backend.tensor(down, shape: [list.count, h, f], dtype: wt))
         if c.routerBias {
             let b = try tensor(p + "gate.e_score_correction_bias", shape: [c.experts])
             weights.bias = try backend.tensor(b.values, shape: [c.experts], dtype: .f32)
@@ -226,6 +240,6 @@ public final class HFCheckpoint: @unchecked Sendable {
                 weights.sharedGate = try backend.tensor(gate.values, shape: [1, h], dtype: gate.dtype)
             }
         }
-        return try MoELayer(backend: backend, config: c, weights: weights, pack: pack)
+        return (c, weights)
     }
 }

@@ -352,6 +352,18 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
         return t
     }
 
+    /// A tensor holding `bytes`, the raw elements of `shape` in `dtype` (as `bytes(_:)` returns
+    /// them): rows received from another process keep their exact bits, no conversion.
+    public func tensor(bytes: [UInt8], shape: [Int], dtype: DType) throws -> Tensor {
+        let expected = try Tensor.checkedCount(shape, dtype: dtype, "tensor bytes") * dtype.size
+        if bytes.count != expected {
+            throw SwitchyardError.hostData(argument: "tensor bytes", expected: expected, actual: bytes.count)
+        }
+        let t = try empty(shape: shape, dtype: dtype, label: "input")
+        try t.buffer!.upload(bytes)
+        return t
+    }
+
     func deviceBuffer(_ tensor: Tensor, _ argument: String) throws -> Buffer {
         guard let buffer = tensor.buffer else {
             throw SwitchyardError.backendMismatch(argument: argument, expected: name, actual: "the reference backend")
