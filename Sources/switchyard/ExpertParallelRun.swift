@@ -46,8 +46,17 @@ extension Run {
             guard tokens >= 0, tokens <= 1 << 22 else { throw ValidationError("--tokens must be in 0...\(1 << 22)") }
             c = named
             d = dt
-            var g = SeededGenerator(seed: seed ^ 0xABCD)
-            globalX = g.normals(tokens * c.hidden)
+            if let input {
+                // The input from a file (tensor 'x' [T, hidden]) instead of seeded random tokens.
+                let x = try SafeTensorsFile(path: input).floats("x")
+                guard x.shape.count == 2, x.shape[1] == c.hidden else {
+                    throw ValidationError("\(input): tensor 'x' has shape \(x.shape); expected [T, \(c.hidden)]")
+                }
+                globalX = x.values
+            } else {
+                var g = SeededGenerator(seed: seed ^ 0xABCD)
+                globalX = g.normals(tokens * c.hidden)
+            }
         }
         if let capacityFactor {
             c.router.capacityFactor = capacityFactor
@@ -128,17 +137,24 @@ extension Run {
 
         let x = try backend.tensor(localX, shape: [split[me], h], dtype: d)
         // Warm-up (kernel builds), then timed forwards; every rank starts each one together.
-        _ = try layer.forward(x, synchronize: true)
+        // With --iterations 0 (the tests), one forward only: its times include the builds.
+        guard iterations >= 0 else { throw ValidationError("--iterations must be at least 0") }
+        if iterations > 0 { _ = try layer.forward(x, synchronize: true) }
         var wall: [Double] = []
         var timings: [ExpertParallelMoELayer.Timing] = []
-        for _ in 0..<max(1, iterations) {
+        for _ in 0..<iterations {
             try comm.barrier()
             let start = Date()
             let out = try layer.forward(x, synchronize: true)
             wall.append(Date().timeIntervalSince(start))
             timings.append(out.timing)
         }
+        let finalStart = Date()
         let final = try layer.forward(x, synchronize: true, stats: true)
+        if iterations == 0 {
+            wall = [Date().timeIntervalSince(finalStart)]
+            timings = [final.timing]
+        }
         func median(_ v: [Double]) -> Double { v.sorted()[v.count / 2] }
         let load = final.load
         let mineRow: [Double] = [
@@ -155,9 +171,10 @@ extension Run {
                        Int(v(2)), Int(v(3)), v(4) * 1e3, v(5) * 1e3, v(6) * 1e3, v(7) * 1e3, v(8) / 1e6))
         }
         let slowest = (0..<p).max { rows[7][$0] < rows[7][$1] } ?? 0
-        say(String(format: "layer   %.2f ms (slowest rank %d, median of %d): compute %.2f ms, staging %.2f ms, exchange %.2f ms",
-                   rows[7][slowest] * 1e3, slowest, wall.count, rows[4][slowest] * 1e3, rows[5][slowest] * 1e3,
-                   rows[6][slowest] * 1e3))
+        let how = iterations == 0 ? "one forward with the program builds" : "median of \(wall.count)"
+        say(String(format: "layer   %.2f ms (slowest rank %d, ", rows[7][slowest] * 1e3, slowest) + how
+            + String(format: "): compute %.2f ms, staging %.2f ms, exchange %.2f ms", rows[4][slowest] * 1e3,
+                     rows[5][slowest] * 1e3, rows[6][slowest] * 1e3))
         let perToken = { (i: Int) in rows[i].reduce(0, +) / Double(max(1, globalTokens)) }
         let rowBytes = Double(h * d.size)
         say(String(format: "bytes   per token to other ranks: %.0f B (payload %.0f B = %.2f rows of %.0f B, metadata %.0f B); "
