@@ -77,6 +77,33 @@ struct ExpertParallelTests {
         #expect(output.contains("rank 1 failed in the routing phase"), "\(output)")
     }
 
+    /// A real checkpoint layout (Hugging Face DeepSeek-V3, bf16, sharded; written by
+    /// Tests/Fixtures/hf_moe.py): each rank reads only its experts; scattered placement.
+    @Test func checkpointSplitAcrossRanks() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("ep-checkpoint-\(getpid())")
+        try? FileManager.default.removeItem(at: folder)
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../Fixtures/hf_moe.py").standardized.path
+        let python = Process()
+        python.executableURL = URL(fileURLWithPath: Self.executable("python3") ?? "/usr/bin/python3")
+        python.arguments = [script, "make", folder.path, "deepseek_v3", "bf16", "sharded", "7"]
+        let pipe = Pipe()
+        python.standardOutput = pipe
+        try python.run()
+        let printed = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        python.waitUntilExit()
+        let layer = printed.trimmingCharacters(in: .whitespacesAndNewlines)
+        try #require(python.terminationStatus == 0 && Int(layer) != nil, "hf_moe.py failed: \(printed)")
+        let (status, output) = try Self.mpirun(
+            ranks: 2, ["--model", folder.path, "--layer", layer, "--input", folder.appendingPathComponent("x.safetensors").path,
+                       "--placement", "1,0,0,1,1,0,0,1,1,0,0,1,1,1,1,1", "--device", "0"])
+        #expect(status == 0, "mpirun exited with \(status):\n\(output)")
+        #expect(output.contains("deepseek_v3 layer"), "\(output)")
+        #expect(output.contains("check   bitwise equal to the single-process MoELayer on all 2 ranks"), "\(output)")
+    }
+
     @Test func placementsAreChecked() throws {
         let p = try ExpertPlacement.contiguous(experts: 10, ranks: 4)
         #expect(p.rankOf == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3])
