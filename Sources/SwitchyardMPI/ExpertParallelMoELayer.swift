@@ -13,7 +13,7 @@ import Switchyard
 ///    gather of those rows;
 /// 2. `MPI_Alltoall` of the row counts, `MPI_Alltoallv` of the rows (payload in the activations'
 ///    dtype, f32/f16/bf16 bits unchanged) and of their metadata (local expert, routing weight,
-///    origin: the global assignment index);
+///    origin: the global assignment index); a rank's rows for its own experts stay on the device;
 /// 3. on the rows received, in global token order, the local experts' routing (capacity per
 ///    expert computed from the global token count, the same drop priority), grouped gate|up
 ///    with SwiGLU and grouped down: the same kernels as `MoELayer`, whose per-row results do not
@@ -245,6 +245,8 @@ public final class ExpertParallelMoELayer: @unchecked Sendable {
         var dispatch: Routing?
         var gating: Gating?
         var sendBytes: [UInt8] = []
+        // The rows in destination order, on the device: this rank's own block stays there.
+        var dispatched: Tensor?
         var sendRows = [Int](repeating: 0, count: p)
         var assignmentOf: [Int32] = []
         var renumberedIds: [Int32] = []
@@ -273,6 +275,7 @@ public final class ExpertParallelMoELayer: @unchecked Sendable {
                     let r = try backend.permute(byRank, blockSize: 1)
                     dispatch = r
                     let rows = try backend.gather(x, routing: r, dtype: dtype)
+                    dispatched = rows
                     try backend.synchronize()
                     try timed(\.staging) {
                         let offsets = try backend.ints(r.offsets)
@@ -281,7 +284,10 @@ public final class ExpertParallelMoELayer: @unchecked Sendable {
                             throw SwitchyardError.invalidValues(
                                 argument: "expert ids", detail: "\(t * k - sendRows.reduce(0, +)) assignments have no rank")
                         }
-                        sendBytes = try backend.bytes(rows)
+                        // Only the rows for other ranks go to the host.
+                        let own = Self.block(sendRows, comm.rank)
+                        sendBytes = try backend.bytes(rows, rows: 0..<own.lowerBound)
+                            + backend.bytes(rows, rows: own.upperBound..<(t * k))
                         assignmentOf = try backend.ints(r.assignmentOf)
                         if identityRenumbering { renumberedIds = try backend.ints(g.ids) }
                         weightBits = try backend.floats(g.weights).map(\.bitPattern)
@@ -340,7 +346,10 @@ public final class ExpertParallelMoELayer: @unchecked Sendable {
         let (received, receivedMeta, receivedRows) = try timed(\.exchange) {
             let counts = try comm.allToAll(sendRows.map { Int32($0) })
             let recvRows = counts.map { Int($0) }
-            let rows = try comm.allToAllv(sendBytes, rowBytes: rowBytes, sendRows: sendRows, recvRows: recvRows)
+            // The rows of this rank's own block stay on the device: none to itself through MPI.
+            let rows = try comm.allToAllv(
+                sendBytes, rowBytes: rowBytes, sendRows: Self.excluding(sendRows, comm.rank),
+                recvRows: Self.excluding(recvRows, comm.rank))
             let metaBytes = meta.withUnsafeBytes { Array($0) }
             let m = try comm.allToAllv(metaBytes, rowBytes: 12, sendRows: sendRows, recvRows: recvRows)
             return (rows, m, recvRows)
@@ -350,6 +359,7 @@ public final class ExpertParallelMoELayer: @unchecked Sendable {
         // 3. The local experts on the rows received.
         let totalReceived = receivedRows.reduce(0, +)
         var backBytes: [UInt8] = []
+        var back: Tensor?
         var localRouting: Routing?
         status = try timed(\.exchange) {
             try Self.status(comm, "local experts") {
@@ -388,7 +398,14 @@ public final class ExpertParallelMoELayer: @unchecked Sendable {
                 }
                 try timed(\.compute) {
                     let xr = try timed(\.staging) {
-                        try backend.tensor(bytes: received, shape: [totalReceived, h], dtype: dtype)
+                        // Received rows in rank order, this rank's own block copied on the device.
+                        let own = Self.block(receivedRows, comm.rank)
+                        let before = own.lowerBound * rowBytes
+                        return try backend.tensor(
+                            concatenating: [.bytes(Array(received[..<before]), rows: own.lowerBound),
+                                            .rows(dispatched!, Self.block(sendRows, comm.rank)),
+                                            .bytes(Array(received[before...]), rows: totalReceived - own.upperBound)],
+                            rowShape: [h], dtype: dtype)
                     }
                     // The local routing: one slot per received row, the global capacity.
                     let localConfig = try Self.localRouter(
@@ -407,16 +424,24 @@ public final class ExpertParallelMoELayer: @unchecked Sendable {
                     // Back to the received order: combine with unit weights copies each row exactly
                     // (dropped rows come out zero).
                     let ones = try backend.tensor([Float](repeating: 1, count: totalReceived), shape: [totalReceived, 1], dtype: .f32)
-                    let back = try backend.combine(ys, routing: try routing.replacingWeights(ones), residual: nil, dtype: dtype)
+                    let results = try backend.combine(ys, routing: try routing.replacingWeights(ones), residual: nil, dtype: dtype)
+                    back = results
                     try backend.synchronize()
-                    backBytes = try timed(\.staging) { try backend.bytes(back) }
+                    // Only the results for other ranks go to the host.
+                    let own = Self.block(receivedRows, comm.rank)
+                    backBytes = try timed(\.staging) {
+                        try backend.bytes(results, rows: 0..<own.lowerBound)
+                            + backend.bytes(results, rows: own.upperBound..<totalReceived)
+                    }
                 }
             }
         }
 
         // 4. Results home, combined in slot order with the shared experts.
         let home = try timed(\.exchange) {
-            try comm.allToAllv(backBytes, rowBytes: rowBytes, sendRows: receivedRows, recvRows: sendRows)
+            try comm.allToAllv(
+                backBytes, rowBytes: rowBytes, sendRows: Self.excluding(receivedRows, comm.rank),
+                recvRows: Self.excluding(sendRows, comm.rank))
         }
         backBytes = []
         var y: Tensor?
@@ -425,7 +450,15 @@ public final class ExpertParallelMoELayer: @unchecked Sendable {
             try Self.status(comm, "combine") {
                 guard let dispatch, let gating else { throw SwitchyardError.unsupported("no routing") }
                 try timed(\.compute) {
-                    let ys = try timed(\.staging) { try backend.tensor(bytes: home, shape: [t * k, h], dtype: dtype) }
+                    let ys = try timed(\.staging) {
+                        // Results in this rank's dispatch order, its own block copied on the device.
+                        let own = Self.block(sendRows, comm.rank)
+                        let before = own.lowerBound * rowBytes
+                        var blocks: [OpenCLBackend.RowBlock] = [.bytes(Array(home[..<before]), rows: own.lowerBound)]
+                        if let back, !own.isEmpty { blocks.append(.rows(back, Self.block(receivedRows, comm.rank))) }
+                        blocks.append(.bytes(Array(home[before...]), rows: t * k - own.upperBound))
+                        return try backend.tensor(concatenating: blocks, rowShape: [h], dtype: dtype)
+                    }
                     var shared: Tensor?
                     if let sharedGateUp, let sharedDown {
                         let hs = try backend.groupedMatmul(x, weights: sharedGateUp, epilogue: .swiglu)
@@ -463,6 +496,19 @@ public final class ExpertParallelMoELayer: @unchecked Sendable {
                 tokens: t, globalTokens: globalTokens, sentRows: sendRows, receivedRows: receivedRows, keptRows: kept,
                 bytesToOthers: toOthers, payloadBytesToOthers: payload, minimumBytesToOthers: minimum),
             timing: timing, stats: stats)
+    }
+
+    /// Rows of rank `q`'s block among blocks of `counts` rows in rank order.
+    static func block(_ counts: [Int], _ q: Int) -> Range<Int> {
+        let start = counts.prefix(q).reduce(0, +)
+        return start..<(start + counts[q])
+    }
+
+    /// `counts` with rank `q`'s entry 0 (its block does not go through MPI).
+    static func excluding(_ counts: [Int], _ q: Int) -> [Int] {
+        var c = counts
+        c[q] = 0
+        return c
     }
 
     /// The router config of a rank's local routing: one slot per received row over its `experts`

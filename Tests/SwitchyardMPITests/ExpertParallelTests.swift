@@ -87,15 +87,20 @@ struct ExpertParallelTests {
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
             .appendingPathComponent("../Fixtures/hf_moe.py").standardized.path
         let python = Process()
-        python.executableURL = URL(fileURLWithPath: Self.executable("python3") ?? "/usr/bin/python3")
-        python.arguments = [script, "make", folder.path, "deepseek_v3", "bf16", "sharded", "7"]
+        python.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        python.arguments = ["python3", script, "make", folder.path, "deepseek_v3", "bf16", "sharded", "7"]
         let pipe = Pipe()
+        let errors = Pipe()
         python.standardOutput = pipe
+        python.standardError = errors
         try python.run()
         let printed = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let complaints = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         python.waitUntilExit()
         let layer = printed.trimmingCharacters(in: .whitespacesAndNewlines)
-        try #require(python.terminationStatus == 0 && Int(layer) != nil, "hf_moe.py failed: \(printed)")
+        try #require(
+            python.terminationStatus == 0 && Int(layer) != nil,
+            "hf_moe.py failed (python3 with numpy and safetensors is needed): \(printed)\(complaints)")
         let (status, output) = try Self.mpirun(
             ranks: 2, ["--model", folder.path, "--layer", layer, "--input", folder.appendingPathComponent("x.safetensors").path,
                        "--placement", "1,0,0,1,1,0,0,1,1,0,0,1,1,1,1,1", "--device", "0"])
