@@ -7,8 +7,10 @@ per-rank rates (docs/expert-parallelism.md states the model and where the rates 
 
 Model, per rank, each rank holding E/P experts and T tokens, routing balanced (rows = T*k):
   compute  = T * (2*h*E + k*6*h*f + 6*h*f_shared) / R_compute      (router, routed, shared experts)
-  staging  = 4 * rows * rowBytes / R_staging                        (rows device->host, host->device;
-                                                                     results the same way back)
+  staging  = 4 * rows * (P-1)/P * rowBytes / R_staging              (rows for other ranks device->host,
+                                                                     host->device; results the same way
+                                                                     back; a rank's own rows stay on the
+                                                                     device)
   exchange = 7 * (P-1) * latency                                    (7 collectives, P-1 peers each)
            + 2 * rows * (P-1)/P * (2*rowBytes + 12) / R_exchange    (rows+metadata out, results back;
                                                                      R counts bytes sent + received)
@@ -24,10 +26,10 @@ H, F, E, K, F_SHARED, ROW_BYTES = 7168, 2048, 256, 8, 2048, 7168 * 2  # DeepSeek
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--compute", type=float, default=63.6, help="GFLOP/s per rank")
-    ap.add_argument("--exchange", type=float, default=0.28, help="GB/s per rank, bytes sent + received")
-    ap.add_argument("--staging", type=float, default=2.0, help="GB/s device<->host per rank")
-    ap.add_argument("--latency", type=float, default=4.0, help="microseconds per collective and peer")
+    ap.add_argument("--compute", type=float, default=168.7, help="GFLOP/s per rank")
+    ap.add_argument("--exchange", type=float, default=1.17, help="GB/s per rank, bytes sent + received")
+    ap.add_argument("--staging", type=float, default=4.2, help="GB/s device<->host per rank")
+    ap.add_argument("--latency", type=float, default=8.0, help="microseconds per collective and peer")
     ap.add_argument("--tokens-per-rank", type=int, nargs="+", default=[4096, 128])
     a = ap.parse_args()
     print(f"rates: compute {a.compute} GFLOP/s, exchange {a.exchange} GB/s, staging {a.staging} GB/s, "
@@ -36,11 +38,11 @@ def main():
         rows = t * K
         flops = t * (2 * H * E + K * 6 * H * F + 6 * H * F_SHARED)
         compute = flops / (a.compute * 1e9)
-        staging = 4 * rows * ROW_BYTES / (a.staging * 1e9)
         print(f"\n{t} tokens per rank ({rows} rows, {flops / 1e12:.3f} TFLOP per rank)")
         print("   P  experts/rank  compute s  staging s  exchange s   layer s  exchange share  bytes/token  least")
         for p in (8, 16, 32, 64):
             remote = (p - 1) / p
+            staging = 4 * rows * remote * ROW_BYTES / (a.staging * 1e9)
             exchange = 7 * (p - 1) * a.latency * 1e-6 + 2 * rows * remote * (2 * ROW_BYTES + 12) / (a.exchange * 1e9)
             layer = compute + staging + exchange
             per_token = K * remote * (2 * ROW_BYTES + 12)
