@@ -87,7 +87,7 @@ let package = Package(
         .testTarget(name: "SwitchyardReferenceTests", dependencies: ["SwitchyardReference"]),
         // Starts `mpirun -np 2/4` on the switchyard command and checks expert parallelism
         // against the single-process layer bitwise.
-        .testTarget(name: "SwitchyardMPITests", dependencies: ["SwitchyardMPI", "Switchyard"]),
+        .testTarget(name: "SwitchyardMPITests", dependencies: ["SwitchyardMPI", "Switchyard", "OpenCLHost"]),
         .testTarget(
             name: "SwitchyardConformanceTests",
             dependencies: ["Switchyard", "SwitchyardConformance", "SwitchyardReference", "OpenCLHost"]

@@ -57,15 +57,9 @@ public final class Communicator: @unchecked Sendable {
         return initialized != 0 && finalized == 0
     }
 
-    /// Whether this process was started by an MPI launcher (`mpirun`, `mpiexec`): without one,
-    /// `MPI_Init` makes a world of one rank.
-    public static var launchedByMPI: Bool {
-        let env = ProcessInfo.environmentKeys
-        return env.contains("OMPI_COMM_WORLD_SIZE") || env.contains("PMI_SIZE") || env.contains("PMIX_RANK")
-    }
-
     /// `MPI_COMM_WORLD`, initializing MPI (`MPI_Init_thread`, funneled: MPI calls from the thread
-    /// that made them) on first use. Throws after `finalize()`.
+    /// that made them) on first use; without `mpirun`, a world of one rank. Throws after
+    /// `finalize()`.
     public static func world() throws -> Communicator {
         var finalized: Int32 = 0
         try MPIError.check(MPI_Finalized(&finalized), "MPI_Finalized")
@@ -234,10 +228,4 @@ public final class Communicator: @unchecked Sendable {
         try MPIError.check(code, "MPI_Allreduce")
         return out
     }
-}
-
-import Foundation
-
-extension ProcessInfo {
-    fileprivate static var environmentKeys: Set<String> { Set(ProcessInfo.processInfo.environment.keys) }
 }

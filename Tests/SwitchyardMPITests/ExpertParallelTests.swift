@@ -1,4 +1,5 @@
 import Foundation
+import OpenCLHost
 import Switchyard
 import SwitchyardMPI
 import Testing
@@ -132,6 +133,53 @@ struct ExpertParallelTests {
         refused([[0, 0], [-1, -1]], "expertMap of rank 0, expert 1")
         refused([[0, -2], [-1, 0]], "expertMap of rank 0, expert 1")
         refused([[0, -1], [-1]], "expertMap of rank 1")
+    }
+
+    /// The Switchyard calls the exchange is built on: raw bytes in and out by row ranges, row
+    /// blocks concatenated from host bytes and device rows, routing weights replaced; each
+    /// refuses bad input with an error naming the argument.
+    @Test func rowBlocksBytesAndReplacedWeights() throws {
+        let backend = try OpenCLBackend(device: try Device.select("0"))
+        let values = (0..<15).map { Float($0) - 7.25 }
+        for dtype in [DType.f32, .f16, .bf16] {
+            let a = try backend.tensor(values, shape: [5, 3], dtype: dtype)
+            let raw = try backend.bytes(a)
+            let row = 3 * dtype.size
+            #expect(try backend.bytes(a, rows: 1..<4) == Array(raw[row..<(4 * row)]))
+            #expect(try backend.bytes(a, rows: 2..<2).isEmpty)
+            #expect(try backend.bytes(try backend.tensor(bytes: raw, shape: [5, 3], dtype: dtype)) == raw)
+            let c = try backend.tensor(
+                concatenating: [.bytes(Array(raw[(4 * row)...]), rows: 1), .rows(a, 0..<2), .bytes([], rows: 0), .rows(a, 3..<3)],
+                rowShape: [3], dtype: dtype)
+            #expect(c.shape == [3, 3])
+            #expect(try backend.bytes(c) == Array(raw[(4 * row)...]) + Array(raw[..<(2 * row)]))
+            #expect(throws: SwitchyardError.self) { try backend.tensor(bytes: Array(raw.dropLast()), shape: [5, 3], dtype: dtype) }
+            #expect(throws: SwitchyardError.self) { try backend.bytes(a, rows: 4..<6) }
+            #expect(throws: SwitchyardError.self) {
+                try backend.tensor(concatenating: [.bytes(Array(raw[..<row]), rows: 2)], rowShape: [3], dtype: dtype)
+            }
+            #expect(throws: SwitchyardError.self) {
+                try backend.tensor(concatenating: [.rows(a, 0..<6)], rowShape: [3], dtype: dtype)
+            }
+            #expect(throws: SwitchyardError.self) {
+                try backend.tensor(concatenating: [.rows(a, 0..<1)], rowShape: [4], dtype: dtype)
+            }
+        }
+        let other = try backend.tensor(values, shape: [5, 3], dtype: .f32)
+        #expect(throws: SwitchyardError.self) {
+            try backend.tensor(concatenating: [.rows(other, 0..<1)], rowShape: [3], dtype: .bf16)
+        }
+        let routing = try backend.route(
+            try backend.tensor((0..<12).map { Float($0 % 5) }, shape: [3, 4], dtype: .f32), config: .mixtral(experts: 4, k: 2))
+        let ones = try backend.tensor([Float](repeating: 1, count: 6), shape: [3, 2], dtype: .f32)
+        let replaced = try routing.replacingWeights(ones)
+        #expect(try backend.floats(replaced.weights) == [Float](repeating: 1, count: 6))
+        #expect(try backend.ints(replaced.rowOf) == backend.ints(routing.rowOf))
+        #expect(throws: SwitchyardError.self) { try routing.replacingWeights(try backend.tensor([1, 1], shape: [2, 1], dtype: .f32)) }
+        #expect(throws: SwitchyardError.self) { try routing.replacingWeights(try backend.tensor([Int32](repeating: 1, count: 6), shape: [3, 2])) }
+        #expect(throws: SwitchyardError.self) {
+            try routing.replacingWeights(try ReferenceBackend().tensor([Float](repeating: 1, count: 6), shape: [3, 2], dtype: .f32))
+        }
     }
 
     // MARK: - Running mpirun
