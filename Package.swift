@@ -79,6 +79,7 @@ let package = Package(
             name: "switchyard-bench",
             dependencies: [
                 "Switchyard", "SwitchyardConformance", "SwitchyardReference", "OpenCLHost", "COpenBLAS", "CCLBlast",
+                "SwitchyardMPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Benchmarks/switchyard-bench"

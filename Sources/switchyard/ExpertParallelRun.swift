@@ -139,47 +139,23 @@ extension Run {
         // Warm-up (kernel builds), then timed forwards; every rank starts each one together.
         // With --iterations 0 (the tests), one forward only: its times include the builds.
         guard iterations >= 0 else { throw ValidationError("--iterations must be at least 0") }
-        if iterations > 0 { _ = try layer.forward(x, synchronize: true) }
-        var wall: [Double] = []
-        var timings: [ExpertParallelMoELayer.Timing] = []
-        for _ in 0..<iterations {
-            try comm.barrier()
-            let start = Date()
-            let out = try layer.forward(x, synchronize: true)
-            wall.append(Date().timeIntervalSince(start))
-            timings.append(out.timing)
-        }
-        let finalStart = Date()
-        let final = try layer.forward(x, synchronize: true, stats: true)
-        if iterations == 0 {
-            wall = [Date().timeIntervalSince(finalStart)]
-            timings = [final.timing]
-        }
-        func median(_ v: [Double]) -> Double { v.sorted()[v.count / 2] }
-        let load = final.load
-        let mineRow: [Double] = [
-            Double(load.tokens), Double(mine.count), Double(load.receivedRows.reduce(0, +)), Double(load.keptRows),
-            median(timings.map(\.compute)), median(timings.map(\.staging)), median(timings.map(\.exchange)), median(wall),
-            Double(load.bytesToOthers), Double(load.payloadBytesToOthers), Double(load.minimumBytesToOthers),
-        ]
-        var rows: [[Double]] = []
-        for value in mineRow { rows.append(try comm.allGather(value)) }
+        let (m, final) = try layer.measure(x, iterations: iterations)
         say("rank  tokens  experts  rows in  kept   compute ms  staging ms  exchange ms  forward ms  sent to others")
-        for r in 0..<p {
-            func v(_ i: Int) -> Double { rows[i][r] }
-            say(String(format: "%4d  %6d  %7d  %7d  %5d  %10.2f  %10.2f  %11.2f  %10.2f  %9.2f MB", r, Int(v(0)), Int(v(1)),
-                       Int(v(2)), Int(v(3)), v(4) * 1e3, v(5) * 1e3, v(6) * 1e3, v(7) * 1e3, v(8) / 1e6))
+        for (r, v) in m.ranks.enumerated() {
+            say(String(format: "%4d  %6d  %7d  %7d  %5d  %10.2f  %10.2f  %11.2f  %10.2f  %9.2f MB", r, v.tokens, v.experts,
+                       v.rowsIn, v.kept, v.computeSeconds * 1e3, v.stagingSeconds * 1e3, v.exchangeSeconds * 1e3,
+                       v.forwardSeconds * 1e3, Double(v.bytesToOthers) / 1e6))
         }
-        let slowest = (0..<p).max { rows[7][$0] < rows[7][$1] } ?? 0
-        let how = iterations == 0 ? "one forward with the program builds" : "median of \(wall.count)"
-        say(String(format: "layer   %.2f ms (slowest rank %d, ", rows[7][slowest] * 1e3, slowest) + how
-            + String(format: "): compute %.2f ms, staging %.2f ms, exchange %.2f ms", rows[4][slowest] * 1e3,
-                     rows[5][slowest] * 1e3, rows[6][slowest] * 1e3))
-        let perToken = { (i: Int) in rows[i].reduce(0, +) / Double(max(1, globalTokens)) }
-        let rowBytes = Double(h * d.size)
+        let slow = m.ranks[m.slowest]
+        let how = iterations == 0 ? "one forward with the program builds" : "median of \(iterations)"
+        say(String(format: "layer   %.2f ms (slowest rank %d, ", m.layerSeconds * 1e3, m.slowest) + how
+            + String(format: "): compute %.2f ms, staging %.2f ms, exchange %.2f ms", slow.computeSeconds * 1e3,
+                     slow.stagingSeconds * 1e3, slow.exchangeSeconds * 1e3))
+        let rowBytes = Double(m.rowBytes)
         say(String(format: "bytes   per token to other ranks: %.0f B (payload %.0f B = %.2f rows of %.0f B, metadata %.0f B); "
                    + "least possible %.0f B (one row to each other rank holding an expert, one back)",
-                   perToken(8), perToken(9), perToken(9) / rowBytes, rowBytes, perToken(8) - perToken(9), perToken(10)))
+                   m.bytesPerToken, m.payloadBytesPerToken, m.payloadBytesPerToken / rowBytes, rowBytes,
+                   m.bytesPerToken - m.payloadBytesPerToken, m.leastBytesPerToken))
         if let stats = final.stats {
             say("load    per expert \(stats.tokensPerExpert), dropped \(stats.dropped)")
             say(String(format: "loss    balance %.4f, z %.4f", stats.balanceLoss, stats.zLoss))
