@@ -63,38 +63,34 @@ public final class ExpertParallelMoELayer: @unchecked Sendable {
         self.config = c
         self.communicator = communicator
         let e = c.experts
-        // Every rank's map (or its contiguous block) and its config, gathered so that all ranks
-        // see the same placement and refuse the same way.
-        let summary: [Int32] = [Int32(e), Int32(c.router.k), Int32(c.hidden), Int32(c.ffn), Int32(c.sharedFFN)]
-        var mine = [Int32](repeating: -1, count: e)
-        var status: Int32 = 0
-        if let expertMap {
-            if expertMap.count == e && expertMap.allSatisfy({ $0 >= -1 && $0 <= Int(Int32.max) }) {
+        // Every rank's config, then its map (or its contiguous block), gathered so that all ranks
+        // see the same placement and refuse the same way. The first gather has a fixed size, so
+        // ranks with different configs meet in it and all refuse.
+        let summary: [Int32] = [c.experts, c.router.k, c.hidden, c.ffn, c.sharedFFN].map { Int32(clamping: $0) }
+        var mine = [Int32]()
+        let _ = try Self.status(communicator, "layer config", extras: { summary }) {
+            try c.router.validate(experts: e)
+            if let expertMap {
+                guard expertMap.count == e else {
+                    throw SwitchyardError.shape(argument: "expertMap", expected: "[\(e)]", actual: [expertMap.count])
+                }
+                for (expert, index) in expertMap.enumerated() where index < -1 || index > e {
+                    throw SwitchyardError.outOfRange(argument: "expertMap[\(expert)]", value: index, range: "-1 or 0..<\(e)")
+                }
                 mine = expertMap.map { Int32($0) }
             } else {
-                status = 1
+                mine = try ExpertPlacement.contiguous(experts: e, ranks: communicator.size)
+                    .expertMap(rank: communicator.rank).map { Int32($0) }
             }
-        } else {
-            let contiguous = try ExpertPlacement.contiguous(experts: e, ranks: communicator.size)
-            mine = contiguous.expertMap(rank: communicator.rank).map { Int32($0) }
-        }
-        let width = 1 + summary.count + e
-        let gathered = try communicator.allGather([status] + summary + mine)
-        for r in 0..<communicator.size {
-            let block = Array(gathered[(r * width)..<((r + 1) * width)])
-            if block[0] != 0 {
-                throw SwitchyardError.shape(
-                    argument: "expertMap of rank \(r)", expected: "[\(e)] of local indices or -1", actual: [expertMap?.count ?? 0])
-            }
-            if Array(block[1...summary.count]) != summary {
+        }.extras.enumerated().map { r, theirs in
+            guard theirs == summary else {
                 throw SwitchyardError.unsupported(
-                    "rank \(r) has another layer config (experts, k, hidden, ffn, shared ffn) = \(block[1...summary.count]) "
-                        + "than rank \(communicator.rank) \(summary)")
+                    "rank \(r) has another layer config (experts, k, hidden, ffn, shared ffn) = \(theirs) than rank "
+                        + "\(communicator.rank) \(summary)")
             }
         }
-        let maps = (0..<communicator.size).map { r in
-            gathered[(r * width + 1 + summary.count)..<((r + 1) * width)].map { Int($0) }
-        }
+        let gathered = try communicator.allGather(mine)
+        let maps = (0..<communicator.size).map { r in gathered[(r * e)..<((r + 1) * e)].map { Int($0) } }
         let placement = try ExpertPlacement(expertMaps: maps)
         self.placement = placement
         localExperts = placement.experts(onRank: communicator.rank)
@@ -251,6 +247,8 @@ public final class ExpertParallelMoELayer: @unchecked Sendable {
         var assignmentOf: [Int32] = []
         var renumberedIds: [Int32] = []
         var weightBits: [UInt32] = []
+        var meta = [Int32]()
+        var minimum = 0
         var status = try timed(\.exchange) {
             try Self.status(comm, "routing", extras: { [Int32(clamping: t), Int32(DType.allCases.firstIndex(of: dtype) ?? 0)] }) {
                 try timed(\.compute) {
@@ -292,6 +290,39 @@ public final class ExpertParallelMoELayer: @unchecked Sendable {
                         if identityRenumbering { renumberedIds = try backend.ints(g.ids) }
                         weightBits = try backend.floats(g.weights).map(\.bitPattern)
                     }
+                    // Metadata of each sent row: local expert at the destination, routing weight
+                    // bits, assignment index here (t·k + j; the destination adds this rank's
+                    // token offset). And the least bytes any scheme could send for these tokens.
+                    try timed(\.staging) {
+                        let rowBytes = h * dtype.size
+                        var rankOfId = [Int](repeating: 0, count: c.experts)
+                        for q in 0..<p { for id in rankStart[q]..<rankStart[q + 1] { rankOfId[id] = q } }
+                        var seen = [Int](repeating: -1, count: p)
+                        for token in 0..<t {
+                            for j in 0..<k {
+                                let id = Int(renumberedIds[token * k + j])
+                                guard id >= 0 && id < c.experts else { continue }
+                                let q = rankOfId[id]
+                                if q != comm.rank && seen[q] != token {
+                                    seen[q] = token
+                                    minimum += 2 * rowBytes
+                                }
+                            }
+                        }
+                        meta.reserveCapacity(3 * t * k)
+                        var q = 0
+                        var end = sendRows[0]
+                        for i in 0..<(t * k) {
+                            while i >= end { q += 1; end += sendRows[q] }
+                            let a = Int(assignmentOf[i])
+                            guard a >= 0 && a < t * k else {
+                                throw SwitchyardError.invalidValues(argument: "dispatch assignment", detail: "row \(i) holds \(a)")
+                            }
+                            meta.append(renumberedIds[a] - Int32(rankStart[q]))
+                            meta.append(Int32(bitPattern: weightBits[a]))
+                            meta.append(Int32(a))
+                        }
+                    }
                 }
             }
         }
@@ -306,42 +337,7 @@ public final class ExpertParallelMoELayer: @unchecked Sendable {
             throw SwitchyardError.outOfRange(
                 argument: "tokens over all ranks × k", value: globalTokens, range: "below \(Int(Int32.max) / k) tokens")
         }
-        let tokenOffset = tokenCounts.prefix(comm.rank).reduce(0, +)
         let rowBytes = h * dtype.size
-        // Metadata of each sent row: local expert at the destination, routing weight bits,
-        // global assignment index.
-        var meta = [Int32]()
-        var minimum = 0
-        try timed(\.staging) {
-            var rankOfId = [Int](repeating: 0, count: c.experts)
-            for q in 0..<p { for id in rankStart[q]..<rankStart[q + 1] { rankOfId[id] = q } }
-            var seen = [Int](repeating: -1, count: p)
-            for token in 0..<t {
-                for j in 0..<k {
-                    let id = Int(renumberedIds[token * k + j])
-                    guard id >= 0 && id < c.experts else { continue }
-                    let q = rankOfId[id]
-                    if q != comm.rank && seen[q] != token {
-                        seen[q] = token
-                        minimum += 2 * rowBytes
-                    }
-                }
-            }
-            meta.reserveCapacity(3 * t * k)
-            var q = 0
-            var end = sendRows[0]
-            for i in 0..<(t * k) {
-                while i >= end { q += 1; end += sendRows[q] }
-                let a = Int(assignmentOf[i])
-                guard a >= 0 && a < t * k else {
-                    throw SwitchyardError.invalidValues(argument: "dispatch assignment", detail: "row \(i) holds \(a)")
-                }
-                meta.append(renumberedIds[a] - Int32(rankStart[q]))
-                meta.append(Int32(bitPattern: weightBits[a]))
-                meta.append(Int32(tokenOffset * k + a))
-            }
-        }
-
         // 2. Counts, rows and metadata to their ranks.
         let (received, receivedMeta, receivedRows) = try timed(\.exchange) {
             let counts = try comm.allToAll(sendRows.map { Int32($0) })
@@ -379,13 +375,25 @@ public final class ExpertParallelMoELayer: @unchecked Sendable {
                         // Each expert's rows arrive in global token order (sources in rank
                         // order, each sorted stably by expert): what capacity and ties rely on.
                         var previous = [Int](repeating: -1, count: el)
+                        var firstToken = [0]
+                        for n in tokenCounts { firstToken.append(firstToken[firstToken.count - 1] + n) }
+                        var source = 0
+                        var sourceEnd = receivedRows[0]
                         for i in 0..<totalReceived {
-                            let (expert, bits, origin) = (m[3 * i], m[3 * i + 1], Int(m[3 * i + 2]))
+                            while i >= sourceEnd { source += 1; sourceEnd += receivedRows[source] }
+                            let local = Int(m[3 * i + 2])
+                            guard local >= 0 && local < tokenCounts[source] * k else {
+                                throw SwitchyardError.invalidValues(
+                                    argument: "received row origin",
+                                    detail: "row \(i) from rank \(source): assignment \(local) of \(tokenCounts[source] * k)")
+                            }
+                            let (expert, bits) = (m[3 * i], m[3 * i + 1])
+                            let origin = firstToken[source] * k + local
                             guard expert >= 0 && Int(expert) < el else {
                                 throw SwitchyardError.invalidValues(
                                     argument: "received expert id", detail: "row \(i): \(expert), this rank holds \(el)")
                             }
-                            guard origin > previous[Int(expert)] && origin < globalTokens * k else {
+                            guard origin > previous[Int(expert)] else {
                                 throw SwitchyardError.invalidValues(
                                     argument: "received row origin",
                                     detail: "row \(i) (local expert \(expert)): \(origin) after \(previous[Int(expert)])")
@@ -446,6 +454,7 @@ public final class ExpertParallelMoELayer: @unchecked Sendable {
         backBytes = []
         var y: Tensor?
         var localStats: [Double] = []
+        var kept = 0
         status = try timed(\.exchange) {
             try Self.status(comm, "combine") {
                 guard let dispatch, let gating else { throw SwitchyardError.unsupported("no routing") }
@@ -475,6 +484,7 @@ public final class ExpertParallelMoELayer: @unchecked Sendable {
                 if wantStats {
                     localStats = try localStatistics(dispatch: dispatch, gating: gating, local: localRouting, tokens: t)
                 }
+                kept = try localRouting.map { try backend.ints($0.counts).reduce(0) { $0 + Int($1) } } ?? 0
             }
         }
         var stats: RoutingStats?
@@ -489,7 +499,6 @@ public final class ExpertParallelMoELayer: @unchecked Sendable {
             payload += sendRows[q] * rowBytes + receivedRows[q] * rowBytes
             toOthers += sendRows[q] * (rowBytes + 12) + receivedRows[q] * rowBytes
         }
-        let kept = try localRouting.map { try backend.ints($0.counts).reduce(0) { $0 + Int($1) } } ?? 0
         return Output(
             y: y,
             load: Load(

@@ -110,6 +110,18 @@ struct ExpertParallelTests {
         #expect(output.contains("check   bitwise equal to the single-process MoELayer on all 2 ranks"), "\(output)")
     }
 
+    /// Ranks built with different layer configs (an MPMD launch: rank 0 mixtral-tiny, rank 1
+    /// qwen-moe-tiny) all refuse at construction, naming the other rank's config; none hangs.
+    @Test func ranksWithDifferentConfigsAllRefuse() throws {
+        let common = ["--ep", "--iterations", "0", "--tokens", "8", "--device", "0"]
+        let (status, output) = try Self.mpirunRaw(
+            ["-np", "1", "BINARY", "run", "--config", "mixtral-tiny"] + common
+                + [":", "-np", "1", "BINARY", "run", "--config", "qwen-moe-tiny"] + common)
+        #expect(status != 0)
+        #expect(output.contains("rank 1 has another layer config"), "\(output)")
+        #expect(output.contains("rank 0 has another layer config"), "\(output)")
+    }
+
     @Test func placementsAreChecked() throws {
         let p = try ExpertPlacement.contiguous(experts: 10, ranks: 4)
         #expect(p.rankOf == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3])
@@ -205,11 +217,25 @@ struct ExpertParallelTests {
         return nil
     }
 
+    /// Runs `mpirun [--oversubscribe --allow-run-as-root] arguments` with BINARY standing for the
+    /// switchyard command.
+    static func mpirunRaw(_ arguments: [String], deadline: Double = 90) throws -> (Int32, String) {
+        let binary = products.appendingPathComponent("switchyard").path
+        return try launch(arguments.map { $0 == "BINARY" ? binary : $0 }, deadline: deadline)
+    }
+
     /// Runs `mpirun -np ranks switchyard run --ep --iterations 0 [--check] arguments` (one forward) with a
     /// deadline (a hang fails the test instead of stalling the suite).
     static func mpirun(ranks: Int, _ arguments: [String], check: Bool = true, deadline: Double = 90) throws
         -> (Int32, String)
     {
+        let binary = products.appendingPathComponent("switchyard").path
+        return try launch(
+            ["-np", "\(ranks)", binary, "run", "--ep", "--iterations", "0"] + (check ? ["--check"] : []) + arguments,
+            deadline: deadline)
+    }
+
+    static func launch(_ arguments: [String], deadline: Double) throws -> (Int32, String) {
         guard let mpirun = executable("mpirun") else {
             Issue.record("mpirun not found: install openmpi-bin (make deps does)")
             return (-1, "")
@@ -219,11 +245,11 @@ struct ExpertParallelTests {
             Issue.record("the switchyard command is not built at \(binary)")
             return (-1, "")
         }
-        var launcher = ["--oversubscribe", "-np", "\(ranks)"]
+        var launcher = ["--oversubscribe"]
         if getuid() == 0 { launcher.append("--allow-run-as-root") }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: mpirun)
-        process.arguments = launcher + [binary, "run", "--ep", "--iterations", "0"] + (check ? ["--check"] : []) + arguments
+        process.arguments = launcher + arguments
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
@@ -243,7 +269,7 @@ struct ExpertParallelTests {
         if finished.wait(timeout: .now() + deadline) == .timedOut {
             process.terminate()
             _ = finished.wait(timeout: .now() + 10)
-            Issue.record("mpirun -np \(ranks) \(arguments) did not finish within \(Int(deadline)) s (a hang?)")
+            Issue.record("mpirun \(arguments) did not finish within \(Int(deadline)) s (a hang?)")
         }
         _ = done.wait(timeout: .now() + 10)
         return (process.terminationStatus, String(decoding: output.data, as: UTF8.self))
