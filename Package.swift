@@ -7,6 +7,8 @@ let package = Package(
         .library(name: "Switchyard", targets: ["Switchyard"]),
         .library(name: "SwitchyardConformance", targets: ["SwitchyardConformance"]),
         .library(name: "OpenCLHost", targets: ["OpenCLHost"]),
+        // Expert parallelism over MPI, apart so that engines linking Switchyard need no MPI.
+        .library(name: "SwitchyardMPI", targets: ["SwitchyardMPI"]),
         .executable(name: "switchyard", targets: ["switchyard"]),
         .executable(name: "switchyard-bench", targets: ["switchyard-bench"]),
     ],
@@ -41,12 +43,21 @@ let package = Package(
             dependencies: ["OpenCLHost", "SwitchyardReference"],
             plugins: ["EmbedKernels"]
         ),
+        // Open MPI's C API as a system library (pkg-config ompi-c); used by SwitchyardMPI only.
+        .systemLibrary(
+            name: "CMPI",
+            pkgConfig: "ompi-c",
+            providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]
+        ),
+        // Expert parallelism: a safe layer over the MPI calls used (Communicator) and
+        // ExpertParallelMoELayer, experts sharded over ranks, bitwise equal to MoELayer.
+        .target(name: "SwitchyardMPI", dependencies: ["Switchyard", "CMPI"]),
         // Op cases shared by the tests, the conformance command and the benchmarks.
         .target(name: "SwitchyardConformance", dependencies: ["Switchyard", "SwitchyardReference"]),
         .executableTarget(
             name: "switchyard",
             dependencies: [
-                "Switchyard", "SwitchyardConformance", "SwitchyardReference", "OpenCLHost",
+                "Switchyard", "SwitchyardConformance", "SwitchyardReference", "OpenCLHost", "SwitchyardMPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -71,6 +82,7 @@ let package = Package(
             name: "switchyard-bench",
             dependencies: [
                 "Switchyard", "SwitchyardConformance", "SwitchyardReference", "OpenCLHost", "COpenBLAS", "CCLBlast",
+                "SwitchyardMPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Benchmarks/switchyard-bench",
@@ -79,6 +91,9 @@ let package = Package(
         ),
         .testTarget(name: "OpenCLHostTests", dependencies: ["OpenCLHost", "Switchyard"]),
         .testTarget(name: "SwitchyardReferenceTests", dependencies: ["SwitchyardReference"]),
+        // Starts `mpirun -np 2/4` on the switchyard command and checks expert parallelism
+        // against the single-process layer bitwise.
+        .testTarget(name: "SwitchyardMPITests", dependencies: ["SwitchyardMPI", "Switchyard", "OpenCLHost"]),
         .testTarget(
             name: "SwitchyardConformanceTests",
             dependencies: ["Switchyard", "SwitchyardConformance", "SwitchyardReference", "OpenCLHost"]

@@ -68,6 +68,9 @@ struct SwitchyardBench: ParsableCommand {
     @Option(help: "Threads for the host peers (OpenBLAS, PyTorch); default: the machine's processors.")
     var peerThreads: Int?
 
+    @Flag(help: "Expert parallelism under `mpirun -np P`: the EP layer at the benchmark shapes (compute, staging, exchange; bytes per token). Only --device, --quick, --runs and --json apply.")
+    var ep = false
+
     func validate() throws {
         if runs < 1 { throw ValidationError("--runs must be at least 1") }
         if let m = ceilingMiB, m < 1 { throw ValidationError("--ceiling-mib must be at least 1") }
@@ -79,6 +82,11 @@ struct SwitchyardBench: ParsableCommand {
     }
 
     func run() throws {
+        if ep {
+            // Before OpenBLAS, which may restart the process (not under mpirun).
+            try failing { try runExpertParallelBench(device: device, quick: quick, runs: runs, json: json) }
+            return
+        }
         let started = now()
         // OpenBLAS first: it may restart the process to pick the right core for this CPU.
         let threads = peerThreads ?? ProcessInfo.processInfo.activeProcessorCount

@@ -242,11 +242,19 @@ public final class HFCheckpoint: @unchecked Sendable {
     /// A tensor stored in another type is converted piece by piece in a second staging buffer.
     /// Every tensor's presence, shape and type is checked before anything is allocated.
     /// `progress` is called after each allocation and each piece written, with the totals so far.
+    ///
+    /// With `experts`, only those routed experts' gate|up and down are loaded, in that order
+    /// (`[experts.count, 2·ffn, hidden]`, `[experts.count, hidden, ffn]`): what one rank of an
+    /// expert-parallel layer holds. The router, its bias and the shared experts load whole.
     public func loadWeights(
-        _ layer: Int, backend: any ComputeBackend, weightType: DType? = nil, stagingBytes: Int = defaultStagingBytes,
-        progress: ((LoadProgress) -> Void)? = nil
+        _ layer: Int, backend: any ComputeBackend, experts chosen: [Int]? = nil, weightType: DType? = nil,
+        stagingBytes: Int = defaultStagingBytes, progress: ((LoadProgress) -> Void)? = nil
     ) throws -> MoEWeights {
         let c = try moeConfig(layer: layer)
+        let list = chosen ?? Array(0..<c.experts)
+        for e in list where !(0..<c.experts).contains(e) {
+            throw CheckpointError("layer \(layer): expert \(e) is out of range 0..<\(c.experts)")
+        }
         let h = c.hidden
         let f = c.ffn
         let p = prefix(layer)
@@ -262,7 +270,7 @@ public final class HFCheckpoint: @unchecked Sendable {
         let routerType = try storedType(routerName, shape: [c.experts, h])
         var experts: [(gate: String, up: String, down: String)] = []
         var firstType: DType?
-        for e in 0..<c.experts {
+        for e in list {
             let n = expertNames(layer, e)
             let g = try storedType(n.gate, shape: [f, h])
             _ = try storedType(n.up, shape: [f, h])
@@ -287,8 +295,8 @@ public final class HFCheckpoint: @unchecked Sendable {
 
         let loader = try Loader(checkpoint: self, backend: backend, stagingBytes: stagingBytes, progress: progress)
         let router = try loader.load([routerName], shape: [c.experts, h], dtype: routerType, label: "router weight")
-        let gateUp = try loader.allocate([c.experts, twoF, h], wt, "expert gate|up weight")
-        let down = try loader.allocate([c.experts, h, f], wt, "expert down weight")
+        let gateUp = try loader.allocate([list.count, twoF, h], wt, "expert gate|up weight")
+        let down = try loader.allocate([list.count, h, f], wt, "expert down weight")
         let slice = f * h  // one expert's gate, up or down: ≤ 2^48 / 4 elements, checked by `empty` above
         for (e, n) in experts.enumerated() {
             try loader.copy(n.gate, into: gateUp, atElement: 2 * e * slice)

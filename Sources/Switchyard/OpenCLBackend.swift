@@ -401,6 +401,82 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
         return t
     }
 
+    /// A tensor holding `bytes`, the raw elements of `shape` in `dtype` (as `bytes(_:)` returns
+    /// them): rows received from another process keep their exact bits, no conversion.
+    public func tensor(bytes: [UInt8], shape: [Int], dtype: DType) throws -> Tensor {
+        let expected = try Tensor.checkedCount(shape, dtype: dtype, "tensor bytes") * dtype.size
+        if bytes.count != expected {
+            throw SwitchyardError.hostData(argument: "tensor bytes", expected: expected, actual: bytes.count)
+        }
+        let t = try empty(shape: shape, dtype: dtype, label: "input")
+        try t.buffer!.upload(bytes)
+        return t
+    }
+
+    /// A block of rows for `tensor(concatenating:rowShape:dtype:)`: raw host bytes (`rows` rows),
+    /// or a range of rows of a device tensor of this backend.
+    public enum RowBlock: Sendable {
+        case bytes([UInt8], rows: Int)
+        case rows(Tensor, Range<Int>)
+    }
+
+    /// A new tensor `[Σ rows] + rowShape` of `dtype` made of `blocks` in order: host bytes are
+    /// uploaded, device rows copied on the device (enqueued; no host round trip). Each block must
+    /// hold whole rows of `rowShape` in `dtype`.
+    public func tensor(concatenating blocks: [RowBlock], rowShape: [Int], dtype: DType) throws -> Tensor {
+        let rowBytes = try Tensor.checkedCount(rowShape, dtype: dtype, "row shape") * dtype.size
+        var total = 0
+        for (i, block) in blocks.enumerated() {
+            switch block {
+            case .bytes(let bytes, let rows):
+                guard rows >= 0, bytes.count == rows * rowBytes else {
+                    throw SwitchyardError.hostData(argument: "row block \(i) bytes", expected: max(0, rows) * rowBytes, actual: bytes.count)
+                }
+                total += rows
+            case .rows(let t, let range):
+                guard t.dtype == dtype else { throw SwitchyardError.dtype(argument: "row block \(i)", expected: "\(dtype)", actual: t.dtype) }
+                guard t.shape.count == rowShape.count + 1, Array(t.shape.dropFirst()) == rowShape else {
+                    throw SwitchyardError.shape(argument: "row block \(i)", expected: "[rows] + \(rowShape)", actual: t.shape)
+                }
+                guard range.lowerBound >= 0, range.upperBound <= t.shape[0] else {
+                    throw SwitchyardError.outOfRange(argument: "row block \(i) rows end", value: range.upperBound, range: "0...\(t.shape[0])")
+                }
+                _ = try deviceBuffer(t, "row block \(i)")
+                total += range.count
+            }
+        }
+        let out = try empty(shape: [total] + rowShape, dtype: dtype, label: "concatenated rows")
+        var row = 0
+        var guards: [Tensor] = []
+        for block in blocks {
+            switch block {
+            case .bytes(let bytes, let rows):
+                try out.buffer!.upload(bytes, byteOffset: row * rowBytes)
+                row += rows
+            case .rows(let t, let range):
+                try out.buffer!.copy(
+                    from: try deviceBuffer(t, "row block"), bytes: range.count * rowBytes,
+                    sourceOffset: range.lowerBound * rowBytes, destinationOffset: row * rowBytes)
+                guards += t.guards
+                row += range.count
+            }
+        }
+        return out.guarded(by: guards)
+    }
+
+    /// The raw bytes of rows `rows` of `tensor` (rank ≥ 1).
+    public func bytes(_ tensor: Tensor, rows: Range<Int>) throws -> [UInt8] {
+        guard let first = tensor.shape.first, rows.lowerBound >= 0, rows.upperBound <= first else {
+            throw SwitchyardError.outOfRange(
+                argument: "rows end of \(tensor)", value: rows.upperBound, range: "0...\(tensor.shape.first ?? 0)")
+        }
+        let rowBytes = first == 0 ? 0 : tensor.byteCount / first
+        let values = try deviceBuffer(tensor, "tensor").download(
+            UInt8.self, count: rows.count * rowBytes, byteOffset: rows.lowerBound * rowBytes)
+        try checkGuards(tensor)
+        return values
+    }
+
     func deviceBuffer(_ tensor: Tensor, _ argument: String) throws -> Buffer {
         guard let buffer = tensor.buffer else {
             throw SwitchyardError.backendMismatch(argument: argument, expected: name, actual: "the reference backend")

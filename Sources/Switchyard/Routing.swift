@@ -172,6 +172,26 @@ public struct Routing: Sendable {
     }
 }
 
+extension Routing {
+    /// The same permutation with other combine weights `[T, k]` (f32, on the routing's backend):
+    /// what `combine` multiplies each row by. Ones turn `combine` into an exact un-permute
+    /// (rows back to assignment order), as expert parallelism does before sending rows home.
+    public func replacingWeights(_ newWeights: Tensor) throws -> Routing {
+        guard newWeights.shape == [tokens, config.k] else {
+            throw SwitchyardError.shape(
+                argument: "routing weights", expected: "[\(tokens), \(config.k)]", actual: newWeights.shape)
+        }
+        try newWeights.expectDType([.f32], "routing weights")
+        guard newWeights.sameBackend(as: rowOf) else {
+            throw SwitchyardError.backendMismatch(
+                argument: "routing weights", expected: "the routing's backend", actual: "another backend")
+        }
+        return Routing(
+            gating: gating, blockSize: blockSize, counts: counts, routedCounts: routedCounts, offsets: offsets,
+            tileExpert: tileExpert, rowOf: rowOf, assignmentOf: assignmentOf, weights: newWeights, dropped: dropped)
+    }
+}
+
 /// Expert-choice routing: each expert's chosen tokens and their scores.
 public struct ExpertChoice: Sendable {
     /// Tokens `[E, C]` (i32), each expert's in descending score order.

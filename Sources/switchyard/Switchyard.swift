@@ -185,7 +185,29 @@ struct Run: ParsableCommand {
     @Option(help: "Write the output as tensor 'y' (f32, [T, hidden]) to this .safetensors file.")
     var output: String?
 
+    @Flag(help: "Expert parallelism: run under `mpirun -np P`, experts split over the ranks, tokens split too.")
+    var ep = false
+
+    @Option(help: "With --ep: the rank of each expert, comma-separated (default: contiguous blocks).")
+    var placement: String?
+
+    @Option(help: "With --ep: tokens of each rank, comma-separated, summing to --tokens (default: an even split).")
+    var tokenSplit: String?
+
+    @Option(help: "With --ep: a capacity factor for the router (capacity ceil(factor·T·k/E) per expert).")
+    var capacityFactor: Double?
+
+    @Option(help: "With --ep and --capacity-factor: which assignments an expert over capacity keeps: token or weight.")
+    var dropPriority = "token"
+
     func run() throws {
+        if ep {
+            try failing { try runExpertParallel() }
+            return
+        }
+        if placement != nil || tokenSplit != nil || capacityFactor != nil {
+            throw ValidationError("--placement, --token-split and --capacity-factor need --ep")
+        }
         try failing {
             if let output {
                 // Refuse an output path that cannot be written before computing anything.
