@@ -164,28 +164,39 @@ extension Run {
         if check {
             // The single-process layer over every rank's tokens, on the same device: each rank
             // compares its slice of the output bitwise, and the statistics.
-            let full: MoELayer
-            if let checkpoint, let index = self.layer {
-                full = try checkpoint.loadLayer(index, backend: backend, pack: !noPack)
-            } else {
-                full = try MoELayer(backend: backend, config: c, weights: whole!, pack: !noPack)
-            }
-            let reference = try full.forward(try backend.tensor(globalX, shape: [globalTokens, h], dtype: d))
-            let expected = Array(try backend.bytes(reference.y)[(first * h * 4)..<((first + split[me]) * h * 4)])
-            let got = try backend.bytes(final.y)
+            // Local work only (a rank that fails here still meets the others in the gather below).
             var mismatches = 0
-            for i in stride(from: 0, to: got.count, by: 4) where got[i..<(i + 4)] != expected[i..<(i + 4)] { mismatches += 1 }
             var statsProblems: [String] = []
-            if let s = final.stats {
-                let r = try backend.routingStats(reference.routing)
-                if s.tokensPerExpert != r.tokensPerExpert { statsProblems.append("load \(s.tokensPerExpert) vs \(r.tokensPerExpert)") }
-                if s.dropped != r.dropped { statsProblems.append("dropped \(s.dropped) vs \(r.dropped)") }
-                func close(_ a: Float, _ b: Float) -> Bool { abs(a - b) <= 1e-4 * max(1, abs(b)) }
-                if !zip(s.meanProbability, r.meanProbability).allSatisfy({ close($0, $1) }) {
-                    statsProblems.append("mean probabilities differ")
+            do {
+                let fullWeights: MoEWeights
+                if let checkpoint, let index = self.layer {
+                    fullWeights = try checkpoint.loadWeights(index, backend: backend).weights
+                } else if let whole {
+                    fullWeights = whole
+                } else {
+                    throw ValidationError("no whole-layer weights to check against")
                 }
-                if !close(s.balanceLoss, r.balanceLoss) { statsProblems.append("balance loss \(s.balanceLoss) vs \(r.balanceLoss)") }
-                if !close(s.zLoss, r.zLoss) { statsProblems.append("z loss \(s.zLoss) vs \(r.zLoss)") }
+                // The layer's config as run (capacity options included).
+                let full = try MoELayer(backend: backend, config: c, weights: fullWeights, pack: !noPack)
+                let reference = try full.forward(try backend.tensor(globalX, shape: [globalTokens, h], dtype: d))
+                let expected = Array(try backend.bytes(reference.y)[(first * h * 4)..<((first + split[me]) * h * 4)])
+                let got = try backend.bytes(final.y)
+                for i in stride(from: 0, to: got.count, by: 4) where got[i..<(i + 4)] != expected[i..<(i + 4)] { mismatches += 1 }
+                if let s = final.stats {
+                    let r = try backend.routingStats(reference.routing)
+                    if s.tokensPerExpert != r.tokensPerExpert { statsProblems.append("load \(s.tokensPerExpert) vs \(r.tokensPerExpert)") }
+                    if s.dropped != r.dropped { statsProblems.append("dropped \(s.dropped) vs \(r.dropped)") }
+                    func close(_ a: Float, _ b: Float) -> Bool { abs(a - b) <= 1e-4 * max(1, abs(b)) }
+                    if !zip(s.meanProbability, r.meanProbability).allSatisfy({ close($0, $1) }) {
+                        statsProblems.append("mean probabilities differ")
+                    }
+                    if !close(s.balanceLoss, r.balanceLoss) { statsProblems.append("balance loss \(s.balanceLoss) vs \(r.balanceLoss)") }
+                    if !close(s.zLoss, r.zLoss) { statsProblems.append("z loss \(s.zLoss) vs \(r.zLoss)") }
+                } else {
+                    statsProblems.append("no statistics")
+                }
+            } catch {
+                statsProblems.append("the single-process check failed: \(error)")
             }
             let counts = try comm.allGather([Int32(mismatches), Int32(statsProblems.count)])
             for problem in statsProblems { print("check   rank \(me): statistics: \(problem)") }
