@@ -38,6 +38,24 @@ struct GeometryTests {
         }
     }
 
+    /// Quantized weights under geometries the defaults do not pick here (AVX2's 16-column panel
+    /// of float8, a 2-column panel of scalar loads — 4-bit rows of one byte —, and a 32-column
+    /// work-group panel): every format with SwiGLU (bf16) and without an epilogue (f32).
+    /// (~50 s on PoCL and rusticl together; the 4-wide panel passed too when tried.)
+    @Test(arguments: [1, 3, 5])
+    func quantizedCasesPass(_ index: Int) throws {
+        let (name, tuning) = Self.geometries[index]
+        let cases = try Conformance.cases(matching: "^quantized_matmul T=37 .*(none|swiglu)$")
+        #expect(cases.count >= 12)
+        for device in try Device.all() {
+            let runner = try ConformanceRunner(device: device, tuning: tuning)
+            for c in cases {
+                let result = runner.run(c)
+                #expect(result.passed, "\(device.name), \(name): \(c.name): \(result.detail)")
+            }
+        }
+    }
+
     /// Every geometry computes each output as the same f32 fma chain over k, so all of them give
     /// bitwise the same layer output.
     @Test func geometriesAgreeBitwise() throws {
