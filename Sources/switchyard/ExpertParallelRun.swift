@@ -170,7 +170,7 @@ extension Run {
             do {
                 let fullWeights: MoEWeights
                 if let checkpoint, let index = self.layer {
-                    fullWeights = try checkpoint.loadWeights(index, backend: backend).weights
+                    fullWeights = try checkpoint.loadWeights(index, backend: backend)
                 } else if let whole {
                     fullWeights = whole
                 } else {
