@@ -140,7 +140,8 @@ public protocol ComputeBackend: AnyObject, Sendable {
     /// (`QuantizedCodes`; the definition is `SwitchyardReference.Quantization`).
     func quantizeWeights(_ w: Tensor, _ quantization: WeightQuantization) throws -> QuantizedCodes
     /// `prepareWeights`, quantizing the weights once on the backend unless `quantize` is `.none`
-    /// (quantized weights are always in the panel layout the matmul reads; `pack` is for float).
+    /// (`.mxfp4` converts on the host, then repacks on the backend). Quantized weights are always
+    /// in the panel layout the matmul reads (`pack` is for float weights) and keep no float copy.
     func prepareWeights(_ w: Tensor, swiglu: Bool, pack: Bool, quantize: WeightQuantization) throws -> ExpertWeights
     /// MXFP4 checkpoint tensors (`PrepareMXFP4`) repacked once for `groupedMatmul`; with
     /// `interleavedGateUp` (gpt-oss) gate|up rows alternate gate, up instead of gate rows first.
