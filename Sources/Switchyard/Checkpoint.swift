@@ -11,14 +11,18 @@ public struct LoadProgress: Sendable, Hashable {
 /// listed by `model.safetensors.index.json`). Reads the MoE blocks of `mixtral`, `qwen2_moe`,
 /// `qwen3_moe`, `olmoe` and `deepseek_v3` models.
 public final class HFCheckpoint: @unchecked Sendable {
+    /// The model folder (config.json and the .safetensors files).
     public let folder: String
+    /// config.json's `model_type` (one of `supportedModelTypes`).
     public let modelType: String
     let config: [String: Any]
     private var files: [String: SafeTensorsFile] = [:]
     private let weightMap: [String: String]
 
+    /// The Hugging Face model types whose MoE layers load: their routing and weight names are known.
     public static let supportedModelTypes = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3"]
 
+    /// Opens a model folder: reads and checks config.json and every .safetensors header (sizes, offsets, duplicates); reads no weights.
     public init(folder: String) throws {
         self.folder = folder
         let url = URL(fileURLWithPath: folder)

@@ -84,6 +84,7 @@ public enum MatmulInput: Sendable {
         }
     }
 
+    /// Whether the rows are read through the routing's permutation.
     public var isGathered: Bool {
         if case .gathered = self { return true }
         return false

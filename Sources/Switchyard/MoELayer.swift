@@ -3,9 +3,11 @@ import OpenCLHost
 
 /// The sizes and routing of one MoE block.
 public struct MoEConfig: Sendable, Hashable {
+    /// Model width: the input and output rows are `[T, hidden]`.
     public var hidden: Int
     /// Width of each routed expert's FFN.
     public var ffn: Int
+    /// How tokens pick experts (E, k, scoring, capacity, ...).
     public var router: RouterConfig
     /// Width of the shared expert FFN added for every token (0: none).
     public var sharedFFN: Int
@@ -14,6 +16,7 @@ public struct MoEConfig: Sendable, Hashable {
     /// Whether the router has a score-correction bias (DeepSeek-V3).
     public var routerBias: Bool
 
+    /// A block of the given sizes and routing, with an optional shared expert (gated as in Qwen2-MoE).
     public init(hidden: Int, ffn: Int, router: RouterConfig, sharedFFN: Int = 0, sharedGate: Bool = false,
                 routerBias: Bool = false) {
         self.hidden = hidden
@@ -24,21 +27,26 @@ public struct MoEConfig: Sendable, Hashable {
         self.routerBias = routerBias
     }
 
+    /// Routed experts E.
     public var experts: Int { router.experts }
 
     /// Tiny configs with the routing of real models, for the main job and tests.
     public static let mixtralTiny = MoEConfig(hidden: 128, ffn: 256, router: .mixtral(experts: 8, k: 2))
+    /// Qwen-MoE routing (softmax top-4 of 16, no renormalization) with a gated shared expert, tiny sizes.
     public static let qwenMoETiny = MoEConfig(
         hidden: 128, ffn: 64, router: .qwenMoE(experts: 16, k: 4, renormalize: false), sharedFFN: 256,
         sharedGate: true)
+    /// DeepSeek-V3 routing (sigmoid, correction bias, grouped top-k, scale 2.5) with a shared expert, tiny sizes.
     public static let deepSeekTiny = MoEConfig(
         hidden: 128, ffn: 64, router: .deepSeekV3(experts: 32, k: 4, groups: 8, topKGroups: 4, routedScale: 2.5),
         sharedFFN: 128, routerBias: true)
     /// The benchmark shapes: Mixtral-like small and DeepSeek-like.
     public static let mixtralSmall = MoEConfig(hidden: 512, ffn: 1024, router: .mixtral(experts: 8, k: 2))
+    /// DeepSeek-like benchmark shape: hidden 1024, ffn 512, 64 experts, top-6.
     public static let deepSeekLike = MoEConfig(
         hidden: 1024, ffn: 512, router: RouterConfig(experts: 64, k: 6, renormalize: true))
 
+    /// The built-in configs by the names `switchyard run --config` takes.
     public static let named: [String: MoEConfig] = [
         "mixtral-tiny": .mixtralTiny, "qwen-moe-tiny": .qwenMoETiny, "deepseek-tiny": .deepSeekTiny,
         "mixtral-small": .mixtralSmall, "deepseek-like": .deepSeekLike,
@@ -66,10 +74,12 @@ public struct MoEWeights: Sendable {
     public var down: Tensor
     /// Shared expert gate|up `[2·sharedFFN, hidden]` and down `[hidden, sharedFFN]`.
     public var sharedGateUp: Tensor?
+    /// Shared expert down `[hidden, sharedFFN]`.
     public var sharedDown: Tensor?
     /// Shared expert gate `[1, hidden]` (Qwen2-MoE).
     public var sharedGate: Tensor?
 
+    /// The weights of a block, in checkpoint layouts (see each property); checked by `MoELayer`.
     public init(router: Tensor, bias: Tensor? = nil, gateUp: Tensor, down: Tensor, sharedGateUp: Tensor? = nil,
                 sharedDown: Tensor? = nil, sharedGate: Tensor? = nil) {
         self.router = router
@@ -84,9 +94,12 @@ public struct MoEWeights: Sendable {
 
 /// Device time of one stage of a forward.
 public struct StageTime: Sendable {
+    /// The stage's name ("router", "routing", "gate|up+SwiGLU", "down", "shared expert", "combine").
     public var stage: String
+    /// Device time of the stage's kernels, in seconds.
     public var seconds: Double
 
+    /// A stage's device time.
     public init(stage: String, seconds: Double) {
         self.stage = stage
         self.seconds = seconds
@@ -97,7 +110,9 @@ public struct StageTime: Sendable {
 /// (gather fused into its loads) → grouped down → weighted combine, plus optional shared
 /// experts; on either backend behind one API. A forward makes no host read until its output.
 public final class MoELayer: @unchecked Sendable {
+    /// The backend the layer runs on (its weights live there).
     public let backend: any ComputeBackend
+    /// The block's sizes and routing.
     public let config: MoEConfig
     let router: ExpertWeights
     let bias: Tensor?
@@ -111,8 +126,10 @@ public final class MoELayer: @unchecked Sendable {
     /// Seconds spent preparing (packing) the weights, reported apart from the forward.
     public let packSeconds: Double
 
-    /// `quantize`: the routed and shared experts' weights quantized once on the backend (the
-    /// router and the shared-expert gate stay in their float type).
+    /// A layer over `weights` (checked against `config`), the expert weights prepared once for the
+    /// grouped matmul (packed into panels unless `pack` is false). `quantize`: the routed and
+    /// shared experts' weights quantized once on the backend (the router and the shared-expert
+    /// gate stay in their float type).
     public init(
         backend: any ComputeBackend, config c: MoEConfig, weights w: MoEWeights, pack: Bool = true,
         quantize: WeightQuantization = .none

@@ -231,7 +231,9 @@ public struct Tuning: Sendable, Hashable, Codable {
 
 /// Runs Switchyard's ops on one OpenCL device through one in-order queue.
 public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
+    /// The OpenCL context and in-order queue ops run on.
     public let context: Context
+    /// The launch geometry in use (stored by `switchyard tune`, else derived from the device).
     public let tuning: Tuning
     /// Bytes of poisoned sentinel placed after every op output (0: outputs are exact-size and
     /// not poisoned). Conformance runs with sentinels so unwritten elements and writes past the
@@ -264,6 +266,7 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
     /// The pattern outputs are poisoned with: a NaN in f32, f16 and bf16, and 0x7FBF7FBF in i32.
     public static let poison: [UInt8] = [0xBF, 0x7F]
 
+    /// The device of the context.
     public var device: Device { context.device }
     public var name: String { device.name }
 

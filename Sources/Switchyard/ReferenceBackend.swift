@@ -3,6 +3,7 @@ import SwitchyardReference
 /// The CPU reference behind the `ComputeBackend` protocol: each op calls its definition in
 /// `SwitchyardReference` and rounds the result to the output's storage type.
 public final class ReferenceBackend: ComputeBackend {
+    /// The CPU reference backend (host memory, no device).
     public init() {}
 
     public var name: String { "reference" }

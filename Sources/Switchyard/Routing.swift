@@ -71,7 +71,9 @@ extension RouterConfig {
 
 /// The output of gating: chosen experts and weights per token, on the backend that ran it.
 public struct Gating: Sendable {
+    /// The router options the gating ran with.
     public let config: RouterConfig
+    /// Tokens routed (T).
     public let tokens: Int
     /// The router logits `[T, E]` it was computed from (kept for the statistics).
     public let logits: Tensor
@@ -125,7 +127,9 @@ public struct Gating: Sendable {
 /// the stable permutation by expert, with each expert's rows padded to `blockSize`. Nothing of
 /// it has been read by the host.
 public struct Routing: Sendable {
+    /// The gating result the permutation was made from.
     public let gating: Gating
+    /// Rows each expert's block is padded to (the grouped matmul's row tile).
     public let blockSize: Int
     /// Kept assignments per expert `[E]`.
     public let counts: Tensor
@@ -144,12 +148,17 @@ public struct Routing: Sendable {
     /// Number of dropped assignments `[1]`.
     public let dropped: Tensor
 
+    /// The router options.
     public var config: RouterConfig { gating.config }
+    /// Tokens routed (T).
     public var tokens: Int { gating.tokens }
+    /// Chosen experts `[T, k]` (i32).
     public var ids: Tensor { gating.ids }
+    /// The routing flags (see `Gating.flags`).
     public var flags: Tensor { gating.flags }
     /// Rows the expert-ordered buffers are sized for (the worst case, known without a read).
     public var maxRows: Int { assignmentOf.shape[0] }
+    /// Blocks the tile map is sized for (`maxRows / blockSize`).
     public var maxTiles: Int { tileExpert.shape[0] }
 
     /// A routing; every tensor is guarded by the gating's flags (reading one throws if the router
@@ -200,6 +209,7 @@ public struct ExpertChoice: Sendable {
     public let weights: Tensor
     /// Device-side flags, as `Gating.flags`; `tokens` and `weights` are guarded by them.
     public let flags: Tensor
+    /// Tokens each expert takes (C).
     public let capacity: Int
 
     init(tokens: Tensor, weights: Tensor, flags: Tensor, capacity: Int) {
@@ -212,14 +222,18 @@ public struct ExpertChoice: Sendable {
 
 /// Routing statistics, read from the device when asked.
 public struct RoutingStats: Sendable, Equatable {
+    /// Kept assignments per expert.
     public var tokensPerExpert: [Int]
+    /// Assignments dropped by capacity.
     public var dropped: Int
+    /// Mean router probability per expert over the tokens (sigmoid scores normalized per token).
     public var meanProbability: [Float]
     /// Switch-Transformer load-balancing loss E · Σ_e f_e · P_e.
     public var balanceLoss: Float
     /// Router z-loss mean_t(logsumexp(logits_t)²).
     public var zLoss: Float
 
+    /// Statistics from their parts.
     public init(tokensPerExpert: [Int], dropped: Int, meanProbability: [Float], balanceLoss: Float, zLoss: Float) {
         self.tokensPerExpert = tokensPerExpert
         self.dropped = dropped

@@ -9,7 +9,9 @@ import Darwin
 
 /// Errors reading or writing checkpoints.
 public struct CheckpointError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// What is wrong, naming the file and the tensor or field.
     public let message: String
+    /// An error with `message`.
     public init(_ message: String) { self.message = message }
     public var description: String { message }
 }
@@ -20,17 +22,24 @@ public struct CheckpointError: Error, Sendable, Equatable, CustomStringConvertib
 /// matches the range, ranges contiguous and non-overlapping and covering the data exactly), and read
 /// with `pread`, so a file that shrinks after it was opened is an error, never a SIGBUS.
 public final class SafeTensorsFile: @unchecked Sendable {
+    /// One tensor of the file's header: its stored dtype, shape and byte range.
     public struct Entry: Sendable {
+        /// The stored dtype as the header names it ("F32", "F16", "BF16", ...).
         public let dtype: String
+        /// The shape, outermost first.
         public let shape: [Int]
+        /// First byte, relative to the data section's start.
         public let begin: Int
+        /// One past the last byte, relative to the data section.
         public let end: Int
     }
 
     /// The largest header read (the reference implementation's limit).
     public static let maxHeaderBytes = 100_000_000
 
+    /// The file path.
     public let path: String
+    /// Every tensor of the header, by name.
     public let entries: [String: Entry]
     private let fd: Int32
     private let dataStart: Int
@@ -41,6 +50,7 @@ public final class SafeTensorsFile: @unchecked Sendable {
         "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8,
     ]
 
+    /// Opens a .safetensors file and checks its header strictly (size, JSON, dtypes, shapes against byte ranges, ranges inside the file, contiguous and non-overlapping); reads no tensor data.
     public init(path: String) throws {
         self.path = path
         // O_NONBLOCK: opening a FIFO must not wait for a writer (it is then refused below).

@@ -6,7 +6,9 @@ import OpenCLHost
 /// tensor's elements in place (loading weights into a stacked tensor), and every view of the
 /// storage (`reshaped`, a guarded copy) sees the change, on either backend.
 public final class Tensor: @unchecked Sendable, CustomStringConvertible {
+    /// Extents, outermost first (row-major).
     public let shape: [Int]
+    /// The storage type of the elements.
     public let dtype: DType
     /// The elements (a snapshot of the host values on the reference backend).
     var storage: Storage { box.storage }
