@@ -18,15 +18,15 @@
 #endif
 #define A_LOAD16(p, i) SY_CAT(LOAD16_, A_DT)(p, i)
 
+// One body, two entry points: the kernel is named for the mode it is built in.
 #ifdef SCATTER_REPLACE
-#define SCATTER_KERNEL expand_tokens
+__kernel void expand_tokens(
 #else
-#define SCATTER_KERNEL scatter_tokens
+__kernel void scatter_tokens(
 #endif
-
-__kernel void SCATTER_KERNEL(__global const X_T* base, int has_base, float fill, __global const A_T* f,
-                             __global const W_T* w, int has_weights, __global const int* inv, __global Y_T* y,
-                             int total_rows, int length, int slots, int rows, int d, int rows_per_group) {
+    __global const X_T* base, int has_base, float fill, __global const A_T* f, __global const W_T* w, int has_weights,
+    __global const int* inv, __global Y_T* y, int total_rows, int length, int slots, int rows, int d,
+    int rows_per_group) {
     const int lid = get_local_id(0);
     const long first = (long)get_group_id(0) * rows_per_group;
     const long last = min(first + rows_per_group, (long)total_rows);

@@ -163,7 +163,7 @@ extension ComputeBackend {
 }
 
 /// Checks a row range of `t` and that `parts` can be stacked; returns the bytes of one row.
-func validateRows(_ t: Tensor, _ range: Range<Int>) throws -> Int {
+func validateRowRange(_ t: Tensor, _ range: Range<Int>) throws -> Int {
     guard let rows = t.shape.first else {
         throw SwitchyardError.shape(argument: "copyRows tensor", expected: "[rows, ...]", actual: t.shape)
     }

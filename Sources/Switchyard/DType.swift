@@ -38,15 +38,28 @@ public enum DType: String, Sendable, Hashable, CaseIterable, CustomStringConvert
     /// The `-D` options that make `PREFIX_T`, `PREFIX_LOAD(p, i)` and `PREFIX_STORE(p, i, v)`
     /// read and write this type in a kernel (see Kernels/common.h).
     func defines(_ prefix: String) -> [String: String] {
+        let (type, access): (String, String) =
+            switch self {
+            case .f32: ("float", "F32")
+            case .f16: ("half", "F16")
+            case .bf16: ("ushort", "BF16")
+            case .i32: ("int", "I32")
+            case .u8: ("uchar", "I32")
+            }
+        return [
+            "\(prefix)_T": type, "\(prefix)_LOAD": "LOAD_\(access)", "\(prefix)_STORE": "STORE_\(access)",
+            "\(prefix)_DT": "\(kernelCode)",
+        ]
+    }
+
+    /// The number kernels select this storage type by (`X_DT`, `W_DT`, ...; see Kernels/common.h).
+    var kernelCode: Int {
         switch self {
-        case .f32:
-            ["\(prefix)_T": "float", "\(prefix)_LOAD": "LOAD_F32", "\(prefix)_STORE": "STORE_F32", "\(prefix)_DT": "0"]
-        case .f16:
-            ["\(prefix)_T": "half", "\(prefix)_LOAD": "LOAD_F16", "\(prefix)_STORE": "STORE_F16", "\(prefix)_DT": "1"]
-        case .bf16:
-            ["\(prefix)_T": "ushort", "\(prefix)_LOAD": "LOAD_BF16", "\(prefix)_STORE": "STORE_BF16", "\(prefix)_DT": "2"]
-        case .i32: ["\(prefix)_T": "int", "\(prefix)_LOAD": "LOAD_I32", "\(prefix)_STORE": "STORE_I32", "\(prefix)_DT": "3"]
-        case .u8: ["\(prefix)_T": "uchar", "\(prefix)_LOAD": "LOAD_I32", "\(prefix)_STORE": "STORE_I32", "\(prefix)_DT": "4"]
+        case .f32: 0
+        case .f16: 1
+        case .bf16: 2
+        case .i32: 3
+        case .u8: 4
         }
     }
 }

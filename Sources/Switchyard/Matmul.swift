@@ -271,14 +271,6 @@ extension OpenCLBackend {
         return (value, { try launches.reduce(0) { $0 + (try $1.event.seconds()) } })
     }
 
-    static func weightCode(_ d: DType) -> String {
-        switch d {
-        case .f32, .i32, .u8: "0"
-        case .f16: "1"
-        case .bf16: "2"
-        }
-    }
-
     public func prepareWeights(_ w: Tensor, swiglu: Bool, pack: Bool) throws -> ExpertWeights {
         _ = try PrepareWeights(validating: w, swiglu: swiglu)
         let plain = ExpertWeights(weight: w, packed: nil, swiglu: swiglu)
@@ -289,7 +281,7 @@ extension OpenCLBackend {
         let panels = ExpertWeights.panels(outFeatures: plain.outFeatures, width: width, swiglu: swiglu)
         let packed = try empty(shape: [e, panels, k, width], dtype: w.dtype, label: "packed weights")
         try launch(
-            "matmul.cl", "pack_weights", defines: ["W_DT": Self.weightCode(w.dtype), "PANEL": "\(width)"],
+            "matmul.cl", "pack_weights", defines: ["W_DT": "\(w.dtype.kernelCode)", "PANEL": "\(width)"],
             args: [.buffer(try deviceBuffer(w, "expert weights")), .buffer(packed.buffer!), .int(k),
                    .int(plain.outFeatures), .int(panels), .int(swiglu ? 1 : 0)],
             global: [k, panels, e], local: [1, 1, 1])
@@ -320,7 +312,7 @@ extension OpenCLBackend {
             case .routingWeights: (2, try deviceBuffer(routing!.weights, "routing"))
             }
         var defines = a.dtype.defines("A").merging(out.defines("Y")) { x, _ in x }.merging([
-            "W_DT": Self.weightCode(weights.weight?.dtype ?? .f32), "EPILOGUE": "\(epilogue.code)",
+            "W_DT": "\((weights.weight?.dtype ?? .f32).kernelCode)", "EPILOGUE": "\(epilogue.code)",
         ]) { x, _ in x }
         let common: [Arg] = [.buffer(ab), .buffer(assignment), .int(fusedGather ? routing!.config.k : 0)]
         let experts = weights.experts

@@ -333,7 +333,7 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
     }
 
     public func copyRows(_ t: Tensor, _ range: Range<Int>) throws -> Tensor {
-        let rowBytes = try validateRows(t, range)
+        let rowBytes = try validateRowRange(t, range)
         let source = try deviceBuffer(t, "copyRows tensor")
         let out = try empty(shape: [range.count] + t.shape.dropFirst(), dtype: t.dtype, label: "rows")
         try out.buffer!.copy(from: source, bytes: range.count * rowBytes, sourceOffset: range.lowerBound * rowBytes)

@@ -60,7 +60,7 @@ public final class ReferenceBackend: ComputeBackend {
     public func synchronize() throws {}
 
     public func copyRows(_ t: Tensor, _ range: Range<Int>) throws -> Tensor {
-        _ = try validateRows(t, range)
+        _ = try validateRowRange(t, range)
         let per = t.shape.dropFirst().reduce(1, *)
         let shape = [range.count] + t.shape.dropFirst()
         let lo = range.lowerBound * per

@@ -298,7 +298,7 @@ extension ComputeBackend {
 
     /// Checks every flags tensor guarding `tensor`, reading them without blocking a thread.
     func checkGuards(_ tensor: Tensor) async throws {
-        for flags in tensor.guards { try Self.raise(flags: try await ints(flags)) }
+        for flags in tensor.guards { try await check(flags: flags) }
     }
 
     /// Throws if the device flagged the routing's input (see `check(flags:)`), reading the

@@ -29,7 +29,7 @@ extension OpenCLBackend {
         let scales = try empty(shape: scaleShape, dtype: q == .int8 ? .f32 : .f16, label: "quantized scales")
         let zeros = op.zeroPoint ? try empty(shape: scaleShape, dtype: .u8, label: "quantized zeros") : nil
         let mode = q == .int8 ? 0 : op.zeroPoint ? 2 : 1
-        let defines = ["W_DT": Self.weightCode(w.dtype)]
+        let defines = ["W_DT": "\(w.dtype.kernelCode)"]
         let sb = scales.buffer!
         let zb = zeros?.buffer ?? codes.buffer!
         let common: [Arg] = [.int(op.rows), .int(op.inFeatures), .int(op.group), .int(op.groups), .int(mode)]
