@@ -200,3 +200,46 @@ enum GatedEpilogueCases {
         return cases
     }
 }
+
+extension GatedEpilogueCases {
+    /// Whole gpt-oss-style layers (router bias, top-k then softmax over k, clamped SwiGLU with
+    /// biases), device against reference: float weights, and MXFP4 blocks with interleaved gate|up
+    /// as gpt-oss stores them.
+    static var layers: [ConformanceCase] {
+        let specs: [(tokens: Int, dtype: DType, pack: Bool, mxfp4: Bool)] = [
+            (37, .bf16, true, false), (5, .f32, false, false), (21, .bf16, true, true), (1, .f32, true, true),
+            (0, .f32, true, true),
+        ]
+        return specs.map { s in
+            let c = MoEConfig.gptOssTiny
+            let shape = "gpt-oss-tiny T=\(s.tokens)"
+            let options = [s.mxfp4 ? "mxfp4 interleaved" : s.pack ? "packed" : "plain"].joined()
+            let seed = Conformance.seed("gpt_oss_layer \(shape) \(s.dtype) \(options)")
+            let format: WeightFormat = s.mxfp4 ? .mxfp4 : .float(s.dtype)
+            return ConformanceCase(
+                op: "gpt_oss_layer", shape: shape, dtype: s.dtype, options: options, seed: seed, rows: s.tokens,
+                flops: c.flops(tokens: s.tokens),
+                bytes: Double(c.experts) * (format.bytes(rows: 2 * c.ffn, k: c.hidden) + format.bytes(rows: c.hidden, k: c.ffn))
+            ) { backend in
+                var weights = try MoEWeights.random(config: c, backend: backend, dtype: s.dtype, seed: seed)
+                var g = SeededGenerator(seed: seed ^ 0xF00D)
+                if s.mxfp4 {
+                    func blocks(_ rows: Int, _ k: Int) throws -> (Tensor, Tensor) {
+                        let n = c.experts * rows * (k / 32)
+                        return (try backend.tensor(
+                                    codes: (0..<(n * 16)).map { _ in UInt8(truncatingIfNeeded: g.next()) },
+                                    shape: [c.experts, rows, k / 32, 16]),
+                                try backend.tensor(codes: (0..<n).map { _ in UInt8(122 + g.next() % 4) },
+                                                   shape: [c.experts, rows, k / 32]))
+                    }
+                    (weights.gateUp, weights.gateUpScales) = try blocks(2 * c.ffn, c.hidden)
+                    (weights.down, weights.downScales) = try blocks(c.hidden, c.ffn)
+                    weights.gateUpInterleaved = true
+                }
+                let layer = try MoELayer(backend: backend, config: c, weights: weights, pack: s.pack)
+                let x = try backend.tensor(g.normals(s.tokens * c.hidden, scale: 2), shape: [s.tokens, c.hidden], dtype: s.dtype)
+                return { [CaseOutput("y", try layer.forward(x).y, .nmse(s.dtype == .f32 ? 1e-11 : 1e-8))] }
+            }
+        }
+    }
+}
