@@ -51,6 +51,9 @@ public struct MoEConfig: Sendable, Hashable {
     /// gpt-oss routing (top-4 of 16 by biased logits, softmax over the four) and experts (clamped
     /// SwiGLU α 1.702, limit 7, biases), tiny sizes (hidden a multiple of 32 for MXFP4).
     public static let gptOssTiny = MoEConfig.gptOss(hidden: 128, ffn: 64, experts: 16, k: 4)
+    /// gpt-oss's routing and experts at a benchmark shape: hidden 1024, ffn 1024, 32 experts, top-4
+    /// (gpt-oss-20b: hidden and ffn 2880, 32 experts, top-4).
+    public static let gptOssSmall = MoEConfig.gptOss(hidden: 1024, ffn: 1024, experts: 32, k: 4)
     /// A gpt-oss block: router linear with bias, top-k over the logits and softmax over the k
     /// chosen (= softmax, top-k, renormalize), experts with biases and the clamped SwiGLU.
     public static func gptOss(hidden: Int, ffn: Int, experts: Int, k: Int, alpha: Float = 1.702, limit: Float = 7)
