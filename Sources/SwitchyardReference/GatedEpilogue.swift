@@ -29,6 +29,8 @@ public struct GLUParameters: Sendable, Hashable, CustomStringConvertible {
     /// Added to the (clamped) up value before the product.
     public var upOffset: Float
 
+    /// A gated epilogue `act(α·g)·g`-style product of the (clamped) gate and the (clamped,
+    /// offset) up half; the defaults are plain SwiGLU.
     public init(activation: Epilogue = .silu, alpha: Float = 1, gateLimit: Float? = nil, upLimit: Float? = nil,
                 upOffset: Float = 0) {
         self.activation = activation
@@ -46,6 +48,7 @@ public struct GLUParameters: Sendable, Hashable, CustomStringConvertible {
         GLUParameters(activation: .silu, alpha: alpha, gateLimit: limit, upLimit: limit, upOffset: 1)
     }
 
+    /// A short label (`swiglu`, or the activation with the parameters that differ from it).
     public var description: String {
         if self == .swiglu { return "swiglu" }
         var parts = ["\(activation.rawValue)"]
