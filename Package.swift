@@ -86,7 +86,7 @@ let package = Package(
             name: "switchyard-bench",
             dependencies: [
                 "Switchyard", "SwitchyardConformance", "SwitchyardReference", "OpenCLHost", "COpenBLAS", "CCLBlast",
-                "SwitchyardMPI",
+                "SwitchyardMPI", "SwitchyardExamples",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Benchmarks/switchyard-bench",

@@ -98,7 +98,14 @@ public struct ComputeAccount: Sendable, Equatable {
 /// time it against. Built on one backend from an `ExampleShape` (seeded weights and input), so the
 /// same stack built on the `ReferenceBackend` checks the device's.
 ///
-/// A new example (early exit, ...) is one more conforming type and one `ConditionalExample` entry.
+/// A new example is one more conforming type and one `ConditionalExample.named` entry. Early exit,
+/// for instance: blocks with exit heads, where a token whose head is confident leaves the stack —
+/// `forwardDynamic` compacts the still-active positions per block (the `earlyExit` op, or `compact`
+/// on the confidence mask, then `gatherTokens` / `expandTokens`) and records each block's active
+/// counts `[B]` (i32, on the device); `account` sums them as the rows each block computed against
+/// B·L dense rows (the exit heads' matmuls as overhead); `forwardDense` runs every token through
+/// every block and head. The report, the timing, the reference check and the command line need
+/// nothing more.
 public protocol ConditionalStack: AnyObject {
     /// The backend its weights live on.
     var backend: any ComputeBackend { get }
