@@ -22,6 +22,20 @@ public struct ExampleShape: Sendable, Hashable, CustomStringConvertible {
         self.seed = seed
     }
 
+    /// Checks the sizes (each at least 1, a floating-point dtype), that `[B, L, width]` is a valid
+    /// tensor, and that the widest intermediate, `perToken` f32 values per token, fits one tensor of
+    /// `backend` (the device's largest allocation); the error names the argument.
+    public func validate(width: Int, perToken: Int, backend: any ComputeBackend) throws {
+        try validate(width: width)
+        let count = try Tensor.checkedCount([batch, length, max(width, perToken)], dtype: .f32, "example intermediate")
+        guard count * 4 <= backend.maxTensorBytes else {
+            throw SwitchyardError.shape(
+                argument: "example batch × tokens",
+                expected: "B·L·\(max(width, perToken)) f32 within the backend's largest tensor (\(backend.maxTensorBytes) bytes)",
+                actual: [batch, length])
+        }
+    }
+
     /// Checks the sizes (each at least 1, a floating-point dtype) and that `[B, L, width]` of
     /// `dtype` is a valid tensor; the error names the argument.
     public func validate(width: Int) throws {

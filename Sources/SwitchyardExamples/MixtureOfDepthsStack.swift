@@ -58,7 +58,7 @@ public final class MixtureOfDepthsStack: ConditionalStack {
 
     public init(backend: any ComputeBackend, config c: MixtureOfDepthsConfig, shape: ExampleShape, pack: Bool = true) throws {
         try c.validate()
-        try shape.validate(width: c.hidden)
+        try shape.validate(width: c.hidden, perToken: c.ffn, backend: backend)  // the dense MLP's [B·L, ffn]
         self.backend = backend
         self.shape = shape
         self.config = c

@@ -51,7 +51,12 @@ public final class SoftMoEStack: ConditionalStack {
 
     public init(backend: any ComputeBackend, config c: SoftMoEStackConfig, shape: ExampleShape, pack: Bool = true) throws {
         try c.validate()
-        try shape.validate(width: c.layer.hidden)
+        // The dense mixture's expert-ordered rows: E per token, [B·L·E, max(ffn, d)].
+        let (perToken, overflow) = c.layer.experts.multipliedReportingOverflow(by: max(c.layer.ffn, c.layer.hidden))
+        guard !overflow else {
+            throw SwitchyardError.outOfRange(argument: "soft MoE stack experts", value: c.layer.experts, range: "E · ffn below 2⁶³")
+        }
+        try shape.validate(width: c.layer.hidden, perToken: perToken, backend: backend)
         self.backend = backend
         self.shape = shape
         self.config = c

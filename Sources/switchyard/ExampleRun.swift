@@ -33,6 +33,16 @@ extension Run {
             let backend = try OpenCLBackend(device: try Device.select(device))
             let dev = backend.device
             print("device  \(dev.name) (\(dev.kind.rawValue), \(dev.platformName), driver \(dev.driverVersion))")
+            // The input is drawn on the host (and, with --check, the reference holds the stack):
+            // refuse a batch whose tokens, at 4 KiB each (d 256 in f32: the input, the output and
+            // what lies between), take over a quarter of host memory.
+            let (n, overflow) = shape.batch.multipliedReportingOverflow(by: shape.length)
+            let host = ProcessInfo.processInfo.physicalMemory
+            guard !overflow, n <= Int(host / 4) / 4096 else {
+                throw ValidationError(
+                    "--batch \(shape.batch) × --tokens \(shape.length): at 4 KiB per token that is over a quarter of the "
+                        + "machine's \(host) bytes of host memory")
+            }
             let report = try ExampleReport.run(example, backend: backend, shape: shape, iterations: iterations, check: check)
             for line in report.lines { print(line) }
             if let c = report.check, !c.passed { throw ExitCode(1) }
