@@ -298,7 +298,7 @@ public struct ExampleReport: Sendable {
                         median(denseWallSeconds) * 1e3))
                 let total = dynamicStages.reduce(0) { $0 + $1.seconds }
                 out.append(
-                    "stages  of the dynamic forward: "
+                    "stages  of one more dynamic forward: "
                         + dynamicStages.map {
                             String(format: "%@ %.3f ms (%.0f %%)", $0.stage, $0.seconds * 1e3, total > 0 ? 100 * $0.seconds / total : 0)
                         }.joined(separator: ", "))
