@@ -8,7 +8,7 @@ import Testing
 /// and the MoE block's output computed independently in float64 numpy.
 func makeFolder(_ type: String, _ dtype: String, _ layout: String) throws -> (folder: String, layer: Int) {
     let folder = FileManager.default.temporaryDirectory
-        .appendingPathComponent("switchyard-hf-\(type)-\(dtype)-\(layout)-\(getpid())").path
+        .appendingPathComponent("switchyard-hf-\(type)-\(dtype)-\(layout)-\(getpid())-\(UUID().uuidString)").path
     let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .appendingPathComponent("../Fixtures/hf_moe.py").standardized.path
     let process = Process()

@@ -5,10 +5,11 @@ import SwitchyardReference
 import Testing
 
 /// Runs Tests/Fixtures/hf_moe.py for a gpt_oss folder (`variant`: mxfp4, bf16 or f32), optionally
-/// with one tensor broken (`hostile`).
+/// with one tensor broken (`hostile`). Each call gets a folder of its own: tests run in parallel
+/// and two of them write the same variant.
 func makeGptOssFolder(_ variant: String, _ layout: String, hostile: String? = nil) throws -> (folder: String, layer: Int) {
     let folder = FileManager.default.temporaryDirectory
-        .appendingPathComponent("switchyard-gptoss-\(variant)-\(layout)-\(hostile ?? "ok")-\(getpid())").path
+        .appendingPathComponent("switchyard-gptoss-\(variant)-\(layout)-\(hostile ?? "ok")-\(getpid())-\(UUID().uuidString)").path
     let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .appendingPathComponent("../Fixtures/hf_moe.py").standardized.path
     let process = Process()
