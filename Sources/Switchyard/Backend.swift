@@ -148,6 +148,15 @@ public protocol ComputeBackend: AnyObject, Sendable {
     func prepareMXFP4(blocks: Tensor, scales: Tensor, swiglu: Bool, interleavedGateUp: Bool) throws -> ExpertWeights
     /// FP8 e4m3 checkpoint tensors with 128 × 128 block scales (`PrepareFP8`) repacked once.
     func prepareFP8(codes: Tensor, scaleInv: Tensor, swiglu: Bool) throws -> ExpertWeights
+
+    // MARK: - Depth sparsity
+
+    /// The adaptive-computation-time state of `tokens` tokens of width `width` before the first
+    /// step: every token running at its own row, sums zero, accumulator zero in `dtype` (see `HaltingState`).
+    func haltingState(tokens: Int, width: Int, dtype: DType) throws -> HaltingState
+    /// One ACT step: the packed running rows' halting signal `p [rows]` and block output
+    /// `h [rows, d]` folded into `state`, the still-running tokens compacted on the device (see `Halting`).
+    func halting(_ p: Tensor, h: Tensor, state: HaltingState, config: HaltingConfig) throws -> HaltingState
 }
 
 extension ComputeBackend {
