@@ -157,6 +157,13 @@ public protocol ComputeBackend: AnyObject, Sendable {
     /// One ACT step: the packed running rows' halting signal `p [rows]` and block output
     /// `h [rows, d]` folded into `state`, the still-running tokens compacted on the device (see `Halting`).
     func halting(_ p: Tensor, h: Tensor, state: HaltingState, config: HaltingConfig) throws -> HaltingState
+    /// The early-exit state of `samples` samples before the first exit: all active, nothing
+    /// predicted, `heads` exits counted, softmax rows kept in `probabilities` when given (see `ExitState`).
+    func exitState(samples: Int, classes: Int, heads: Int, probabilities: DType?) throws -> ExitState
+    /// One exit: the packed active samples' exit logits `[rows, classes]` decide who leaves (by
+    /// `criterion`, or all when `last`); predictions land at original positions, the rest are
+    /// compacted on the device (see `EarlyExit`).
+    func earlyExit(_ logits: Tensor, state: ExitState, criterion: ExitCriterion, last: Bool) throws -> ExitState
 }
 
 extension ComputeBackend {
