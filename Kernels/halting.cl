@@ -10,7 +10,8 @@
 //
 // Grid [nblocks * GROUP, ceil(N / rows_per_group)]: work-group (b, g) handles rows_per_group
 // tokens and the column block b of COLS elements; each work-item strides over the block, so no
-// loop passes COLS / GROUP iterations (16-wide: COLS / 16 / GROUP) whatever d. The per-token
+// loop passes COLS / GROUP = 1,024 iterations (16-wide: 64) whatever d, and the host gives a
+// work-group at most 16 rows (a loop nest of 16,384 iterations at most). The per-token
 // scalars are computed by every work-item of the row (no barrier) and written by block 0's
 // work-item 0. X: h's storage type; Y: the accumulator's; P: p's.
 #ifndef P_T

@@ -1,6 +1,22 @@
 import OpenCLHost
 
 extension OpenCLBackend {
+    /// Work-items per row of `early_exit_rows`: the token group, widened (a power of two, up to
+    /// the device's largest work-group) until each of a work-item's three loops over the classes
+    /// takes at most 8,192 steps (llvmpipe stops a work-item after 65,535 loop iterations: a
+    /// group of 2 over 70,001 classes, two loops of 35,001, was measured to stop early). A
+    /// device too small for that where work-items are lanes is an error naming the classes.
+    func exitGroup(classes: Int) throws -> Int {
+        var group = tokenGroup
+        let largest = max(1, device.maxWorkGroupSize)
+        while (classes + group - 1) / group > 8192 && group * 2 <= min(largest, 1024) { group *= 2 }
+        if (classes + group - 1) / group > 8192 && device.workItemsAreLanes {
+            throw SwitchyardError.outOfRange(
+                argument: "earlyExit classes", value: classes, range: "1...\(8192 * group) on this device (work-groups of \(group))")
+        }
+        return group
+    }
+
     public func exitState(samples: Int, classes: Int, heads: Int, probabilities: DType?) throws -> ExitState {
         try EarlyExit.validateState(samples: samples, classes: classes, heads: heads, probabilities: probabilities)
         let n = samples
@@ -56,7 +72,10 @@ extension OpenCLBackend {
         let record = try tokenScratch([max(op.rows, 1), 4], .i32, "exit records")
         let recordConf = try tokenScratch([max(op.rows, 1)], .f32, "exit record confidence")
         if op.rows > 0 {
-            let group = tokenGroup
+            // Where work-items are lanes, a work-group per row (loops bounded by widening the
+            // group); on a CPU-class device a work-item per row, rows across the vector lanes.
+            let lanes = device.workItemsAreLanes
+            let group = lanes ? try exitGroup(classes: op.classes) : tokenGroup
             var defines = op.dtype.defines("X").merging(["GROUP": "\(group)"]) { a, _ in a }
             if let p = op.probabilityDType {
                 defines.merge(p.defines("Y")) { a, _ in a }
@@ -65,11 +84,11 @@ extension OpenCLBackend {
             var patience = 0
             if case .patience(let p) = criterion { patience = p }
             try launch(
-                "early_exit.cl", "early_exit_rows", defines: defines,
+                "early_exit.cl", lanes ? "early_exit_rows" : "early_exit_rows_item", defines: defines,
                 args: [.buffer(lb), .int(op.rows), .int(op.classes), .buffer(old[6]), .int(n), .buffer(old[4]), .buffer(old[5]),
                        .buffer(record), .buffer(recordConf), .buffer(probs?.buffer ?? record), .int(criterion.code),
                        .float(criterion.threshold), .int(patience), .int(last ? 1 : 0)],
-                global: [op.rows * group], local: [group])
+                global: [lanes ? op.rows * group : roundUp(op.rows, group)], local: [group])
         }
         if n > 0 {
             try launch(

@@ -68,24 +68,22 @@ public struct ExitState: @unchecked Sendable {
 /// by `last`, its prediction follows `topK` (the first NaN, else the first +inf) and its
 /// statistic is NaN. Classes 1...2²⁰.
 ///
-/// A loop with no host read inside (read `predictions`, `histogram` at the end):
+/// A loop with no host read inside (read `predictions` and `histogram` at the end). `blocks`
+/// and `exitHeads` are the caller's:
 ///
-/// ```swift
+/// ```
 /// var state = try backend.exitState(samples: n, classes: classes, heads: blocks.count, probabilities: nil)
-/// var x = x0                                                 // [n, d]
-/// for (k, block) in blocks.enumerated() {
-///     let rows = try backend.gatherTokens(x.reshaped([1, n, d]), indices: state.positions.reshaped([1, n]),
-///                                         rows: nil, dtype: nil).reshaped([n, d])   // active rows packed
-///     let h = try block(rows)                                // [n, d]; rows past the count unused
-///     let logits = try exitHead[k](h)                        // [n, classes]
-///     let next = try backend.earlyExit(logits, state: state, criterion: .maxProbability(0.9),
-///                                      last: k == blocks.count - 1)
-///     x = h                                                  // still packed in the old order: repack
-///     x = try backend.gatherTokens(backend.expandTokens(h.reshaped([1, n, d]), positions: state.positions.reshaped([1, n]),
-///                                  length: n, base: nil, fill: 0, dtype: nil), ...)  // or keep x by original position
-///     state = next
+/// var x = x0                                               // [1, N, d], by original position
+/// for k in blocks.indices {
+///     let positions = try state.positions.reshaped([1, n])
+///     let rows = try backend.gatherTokens(x, indices: positions, rows: nil, dtype: nil)  // active rows packed
+///     let h = try blocks[k](rows.reshaped([n, d]))         // [N, d]: rows past the count are ignored
+///     x = try backend.expandTokens(h.reshaped([1, n, d]), positions: positions, length: n, base: x, fill: 0, dtype: nil)
+///     state = try backend.earlyExit(try exitHeads[k](h), state: state, criterion: .maxProbability(0.9),
+///                                   last: k == blocks.count - 1)
 /// }
-/// let predictions = try backend.ints(state.predictions)     // by original position
+/// let predictions = try backend.ints(state.predictions)   // [N] by original position
+/// let perExit = try backend.ints(state.histogram)          // samples that left at each exit
 /// ```
 public struct EarlyExit: OpDescriptor, Hashable {
     public var samples: Int

@@ -9,10 +9,11 @@ extension OpenCLBackend {
     }
 
     /// The grid of the halting row kernels over `tokens` rows of width `d`: column blocks of
-    /// 1,024 · group elements (Kernels/halting.cl's COLS) times row groups.
+    /// 1,024 · group elements (Kernels/halting.cl's COLS) times row groups of at most 16 rows, so
+    /// a work-item's loop nest stays at 16 · 1,024 iterations whatever d and the tuning.
     func haltingGrid(tokens: Int, width d: Int) -> (global: [Int], local: [Int], rowsPerGroup: Int, defines: [String: String]) {
         let group = tuning.copyGroup
-        let per = tuning.rowsPerGroup
+        let per = min(tuning.rowsPerGroup, 16)
         let blocks = max(1, (d + 1024 * group - 1) / (1024 * group))
         return ([blocks * group, (tokens + per - 1) / per], [group, 1], per, ["GROUP": "\(group)"])
     }

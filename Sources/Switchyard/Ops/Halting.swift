@@ -130,20 +130,20 @@ public struct HaltingState: @unchecked Sendable {
 /// N = 0 and d = 0 are allowed. Calling past `maxSteps` is an error.
 ///
 /// The loop, with no host read inside (counts stay on the device; read `count` at the end, or
-/// between steps only to stop early):
+/// between steps only to stop early). `block` and `haltingHead` are the caller's:
 ///
-/// ```swift
+/// ```
 /// var state = try backend.haltingState(tokens: n, width: d, dtype: .f32)
-/// var x = x0                                             // [N, d]: every token's block input
+/// var x = x0                                               // [1, N, d], by original position
 /// for _ in 0..<maxSteps {
-///     let rows = try backend.gatherTokens(x.reshaped([1, n, d]), indices: state.positions.reshaped([1, n]),
-///                                         rows: nil, dtype: nil).reshaped([n, d])   // running rows packed
-///     let h = try block(rows)                            // [N, d]: rows past the count are zero
-///     let p = try haltingHead(h)                         // [N]
+///     let positions = try state.positions.reshaped([1, n])
+///     let rows = try backend.gatherTokens(x, indices: positions, rows: nil, dtype: nil)  // running rows first
+///     let h = try block(rows.reshaped([n, d]))             // [N, d]: rows past the count are ignored
+///     let p = try haltingHead(h)                           // [N] (logits: HaltingConfig(input: .logit))
+///     x = try backend.expandTokens(h.reshaped([1, n, d]), positions: positions, length: n, base: x, fill: 0, dtype: nil)
 ///     state = try backend.halting(p, h: h, state: state, config: HaltingConfig(maxSteps: maxSteps))
-///     x = try backend.expandTokens(h.reshaped([1, n, d]), positions: ..., length: n, base: x.reshaped([1, n, d]), ...)
 /// }
-/// let y = state.accumulated                              // Σ_n w_n · h_n per token; state.ponder: ρ
+/// let y = state.accumulated                                // [N, d] Σ_n w_n · h_n; state.ponder: N + R
 /// ```
 public struct Halting: OpDescriptor, Hashable {
     public var tokens: Int
