@@ -3,9 +3,9 @@ import OpenCLHost
 extension OpenCLBackend {
     /// Work-items per row of `early_exit_rows`: the token group, widened (a power of two, up to
     /// the device's largest work-group) until each of a work-item's three loops over the classes
-    /// takes at most 8,192 steps (llvmpipe stops a work-item after 65,535 loop iterations: a
-    /// group of 2 over 70,001 classes, two loops of 35,001, was measured to stop early). A
-    /// device too small for that where work-items are lanes is an error naming the classes.
+    /// takes at most 8,192 steps: well below llvmpipe's 65,535 iterations even if its budget
+    /// counted the three loops together. A device too small for that where work-items are
+    /// lanes is an error naming the classes.
     func exitGroup(classes: Int) throws -> Int {
         var group = tokenGroup
         let largest = max(1, device.maxWorkGroupSize)
