@@ -160,6 +160,22 @@ public protocol ComputeBackend: AnyObject, Sendable {
         _ input: MatmulInput, weights: ExpertWeights, routing: Routing?, epilogue: Epilogue, glu: GLUParameters,
         bias: Tensor?, scale: RowScale, dtype: DType?
     ) throws -> Tensor
+
+    // MARK: - Depth sparsity
+
+    /// The adaptive-computation-time state of `tokens` tokens of width `width` before the first
+    /// step: every token running at its own row, sums zero, accumulator zero in `dtype` (see `HaltingState`).
+    func haltingState(tokens: Int, width: Int, dtype: DType) throws -> HaltingState
+    /// One ACT step: the packed running rows' halting signal `p [rows]` and block output
+    /// `h [rows, d]` folded into `state`, the still-running tokens compacted on the device (see `Halting`).
+    func halting(_ p: Tensor, h: Tensor, state: HaltingState, config: HaltingConfig) throws -> HaltingState
+    /// The early-exit state of `samples` samples before the first exit: all active, nothing
+    /// predicted, `heads` exits counted, softmax rows kept in `probabilities` when given (see `ExitState`).
+    func exitState(samples: Int, classes: Int, heads: Int, probabilities: DType?) throws -> ExitState
+    /// One exit: the packed active samples' exit logits `[rows, classes]` decide who leaves (by
+    /// `criterion`, or all when `last`); predictions land at original positions, the rest are
+    /// compacted on the device (see `EarlyExit`).
+    func earlyExit(_ logits: Tensor, state: ExitState, criterion: ExitCriterion, last: Bool) throws -> ExitState
 }
 
 extension ComputeBackend {

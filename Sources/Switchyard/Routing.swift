@@ -318,6 +318,10 @@ extension ComputeBackend {
             try TokenFlags.raise(f)
             return
         }
+        if f.count == DepthFlags.count {
+            try DepthFlags.raise(f)
+            return
+        }
         if f.count > 0 && f[0] != 0 {
             throw SwitchyardError.invalidValues(
                 argument: "router logits", detail: "NaN or infinite values; routing refused")

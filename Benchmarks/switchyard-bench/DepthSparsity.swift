@@ -1,0 +1,46 @@
+import Foundation
+import OpenCLHost
+import Switchyard
+import SwitchyardConformance
+
+/// The depth-sparsity ops at the shapes of issue 16: one `halting` step over N = 8 · 4096 tokens
+/// of d = 1024 (every token running: the packed rows are all N), and one `earlyExit` over
+/// N = 8 · 4096 samples of 1,000 classes, f32 and bf16, in GB/s against the copy ceiling (a step
+/// reads the accumulator and writes it, reads h; an exit reads the logits). Too large for the
+/// reference, so no peer; conformance checks the same kernels at smaller shapes.
+func depthItems(filter: String?, quick: Bool) throws -> [BenchItem] {
+    let (n, d, classes) = (8 * 4096, 1024, 1000)
+    let regex = try filter.flatMap { $0.isEmpty ? nil : try Regex($0) }
+    var items: [BenchItem] = []
+    func add(_ op: String, _ shape: String, _ options: String, _ dtype: DType, _ bytes: Double, _ flops: Double,
+             _ prepare: @escaping (OpenCLBackend) throws -> () throws -> Void) {
+        let name = "\(op) \(shape) \(dtype.rawValue) \(options) depth-bench"
+        if let regex, !name.contains(regex) { return }
+        items.append(
+            BenchItem(
+                name: name, op: op, shape: shape, dtype: dtype.rawValue, options: "\(options) depth-bench", flops: flops,
+                bytes: bytes, bound: .copyTraffic, peers: [], prepareDevice: prepare))
+    }
+    for dtype in quick ? [DType.f32] : [.f32, .bf16] {
+        let config = HaltingConfig(maxSteps: 8)
+        let h = Halting(tokens: n, width: d, probabilityDType: dtype, dtype: dtype, accumulatorDType: dtype, config: config)
+        add("halting", "N=\(n) d=\(d)", "step 1 all running", dtype, h.bytes, h.flops) { backend in
+            var g = SeededGenerator(seed: stableSeed("halting bench \(dtype)"))
+            let p = try backend.tensor((0..<n).map { _ in Float(g.unit() * 0.6) }, shape: [n], dtype: dtype)
+            let x = try backend.tensor(g.normals(n * d), shape: [n, d], dtype: dtype)
+            let state = try backend.haltingState(tokens: n, width: d, dtype: dtype)
+            try backend.synchronize()
+            return { _ = try backend.halting(p, h: x, state: state, config: config) }
+        }
+        let criterion = ExitCriterion.maxProbability(0.9)
+        let e = EarlyExit(samples: n, classes: classes, dtype: dtype, heads: 4, criterion: criterion)
+        add("early_exit", "N=\(n) classes=\(classes)", "\(criterion)", dtype, e.bytes, e.flops) { backend in
+            var g = SeededGenerator(seed: stableSeed("early exit bench \(dtype)"))
+            let logits = try backend.tensor(g.normals(n * classes, scale: 3), shape: [n, classes], dtype: dtype)
+            let state = try backend.exitState(samples: n, classes: classes, heads: 4, probabilities: nil)
+            try backend.synchronize()
+            return { _ = try backend.earlyExit(logits, state: state, criterion: criterion, last: false) }
+        }
+    }
+    return items
+}

@@ -1,0 +1,311 @@
+#include "common.h"
+
+// Early exit (Reference.earlyExitStep), three kernels per exit:
+// early_exit_rows (devices whose work-items are lanes): one work-group of GROUP work-items per
+//   packed row j of logits [rows, classes] (X), the row of sample positions[j] (slots past the
+//   active count hold -1 and are skipped). Work-items stride over the classes (at most 8,192
+//   steps per loop: the host widens GROUP), then fixed trees combine their partial results.
+// early_exit_rows_item (CPU-class devices): one work-item per packed row, the classes in order
+//   (the driver vectorizes across work-items, i.e. across rows; a work-group per row costs a
+//   CPU driver more in work-group overhead than the row's work).
+//   Either way, per row: the top-2 keys (descending_key << 32 | class: NaN first, ties to the
+//   lower class, as topk.cl orders), the NaN-ignoring max m, then (compensated) S - 1 and
+//   T = sum exp(x - m) (x - m) over the classes but the argmax (0 where exp is 0); the decision
+//   goes to the slot's record; an exiting sample's softmax row (KEEP_PROBS, Y) is written at
+//   its original position.
+// early_exit_tokens: per sample, through the inverse map inv (token_index_map), the new state
+//   from its slot's record, or the old state copied.
+// early_exit_histogram: histogram[head] = active before - active after, the rest copied.
+
+// Folds v (class c) into the two best keys so far.
+inline void exit_top2(float v, int c, ulong* b1, ulong* b2) {
+    const ulong k = ((ulong)descending_key(v) << 32) | (ulong)c;
+    const ulong lo = min(*b1, k);
+    *b2 = min(*b2, max(*b1, k));
+    *b1 = lo;
+}
+
+// Adds a class's terms to the compensated (Kahan) sums of S - 1 and T: the argmax adds none.
+inline void exit_terms(float x, int c, int pred, float m, float* rest, float* rest_c, float* ent, float* ent_c) {
+    const float z = x - m;
+    const float e = c == pred ? 0.0f : exp(z);
+    const float ez = e > 0.0f ? e * z : 0.0f;
+    float y = e - *rest_c;
+    float t = *rest + y;
+    *rest_c = (t - *rest) - y;
+    *rest = t;
+    y = ez - *ent_c;
+    t = *ent + y;
+    *ent_c = (t - *ent) - y;
+    *ent = t;
+}
+
+// The decision of packed row j (sample pos, in range): the statistics from the row's argmax
+// `pred`, the runner-up's term e2 = exp(x2 - m) (0 with one class), max m, S - 1 = rest and T = ent; writes the slot's record when
+// `writer`; returns S for the kept softmax row, or 0 when the sample stays (a non-finite row's S
+// is NaN: its softmax is NaN throughout, as Reference.softmax gives).
+inline float exit_decide(int j, int pos, int pred, float e2, int classes, int finite, float m, float rest, float ent,
+                         __global const X_T* logits, size_t base, __global const int* last_pred,
+                         __global const int* streak, __global int4* record, __global float* record_conf, int criterion,
+                         float tau, int patience, int last, int writer) {
+    const float sum = finite ? 1.0f + rest : NAN;
+    float margin = NAN, maxprob = NAN, entropy = NAN;
+    if (finite) {
+        maxprob = 1.0f / sum;
+        margin = (1.0f - e2) / sum;
+        entropy = log1p(rest) - ent / sum;
+    }
+    // Only patience changes the streak. (Branch-free: every criterion's test is computed and
+    // one is picked.)
+    const int old_streak = streak[pos];
+    const int old_last = last_pred[pos];
+    const int is_patience = criterion == 3;
+    const int patience_streak = finite ? (pred == old_last ? old_streak + 1 : 1) : 0;
+    const int new_streak = is_patience ? patience_streak : old_streak;
+    const int new_last = is_patience ? (finite ? pred : -1) : old_last;
+    const float statistic = criterion == 1 ? entropy : (criterion == 2 ? margin : maxprob);
+    const int above = criterion == 1 ? statistic <= tau : statistic >= tau;
+    const int confident = is_patience ? patience_streak >= patience : finite && above;
+    const int exits = confident || last;
+    if (writer) {
+        record[j] = (int4)(pred, exits, new_streak, new_last);
+        record_conf[j] = statistic;
+    }
+    return exits ? sum : 0.0f;
+}
+
+__kernel void early_exit_rows(__global const X_T* logits, int rows, int classes, __global const int* positions,
+                              int samples, __global const int* last_pred, __global const int* streak,
+                              __global int4* record, __global float* record_conf, __global Y_T* probs,
+                              int criterion, float tau, int patience, int last) {
+    const int j = get_group_id(0);
+    const int lid = get_local_id(0);
+    __local ulong best[GROUP];
+    __local ulong second[GROUP];
+    __local float red[GROUP];
+    __local float red2[GROUP];
+    // An empty slot (past the active count) or a bad position (flagged by token_index_map) is
+    // skipped: the same for every work-item, which still meet every barrier (no early return
+    // before them: the loops run over no class).
+    const int raw = positions[j];
+    const int valid = j < rows && raw >= 0 && raw < samples;
+    const int pos = valid ? raw : 0;
+    const int n_cls = valid ? classes : 0;
+    const size_t base = (size_t)j * (size_t)classes;
+
+    ulong b1 = ~(ulong)0, b2 = ~(ulong)0;
+    float m = -INFINITY;
+    for (int c = lid; c < n_cls; c += GROUP) {
+        const float v = X_LOAD(logits, base + c);
+        exit_top2(v, c, &b1, &b2);
+        m = fmax(m, v);
+    }
+    best[lid] = b1;
+    second[lid] = b2;
+    red[lid] = m;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = GROUP / 2; s > 0; s >>= 1) {
+        if (lid < s) {
+            const ulong x1 = best[lid], x2 = second[lid], y1 = best[lid + s], y2 = second[lid + s];
+            best[lid] = min(x1, y1);
+            second[lid] = min(max(x1, y1), min(x2, y2));
+            red[lid] = fmax(red[lid], red[lid + s]);
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const ulong top = best[0];
+    const ulong runner = second[0];
+    m = red[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+
+    // The argmax's class comes from a key: checked before it addresses the row.
+    const uint c1 = (uint)(top & 0xFFFFFFFFu);
+    const int pred = c1 < (uint)classes ? (int)c1 : 0;
+    const int finite = valid && isfinite(X_LOAD(logits, base + pred));
+
+    float rest = 0.0f, rest_c = 0.0f, ent = 0.0f, ent_c = 0.0f;
+    for (int c = lid; c < n_cls; c += GROUP)
+        exit_terms(X_LOAD(logits, base + c), c, pred, m, &rest, &rest_c, &ent, &ent_c);
+    red[lid] = rest - rest_c;
+    red2[lid] = ent - ent_c;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = GROUP / 2; s > 0; s >>= 1) {
+        if (lid < s) {
+            red[lid] += red[lid + s];
+            red2[lid] += red2[lid + s];
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (!valid) return;
+    // The runner-up's class comes from a key: checked before it addresses the row.
+    const uint c2 = (uint)(runner & 0xFFFFFFFFu);
+    const float e2 = finite && c2 < (uint)classes ? exp(X_LOAD(logits, base + c2) - m) : 0.0f;
+    const float sum = exit_decide(j, pos, pred, e2, classes, finite, m, red[0], red2[0], logits, base, last_pred,
+                                  streak, record, record_conf, criterion, tau, patience, last, lid == 0);
+#ifdef KEEP_PROBS
+    if (sum != 0.0f) {
+        const size_t out = (size_t)pos * (size_t)classes;
+        for (int c = lid; c < classes; c += GROUP) Y_STORE(probs, out + c, exp(X_LOAD(logits, base + c) - m) / sum);
+    }
+#endif
+}
+
+// The lanes of a float16 combined in a fixed pairwise order (halves, then halves of those).
+inline float sum16(float16 v) {
+    const float8 a = v.lo + v.hi;
+    const float4 b = a.lo + a.hi;
+    const float2 c = b.lo + b.hi;
+    return c.x + c.y;
+}
+
+inline float max16(float16 v) {
+    const float8 a = fmax(v.lo, v.hi);
+    const float4 b = fmax(a.lo, a.hi);
+    const float2 c = fmax(b.lo, b.hi);
+    return fmax(c.x, c.y);
+}
+
+// Grid [roundUp(rows, GROUP)]: one work-item per packed row (CPU-class devices, no loop limit),
+// the row walked 16 classes at a time in float16 vectors (which a CPU driver maps to its SIMD
+// registers and vector exp) with a scalar tail. The argmax is found by value (the NaN-ignoring
+// max m, then the first NaN if any, else the first class equal to m: the key order of
+// early_exit_rows); the runner-up enters only as exp(x2 - m), the largest term of the others.
+__kernel void early_exit_rows_item(__global const X_T* logits, int rows, int classes, __global const int* positions,
+                                   int samples, __global const int* last_pred, __global const int* streak,
+                                   __global int4* record, __global float* record_conf, __global Y_T* probs,
+                                   int criterion, float tau, int patience, int last) {
+    const int j = get_global_id(0);
+    if (j >= rows) return;
+    const int raw = positions[j];
+    if (raw < 0 || raw >= samples) return;
+    const size_t base = (size_t)j * (size_t)classes;
+    __global const X_T* row = logits + base;
+    const int vecs = classes / 16;
+    float16 m16 = (float16)(-INFINITY);
+    int16 nan16 = (int16)(0);
+    for (int q = 0; q < vecs; ++q) {
+        const float16 v = X_LOAD16(row, q);
+        m16 = fmax(m16, v);
+        nan16 |= isnan(v);
+    }
+    float m = max16(m16);
+    int has_nan = any(nan16);
+    for (int c = vecs * 16; c < classes; ++c) {
+        const float v = X_LOAD(row, c);
+        m = fmax(m, v);
+        has_nan |= isnan(v);
+    }
+    // The argmax: the first NaN, else the first class equal to m (-0 equals +0; an all -inf
+    // row gives class 0).
+    int pred = 0;
+    for (int q = 0; q < vecs; ++q) {
+        const float16 v = X_LOAD16(row, q);
+        if (any(has_nan ? isnan(v) : v == (float16)(m))) {
+            int k = 15;
+            for (int i = 15; i >= 0; --i) {
+                const float x = X_LOAD(row, q * 16 + i);
+                if (has_nan ? isnan(x) : x == m) k = i;
+            }
+            pred = q * 16 + k;
+            break;
+        }
+        pred = -1;
+    }
+    if (vecs == 0 || pred < 0) {
+        pred = 0;
+        for (int c = vecs * 16; c < classes; ++c) {
+            const float x = X_LOAD(row, c);
+            if (has_nan ? isnan(x) : x == m) {
+                pred = c;
+                break;
+            }
+        }
+    }
+    const int finite = !has_nan && isfinite(m);
+    // S - 1, T and the largest other term, compensated per lane, lanes combined in order.
+    const int16 lane = (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    float16 r16 = (float16)(0.0f), rc16 = (float16)(0.0f), t16 = (float16)(0.0f), tc16 = (float16)(0.0f);
+    float16 e2_16 = (float16)(0.0f);
+    for (int q = 0; q < vecs; ++q) {
+        const float16 z = X_LOAD16(row, q) - m;
+        const float16 e = select(exp(z), (float16)(0.0f), lane + q * 16 == (int16)(pred));
+        const float16 ez = select((float16)(0.0f), e * z, e > (float16)(0.0f));
+        e2_16 = fmax(e2_16, e);
+        float16 y = e - rc16;
+        float16 t = r16 + y;
+        rc16 = (t - r16) - y;
+        r16 = t;
+        y = ez - tc16;
+        t = t16 + y;
+        tc16 = (t - t16) - y;
+        t16 = t;
+    }
+    float rest = sum16(r16 - rc16), rest_c = 0.0f, ent = sum16(t16 - tc16), ent_c = 0.0f, e2 = max16(e2_16);
+    for (int c = vecs * 16; c < classes; ++c) {
+        exit_terms(X_LOAD(row, c), c, pred, m, &rest, &rest_c, &ent, &ent_c);
+        if (c != pred) e2 = fmax(e2, exp(X_LOAD(row, c) - m));
+    }
+    const float sum = exit_decide(j, raw, pred, e2, classes, finite, m, rest - rest_c, ent - ent_c, logits, base,
+                                  last_pred, streak, record, record_conf, criterion, tau, patience, last, 1);
+#ifdef KEEP_PROBS
+    if (sum != 0.0f) {
+        __global Y_T* out = probs + (size_t)raw * (size_t)classes;
+        for (int q = 0; q < vecs; ++q) Y_STORE16(out, q, exp(X_LOAD16(row, q) - m) / sum);
+        for (int c = vecs * 16; c < classes; ++c) Y_STORE(out, c, exp(X_LOAD(row, c) - m) / sum);
+    }
+#endif
+}
+
+// Grid [roundUp(samples, 64)].
+__kernel void early_exit_tokens(__global const int* inv, int rows, __global const int4* record,
+                                __global const float* record_conf, __global const int* active,
+                                __global const int* pred, __global const int* head_of, __global const float* conf,
+                                __global const int* last_pred, __global const int* streak, __global int* active_out,
+                                __global int* pred_out, __global int* head_out, __global float* conf_out,
+                                __global int* last_out, __global int* streak_out, __global int* flags, int samples,
+                                int head) {
+    const int i = get_global_id(0);
+    if (i >= samples) return;
+    const int a = active[i];
+    const int j = inv[i];
+    // A slot read from inv is checked before it addresses the records.
+    if (a == 1 && j >= 0 && j < rows) {
+        const int4 r = record[j];
+        active_out[i] = r.y ? 0 : 1;
+        pred_out[i] = r.y ? r.x : pred[i];
+        head_out[i] = r.y ? head : head_of[i];
+        conf_out[i] = r.y ? record_conf[j] : conf[i];
+        streak_out[i] = r.z;
+        last_out[i] = r.w;
+        return;
+    }
+    if (a != 0 && a != 1) flags[3] = 1;
+    if ((a == 1 && j < 0) || (a != 1 && j >= 0)) flags[5] = 1;
+    active_out[i] = a;
+    pred_out[i] = pred[i];
+    head_out[i] = head_of[i];
+    conf_out[i] = conf[i];
+    last_out[i] = last_pred[i];
+    streak_out[i] = streak[i];
+}
+
+// Grid [roundUp(heads, 64)].
+__kernel void early_exit_histogram(__global const int* histogram, __global int* histogram_out,
+                                   __global const int* count_before, __global const int* count_after, int heads,
+                                   int head) {
+    const int i = get_global_id(0);
+    if (i >= heads) return;
+    histogram_out[i] = i == head ? count_before[0] - count_after[0] : histogram[i];
+}
+
+// Grid [roundUp(n, 64)]: y[i] = 0 (the kept probabilities before the first exit).
+__kernel void early_exit_zero(__global Y_T* y, int n) {
+    const int i = get_global_id(0);
+    if (i < n) Y_STORE(y, i, 0.0f);
+}
+
+// Grid [roundUp(n, 64)]: positions[i] = i.
+__kernel void early_exit_iota(__global int* positions, int n) {
+    const int i = get_global_id(0);
+    if (i < n) positions[i] = i;
+}
