@@ -200,14 +200,15 @@ extension OpenCLBackend {
         let xs = try empty(shape: [r.maxRows, d], dtype: out, label: "expert-ordered rows")
         if r.maxRows == 0 || d == 0 { return xs.guarded(by: [r.flags]) }
         let group = tuning.copyGroup
+        let per = try boundedRowsPerGroup(width: d, group: group, argument: "gather")
         try launch(
             "routing.cl", "gather_rows",
             defines: x.dtype.defines("X").merging(out.defines("Y")) { a, _ in a }
                 .merging(["GROUP": "\(group)"].merging(x.dtype == out ? ["RAW_COPY": out.size == 4 ? "uint" : "ushort"] : [:]) { a, _ in a }) { a, _ in a },
             args: [.buffer(try deviceBuffer(x, "gather x")), .buffer(try deviceBuffer(r.assignmentOf, "routing")),
                    .buffer(xs.buffer!), .int(r.maxRows), .int(r.tokens), .int(r.config.k), .int(d),
-                   .int(tuning.rowsPerGroup)],
-            global: [(r.maxRows + tuning.rowsPerGroup - 1) / tuning.rowsPerGroup * group], local: [group])
+                   .int(per)],
+            global: [(r.maxRows + per - 1) / per * group], local: [group])
         return xs.guarded(by: [r.flags])
     }
 
@@ -217,6 +218,8 @@ extension OpenCLBackend {
         let y = try empty(shape: [r.tokens, d], dtype: out, label: "combined output")
         if r.tokens == 0 || d == 0 { return y.guarded(by: [r.flags]) }
         let group = tuning.copyGroup
+        let per = try boundedRowsPerGroup(
+            width: d, steps: d % 16 == 0 ? d / 16 : d, group: group, inner: r.config.k, argument: "combine")
         try launch(
             "routing.cl", "combine_rows",
             defines: ys.dtype.defines("X").merging(out.defines("Y")) { a, _ in a }.merging(["GROUP": "\(group)"]) { a, _ in a },
@@ -224,8 +227,8 @@ extension OpenCLBackend {
                    .buffer(try deviceBuffer(r.weights, "routing")),
                    .buffer(try residual.map { try deviceBuffer($0, "combine residual") } ?? y.buffer!),
                    .int(residual == nil ? 0 : 1), .buffer(y.buffer!), .int(r.tokens), .int(r.config.k), .int(d),
-                   .int(r.maxRows), .int(tuning.rowsPerGroup)],
-            global: [(r.tokens + tuning.rowsPerGroup - 1) / tuning.rowsPerGroup * group], local: [group])
+                   .int(r.maxRows), .int(per)],
+            global: [(r.tokens + per - 1) / per * group], local: [group])
         return y.guarded(by: [r.flags])
     }
 

@@ -19,6 +19,33 @@ struct TokenSelectionTests {
         }
     }
 
+    /// Row copies on a lanes device with 2-work-item groups: a 20,001-column row (not a multiple
+    /// of 16: one column a step) is 10,001 steps per work-item, so the tuning's 3 rows per group
+    /// drop to 1 (within llvmpipe's 65,535) and the rows match the reference; a 70,001-column
+    /// row (35,001 steps) is refused by name rather than copied in part. CPU-class devices have
+    /// no loop limit and copy both.
+    @Test func wideRowsStayWithinTheLoopBudget() throws {
+        for device in try Device.all() {
+            let backend = try OpenCLBackend(device: device, tuning: Tuning(rowGroup: 2, rowsPerGroup: 3, copyGroup: 2))
+            for width in [20_001, 70_001] {
+                var g = SeededGenerator(seed: UInt64(width))
+                let x = try backend.tensor(g.normals(3 * width), shape: [1, 3, width], dtype: .f32)
+                let indices = try backend.tensor([2, 0, 1] as [Int32], shape: [1, 3])
+                let refusedHere = device.workItemsAreLanes && width > 16_384 * 2
+                do {
+                    let y = try backend.floats(backend.gatherTokens(x, indices: indices, rows: nil, dtype: nil))
+                    let xs = try backend.floats(x)
+                    #expect(!refusedHere, "\(device.name): width \(width) was not refused")
+                    let want = Array(xs[(2 * width)...] + xs[..<(2 * width)])
+                    let wrong = zip(y, want).filter { $0.0.bitPattern != $0.1.bitPattern }.count
+                    #expect(y.count == want.count && wrong == 0, "\(device.name): width \(width): \(wrong) elements differ")
+                } catch let error as SwitchyardError {
+                    #expect(refusedHere && "\(error)".contains("gatherTokens row width"), "\(device.name): \(error)")
+                }
+            }
+        }
+    }
+
     @Test func capacityFromARatio() throws {
         #expect(try TokenCapacity.ratio(0.125).resolve(length: 4096) == 512)
         #expect(try TokenCapacity.ratio(0.3).resolve(length: 10) == 3)

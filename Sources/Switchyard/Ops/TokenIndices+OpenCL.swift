@@ -63,11 +63,39 @@ extension OpenCLBackend {
         return defines
     }
 
-    /// Work-items and rows per work-group of the row-copy kernels (gather, scatter, expand): the
-    /// gather/combine tuning.
-    func tokenRowLaunch(rows: Int) -> (global: Int, local: Int, rowsPerGroup: Int) {
+    /// Work-items and rows per work-group of the row-copy kernels (gather, scatter, expand) over
+    /// rows of `width` columns: the gather/combine tuning, its rows per group bounded by
+    /// `boundedRowsPerGroup`.
+    func tokenRowLaunch(rows: Int, width: Int, argument: String) throws -> (global: Int, local: Int, rowsPerGroup: Int) {
         let group = tuning.copyGroup
-        let per = tuning.rowsPerGroup
+        // The kernels copy 16 elements a step when the width is a multiple of 16.
+        let steps = width % 16 == 0 ? width / 16 : width
+        let per = try boundedRowsPerGroup(width: width, steps: steps, group: group, argument: argument)
         return ((rows + per - 1) / per * group, group, per)
+    }
+
+    /// Loop iterations one work-item of a row kernel may run on a lanes device: a quarter of
+    /// llvmpipe's 65,535, after which it silently leaves a loop.
+    static let laneLoopBudget = 16_384
+
+    /// Rows per work-group of a row kernel whose `group` work-items stride over a row's `steps`
+    /// column steps (`width` columns, or width / 16 where 16 are copied at a time; `inner` loop
+    /// steps per column step, e.g. combine's k): the tuning's `rowsPerGroup`, lowered on lanes
+    /// devices so one work-item's loop nest (rows × ⌈steps / group⌉ × inner) stays within
+    /// `laneLoopBudget`. A single row beyond the budget is refused by name rather than left
+    /// partly unwritten.
+    func boundedRowsPerGroup(width: Int, steps columnSteps: Int? = nil, group: Int, inner: Int = 1,
+                             argument: String) throws -> Int {
+        let per = tuning.rowsPerGroup
+        guard device.workItemsAreLanes else { return per }
+        let columns = columnSteps ?? width
+        let steps = ((columns + group - 1) / group).multipliedReportingOverflow(by: max(1, inner))
+        let budget = Self.laneLoopBudget
+        guard !steps.overflow, steps.partialValue <= budget else {
+            throw SwitchyardError.outOfRange(
+                argument: "\(argument) row width", value: width,
+                range: "at most \(budget) loop steps per work-item on this lanes device (copyGroup \(group); this row needs \(steps.overflow ? "more" : "\(steps.partialValue)"))")
+        }
+        return max(1, min(per, budget / max(1, steps.partialValue)))
     }
 }
