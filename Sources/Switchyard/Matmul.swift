@@ -332,6 +332,13 @@ extension OpenCLBackend {
                 .int(q.group), .int(q.groups),
             ]
             quantRows = tuning.quantizedTileRows(format: q.format)
+            // Decode (fewer routed rows than experts' blocks): rows per tile near the rows an
+            // expert gets, so padding rows cost no dequantizing and tiles of padding only are
+            // skipped. (A row's sum is the same fma chain whatever its tile: batch invariant.)
+            if let routing {
+                let perExpert = (routing.tokens * routing.config.k + routing.config.experts - 1) / routing.config.experts
+                quantRows = max(1, min(quantRows, perExpert))
+            }
         }
         if let packed = weights.packed ?? weights.quantized?.codes {
             let width = weights.panelWidth
@@ -353,14 +360,7 @@ extension OpenCLBackend {
             case .registers:
                 tileRows = matmulRows(block: routing?.blockSize, limit: quantRows)
                 tiles = (rows + tileRows - 1) / tileRows
-                // A work-item walks at least one routing block (one expert's rows) when the tile
-                // is smaller than the block (quantized tiles are; the kernel accumulates only
-                // a tile's rows up to its last real one, so padding costs no FMAs): the
-                // expert's panel is read from memory once, and a decode's many tiles of padding
-                // only cost a work-item per block rather than one per tile.
-                // (Not where work-items are lanes: their loops stay short.)
-                let blockTiles = device.workItemsAreLanes ? 1 : min(64, routing.map { $0.blockSize / tileRows } ?? 1)
-                let step = max(tuning.matmulTileStep, blockTiles)
+                let step = tuning.matmulTileStep
                 let items = (tiles + step - 1) / step
                 let group = device.workItemsAreLanes ? 16 : 1
                 defines["VW"] = "\(tuning.matmulVectorWidth)"
