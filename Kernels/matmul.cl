@@ -296,52 +296,15 @@ inline int tile_expert_of(int tile, int dense_rows, __global const int* tile_exp
 // sized by the host to the device's register file (AVX-512: 6 × 4 × float16 = 24 of 32 zmm;
 // AVX2: 6 × 2 × float8 = 12 of 16 ymm). For SwiGLU a panel holds PANEL/2 gate then PANEL/2 up
 // columns.
-inline void packed_tile(__global const A_T* a, __global const int* assignment_of, int gather_k,
-                        __global const W_T* w, __global const int* tile_expert, __global Y_T* y,
-                        __global const float* scale, int scale_mode, int K, int N, int panels, int dense_rows,
-                        int tokens_k, int block, int max_rows, int experts, const int tile, const int panel,
-                        __global const SC_T* qscale, __global const uchar* qzero, int qgroup, int qgroups,
-                        __global const float* bias) {
-    const int row0 = tile * ROWS;
-    if (dense_rows > 0 && row0 >= dense_rows) return;
-    const int e = tile_expert_of(tile, dense_rows, tile_expert, block, experts);
-    if (e < 0) {  // past the padded total: defined as zeros (a cheap write, no weight read)
-        for (int r = 0; r < ROWS && row0 + r < max_rows; ++r)
-            for (int j = 0; j < PANEL_OUT; ++j) {
-                const int col = panel * PANEL_OUT + j;
-                if (col < N) Y_STORE(y, (size_t)(row0 + r) * (size_t)N + col, 0.0f);
-            }
-        return;
-    }
-
-    // Padding rows read a valid row (the tile's first real one, or row 0) and store zeros, so
-    // the k loop has no branch.
-    int src[ROWS];
-    __global const A_T* ap[ROWS];
-    int fallback = 0;
-    int any = 0;
-#pragma unroll
-    for (int r = ROWS - 1; r >= 0; --r) {
-        src[r] = row0 + r < max_rows ? source_row(row0 + r, dense_rows, assignment_of, gather_k, tokens_k) : -1;
-        if (src[r] >= 0) fallback = src[r];
-        any |= src[r] >= 0;
-    }
-    if (!any) {  // a tile of padding rows only (decode: most of an expert's block): zeros, no weight read
-        for (int r = 0; r < ROWS && row0 + r < max_rows; ++r)
-            for (int j = 0; j < PANEL_OUT; ++j) {
-                const int col = panel * PANEL_OUT + j;
-                if (col < N) Y_STORE(y, (size_t)(row0 + r) * (size_t)N + col, 0.0f);
-            }
-        return;
-    }
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) ap[r] = a + (size_t)(src[r] >= 0 ? src[r] : fallback) * (size_t)K;
-
-    VEC acc[ROWS][NV];
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r)
-#pragma unroll
-        for (int v = 0; v < NV; ++v) acc[r][v] = (VEC)0.0f;
+//
+// Only the tile's rows up to its last real one are accumulated (`accumulate` with NR rows, a
+// constant after inlining: one k loop per row count): at decode an expert has a row or two in
+// a tile of ROWS, and the padding rows would cost ROWS / NR times the FMAs per weight byte.
+// Each row's fma chain is the same whatever NR, so the result does not depend on it.
+__attribute__((always_inline)) inline void accumulate(const int NR, VEC acc[ROWS][NV], __global const A_T** ap,
+                                                      __global const W_T* w, int e, int panel, int K, int panels,
+                                                      __global const SC_T* qscale, __global const uchar* qzero,
+                                                      int qgroup, int qgroups) {
 #if QFMT == 0
     __global const W_T* wp = w + ((size_t)e * (size_t)panels + (size_t)panel) * (size_t)K * PANEL;
     for (int k = 0; k < K; ++k) {
@@ -349,7 +312,7 @@ inline void packed_tile(__global const A_T* a, __global const int* assignment_of
 #pragma unroll
         for (int v = 0; v < NV; ++v) wv[v] = W_LOADV(wp, NV * k + v);
 #pragma unroll
-        for (int r = 0; r < ROWS; ++r) {
+        for (int r = 0; r < NR; ++r) {
             const VEC av = (VEC)A_LOAD(ap[r], k);
 #pragma unroll
             for (int v = 0; v < NV; ++v) acc[r][v] = fma(av, wv[v], acc[r][v]);
@@ -419,7 +382,7 @@ inline void packed_tile(__global const A_T* a, __global const int* assignment_of
             }
 #endif
 #pragma unroll
-            for (int r = 0; r < ROWS; ++r) {
+            for (int r = 0; r < NR; ++r) {
                 const VEC av = (VEC)A_LOAD(ap[r], k);
 #pragma unroll
                 for (int v = 0; v < NV; ++v) acc[r][v] = fma(av, wv[v], acc[r][v]);
@@ -427,6 +390,78 @@ inline void packed_tile(__global const A_T* a, __global const int* assignment_of
         }
     }
 #endif
+}
+
+inline void packed_tile(__global const A_T* a, __global const int* assignment_of, int gather_k,
+                        __global const W_T* w, __global const int* tile_expert, __global Y_T* y,
+                        __global const float* scale, int scale_mode, int K, int N, int panels, int dense_rows,
+                        int tokens_k, int block, int max_rows, int experts, const int tile, const int panel,
+                        __global const SC_T* qscale, __global const uchar* qzero, int qgroup, int qgroups,
+                        __global const float* bias) {
+    const int row0 = tile * ROWS;
+    if (dense_rows > 0 && row0 >= dense_rows) return;
+    const int e = tile_expert_of(tile, dense_rows, tile_expert, block, experts);
+    if (e < 0) {  // past the padded total: defined as zeros (a cheap write, no weight read)
+        for (int r = 0; r < ROWS && row0 + r < max_rows; ++r)
+            for (int j = 0; j < PANEL_OUT; ++j) {
+                const int col = panel * PANEL_OUT + j;
+                if (col < N) Y_STORE(y, (size_t)(row0 + r) * (size_t)N + col, 0.0f);
+            }
+        return;
+    }
+
+    // Padding rows below the last real one read a valid row (the tile's first real one) and
+    // store zeros, so the k loop has no branch; rows past the last real one are not computed.
+    int src[ROWS];
+    __global const A_T* ap[ROWS];
+    int fallback = 0;
+    int nr = 0;  // rows up to the last real one
+#pragma unroll
+    for (int r = ROWS - 1; r >= 0; --r) {
+        src[r] = row0 + r < max_rows ? source_row(row0 + r, dense_rows, assignment_of, gather_k, tokens_k) : -1;
+        if (src[r] >= 0) fallback = src[r];
+        if (src[r] >= 0 && nr == 0) nr = r + 1;
+    }
+    if (nr == 0) {  // a tile of padding rows only (decode: most of an expert's block): zeros, no weight read
+        for (int r = 0; r < ROWS && row0 + r < max_rows; ++r)
+            for (int j = 0; j < PANEL_OUT; ++j) {
+                const int col = panel * PANEL_OUT + j;
+                if (col < N) Y_STORE(y, (size_t)(row0 + r) * (size_t)N + col, 0.0f);
+            }
+        return;
+    }
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) ap[r] = a + (size_t)(src[r] >= 0 ? src[r] : fallback) * (size_t)K;
+
+    VEC acc[ROWS][NV];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+        for (int v = 0; v < NV; ++v) acc[r][v] = (VEC)0.0f;
+#define SY_ACCUMULATE(n) accumulate((n), acc, ap, w, e, panel, K, panels, qscale, qzero, qgroup, qgroups)
+    switch (nr) {
+    case 1: SY_ACCUMULATE(1); break;
+#if ROWS >= 3
+    case 2: SY_ACCUMULATE(2); break;
+#endif
+#if ROWS >= 4
+    case 3: SY_ACCUMULATE(3); break;
+#endif
+#if ROWS >= 5
+    case 4: SY_ACCUMULATE(4); break;
+#endif
+#if ROWS >= 6
+    case 5: SY_ACCUMULATE(5); break;
+#endif
+#if ROWS >= 7
+    case 6: SY_ACCUMULATE(6); break;
+#endif
+#if ROWS >= 8
+    case 7: SY_ACCUMULATE(7); break;
+#endif
+    default: SY_ACCUMULATE(ROWS); break;
+    }
+#undef SY_ACCUMULATE
 
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
