@@ -207,7 +207,7 @@ extension HFCheckpoint {
         return places
     }
 
-    // MARK: Quantizing at load
+    // MARK: Loading expert by expert
 
     /// Loads layer `layer` with its routed and shared experts' weights quantized on `backend`
     /// (`quantize`: int8, int4, mxfp4; `.none` is `loadLayer` without it), one expert at a time
@@ -227,6 +227,28 @@ extension HFCheckpoint {
             return try loadLayer(
                 layer, backend: backend, pack: pack, weightType: weightType, stagingBytes: stagingBytes, progress: progress)
         }
+        return try loadByExpert(
+            layer, backend: backend, pack: pack, weightType: weightType, quantize: quantize, stagingBytes: stagingBytes,
+            progress: progress)
+    }
+
+    /// Whether layer `layer`'s routed experts are stored as FP8 (expert 0's gate is F8_E4M3).
+    func fp8Experts(_ layer: Int) throws -> Bool {
+        _ = try moeConfig(layer: layer)  // a dense or missing layer says so first
+        let name = expertNames(layer, 0).gate
+        return try file(for: name).entry(name).dtype == Self.fp8DType
+    }
+
+    /// Loads layer `layer` one expert at a time, each prepared on the backend in a one-expert
+    /// tensor and copied into its place of the stacked prepared weights: quantized from floats
+    /// (`quantize` other than `.none`, see `loadLayer(quantize:)`), or, with `.none`, FP8 experts
+    /// kept as FP8 (each expert's codes and block scales repacked by `prepareFP8`), so the
+    /// backend never holds a second copy of every expert's codes. Float shared experts (with
+    /// `.none`) load whole and are prepared as `MoELayer` does.
+    func loadByExpert(
+        _ layer: Int, backend: any ComputeBackend, pack: Bool, weightType: DType?, quantize: WeightQuantization,
+        stagingBytes: Int, progress: ((LoadProgress) -> Void)?
+    ) throws -> MoELayer {
         let c = try moeConfig(layer: layer)
         if let weightType, !weightType.isFloatingPoint {
             throw CheckpointError("weight type \(weightType): expected f32, f16 or bf16")
@@ -245,20 +267,27 @@ extension HFCheckpoint {
                       try weightStorage(n.down, shape: [h, f])]
             experts.append(n)
         }
-        // Float to quantize from: FP8 experts dequantized (f32 unless asked otherwise).
-        let wt = weightType ?? types.first(where: { $0 != .u8 }) ?? .f32
+        /// The type one expert is written in: float to quantize from (FP8 dequantized, to f32
+        /// unless asked otherwise), or, unquantized, u8 FP8 codes.
+        func scratchType(_ types: [DType], _ label: String) throws -> DType {
+            if quantize != .none { return weightType ?? types.first(where: { $0 != .u8 }) ?? .f32 }
+            return try stackedType(types, requested: weightType, label: label)
+        }
+        let routedType = try scratchType(types, "layer \(layer) routed experts")
+        guard quantize != .none || routedType == .u8 else {
+            throw CheckpointError("layer \(layer): loading expert by expert needs FP8 experts or a quantization")
+        }
         let biasName = p + "gate.e_score_correction_bias"
         if c.routerBias { _ = try storedType(biasName, shape: [c.experts]) }
         let sp = modelType == "deepseek_v3" ? p + "shared_experts." : p + "shared_expert."
         let shared = (gate: sp + "gate_proj.weight", up: sp + "up_proj.weight", down: sp + "down_proj.weight")
         let sharedGateName = p + "shared_expert_gate.weight"
-        var sharedType = wt
+        var sharedType = routedType
         if c.sharedFFN > 0 {
-            let s = [try weightStorage(shared.gate, shape: [c.sharedFFN, h]),
-                     try weightStorage(shared.up, shape: [c.sharedFFN, h]),
-                     try weightStorage(shared.down, shape: [h, c.sharedFFN])]
+            sharedType = try scratchType(
+                [try weightStorage(shared.gate, shape: [c.sharedFFN, h]), try weightStorage(shared.up, shape: [c.sharedFFN, h]),
+                 try weightStorage(shared.down, shape: [h, c.sharedFFN])], "layer \(layer) shared experts")
             if c.sharedGate { _ = try storedType(sharedGateName, shape: [1, h]) }
-            sharedType = weightType ?? s.first(where: { $0 != .u8 }) ?? .f32
         }
         let (twoF, overflow) = f.multipliedReportingOverflow(by: 2)
         if overflow { throw CheckpointError("layer \(layer): 2 × ffn overflows") }
@@ -269,33 +298,30 @@ extension HFCheckpoint {
         let router = try backend.prepareWeights(try routerWeight.reshaped([1, c.experts, h]), swiglu: false, pack: pack)
         let bias = c.routerBias
             ? try loader.load([biasName], shape: [c.experts], dtype: .f32, label: "router correction bias") : nil
-        let gateUp = try loader.quantizeByExpert(
-            experts: c.experts, rows: twoF, k: h, swiglu: true, dtype: wt, quantize, label: "expert gate|up weight"
-        ) { e, scratch in
-            try loader.copy(experts[e].gate, into: scratch, atElement: 0)
-            try loader.copy(experts[e].up, into: scratch, atElement: f * h)
-        }
-        let down = try loader.quantizeByExpert(
-            experts: c.experts, rows: h, k: f, swiglu: false, dtype: wt, quantize, label: "expert down weight"
-        ) { e, scratch in
-            try loader.copy(experts[e].down, into: scratch, atElement: 0)
-        }
+        let gateUp = try loader.prepareByExpert(
+            count: c.experts, names: { [experts[$0].gate, experts[$0].up] }, rows: twoF, k: h, swiglu: true, type: routedType,
+            quantize, label: "expert gate|up weight")
+        let down = try loader.prepareByExpert(
+            count: c.experts, names: { [experts[$0].down] }, rows: h, k: f, swiglu: false, type: routedType, quantize,
+            label: "expert down weight")
         var sharedGateUp: ExpertWeights?
         var sharedDown: ExpertWeights?
         var sharedGate: ExpertWeights?
         if c.sharedFFN > 0 {
-            sharedGateUp = try loader.quantizeByExpert(
-                experts: 1, rows: 2 * c.sharedFFN, k: h, swiglu: true, dtype: sharedType, quantize,
-                label: "shared expert gate|up weight"
-            ) { _, scratch in
-                try loader.copy(shared.gate, into: scratch, atElement: 0)
-                try loader.copy(shared.up, into: scratch, atElement: c.sharedFFN * h)
-            }
-            sharedDown = try loader.quantizeByExpert(
-                experts: 1, rows: h, k: c.sharedFFN, swiglu: false, dtype: sharedType, quantize,
-                label: "shared expert down weight"
-            ) { _, scratch in
-                try loader.copy(shared.down, into: scratch, atElement: 0)
+            if quantize == .none && sharedType != .u8 {  // float shared experts beside FP8 routed ones
+                let gu = try loader.load(
+                    [shared.gate, shared.up], shape: [1, 2 * c.sharedFFN, h], dtype: sharedType,
+                    label: "shared expert gate|up weight")
+                let d = try loader.load([shared.down], shape: [1, h, c.sharedFFN], dtype: sharedType, label: "shared expert down weight")
+                sharedGateUp = try backend.prepareWeights(gu, swiglu: true, pack: pack)
+                sharedDown = try backend.prepareWeights(d, swiglu: false, pack: pack)
+            } else {
+                sharedGateUp = try loader.prepareByExpert(
+                    count: 1, names: { _ in [shared.gate, shared.up] }, rows: 2 * c.sharedFFN, k: h, swiglu: true,
+                    type: sharedType, quantize, label: "shared expert gate|up weight")
+                sharedDown = try loader.prepareByExpert(
+                    count: 1, names: { _ in [shared.down] }, rows: h, k: c.sharedFFN, swiglu: false, type: sharedType,
+                    quantize, label: "shared expert down weight")
             }
             if c.sharedGate {
                 let gateType = try storedType(sharedGateName, shape: [1, h])
@@ -363,24 +389,37 @@ extension HFCheckpoint.Loader {
         }
     }
 
-    /// Stacked weights `[experts, rows, k]` quantized one expert at a time: `fill(e, scratch)`
-    /// writes expert e's float weights into a one-expert tensor, which is quantized (and packed)
-    /// on the backend and copied into expert e's place of the stacked quantized tensors.
-    func quantizeByExpert(
-        experts: Int, rows: Int, k: Int, swiglu: Bool, dtype: DType, _ q: WeightQuantization, label: String,
-        fill: (Int, Tensor) throws -> Void
+    /// Stacked weights `[count, rows, k]` prepared one expert at a time: expert e's tensors
+    /// `names(e)` (one after the other: gate then up for a fused gate|up) are written into a
+    /// one-expert tensor of `type`, prepared there (u8: FP8 codes with their block scales,
+    /// `prepareFP8`; a float type: `prepareWeights(quantize:)`), and the prepared codes, scales
+    /// and zeros copied into expert e's place of stacked tensors allocated for all experts
+    /// (prepared layouts are expert-major, so a slice is one expert's).
+    func prepareByExpert(
+        count: Int, names: (Int) -> [String], rows: Int, k: Int, swiglu: Bool, type: DType, _ q: WeightQuantization,
+        label: String
     ) throws -> ExpertWeights {
-        let scratch = try allocate([1, rows, k], dtype, label + " (one expert, before quantizing)")
+        let scratch = try allocate([1, rows, k], type, label + " (one expert)")
+        let tensorRows = swiglu ? rows / 2 : rows
+        let scales = type == .u8
+            ? try allocateScales(experts: 1, rows: tensorRows, k: k, parts: swiglu ? 2 : 1, label: label + " scale_inv (one expert)")
+            : nil
         var stacked: (codes: Tensor, scales: Tensor, zeros: Tensor?, first: QuantizedWeights)?
-        for e in 0..<experts {
-            try fill(e, scratch)
-            let piece = try backend.prepareWeights(scratch, swiglu: swiglu, pack: true, quantize: q)
+        for e in 0..<count {
+            for (i, name) in names(e).enumerated() { try copy(name, into: scratch, atElement: i * tensorRows * k) }
+            let piece: ExpertWeights
+            if let scales {
+                try copyScales(names(e), into: scales, expert: 0)
+                piece = try backend.prepareFP8(codes: scratch, scaleInv: scales, swiglu: swiglu)
+            } else {
+                piece = try backend.prepareWeights(scratch, swiglu: swiglu, pack: true, quantize: q)
+            }
             guard let pq = piece.quantized else {
                 throw SwitchyardError.unsupported("\(label): quantization \(q) gave float weights")
             }
             if stacked == nil {
                 func whole(_ t: Tensor, _ what: String) throws -> Tensor {
-                    try allocate([experts] + t.shape.dropFirst(), t.dtype, "\(label) \(what)")
+                    try allocate([count] + t.shape.dropFirst(), t.dtype, "\(label) \(what)")
                 }
                 stacked = (try whole(pq.codes, "codes"), try whole(pq.scales, "scales"),
                            try pq.zeros.map { try whole($0, "zeros") }, pq)
@@ -394,8 +433,9 @@ extension HFCheckpoint.Loader {
             format: s.first.format, codes: s.codes, scales: s.scales, zeros: s.zeros, group: s.first.group,
             groups: s.first.groups, panelWidth: s.first.panelWidth, interleaved: s.first.interleaved)
         return ExpertWeights(
-            quantized: quantized, weight: nil, experts: experts, weightRows: rows, inFeatures: k, swiglu: swiglu)
+            quantized: quantized, weight: nil, experts: count, weightRows: rows, inFeatures: k, swiglu: swiglu)
     }
+
 }
 
 extension ComputeBackend {

@@ -229,11 +229,17 @@ public final class HFCheckpoint: @unchecked Sendable {
     public static let defaultStagingBytes = 8 << 20
 
     /// Loads layer `layer`'s MoE block onto `backend` and prepares (packs) it there. See
-    /// `loadWeights` for how the weights travel.
+    /// `loadWeights` for how the weights travel. FP8 experts (unless `weightType` dequantizes
+    /// them) are prepared one expert at a time as they load (Checkpoint+FP8.swift).
     public func loadLayer(
         _ layer: Int, backend: any ComputeBackend, pack: Bool = true, weightType: DType? = nil,
         stagingBytes: Int = defaultStagingBytes, progress: ((LoadProgress) -> Void)? = nil
     ) throws -> MoELayer {
+        if weightType == nil, try fp8Experts(layer) {
+            return try loadByExpert(
+                layer, backend: backend, pack: pack, weightType: nil, quantize: .none, stagingBytes: stagingBytes,
+                progress: progress)
+        }
         let c = try moeConfig(layer: layer)
         let weights = try loadWeights(
             layer, backend: backend, weightType: weightType, stagingBytes: stagingBytes, progress: progress)

@@ -55,8 +55,15 @@ struct FP8CheckpointTests {
             let error = ErrorMeasure.nmse(y, want)
             #expect(error < 2e-5, "\(backend.name) \(layout) FP8: nmse \(error)")
             outputs.append(y)
-            // loadLayer does the same; quantizing FP8 weights again is refused.
+            // loadLayer prepares one expert at a time as it loads: the same prepared codes and
+            // scales, bitwise, and the same output. Quantizing FP8 weights again is refused.
             let viaLayer = try checkpoint.loadLayer(layer, backend: backend, stagingBytes: 64)
+            #expect(viaLayer.weightFormat == .fp8)
+            for (a, b) in [(viaLayer.expertWeights.gateUp, moe.expertWeights.gateUp),
+                           (viaLayer.expertWeights.down, moe.expertWeights.down)] {
+                #expect(try backend.bytes(a.quantized!.codes) == backend.bytes(b.quantized!.codes))
+                #expect(try backend.bytes(a.quantized!.scales) == backend.bytes(b.quantized!.scales))
+            }
             #expect(try backend.floats(viaLayer.forward(input).y) == y)
             #expect(throws: SwitchyardError.self) {
                 try MoELayer(backend: backend, config: c, weights: weights, quantize: .int8)
