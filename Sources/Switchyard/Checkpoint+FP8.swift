@@ -124,6 +124,12 @@ extension HFCheckpoint {
                         + "(weight_block_size [128, 128]) of '\(name)' \(shape)")
             }
             _ = try sf.dtype(of: s)
+            // One scale per block (a 1/16384 of the weight's elements): a non-finite one would
+            // turn a whole block into NaN or infinity.
+            if let bad = try sf.floats(s).values.firstIndex(where: { !$0.isFinite }) {
+                throw CheckpointError(
+                    "'\(s)' holds a non-finite scale at block (\(bad / want[1]), \(bad % want[1])) of '\(name)'")
+            }
             return .u8
         case "F32", "F16", "BF16":
             return try f.dtype(of: name)
@@ -364,8 +370,17 @@ extension HFCheckpoint.Loader {
             throw CheckpointError("FP8 weight '\(name)' has shape \(shape); expected [out, in]")
         }
         _ = try checkpoint.weightStorage(name, shape: shape)  // config and scales checked
+        /// A NaN code (S.1111.111: e4m3fn has no infinities) is corrupt data, refused by element.
+        func checkCodes(_ piece: UnsafeRawBufferPointer, _ first: Int) throws {
+            if let i = piece.firstIndex(where: { $0 & 0x7F == 0x7F }) {
+                throw CheckpointError(
+                    "FP8 weight '\(name)' element \(first + i) (row \((first + i) / shape[1]), column \((first + i) % shape[1])) "
+                        + "is the e4m3fn NaN code 0x\(String(piece[i], radix: 16))")
+            }
+        }
         if tensor.dtype == .u8 {
             try file.read(name, through: staging) { piece, first in
+                try checkCodes(piece, first)
                 try backend.write(piece, into: tensor, atElement: base + first)
                 state.writtenBytes += piece.count
                 progress?(state)
@@ -380,6 +395,7 @@ extension HFCheckpoint.Loader {
         let needed = staging.capacity * tensor.dtype.size
         if converted == nil || converted!.capacity < needed { converted = try StagingBuffer(capacity: max(needed, 8)) }
         try file.read(name, through: staging) { piece, first in
+            try checkCodes(piece, first)
             let out = UnsafeMutableRawBufferPointer(rebasing: converted!.bytes[0..<piece.count * tensor.dtype.size])
             Quantization.dequantizeFP8(
                 codes: piece, first: first, count: piece.count, k: shape[1], scales: scales, into: out, as: storage)

@@ -116,6 +116,18 @@ struct FP8CheckpointTests {
         try SafeTensorsFile.write(
             raw: original.map { $0.name == s ? ($0.name, "F32", [3, 4], [UInt8](repeating: 0, count: 48)) : $0 }, to: path)
         refused("64 × 64 scales", [s, "[3, 4]", "[2, 2]", "128 × 128"]) { try load() }
+        // A NaN scale, a NaN code (e4m3fn 0x7F at element 1000 = row 5, column 0 of [136, 200]).
+        var nanScale = original.first { $0.name == s }!.bytes
+        nanScale.replaceSubrange(4..<8, with: [0, 0, 0xC0, 0x7F])
+        try SafeTensorsFile.write(raw: original.map { $0.name == s ? ($0.name, $0.dtype, $0.shape, nanScale) : $0 }, to: path)
+        refused("nan scale", [s, "non-finite", "block (0, 1)"]) { try load() }
+        var nanCode = original.first { $0.name == w }!.bytes
+        nanCode[1000] = 0xFF
+        try SafeTensorsFile.write(raw: original.map { $0.name == w ? ($0.name, $0.dtype, $0.shape, nanCode) : $0 }, to: path)
+        refused("nan code", [w, "element 1000", "row 5, column 0", "NaN"]) { try load() }
+        refused("nan code, dequantized", [w, "element 1000"]) {
+            _ = try HFCheckpoint(folder: folder).loadWeights(layer, backend: backend, weightType: .f32)
+        }
         // An F8_E5M2 weight.
         try SafeTensorsFile.write(raw: original.map { $0.name == w ? ($0.name, "F8_E5M2", $0.shape, $0.bytes) : $0 }, to: path)
         refused("e5m2", [w, "F8_E5M2", "not supported"]) { try load() }
