@@ -54,11 +54,15 @@ let package = Package(
         .target(name: "SwitchyardMPI", dependencies: ["Switchyard", "CMPI"]),
         // Op cases shared by the tests, the conformance command and the benchmarks.
         .target(name: "SwitchyardConformance", dependencies: ["Switchyard", "SwitchyardReference"]),
+        // Runnable examples of conditional computation (mixture-of-depths, Soft MoE stacks), dense
+        // against dynamic, behind `switchyard run --config mod-tiny|soft-moe-tiny` and the tests.
+        .target(
+            name: "SwitchyardExamples", dependencies: ["Switchyard", "SwitchyardConformance", "SwitchyardReference"]),
         .executableTarget(
             name: "switchyard",
             dependencies: [
                 "Switchyard", "SwitchyardConformance", "SwitchyardReference", "OpenCLHost", "SwitchyardMPI",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "SwitchyardExamples", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // The benchmarks: device ceilings, then every conformance case timed on the device with
@@ -82,7 +86,7 @@ let package = Package(
             name: "switchyard-bench",
             dependencies: [
                 "Switchyard", "SwitchyardConformance", "SwitchyardReference", "OpenCLHost", "COpenBLAS", "CCLBlast",
-                "SwitchyardMPI",
+                "SwitchyardMPI", "SwitchyardExamples",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Benchmarks/switchyard-bench",
@@ -96,7 +100,7 @@ let package = Package(
         .testTarget(name: "SwitchyardMPITests", dependencies: ["SwitchyardMPI", "Switchyard", "OpenCLHost"]),
         .testTarget(
             name: "SwitchyardConformanceTests",
-            dependencies: ["Switchyard", "SwitchyardConformance", "SwitchyardReference", "OpenCLHost"]
+            dependencies: ["Switchyard", "SwitchyardConformance", "SwitchyardReference", "OpenCLHost", "SwitchyardExamples"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -11,6 +11,12 @@
 // PANEL output columns per packed panel; VW the float vector width of the register kernel
 // (PANEL / VW vectors per row), TRM and TBK the work-group kernel's rows per work-item and k step.
 // The host derives them from the device (Sources/Switchyard/OpenCLBackend.swift, `Tuning`).
+// The gated epilogue (EPILOGUE 4) takes parameters (Sources/Switchyard/Ops/GatedEpilogue.swift):
+// GLU_ACT the gate's activation (an EPILOGUE code: 0 none, 1 SiLU, 2/3 GELU, 5 sigmoid; default
+// 1), GLU_ALPHA the gain inside SiLU's / sigmoid's sigmoid, GATE_LIMIT an upper clamp of the
+// gate, UP_LIMIT a symmetric clamp of up, UP_OFFSET added to up (gpt-oss: 1.702, 7, 7, 1); each
+// absent by default (plain SwiGLU). HAS_BIAS: a per-expert output bias `bias [E, N_w]` (f32,
+// gate columns first when gated) is added to the product before the activation.
 //
 // Every output element is one f32 fma chain over k in order 0, 1, ..., K-1, in every kernel
 // below, so a row's result never depends on its tile, its expert's load, the batch, or which
@@ -43,6 +49,12 @@
 
 #ifndef QFMT
 #define QFMT 0
+#endif
+#ifndef GLU_ACT
+#define GLU_ACT 1
+#endif
+#ifndef HAS_BIAS
+#define HAS_BIAS 0
 #endif
 #ifndef ZP
 #define ZP 0
@@ -182,6 +194,41 @@ inline float gelu_tanh(float v) {
 }
 inline float gelu_erf(float v) { return 0.5f * v * (1.0f + erf(v * 0.7071067811865476f)); }
 
+// The gate's activation in the gated epilogue, with its gain α.
+#ifdef GLU_ALPHA
+#define GLU_GAIN(v) ((GLU_ALPHA) * (v))
+#else
+#define GLU_GAIN(v) (v)
+#endif
+inline float glu_act(float v) {
+#if GLU_ACT == 1
+    return v / (1.0f + exp(-GLU_GAIN(v)));
+#elif GLU_ACT == 2
+    return gelu_tanh(v);
+#elif GLU_ACT == 3
+    return gelu_erf(v);
+#elif GLU_ACT == 5
+    return 1.0f / (1.0f + exp(-GLU_GAIN(v)));
+#else
+    return v;
+#endif
+}
+
+// The gated epilogue on a gate/up pair (biases added): clamps (comparisons, so NaN stays NaN),
+// then act(gate) · (up + offset).
+inline float glu(float g, float u) {
+#ifdef GATE_LIMIT
+    g = g > (GATE_LIMIT) ? (GATE_LIMIT) : g;
+#endif
+#ifdef UP_LIMIT
+    u = u > (UP_LIMIT) ? (UP_LIMIT) : (u < -(UP_LIMIT) ? -(UP_LIMIT) : u);
+#endif
+#ifdef UP_OFFSET
+    u = u + (UP_OFFSET);
+#endif
+    return glu_act(g) * u;
+}
+
 inline float activate(float v) {
 #if EPILOGUE == 1
     return silu(v);
@@ -230,8 +277,16 @@ inline int tile_expert_of(int tile, int dense_rows, __global const int* tile_exp
 // paired with the up column at j + PANEL / 2), and how many outputs a panel holds.
 #if EPILOGUE == 4
 #define PANEL_OUT (PANEL / 2)
+#define WROWS_OF(n) (2 * (n))
 #else
 #define PANEL_OUT PANEL
+#define WROWS_OF(n) (n)
+#endif
+// The output bias of expert e's weight row c (0 without HAS_BIAS; `bias` and N in scope).
+#if HAS_BIAS
+#define BIAS(e, c) bias[(size_t)(e) * (size_t)WROWS_OF(N) + (size_t)(c)]
+#else
+#define BIAS(e, c) 0.0f
 #endif
 
 // Register kernel (CPU-class devices, where one work-item runs on one SIMD core).
@@ -245,7 +300,8 @@ inline void packed_tile(__global const A_T* a, __global const int* assignment_of
                         __global const W_T* w, __global const int* tile_expert, __global Y_T* y,
                         __global const float* scale, int scale_mode, int K, int N, int panels, int dense_rows,
                         int tokens_k, int block, int max_rows, int experts, const int tile, const int panel,
-                        __global const SC_T* qscale, __global const uchar* qzero, int qgroup, int qgroups) {
+                        __global const SC_T* qscale, __global const uchar* qzero, int qgroup, int qgroups,
+                        __global const float* bias) {
     const int row0 = tile * ROWS;
     if (dense_rows > 0 && row0 >= dense_rows) return;
     const int e = tile_expert_of(tile, dense_rows, tile_expert, block, experts);
@@ -385,9 +441,9 @@ inline void packed_tile(__global const A_T* a, __global const int* assignment_of
         for (int j = 0; j < PANEL_OUT; ++j) {
             const int col = panel * PANEL_OUT + j;
 #if EPILOGUE == 4
-            if (col < N) Y_STORE(y, out + col, real ? silu(v[j]) * v[j + PANEL / 2] * s : 0.0f);
+            if (col < N) Y_STORE(y, out + col, real ? glu(v[j] + BIAS(e, col), v[j + PANEL / 2] + BIAS(e, N + col)) * s : 0.0f);
 #else
-            if (col < N) Y_STORE(y, out + col, real ? activate(v[j]) * s : 0.0f);
+            if (col < N) Y_STORE(y, out + col, real ? activate(v[j] + BIAS(e, col)) * s : 0.0f);
 #endif
         }
     }
@@ -400,7 +456,7 @@ __kernel void grouped_matmul_packed(__global const A_T* a, __global const int* a
                                     __global const float* scale, int scale_mode, int K, int N, int panels,
                                     int dense_rows, int tokens_k, int tiles, int block, int max_rows, int experts,
                                     __global const SC_T* qscale, __global const uchar* qzero, int qgroup,
-                                    int qgroups) {
+                                    int qgroups, __global const float* bias) {
     const int first = get_global_id(0) * TILE_STEP;
     const int panel = get_global_id(1);
     if (panel >= panels) return;
@@ -408,7 +464,7 @@ __kernel void grouped_matmul_packed(__global const A_T* a, __global const int* a
         const int tile = first + step;
         if (tile >= tiles) break;
         packed_tile(a, assignment_of, gather_k, w, tile_expert, y, scale, scale_mode, K, N, panels, dense_rows,
-                    tokens_k, block, max_rows, experts, tile, panel, qscale, qzero, qgroup, qgroups);
+                    tokens_k, block, max_rows, experts, tile, panel, qscale, qzero, qgroup, qgroups, bias);
     }
 }
 
@@ -426,7 +482,7 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
     __global const A_T* a, __global const int* assignment_of, int gather_k, __global const W_T* w,
     __global const int* tile_expert, __global Y_T* y, __global const float* scale, int scale_mode, int K, int N,
     int panels, int dense_rows, int tokens_k, int tiles, int block, int max_rows, int experts,
-    __global const SC_T* qscale, __global const uchar* qzero, int qgroup, int qgroups) {
+    __global const SC_T* qscale, __global const uchar* qzero, int qgroup, int qgroups, __global const float* bias) {
     __local float as[TBK][ROWS];
     __local float ws[TBK][PANEL];
     __local int srcs[ROWS];
@@ -503,12 +559,12 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
 #if EPILOGUE == 4
         for (int j = 0; j < 2; ++j) {
             const int col = panel * PANEL_OUT + tx + j * TN;
-            if (col < N) Y_STORE(y, out + col, real ? silu(acc[i][j]) * acc[i][j + 2] * s : 0.0f);
+            if (col < N) Y_STORE(y, out + col, real ? glu(acc[i][j] + BIAS(e, col), acc[i][j + 2] + BIAS(e, N + col)) * s : 0.0f);
         }
 #else
         for (int j = 0; j < 4; ++j) {
             const int col = panel * PANEL_OUT + tx + j * TN;
-            if (col < N) Y_STORE(y, out + col, real ? activate(acc[i][j]) * s : 0.0f);
+            if (col < N) Y_STORE(y, out + col, real ? activate(acc[i][j] + BIAS(e, col)) * s : 0.0f);
         }
 #endif
     }
@@ -521,7 +577,8 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
 __kernel void grouped_matmul_plain(__global const A_T* a, __global const int* assignment_of, int gather_k,
                                    __global const W_T* w, __global const int* tile_expert, __global Y_T* y,
                                    __global const float* scale, int scale_mode, int K, int N, int col_groups,
-                                   int dense_rows, int tokens_k, int tiles, int block, int max_rows, int experts) {
+                                   int dense_rows, int tokens_k, int tiles, int block, int max_rows, int experts,
+                                   __global const float* bias) {
     const int tile = get_global_id(0);
     const int cg = get_global_id(1);
     if (tile >= tiles || cg >= col_groups) return;
@@ -587,10 +644,10 @@ __kernel void grouped_matmul_plain(__global const A_T* a, __global const int* as
                 }
                 float d = ((acc.s0 + acc.s1) + (acc.s2 + acc.s3)) + ((acc.s4 + acc.s5) + (acc.s6 + acc.s7));
                 for (; k < K; ++k) d = fma(A_LOAD(ar, k), W_LOAD1(wr, k), d);
-                dots[h] = d;
+                dots[h] = d + BIAS(e, col + h * N);
             }
 #if EPILOGUE == 4
-            Y_STORE(y, out + col, silu(dots[0]) * dots[1] * s);
+            Y_STORE(y, out + col, glu(dots[0], dots[1]) * s);
 #else
             Y_STORE(y, out + col, activate(dots[0]) * s);
 #endif

@@ -61,6 +61,16 @@ func layerItems(filter: String?, quick: Bool, coldBytes: Int, peers peerOptions:
         specs.append(Spec(
             name: "mixtral-small", config: .mixtralSmall, tokens: 2048, dtype: .bf16, decode: false,
             quantize: .int4(group: 128, zeroPoint: false)))
+        // gpt-oss layers (issue 17): router bias, clamped SwiGLU with biases, MXFP4 experts (the
+        // format gpt-oss ships; bf16 beside it), decode at T 1 and 16 and a prefill row.
+        for tokens in [1, 16] {
+            for q in [WeightQuantization.none, .mxfp4] {
+                specs.append(Spec(name: "gpt-oss-small", config: .gptOssSmall, tokens: tokens, dtype: .bf16, decode: true,
+                                  quantize: q))
+            }
+        }
+        specs.append(Spec(name: "gpt-oss-small", config: .gptOssSmall, tokens: 512, dtype: .bf16, decode: false,
+                          quantize: .mxfp4))
     }
     let regex = try filter.flatMap { $0.isEmpty ? nil : try Regex($0) }
     return specs.compactMap { s in
@@ -196,6 +206,9 @@ private func duplicate(_ w: MoEWeights, _ backend: OpenCLBackend) throws -> MoEW
         router: try copy(w.router), bias: try w.bias.map(copy), gateUp: try copy(w.gateUp), down: try copy(w.down),
         sharedGateUp: try w.sharedGateUp.map(copy), sharedDown: try w.sharedDown.map(copy),
         sharedGate: try w.sharedGate.map(copy))
+    result.routerLinearBias = try w.routerLinearBias.map(copy)
+    result.gateUpBias = try w.gateUpBias.map(copy)
+    result.downBias = try w.downBias.map(copy)
     if let f = w.fp8 {
         result.fp8 = FP8BlockScales(
             gateUp: try f.gateUp.map(copy), down: try f.down.map(copy), sharedGateUp: try f.sharedGateUp.map(copy),

@@ -148,6 +148,18 @@ public protocol ComputeBackend: AnyObject, Sendable {
     func prepareMXFP4(blocks: Tensor, scales: Tensor, swiglu: Bool, interleavedGateUp: Bool) throws -> ExpertWeights
     /// FP8 e4m3 checkpoint tensors with 128 × 128 block scales (`PrepareFP8`) repacked once.
     func prepareFP8(codes: Tensor, scaleInv: Tensor, swiglu: Bool) throws -> ExpertWeights
+
+    // MARK: Gated-epilogue parameters and expert output bias (gpt-oss, issue 17; Ops/GatedEpilogue.swift)
+
+    /// `groupedMatmul` with the gated epilogue's parameters `glu` (activation, α, clamps, the
+    /// offset on up; `.swiglu` is the plain SwiGLU, other values need the SwiGLU epilogue) and an
+    /// optional per-expert output bias `bias [E, N_w]` f32 (gate columns first for the gated
+    /// epilogue), added to the product before the activation and the row scale: gpt-oss's
+    /// `gate_up + b` and `down + b`, and a router's linear bias (dense, one expert).
+    func groupedMatmul(
+        _ input: MatmulInput, weights: ExpertWeights, routing: Routing?, epilogue: Epilogue, glu: GLUParameters,
+        bias: Tensor?, scale: RowScale, dtype: DType?
+    ) throws -> Tensor
 }
 
 extension ComputeBackend {

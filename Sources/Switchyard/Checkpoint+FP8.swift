@@ -45,11 +45,12 @@ public struct FP8BlockScales: Sendable {
 }
 
 extension MoEWeights {
-    /// Bytes of every tensor held (router, bias, experts, shared experts, FP8 block scales).
+    /// Bytes of every tensor held (router and its biases, experts and their biases, shared
+    /// experts, MXFP4 and FP8 scales).
     public var byteCount: Int {
         let tensors: [Tensor?] = [
-            router, bias, gateUp, down, sharedGateUp, sharedDown, sharedGate, fp8?.gateUp, fp8?.down, fp8?.sharedGateUp,
-            fp8?.sharedDown,
+            router, bias, gateUp, down, sharedGateUp, sharedDown, sharedGate, routerLinearBias, gateUpBias, downBias,
+            gateUpScales, downScales, fp8?.gateUp, fp8?.down, fp8?.sharedGateUp, fp8?.sharedDown,
         ]
         return tensors.reduce(0) { $0 + ($1?.byteCount ?? 0) }
     }
@@ -224,7 +225,8 @@ extension HFCheckpoint {
     /// The backend never holds the float weights of more than one expert, the host no more than
     /// the staging buffer (MXFP4 excepted: it converts one expert's floats on the host). Each
     /// expert is quantized exactly as the whole stacked tensor would be (rows are independent).
-    /// The router and the shared-expert gate stay float.
+    /// The router and the shared-expert gate stay float. (gpt-oss stores its experts fused, not
+    /// one tensor per expert: its float layers load whole and are quantized whole.)
     public func loadLayer(
         _ layer: Int, backend: any ComputeBackend, pack: Bool = true, weightType: DType? = nil, quantize: WeightQuantization,
         stagingBytes: Int = defaultStagingBytes, progress: ((LoadProgress) -> Void)? = nil
@@ -232,6 +234,12 @@ extension HFCheckpoint {
         if quantize == .none {
             return try loadLayer(
                 layer, backend: backend, pack: pack, weightType: weightType, stagingBytes: stagingBytes, progress: progress)
+        }
+        if modelType == "gpt_oss" {
+            // Fused expert tensors (not one per expert): loaded whole, then quantized whole (MXFP4 as stored is refused).
+            let weights = try loadWeights(
+                layer, backend: backend, weightType: weightType, stagingBytes: stagingBytes, progress: progress)
+            return try MoELayer(backend: backend, config: try moeConfig(layer: layer), weights: weights, pack: pack, quantize: quantize)
         }
         return try loadByExpert(
             layer, backend: backend, pack: pack, weightType: weightType, quantize: quantize, stagingBytes: stagingBytes,
@@ -241,6 +249,7 @@ extension HFCheckpoint {
     /// Whether layer `layer`'s routed experts are stored as FP8 (expert 0's gate is F8_E4M3).
     func fp8Experts(_ layer: Int) throws -> Bool {
         _ = try moeConfig(layer: layer)  // a dense or missing layer says so first
+        if modelType == "gpt_oss" { return false }  // fused MXFP4 or float experts (Checkpoint+GptOss.swift)
         let name = expertNames(layer, 0).gate
         return try file(for: name).entry(name).dtype == Self.fp8DType
     }

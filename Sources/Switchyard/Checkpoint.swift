@@ -9,7 +9,7 @@ public struct LoadProgress: Sendable, Hashable {
 
 /// A Hugging Face model folder: `config.json` and `.safetensors` weights (one file, or shards
 /// listed by `model.safetensors.index.json`). Reads the MoE blocks of `mixtral`, `qwen2_moe`,
-/// `qwen3_moe`, `olmoe` and `deepseek_v3` models.
+/// `qwen3_moe`, `olmoe`, `deepseek_v3` and `gpt_oss` models (gpt-oss: Checkpoint+GptOss.swift).
 public final class HFCheckpoint: @unchecked Sendable {
     /// The model folder (config.json and the .safetensors files).
     public let folder: String
@@ -20,7 +20,7 @@ public final class HFCheckpoint: @unchecked Sendable {
     private let weightMap: [String: String]
 
     /// The Hugging Face model types whose MoE layers load: their routing and weight names are known.
-    public static let supportedModelTypes = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3"]
+    public static let supportedModelTypes = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss"]
 
     /// Opens a model folder: reads and checks config.json and every .safetensors header (sizes, offsets, duplicates); reads no weights.
     public init(folder: String) throws {
@@ -183,6 +183,8 @@ public final class HFCheckpoint: @unchecked Sendable {
             return MoEConfig(
                 hidden: hidden, ffn: ffn, router: router, sharedFFN: ffn * (try int("n_shared_experts", default: 1)),
                 routerBias: true)
+        case "gpt_oss":
+            return try gptOssConfig(hidden: hidden)
         default:
             throw CheckpointError("model_type '\(modelType)' is not supported")
         }
@@ -198,6 +200,7 @@ public final class HFCheckpoint: @unchecked Sendable {
     /// The stored size in bytes of every tensor `loadWeights` reads for layer `layer` (checking
     /// each is present with the expected shape and a float type), in load order.
     public func layerTensors(_ layer: Int) throws -> [(name: String, bytes: Int)] {
+        if modelType == "gpt_oss" { return try gptOssLayerTensors(layer) }
         let c = try moeConfig(layer: layer)
         let h = c.hidden
         let f = c.ffn
@@ -266,6 +269,10 @@ public final class HFCheckpoint: @unchecked Sendable {
         _ layer: Int, backend: any ComputeBackend, experts chosen: [Int]? = nil, weightType: DType? = nil,
         stagingBytes: Int = defaultStagingBytes, progress: ((LoadProgress) -> Void)? = nil
     ) throws -> MoEWeights {
+        if modelType == "gpt_oss" {
+            return try gptOssLoadWeights(
+                layer, backend: backend, experts: chosen, weightType: weightType, stagingBytes: stagingBytes, progress: progress)
+        }
         let c = try moeConfig(layer: layer)
         let list = chosen ?? Array(0..<c.experts)
         for e in list where !(0..<c.experts).contains(e) {
@@ -359,6 +366,7 @@ public final class HFCheckpoint: @unchecked Sendable {
     public func verify(
         _ weights: MoEWeights, layer: Int, backend: any ComputeBackend, regions: Int = 3, run: Int = 4096
     ) throws -> Int {
+        if modelType == "gpt_oss" { return try gptOssVerify(weights, layer: layer, backend: backend, regions: regions, run: run) }
         let c = try moeConfig(layer: layer)
         let p = prefix(layer)
         let slice = c.ffn * c.hidden

@@ -143,11 +143,15 @@ public struct GroupedMatmul: OpDescriptor, Hashable {
     public var outputType: DType
     /// How the weights are stored (`.float(weightType)` unless quantized).
     public var weightFormat: WeightFormat
+    /// The gated epilogue's parameters (`.swiglu` unless set; only the SwiGLU epilogue takes others).
+    public var glu: GLUParameters
+    /// Whether a per-expert output bias `[E, N_w]` (f32) is added before the activation.
+    public var biased: Bool
 
     public init(
         rows: Int, activeRows: Int, experts: Int, inFeatures: Int, outFeatures: Int, epilogue: Epilogue,
         gathered: Bool = false, activationType: DType, weightType: DType? = nil, outputType: DType? = nil,
-        weightFormat: WeightFormat? = nil
+        weightFormat: WeightFormat? = nil, glu: GLUParameters = .swiglu, biased: Bool = false
     ) {
         self.rows = rows
         self.activeRows = activeRows
@@ -160,20 +164,28 @@ public struct GroupedMatmul: OpDescriptor, Hashable {
         self.weightFormat = weightFormat ?? .float(weightType ?? activationType)
         if case .float(let d) = self.weightFormat { self.weightType = d } else { self.weightType = .u8 }
         self.outputType = outputType ?? activationType
+        self.glu = glu
+        self.biased = biased
     }
 
     /// Checks a call: the epilogue against the weights (SwiGLU takes fused gate|up weights and
     /// only it does), the activations' shape against the routing (`[maxRows, K]` expert-ordered,
     /// `[T, K]` gathered, `[T, K]` dense with one expert), the row scale, and the output dtype
-    /// (floating point; the activations' when nil).
+    /// (floating point; the activations' when nil). `glu`: parameters other than `.swiglu` only
+    /// with the SwiGLU epilogue, and valid (`GLUParameters.validate`); `bias`: f32 `[E, N_w]`.
     public init(
         validating input: MatmulInput, weights: ExpertWeights, routing: Routing?, epilogue: Epilogue, scale: RowScale,
-        dtype: DType?
+        dtype: DType?, glu: GLUParameters = .swiglu, bias: Tensor? = nil
     ) throws {
         if (epilogue == .swiglu) != weights.swiglu {
             throw SwitchyardError.unsupported(
                 "the SwiGLU epilogue needs fused gate|up weights (prepared with swiglu: true), and only it takes them")
         }
+        if glu != .swiglu && epilogue != .swiglu {
+            throw SwitchyardError.unsupported("GLU parameters (\(glu)) apply to the gated (SwiGLU) epilogue only, not \(epilogue.rawValue)")
+        }
+        try glu.validate()
+        try Self.validateBias(bias, weights: weights)
         let a = input.tensor
         let argument = input.isGathered ? "matmul x (gathered)" : routing == nil ? "matmul x" : "matmul xs (expert-ordered)"
         let s = try a.expectRank(2, argument, "[rows, \(weights.inFeatures)]")
@@ -220,16 +232,16 @@ public struct GroupedMatmul: OpDescriptor, Hashable {
         self.init(
             rows: rows, activeRows: active, experts: weights.experts, inFeatures: weights.inFeatures,
             outFeatures: weights.outFeatures, epilogue: epilogue, gathered: input.isGathered, activationType: a.dtype,
-            outputType: out, weightFormat: weights.format)
+            outputType: out, weightFormat: weights.format, glu: glu, biased: bias != nil)
     }
 
     /// Weight rows per expert (`2 · outFeatures` for SwiGLU).
     public var weightRows: Int { epilogue == .swiglu ? 2 * outFeatures : outFeatures }
     public var outputs: [TensorSpec] { [TensorSpec([rows, outFeatures], outputType)] }
     public var flops: Double { 2 * Double(activeRows) * Double(inFeatures) * Double(weightRows) }
-    /// Every expert's weights once, the active rows' activations in and results out.
+    /// Every expert's weights once (and its bias), the active rows' activations in and results out.
     public var bytes: Double {
-        weightFormat.bytes(rows: experts * weightRows, k: inFeatures)
+        weightFormat.bytes(rows: experts * weightRows, k: inFeatures) + (biased ? Double(experts * weightRows * 4) : 0)
             + Double(activeRows) * Double(inFeatures * activationType.size + outFeatures * outputType.size)
     }
 }
@@ -292,8 +304,17 @@ extension OpenCLBackend {
         _ input: MatmulInput, weights: ExpertWeights, routing: Routing?, epilogue: Epilogue, scale: RowScale,
         dtype: DType?
     ) throws -> Tensor {
+        try groupedMatmul(
+            input, weights: weights, routing: routing, epilogue: epilogue, glu: .swiglu, bias: nil, scale: scale, dtype: dtype)
+    }
+
+    public func groupedMatmul(
+        _ input: MatmulInput, weights: ExpertWeights, routing: Routing?, epilogue: Epilogue, glu: GLUParameters,
+        bias: Tensor?, scale: RowScale, dtype: DType?
+    ) throws -> Tensor {
         let op = try GroupedMatmul(
-            validating: input, weights: weights, routing: routing, epilogue: epilogue, scale: scale, dtype: dtype)
+            validating: input, weights: weights, routing: routing, epilogue: epilogue, scale: scale, dtype: dtype, glu: glu,
+            bias: bias)
         let a = input.tensor
         let fusedGather = op.gathered
         let rows = op.rows
@@ -313,7 +334,9 @@ extension OpenCLBackend {
             }
         var defines = a.dtype.defines("A").merging(out.defines("Y")) { x, _ in x }.merging([
             "W_DT": "\((weights.weight?.dtype ?? .f32).kernelCode)", "EPILOGUE": "\(epilogue.code)",
-        ]) { x, _ in x }
+        ]) { x, _ in x }.merging(glu.kernelDefines) { x, _ in x }
+        if bias != nil { defines["HAS_BIAS"] = "1" }
+        let biasBuffer = try bias.map { try deviceBuffer($0, "matmul bias") } ?? y.buffer!
         let common: [Arg] = [.buffer(ab), .buffer(assignment), .int(fusedGather ? routing!.config.k : 0)]
         let experts = weights.experts
         // Quantized weights: the packed kernels with QFMT, reading codes, scales (and zeros).
@@ -388,7 +411,7 @@ extension OpenCLBackend {
                     .buffer(wb), .buffer(tileMap), .buffer(y.buffer!), .buffer(scaleBuffer), .int(scaleMode),
                     .int(weights.inFeatures), .int(n), .int(panels), .int(routing == nil ? rows : 0), .int(tokensK),
                     .int(tiles), .int(routing?.blockSize ?? tileRows), .int(rows), .int(experts),
-                ] + quantArgs,
+                ] + quantArgs + [.buffer(biasBuffer)],
                 global: global, local: local)
         } else {
             // Short per-work-item loops on lane-style devices: at most 4 rows × 8 columns each.
@@ -405,6 +428,7 @@ extension OpenCLBackend {
                     .buffer(try deviceBuffer(weights.weight!, "expert weights")), .buffer(tileMap), .buffer(y.buffer!),
                     .buffer(scaleBuffer), .int(scaleMode), .int(weights.inFeatures), .int(n), .int(groups),
                     .int(routing == nil ? rows : 0), .int(tokensK), .int(tiles), .int(block), .int(rows), .int(experts),
+                    .buffer(biasBuffer),
                 ],
                 global: [(tiles + local - 1) / local * local, groups], local: [local, 1])
         }
@@ -422,12 +446,22 @@ extension ReferenceBackend {
         _ input: MatmulInput, weights: ExpertWeights, routing: Routing?, epilogue: Epilogue, scale: RowScale,
         dtype: DType?
     ) throws -> Tensor {
+        try groupedMatmul(
+            input, weights: weights, routing: routing, epilogue: epilogue, glu: .swiglu, bias: nil, scale: scale, dtype: dtype)
+    }
+
+    public func groupedMatmul(
+        _ input: MatmulInput, weights: ExpertWeights, routing: Routing?, epilogue: Epilogue, glu: GLUParameters,
+        bias: Tensor?, scale: RowScale, dtype: DType?
+    ) throws -> Tensor {
         let op = try GroupedMatmul(
-            validating: input, weights: weights, routing: routing, epilogue: epilogue, scale: scale, dtype: dtype)
+            validating: input, weights: weights, routing: routing, epilogue: epilogue, scale: scale, dtype: dtype, glu: glu,
+            bias: bias)
         let a = input.tensor
         let fusedGather = op.gathered
         let rows = op.rows
         let out = op.outputType
+        let biasValues = try bias.map { try hostFloats($0, "matmul bias") }
         var source = Array(0..<rows)
         var expert = [Int](repeating: 0, count: rows)
         var factor = [Double](repeating: 1, count: rows)
@@ -451,7 +485,7 @@ extension ReferenceBackend {
         let y = Reference.groupedMatmul(
             a: try hostFloats(a, "matmul activations"), k: weights.inFeatures, sourceRow: source, rowExpert: expert,
             w: try referenceWeights(weights), n: weights.outFeatures, epilogue: epilogue,
-            scale: factor)
+            scale: factor, glu: glu, bias: biasValues)
         return output(y, shape: [rows, weights.outFeatures], dtype: out).guarded(by: routing.map { [$0.flags] } ?? [])
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import OpenCLHost
+import SwitchyardReference
 
 /// The sizes and routing of one MoE block.
 public struct MoEConfig: Sendable, Hashable {
@@ -15,6 +16,13 @@ public struct MoEConfig: Sendable, Hashable {
     public var sharedGate: Bool
     /// Whether the router has a score-correction bias (DeepSeek-V3).
     public var routerBias: Bool
+    /// Whether the router linear has a bias added to its logits before the top-k (gpt-oss;
+    /// unlike `routerBias`, it changes the weights as well as the choice).
+    public var routerLinearBias: Bool = false
+    /// Whether the routed experts' gate|up and down have output biases (gpt-oss).
+    public var expertBias: Bool = false
+    /// The routed experts' gated epilogue (`.swiglu`, or gpt-oss's clamped `.gptOSS()`).
+    public var glu: GLUParameters = .swiglu
 
     /// A block of the given sizes and routing, with an optional shared expert (gated as in Qwen2-MoE).
     public init(hidden: Int, ffn: Int, router: RouterConfig, sharedFFN: Int = 0, sharedGate: Bool = false,
@@ -40,6 +48,23 @@ public struct MoEConfig: Sendable, Hashable {
     public static let deepSeekTiny = MoEConfig(
         hidden: 128, ffn: 64, router: .deepSeekV3(experts: 32, k: 4, groups: 8, topKGroups: 4, routedScale: 2.5),
         sharedFFN: 128, routerBias: true)
+    /// gpt-oss routing (top-4 of 16 by biased logits, softmax over the four) and experts (clamped
+    /// SwiGLU α 1.702, limit 7, biases), tiny sizes (hidden a multiple of 32 for MXFP4).
+    public static let gptOssTiny = MoEConfig.gptOss(hidden: 128, ffn: 64, experts: 16, k: 4)
+    /// gpt-oss's routing and experts at a benchmark shape: hidden 1024, ffn 1024, 32 experts, top-4
+    /// (gpt-oss-20b: hidden and ffn 2880, 32 experts, top-4).
+    public static let gptOssSmall = MoEConfig.gptOss(hidden: 1024, ffn: 1024, experts: 32, k: 4)
+    /// A gpt-oss block: router linear with bias, top-k over the logits and softmax over the k
+    /// chosen (= softmax, top-k, renormalize), experts with biases and the clamped SwiGLU.
+    public static func gptOss(hidden: Int, ffn: Int, experts: Int, k: Int, alpha: Float = 1.702, limit: Float = 7)
+        -> MoEConfig
+    {
+        var c = MoEConfig(hidden: hidden, ffn: ffn, router: .mixtral(experts: experts, k: k))
+        c.routerLinearBias = true
+        c.expertBias = true
+        c.glu = .gptOSS(alpha: alpha, limit: limit)
+        return c
+    }
     /// The benchmark shapes: Mixtral-like small and DeepSeek-like.
     public static let mixtralSmall = MoEConfig(hidden: 512, ffn: 1024, router: .mixtral(experts: 8, k: 2))
     /// DeepSeek-like benchmark shape: hidden 1024, ffn 512, 64 experts, top-6.
@@ -49,6 +74,7 @@ public struct MoEConfig: Sendable, Hashable {
     /// The built-in configs by the names `switchyard run --config` takes.
     public static let named: [String: MoEConfig] = [
         "mixtral-tiny": .mixtralTiny, "qwen-moe-tiny": .qwenMoETiny, "deepseek-tiny": .deepSeekTiny,
+        "gpt-oss-tiny": .gptOssTiny,
         "mixtral-small": .mixtralSmall, "deepseek-like": .deepSeekLike,
     ]
 
@@ -78,6 +104,19 @@ public struct MoEWeights: Sendable {
     public var sharedDown: Tensor?
     /// Shared expert gate `[1, hidden]` (Qwen2-MoE).
     public var sharedGate: Tensor?
+    /// Router linear bias `[E]` (f32), added to the logits (gpt-oss).
+    public var routerLinearBias: Tensor?
+    /// Routed experts' gate|up output bias `[E, 2·ffn]` (f32, gate columns first) (gpt-oss).
+    public var gateUpBias: Tensor?
+    /// Routed experts' down output bias `[E, hidden]` (f32) (gpt-oss).
+    public var downBias: Tensor?
+    /// With MXFP4 experts (gpt-oss as stored): the e8m0 scales `[E, 2·ffn, hidden/32]` u8 of
+    /// `gateUp`, which then holds the blocks `[E, 2·ffn, hidden/32, 16]` u8.
+    public var gateUpScales: Tensor?
+    /// With MXFP4 experts: the scales `[E, hidden, ffn/32]` of `down`, then blocks `[E, hidden, ffn/32, 16]`.
+    public var downScales: Tensor?
+    /// Whether MXFP4 gate|up blocks alternate gate and up rows (gpt-oss) instead of gate rows first.
+    public var gateUpInterleaved: Bool = false
     /// Block scales of the expert weights that hold FP8 e4m3 codes (u8) instead of floats
     /// (DeepSeek-V3 FP8 checkpoints; see `FP8BlockScales`).
     public var fp8: FP8BlockScales?
@@ -124,6 +163,9 @@ public final class MoELayer: @unchecked Sendable {
     let sharedGateUp: ExpertWeights?
     let sharedDown: ExpertWeights?
     let sharedGate: ExpertWeights?
+    let routerLinearBias: Tensor?
+    let gateUpBias: Tensor?
+    let downBias: Tensor?
     /// Rows per block of the permutation (the matmul's row tile).
     public let blockSize: Int
     /// Seconds spent preparing (packing) the weights, reported apart from the forward.
@@ -145,9 +187,32 @@ public final class MoELayer: @unchecked Sendable {
             guard t.shape == shape else { throw SwitchyardError.shape(argument: name, expected: "\(shape)", actual: t.shape) }
         }
         try expect(w.router, [c.experts, h], "router weight")
-        try expect(w.gateUp, [c.experts, 2 * c.ffn, h], "expert gate|up weight")
-        try expect(w.down, [c.experts, h, c.ffn], "expert down weight")
+        let mxfp4 = w.gateUpScales != nil || w.downScales != nil
+        if mxfp4 {
+            guard let gs = w.gateUpScales, let ds = w.downScales else {
+                throw SwitchyardError.unsupported("MXFP4 experts need both gateUpScales and downScales")
+            }
+            guard h % 32 == 0, c.ffn % 32 == 0 else {
+                throw SwitchyardError.shape(
+                    argument: "MXFP4 expert weights", expected: "hidden and ffn multiples of 32", actual: [h, c.ffn])
+            }
+            guard quantize == .none else {
+                throw SwitchyardError.unsupported("quantize: \(quantize) for experts already stored in MXFP4")
+            }
+            try expect(w.gateUp, [c.experts, 2 * c.ffn, h / 32, 16], "expert gate|up MXFP4 blocks")
+            try expect(gs, [c.experts, 2 * c.ffn, h / 32], "expert gate|up MXFP4 scales")
+            try expect(w.down, [c.experts, h, c.ffn / 32, 16], "expert down MXFP4 blocks")
+            try expect(ds, [c.experts, h, c.ffn / 32], "expert down MXFP4 scales")
+        } else {
+            try expect(w.gateUp, [c.experts, 2 * c.ffn, h], "expert gate|up weight")
+            try expect(w.down, [c.experts, h, c.ffn], "expert down weight")
+        }
         if c.routerBias { try expect(w.bias, [c.experts], "router correction bias") }
+        if c.routerLinearBias { try expect(w.routerLinearBias, [c.experts], "router linear bias") }
+        if c.expertBias {
+            try expect(w.gateUpBias, [c.experts, 2 * c.ffn], "expert gate|up bias")
+            try expect(w.downBias, [c.experts, h], "expert down bias")
+        }
         if c.sharedFFN > 0 {
             try expect(w.sharedGateUp, [2 * c.sharedFFN, h], "shared expert gate|up weight")
             try expect(w.sharedDown, [h, c.sharedFFN], "shared expert down weight")
@@ -156,11 +221,19 @@ public final class MoELayer: @unchecked Sendable {
         let start = Date()
         router = try backend.prepareWeights(try w.router.reshaped([1, c.experts, h]), swiglu: false, pack: pack)
         bias = c.routerBias ? w.bias : nil
-        // FP8 weights (with block scales in `w.fp8`) are prepared as FP8 (Checkpoint+FP8.swift).
-        gateUp = try backend.prepareExperts(
-            w.gateUp, scaleInv: w.fp8?.gateUp, swiglu: true, pack: pack, quantize: quantize, label: "expert gate|up weights")
-        down = try backend.prepareExperts(
-            w.down, scaleInv: w.fp8?.down, swiglu: false, pack: pack, quantize: quantize, label: "expert down weights")
+        routerLinearBias = c.routerLinearBias ? try w.routerLinearBias!.reshaped([1, c.experts]) : nil
+        gateUpBias = c.expertBias ? w.gateUpBias : nil
+        downBias = c.expertBias ? w.downBias : nil
+        if let gs = w.gateUpScales, let ds = w.downScales {
+            gateUp = try backend.prepareMXFP4(blocks: w.gateUp, scales: gs, swiglu: true, interleavedGateUp: w.gateUpInterleaved)
+            down = try backend.prepareMXFP4(blocks: w.down, scales: ds, swiglu: false, interleavedGateUp: false)
+        } else {
+            // FP8 weights (with block scales in `w.fp8`) are prepared as FP8 (Checkpoint+FP8.swift).
+            gateUp = try backend.prepareExperts(
+                w.gateUp, scaleInv: w.fp8?.gateUp, swiglu: true, pack: pack, quantize: quantize, label: "expert gate|up weights")
+            down = try backend.prepareExperts(
+                w.down, scaleInv: w.fp8?.down, swiglu: false, pack: pack, quantize: quantize, label: "expert down weights")
+        }
         if c.sharedFFN > 0 {
             sharedGateUp = try backend.prepareExperts(
                 try w.sharedGateUp!.reshaped([1, 2 * c.sharedFFN, h]),
@@ -197,6 +270,9 @@ public final class MoELayer: @unchecked Sendable {
         try expect(router, [1, c.experts, h], "router weight")
         try expect(gateUp, [c.experts, 2 * c.ffn, h], "expert gate|up weight")
         try expect(down, [c.experts, h, c.ffn], "expert down weight")
+        if c.routerLinearBias || c.expertBias {
+            throw SwitchyardError.unsupported("prepared expert weights without the router's or the experts' linear biases")
+        }
         if c.routerBias && bias?.shape != [c.experts] {
             throw SwitchyardError.shape(argument: "router correction bias", expected: "[\(c.experts)]", actual: bias?.shape ?? [])
         }
@@ -214,6 +290,9 @@ public final class MoELayer: @unchecked Sendable {
         self.sharedGateUp = c.sharedFFN > 0 ? sharedGateUp : nil
         self.sharedDown = c.sharedFFN > 0 ? sharedDown : nil
         self.sharedGate = c.sharedFFN > 0 && c.sharedGate ? sharedGate : nil
+        self.routerLinearBias = nil
+        self.gateUpBias = nil
+        self.downBias = nil
         self.packSeconds = packSeconds
         blockSize = backend.preferredBlockSize
     }
@@ -314,16 +393,22 @@ public final class MoELayer: @unchecked Sendable {
             return value
         }
         let logits = try stage("router") {
-            try backend.groupedMatmul(x, weights: router, dtype: .f32)
+            try backend.groupedMatmul(
+                .rows(x), weights: router, routing: nil, epilogue: .none, glu: .swiglu, bias: routerLinearBias, scale: .none,
+                dtype: .f32)
         }
         let routing = try stage("routing") {
             try backend.route(logits, bias: bias, config: config.router, blockSize: blockSize)
         }
         let h = try stage("gate|up+SwiGLU") {
-            try backend.groupedMatmul(gathering: x, weights: gateUp, routing: routing, epilogue: .swiglu)
+            try backend.groupedMatmul(
+                .gathered(x), weights: gateUp, routing: routing, epilogue: .swiglu, glu: config.glu, bias: gateUpBias,
+                scale: .none, dtype: nil)
         }
         let ys = try stage("down") {
-            try backend.groupedMatmul(h, weights: down, routing: routing, dtype: x.dtype)
+            try backend.groupedMatmul(
+                .rows(h), weights: down, routing: routing, epilogue: .none, glu: .swiglu, bias: downBias, scale: .none,
+                dtype: x.dtype)
         }
         var shared: Tensor?
         if let sharedGateUp, let sharedDown {

@@ -5,6 +5,8 @@ import SwitchyardReference
 public typealias RouterConfig = SwitchyardReference.RouterConfig
 /// The activation applied to a grouped matmul's output (none, SiLU, GELU, SwiGLU, sigmoid).
 public typealias Epilogue = SwitchyardReference.Epilogue
+/// The parameters of a gated (GLU) epilogue: see `SwitchyardReference.GLUParameters`.
+public typealias GLUParameters = SwitchyardReference.GLUParameters
 
 // MARK: - Presets
 

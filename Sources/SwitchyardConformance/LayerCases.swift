@@ -12,7 +12,7 @@ extension MoEWeights {
                 g.normals(n, scale: 1 / Float(fanIn).squareRoot()), shape: shape, dtype: d ?? dtype)
         }
         let h = c.hidden
-        return MoEWeights(
+        var w = MoEWeights(
             router: try t([c.experts, h], fanIn: h),
             bias: c.routerBias ? try backend.tensor(g.normals(c.experts, scale: 0.05), shape: [c.experts], dtype: .f32) : nil,
             gateUp: try t([c.experts, 2 * c.ffn, h], fanIn: h),
@@ -20,6 +20,13 @@ extension MoEWeights {
             sharedGateUp: c.sharedFFN > 0 ? try t([2 * c.sharedFFN, h], fanIn: h) : nil,
             sharedDown: c.sharedFFN > 0 ? try t([h, c.sharedFFN], fanIn: c.sharedFFN) : nil,
             sharedGate: c.sharedGate ? try t([1, h], fanIn: h) : nil)
+        // gpt-oss biases (drawn after the rest, so other configs' weights are unchanged)
+        if c.routerLinearBias { w.routerLinearBias = try t([c.experts], fanIn: 1, .f32) }
+        if c.expertBias {
+            w.gateUpBias = try t([c.experts, 2 * c.ffn], fanIn: 1, .f32)
+            w.downBias = try t([c.experts, h], fanIn: 4, .f32)
+        }
+        return w
     }
 }
 

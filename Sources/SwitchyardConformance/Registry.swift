@@ -9,6 +9,7 @@ public enum Conformance {
         + TokenTopKCases.cases + GatherTokensCases.cases + ScatterTokensCases.cases + CompactCases.cases
         + ExpandTokensCases.cases
         + QuantizedWeightsCases.quantize + QuantizedWeightsCases.matmul + QuantizedWeightsCases.layers
+        + GatedEpilogueCases.cases + GatedEpilogueCases.layers
 
     /// The cases whose name matches `pattern` (a regular expression), or all when nil.
     public static func cases(matching pattern: String?) throws -> [ConformanceCase] {

@@ -110,6 +110,11 @@ public final class ExpertParallelMoELayer: @unchecked Sendable {
                 guard let t else { throw SwitchyardError.unsupported("\(name) is required by this config") }
                 guard t.shape == shape else { throw SwitchyardError.shape(argument: name, expected: "\(shape)", actual: t.shape) }
             }
+            if c.routerLinearBias || c.expertBias || c.glu != .swiglu || w.gateUpScales != nil {
+                throw SwitchyardError.unsupported(
+                    "expert-parallel layers run SwiGLU experts without biases (not gpt-oss's biased, clamped experts or MXFP4 "
+                        + "as stored): use MoELayer")
+            }
             try expect(w.router, [e, h], "router weight")
             try expect(w.gateUp, [local, 2 * c.ffn, h], "expert gate|up weight (this rank's \(local) experts)")
             try expect(w.down, [local, h, c.ffn], "expert down weight (this rank's \(local) experts)")

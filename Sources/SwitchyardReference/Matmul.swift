@@ -50,10 +50,13 @@ extension Reference {
         }
     }
 
-    /// One row of a (grouped) linear layer: `act(a · W_eᵀ) · scale` with `w [E, N_w, K]`
-    /// (N_w = N, or 2N for SwiGLU: `silu(a·gateᵀ) · (a·upᵀ)`).
+    /// One row of a (grouped) linear layer: `act(a · W_eᵀ + b_e) · scale` with `w [E, N_w, K]`
+    /// (N_w = N, or 2N for SwiGLU: `Reference.glu(a·gateᵀ + b_gate, a·upᵀ + b_up, glu)`, `.swiglu`
+    /// parameters giving `silu(a·gateᵀ) · (a·upᵀ)`), `bias` the optional per-expert output bias
+    /// `[E, N_w]` (gate columns first).
     public static func linearRow(
-        _ a: ArraySlice<Float>, w: [Float], expert e: Int, n: Int, k: Int, epilogue: Epilogue, scale: Double
+        _ a: ArraySlice<Float>, w: [Float], expert e: Int, n: Int, k: Int, epilogue: Epilogue, scale: Double,
+        glu: GLUParameters = .swiglu, bias: [Float]? = nil
     ) -> [Double] {
         let wrows = epilogue == .swiglu ? 2 * n : n
         let base = e * wrows * k
@@ -64,10 +67,10 @@ extension Reference {
                 acc += Double(a[i]) * Double(w[base + col * k + kk])
                 i += 1
             }
-            return acc
+            return acc + (bias.map { Double($0[e * wrows + col]) } ?? 0)
         }
         return (0..<n).map { col in
-            if epilogue == .swiglu { return silu(dot(col)) * dot(n + col) * scale }
+            if epilogue == .swiglu { return Reference.glu(dot(col), dot(n + col), glu) * scale }
             return activate(dot(col), epilogue) * scale
         }
     }
@@ -77,13 +80,13 @@ extension Reference {
     /// `scale[r]`. Returns `[rows, N]`.
     public static func groupedMatmul(
         a: [Float], k: Int, sourceRow: [Int], rowExpert: [Int], w: [Float], n: Int, epilogue: Epilogue,
-        scale: [Double]
+        scale: [Double], glu: GLUParameters = .swiglu, bias: [Float]? = nil
     ) -> [Double] {
         var out = [Double](repeating: 0, count: sourceRow.count * n)
         for (r, src) in sourceRow.enumerated() where src >= 0 {
             let row = linearRow(
                 a[(src * k)..<((src + 1) * k)], w: w, expert: rowExpert[r], n: n, k: k, epilogue: epilogue,
-                scale: scale[r])
+                scale: scale[r], glu: glu, bias: bias)
             for c in 0..<n { out[r * n + c] = row[c] }
         }
         return out

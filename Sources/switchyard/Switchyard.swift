@@ -3,6 +3,7 @@ import Foundation
 import OpenCLHost
 import Switchyard
 import SwitchyardConformance
+import SwitchyardExamples
 import SwitchyardReference
 
 @main
@@ -149,11 +150,25 @@ struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "The main job: an MoE layer end to end on a device, with stage timings and routing statistics.")
 
-    @Option(help: "Layer config: \(MoEConfig.named.keys.sorted().joined(separator: ", ")).")
+    @Option(help: """
+        Layer config: \(MoEConfig.named.keys.sorted().joined(separator: ", ")); or a conditional-computation \
+        example stack, dynamic against dense: \(ConditionalExample.named.keys.sorted().joined(separator: ", ")).
+        """)
     var config = "mixtral-tiny"
 
-    @Option(help: "Tokens in the batch.")
-    var tokens = 512
+    @Option(
+        name: .customLong("tokens"),
+        help: """
+            Tokens in the batch (default 512); for an example stack, tokens per sequence \
+            (\(ConditionalExample.named.values.sorted { $0.name < $1.name }.map { "\($0.name) \($0.defaultLength)" }.joined(separator: ", "))).
+            """)
+    var tokensOption: Int?
+
+    /// Tokens of an MoE layer's batch.
+    var tokens: Int { tokensOption ?? 512 }
+
+    @Option(help: "Sequences in the batch of an example stack (default 4).")
+    var batch: Int?
 
     @Option(help: "Storage type of activations and weights: f32, f16 or bf16.")
     var dtype = "f32"
@@ -201,6 +216,11 @@ struct Run: ParsableCommand {
     var dropPriority = "token"
 
     func run() throws {
+        if let example = ConditionalExample.named[config] {
+            try runExample(example)
+            return
+        }
+        if batch != nil { throw ValidationError("--batch applies to the example stacks (\(ConditionalExample.named.keys.sorted()))") }
         if ep {
             try failing { try runExpertParallel() }
             return
@@ -255,7 +275,8 @@ struct Run: ParsableCommand {
                 }
             } else {
                 guard let c = MoEConfig.named[config] else {
-                    throw ValidationError("unknown config '\(config)'; one of \(MoEConfig.named.keys.sorted())")
+                    throw ValidationError(
+                        "unknown config '\(config)'; one of \((MoEConfig.named.keys.sorted() + ConditionalExample.named.keys.sorted()))")
                 }
                 guard let d = DType(rawValue: dtype), d.isFloatingPoint else {
                     throw ValidationError("dtype must be f32, f16 or bf16")

@@ -4,8 +4,14 @@ one file or shards with model.safetensors.index.json), an input x.safetensors, a
 output computed independently in float64 numpy from the stored weights (y_ref.safetensors).
 
   hf_moe.py make DIR MODEL_TYPE f32|bf16 single|sharded [SEED]   -> prints the MoE layer index
+  hf_moe.py make DIR gpt_oss mxfp4 single|sharded [SEED [HOSTILE]]
   hf_moe.py make DIR deepseek_v3 fp8 single|sharded [SEED]        -> a DeepSeek-V3 FP8 folder (see make_fp8)
   hf_moe.py compare Y.safetensors Y_REF.safetensors               -> prints the normalized error
+
+gpt_oss: f32/bf16 write the dequantized layout (experts.gate_up_proj [E, hidden, 2*ffn],
+experts.down_proj [E, ffn, hidden]); mxfp4 writes *_blocks/*_scales (e2m1 pairs, low nibble
+first, e8m0 scales, quantized here) with bf16 router and biases. HOSTILE breaks one tensor:
+scales-short, blocks-15, blocks-f32, bias-shape, router-bias-missing, untransposed (f32/bf16).
 """
 import json
 import os
@@ -27,17 +33,17 @@ def from_bf16_bits(b):
 
 
 def save(tensors, path):
-    """tensors: name -> (float32 array, 'f32'|'bf16'), stored as F32 or BF16, or (uint8 e4m3fn
-    codes, 'fp8'), stored as F8_E4M3."""
+    """tensors: name -> (array, 'f32'|'bf16'|'u8'|'fp8'); stored as F32, BF16, U8 or F8_E4M3
+    (uint8 e4m3fn codes)."""
     keep, specs = [], {}
     for name, (a, dt) in tensors.items():
-        if dt == "fp8":
-            data, st = np.ascontiguousarray(a, dtype=np.uint8), "float8_e4m3fn"
+        if dt in ("u8", "fp8"):
+            data = np.ascontiguousarray(a, dtype=np.uint8)
         else:
             data = np.ascontiguousarray(a, dtype=np.float32) if dt == "f32" else to_bf16_bits(a)
-            st = "float32" if dt == "f32" else "bfloat16"
         keep.append(data)
-        specs[name] = TensorSpec(dtype=st, shape=list(a.shape), data_ptr=data.ctypes.data, data_len=data.nbytes)
+        specs[name] = TensorSpec(dtype={"f32": "float32", "bf16": "bfloat16", "u8": "uint8", "fp8": "float8_e4m3fn"}[dt], shape=list(a.shape),
+                                 data_ptr=data.ctypes.data, data_len=data.nbytes)
     serialize_file(specs, path, metadata={"format": "pt"})
 
 
@@ -145,7 +151,9 @@ def make_fp8(folder, layout, seed):
             y[t] += w[j] * (d @ (silu(g @ xs[t]) * (u @ xs[t])))
         sg, su, sd = shared
         y[t] += sd @ (silu(sg @ xs[t]) * (su @ xs[t]))
-    write_folder(folder, cfg, tensors, layout, x, "bf16", y)
+    write_folder(folder, cfg, tensors, layout)
+    save({"x": (x, "bf16")}, os.path.join(folder, "x.safetensors"))
+    save({"y": (y.astype(np.float32), "f32")}, os.path.join(folder, "y_ref.safetensors"))
     print(layer)
 
 
@@ -158,7 +166,133 @@ def top(values, k):
     return np.argsort(-values, kind="stable")[:k]
 
 
-def make(folder, model_type, dt, layout, seed):
+FP4 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6])
+
+
+def quantize_mxfp4(w):
+    """w [..., rows, K] -> blocks [..., rows, K/32, 16] u8, scales [..., rows, K/32] u8 (OCP MX:
+    shared exponent floor(log2(amax)) - 2, each value to the nearest e2m1, saturating)."""
+    g = w.reshape(*w.shape[:-1], w.shape[-1] // 32, 32).astype(np.float64)
+    amax = np.abs(g).max(axis=-1, keepdims=True)
+    exp = np.where(amax > 0, np.floor(np.log2(np.maximum(amax, 1e-300))) - 2, -127)
+    exp = np.clip(exp, -127, 127)
+    v = g / np.exp2(exp)
+    codes = np.abs(v[..., None] - FP4[:8]).argmin(axis=-1) | np.where(v < 0, 8, 0)
+    codes = codes.astype(np.uint8)
+    blocks = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return blocks.astype(np.uint8), (exp[..., 0] + 127).astype(np.uint8)
+
+
+def dequantize_mxfp4(blocks, scales):
+    lo, hi = FP4[blocks & 15], FP4[blocks >> 4]
+    v = np.stack([lo, hi], axis=-1).reshape(*blocks.shape[:-1], 32)
+    v = v * np.exp2(scales.astype(np.float64) - 127)[..., None]
+    return v.reshape(*blocks.shape[:-2], blocks.shape[-2] * 32)
+
+
+def make_gpt_oss(folder, dt, layout, seed, hostile):
+    rng = np.random.default_rng(seed)
+    H, F, T, E, K = 96, 32, 10, 8, 4
+    alpha, limit = 1.702, 7.0
+    layer = 1
+    p = f"model.layers.{layer}.mlp."
+    cfg = {"model_type": "gpt_oss", "hidden_size": H, "num_hidden_layers": 2, "intermediate_size": F,
+           "num_local_experts": E, "num_experts_per_tok": K, "swiglu_limit": limit,
+           "torch_dtype": "float32" if dt == "f32" else "bfloat16"}
+    bdt = "f32" if dt == "f32" else "bf16"
+    tensors = {}
+
+    def add(name, shape, scale, dtype=bdt):
+        a = rng.standard_normal(shape).astype(np.float32) * scale
+        tensors[name] = (a, dtype)
+        return stored(a, dtype).astype(np.float64)
+
+    router = add(p + "router.weight", (E, H), 1 / np.sqrt(H))
+    router_b = add(p + "router.bias", (E,), 0.5)
+    # Weights [E, out, in] (out of gate|up interleaved: gate 2c, up 2c + 1) as the numpy forward uses them.
+    if dt == "mxfp4":
+        wgu = rng.standard_normal((E, 2 * F, H)) * (3 / np.sqrt(H))
+        wd = rng.standard_normal((E, H, F)) * (1 / np.sqrt(F))
+        gub, gus = quantize_mxfp4(wgu)
+        db, ds = quantize_mxfp4(wd)
+        tensors[p + "experts.gate_up_proj_blocks"] = (gub, "u8")
+        tensors[p + "experts.gate_up_proj_scales"] = (gus, "u8")
+        tensors[p + "experts.down_proj_blocks"] = (db, "u8")
+        tensors[p + "experts.down_proj_scales"] = (ds, "u8")
+        wgu, wd = dequantize_mxfp4(gub, gus), dequantize_mxfp4(db, ds)
+    else:
+        gu_in_out = add(p + "experts.gate_up_proj", (E, H, 2 * F), 3 / np.sqrt(H))
+        d_in_out = add(p + "experts.down_proj", (E, F, H), 1 / np.sqrt(F))
+        wgu, wd = gu_in_out.transpose(0, 2, 1), d_in_out.transpose(0, 2, 1)
+    bgu = add(p + "experts.gate_up_proj_bias", (E, 2 * F), 1.0)
+    bd = add(p + "experts.down_proj_bias", (E, H), 0.3)
+
+    x = rng.standard_normal((T, H)).astype(np.float32)
+    xdt = "bf16" if dt == "bf16" else "f32"
+    xs = stored(x, xdt).astype(np.float64)
+    y = np.zeros((T, H))
+    clamped = 0
+    for t in range(T):
+        logits = router @ xs[t] + router_b
+        idx = top(logits, K)
+        w = np.exp(logits[idx] - logits[idx].max())
+        w /= w.sum()
+        for j, e in enumerate(idx):
+            gu = wgu[e] @ xs[t] + bgu[e]
+            gate, up = gu[0::2], gu[1::2]
+            clamped += int((gate > limit).sum() + (np.abs(up) > limit).sum())
+            gate = np.minimum(gate, limit)
+            up = np.clip(up, -limit, limit)
+            h = (up + 1) * gate / (1 + np.exp(-alpha * gate))
+            y[t] += w[j] * (wd[e] @ h + bd[e])
+    assert clamped > 0, "no pre-activation reached the clamp: the test would not check it"
+
+    if hostile == "scales-short":
+        a, d = tensors[p + "experts.gate_up_proj_scales"]
+        tensors[p + "experts.gate_up_proj_scales"] = (a[..., :-1], d)
+    elif hostile == "blocks-15":
+        a, d = tensors[p + "experts.down_proj_blocks"]
+        tensors[p + "experts.down_proj_blocks"] = (a[..., :15], d)
+    elif hostile == "blocks-f32":
+        a, d = tensors[p + "experts.gate_up_proj_blocks"]
+        tensors[p + "experts.gate_up_proj_blocks"] = (a.astype(np.float32), "f32")
+    elif hostile == "bias-shape":
+        a, d = tensors[p + "experts.gate_up_proj_bias"]
+        tensors[p + "experts.gate_up_proj_bias"] = (a[:, :F], d)
+    elif hostile == "router-bias-missing":
+        del tensors[p + "router.bias"]
+    elif hostile == "untransposed":
+        a, d = tensors[p + "experts.gate_up_proj"]
+        tensors[p + "experts.gate_up_proj"] = (a.transpose(0, 2, 1), d)
+    elif hostile:
+        raise SystemExit(f"unknown hostile variant {hostile}")
+    write_folder(folder, cfg, tensors, layout)
+    save({"x": (x, xdt)}, os.path.join(folder, "x.safetensors"))
+    save({"y": (y.astype(np.float32), "f32")}, os.path.join(folder, "y_ref.safetensors"))
+    print(layer)
+
+
+def write_folder(folder, cfg, tensors, layout):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=1)
+    if layout == "single":
+        save(tensors, os.path.join(folder, "model.safetensors"))
+    else:
+        keys = sorted(tensors)
+        shards = [keys[0::2], keys[1::2]]
+        weight_map = {}
+        for i, part in enumerate(shards):
+            fname = f"model-{i + 1:05d}-of-00002.safetensors"
+            save({k: tensors[k] for k in part}, os.path.join(folder, fname))
+            weight_map.update({k: fname for k in part})
+        with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=1)
+
+
+def make(folder, model_type, dt, layout, seed, hostile=None):
+    if model_type == "gpt_oss":
+        return make_gpt_oss(folder, dt, layout, seed, hostile)
     if dt == "fp8":
         if model_type != "deepseek_v3":
             raise SystemExit("fp8 folders are deepseek_v3")
@@ -252,11 +386,6 @@ def make(folder, model_type, dt, layout, seed):
                 out = out / (1 + np.exp(-(gate @ xs[t])[0]))
             y[t] += out
 
-    write_folder(folder, cfg, tensors, layout, x, dt, y)
-    print(layer)
-
-
-def write_folder(folder, cfg, tensors, layout, x, dt, y):
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
@@ -274,6 +403,7 @@ def write_folder(folder, cfg, tensors, layout, x, dt, y):
             json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=1)
     save({"x": (x, dt)}, os.path.join(folder, "x.safetensors"))
     save({"y": (y.astype(np.float32), "f32")}, os.path.join(folder, "y_ref.safetensors"))
+    print(layer)
 
 
 def compare(a, b):
@@ -285,6 +415,7 @@ def compare(a, b):
 
 if __name__ == "__main__":
     if sys.argv[1] == "make":
-        make(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]) if len(sys.argv) > 6 else 7)
+        make(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]) if len(sys.argv) > 6 else 7,
+             sys.argv[7] if len(sys.argv) > 7 else None)
     else:
         compare(sys.argv[2], sys.argv[3])

@@ -6,10 +6,9 @@ import Testing
 
 /// Runs Tests/Fixtures/hf_moe.py (Python `safetensors` + numpy): it writes a tiny model folder
 /// and the MoE block's output computed independently in float64 numpy.
-/// `tag` tells apart the folders of tests that run at the same time with the same arguments.
-func makeFolder(_ type: String, _ dtype: String, _ layout: String, tag: String = "") throws -> (folder: String, layer: Int) {
+func makeFolder(_ type: String, _ dtype: String, _ layout: String) throws -> (folder: String, layer: Int) {
     let folder = FileManager.default.temporaryDirectory
-        .appendingPathComponent("switchyard-hf-\(type)-\(dtype)-\(layout)\(tag)-\(getpid())").path
+        .appendingPathComponent("switchyard-hf-\(type)-\(dtype)-\(layout)-\(getpid())-\(UUID().uuidString)").path
     let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .appendingPathComponent("../Fixtures/hf_moe.py").standardized.path
     let process = Process()

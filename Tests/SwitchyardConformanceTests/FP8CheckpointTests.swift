@@ -24,7 +24,7 @@ struct FP8CheckpointTests {
 
     @Test(arguments: ["single", "sharded"])
     func fp8LayerMatchesNumpy(_ layout: String) throws {
-        let (folder, layer) = try makeFolder("deepseek_v3", "fp8", layout, tag: "-numpy")
+        let (folder, layer) = try makeFolder("deepseek_v3", "fp8", layout)
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let checkpoint = try HFCheckpoint(folder: folder)
         let c = try checkpoint.moeConfig(layer: layer)
@@ -86,7 +86,7 @@ struct FP8CheckpointTests {
     }
 
     @Test func fp8RefusalsNameTheTensor() throws {
-        let (folder, layer) = try makeFolder("deepseek_v3", "fp8", "single", tag: "-refusals")
+        let (folder, layer) = try makeFolder("deepseek_v3", "fp8", "single")
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let backend = ReferenceBackend()
         let path = folder + "/model.safetensors"
@@ -170,7 +170,7 @@ struct FP8CheckpointTests {
     /// within the format's error of the float64 forward of the float weights.
     @Test(arguments: [WeightQuantization.int4(group: 128, zeroPoint: false), .int8])
     func quantizedAtLoadMatchesReferenceQuantization(_ q: WeightQuantization) throws {
-        let (folder, layer) = try makeFolder("deepseek_v3", "bf16", "single", tag: "-quantize-\(q)")
+        let (folder, layer) = try makeFolder("deepseek_v3", "bf16", "single")
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let checkpoint = try HFCheckpoint(folder: folder)
         let x = try SafeTensorsFile(path: folder + "/x.safetensors").floats("x")
@@ -209,7 +209,7 @@ struct FP8CheckpointTests {
 
     /// FP8 experts quantized at load: dequantized one expert at a time, then quantized.
     @Test func fp8CheckpointQuantizedToInt4() throws {
-        let (folder, layer) = try makeFolder("deepseek_v3", "fp8", "single", tag: "-int4")
+        let (folder, layer) = try makeFolder("deepseek_v3", "fp8", "single")
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let checkpoint = try HFCheckpoint(folder: folder)
         let x = try SafeTensorsFile(path: folder + "/x.safetensors").floats("x")

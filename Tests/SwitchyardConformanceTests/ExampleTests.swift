@@ -1,0 +1,237 @@
+import Foundation
+import OpenCLHost
+import Switchyard
+import SwitchyardConformance
+import SwitchyardExamples
+import SwitchyardReference
+import Testing
+
+/// The conditional-computation example stacks (`switchyard run --config mod-tiny|soft-moe-tiny`):
+/// on every OpenCL device at small sizes, the compute fraction they report against the rows the
+/// device actually computed (counted here from the device's own records and the reference's
+/// selection), the `--check` agreement, an independent plain-loop mixture-of-depths, and the
+/// command line as a user runs it.
+@Suite("Conditional-computation examples", .serialized)
+struct ExampleTests {
+    static let modConfig = MixtureOfDepthsConfig(blocks: 3, hidden: 32, ffn: 48, capacity: 0.25)
+    static let softConfig = SoftMoEStackConfig(
+        blocks: 2, layer: SoftMoEConfig(hidden: 32, ffn: 40, experts: 3, slotsPerExpert: 5))
+    static let mod = ConditionalExample(name: "mod-small", defaultBatch: 3, defaultLength: 37) {
+        try MixtureOfDepthsStack(backend: $0, config: modConfig, shape: $1)
+    }
+    static let soft = ConditionalExample(name: "soft-moe-small", defaultBatch: 2, defaultLength: 23) {
+        try SoftMoEStack(backend: $0, config: softConfig, shape: $1)
+    }
+
+    /// One backend per device for the whole suite: its programs are built once (rusticl takes
+    /// seconds per program).
+    static let backends: [OpenCLBackend] = (try? Device.all().map { try OpenCLBackend(device: $0) }) ?? []
+
+    static func devices() throws -> [OpenCLBackend] {
+        let all = try Device.all()
+        try #require(backends.count == all.count, "a backend on every device")
+        return backends
+    }
+
+    /// Mixture-of-depths: the reported fraction is the count of valid chosen positions the device
+    /// returned over B·L per block, those positions are the reference's own selection (C distinct
+    /// ascending positions per sequence, C = ⌈0.25 · L⌉), and the output agrees with the reference.
+    @Test(arguments: [DType.f32, .bf16])
+    func mixtureOfDepthsAccountsTheRowsItComputed(_ dtype: DType) throws {
+        let shape = ExampleShape(batch: 3, length: 37, dtype: dtype, seed: 11)
+        let c = 10  // ⌈0.25 · 37⌉
+        let flopsPerRow = Double(2 * 32 * 2 * 48 + 2 * 48 * 32)
+        let reference = ReferenceBackend()
+        let rstack = try Self.mod.make(reference, shape)
+        let rforward = try rstack.forwardDynamic(try rstack.input())
+        let want = try rforward.records.map { try reference.ints($0) }
+        for backend in try Self.devices() {
+            let report = try ExampleReport.run(
+                Self.mod, backend: backend, shape: shape, iterations: dtype == .f32 ? 1 : 0, check: true)
+            let check = try #require(report.check)
+            #expect(check.passed, "\(backend.name) \(dtype): \(report.lines.joined(separator: "\n"))")
+            #expect(check.recordsDiffering == 0 && check.blocks == 3)
+            // The device's records, read here, against the reference's selection.
+            let stack = try Self.mod.make(backend, shape)
+            let forward = try stack.forwardDynamic(try stack.input())
+            #expect(forward.records.count == 3)
+            var rows: [Int] = []
+            for (block, record) in forward.records.enumerated() {
+                let got = try backend.ints(record)
+                #expect(got == want[block], "\(backend.name) block \(block)")
+                for b in 0..<3 {
+                    let positions = got[b * c..<(b + 1) * c]
+                    #expect(positions.allSatisfy { (0..<37).contains($0) }, "\(backend.name)")
+                    #expect(zip(positions, positions.dropFirst()).allSatisfy { $0 < $1 }, "ascending, distinct")
+                }
+                rows.append(Set(got.enumerated().map { ($0.offset / c) * 37 + Int($0.element) }).count)
+            }
+            #expect(rows == [30, 30, 30])
+            #expect(report.account.computedRows == rows, "\(backend.name)")
+            #expect(report.account.denseRows == [111, 111, 111])
+            let fraction = Double(rows.reduce(0, +)) * flopsPerRow / (3 * 111 * flopsPerRow)
+            #expect(abs(report.account.blockFraction - fraction) < 1e-12)
+            #expect(report.lines.contains { $0.hasPrefix(String(format: "compute fraction %.4f", fraction)) })
+            if dtype == .f32 {
+                #expect(report.denseWallSeconds.count == 1 && report.dynamicWallSeconds.count == 1)
+                #expect(report.speedup.isFinite && report.speedup > 0)
+            }
+        }
+    }
+
+    /// Soft MoE: the rows computed are the slot routing's counts read back from the device
+    /// (B · E · S per block, the reference's too), against B · L · E for the dense mixture.
+    @Test(arguments: [DType.f32, .f16])
+    func softMoEAccountsTheRowsItComputed(_ dtype: DType) throws {
+        let shape = ExampleShape(batch: 2, length: 23, dtype: dtype, seed: 12)
+        let reference = ReferenceBackend()
+        let rstack = try Self.soft.make(reference, shape)
+        let rforward = try rstack.forwardDynamic(try rstack.input())
+        let want = try rforward.records.map { try reference.ints($0) }
+        #expect(want == [[10, 10, 10], [10, 10, 10]])
+        for backend in try Self.devices() {
+            let report = try ExampleReport.run(
+                Self.soft, backend: backend, shape: shape, iterations: dtype == .f32 ? 1 : 0, check: true)
+            let check = try #require(report.check)
+            #expect(check.passed, "\(backend.name) \(dtype): \(report.lines.joined(separator: "\n"))")
+            let stack = try Self.soft.make(backend, shape)
+            let forward = try stack.forwardDynamic(try stack.input())
+            let rows = try forward.records.map { try backend.ints($0).reduce(0) { $0 + Int($1) } }
+            #expect(try forward.records.map { try backend.ints($0) } == want)
+            #expect(report.account.computedRows == rows && rows == [30, 30])
+            #expect(report.account.denseRows == [2 * 23 * 3, 2 * 23 * 3])
+            #expect(abs(report.account.blockFraction - 60.0 / 276.0) < 1e-12)
+        }
+    }
+
+    /// The dense forwards (the baselines timed against) agree with the reference too.
+    @Test func denseForwardsMatchTheReference() throws {
+        let reference = ReferenceBackend()
+        for (example, shape) in [(Self.mod, ExampleShape(batch: 2, length: 19, seed: 3)),
+                                 (Self.soft, ExampleShape(batch: 2, length: 9, seed: 4))] {
+            let rstack = try example.make(reference, shape)
+            let want = try reference.floats(try rstack.forwardDense(try rstack.input()))
+            for backend in try Self.devices() {
+                let stack = try example.make(backend, shape)
+                let got = try backend.floats(try stack.forwardDense(try stack.input()))
+                #expect(ErrorMeasure.nmse(got, want) < 1e-10, "\(backend.name) \(example.name)")
+            }
+        }
+    }
+
+    /// Mixture-of-depths written out in plain loops (Double), from the same seeded draws: the
+    /// stack composes the ops as documented (router, top C ascending, σ(score) · MLP, residual).
+    @Test func mixtureOfDepthsMatchesPlainLoops() throws {
+        let (b, l, d, f, blocks, c) = (2, 13, 32, 48, 3, 4)  // C = ⌈0.25 · 13⌉
+        let shape = ExampleShape(batch: b, length: l, dtype: .f32, seed: 99)
+        var g = SeededGenerator(seed: 99)
+        var weights: [(r: [Float], gu: [Float], dn: [Float])] = []
+        for _ in 0..<blocks {
+            let r = g.normals(d, scale: 1 / Float(d).squareRoot())
+            let gu = g.normals(2 * f * d, scale: 1 / Float(d).squareRoot())
+            let dn = g.normals(d * f, scale: 1 / Float(f).squareRoot())
+            weights.append((r, gu, dn))
+        }
+        var gx = SeededGenerator(seed: 99 ^ 0x5EED_0F_1A9E)
+        var x = gx.normals(b * l * d).map(Double.init)
+        for w in weights {
+            var next = x
+            for s in 0..<b {
+                let scores = (0..<l).map { t in (0..<d).reduce(0.0) { $0 + x[(s * l + t) * d + $1] * Double(w.r[$1]) } }
+                let chosen = (0..<l).sorted { scores[$0] > scores[$1] || (scores[$0] == scores[$1] && $0 < $1) }.prefix(c)
+                for t in chosen {
+                    let row = Array(x[(s * l + t) * d..<(s * l + t + 1) * d])
+                    let h = (0..<f).map { j -> Double in
+                        let gate = (0..<d).reduce(0.0) { $0 + row[$1] * Double(w.gu[j * d + $1]) }
+                        let up = (0..<d).reduce(0.0) { $0 + row[$1] * Double(w.gu[(f + j) * d + $1]) }
+                        return gate / (1 + exp(-gate)) * up
+                    }
+                    let weight = 1 / (1 + exp(-scores[t]))
+                    for o in 0..<d {
+                        next[(s * l + t) * d + o] += weight * (0..<f).reduce(0.0) { $0 + h[$1] * Double(w.dn[o * f + $1]) }
+                    }
+                }
+            }
+            x = next
+        }
+        let want = x.map(Float.init)
+        var backends: [any ComputeBackend] = [ReferenceBackend()]
+        backends += try Self.devices() as [any ComputeBackend]
+        for backend in backends {
+            let stack = try Self.mod.make(backend, shape)
+            let got = try backend.floats(try stack.forwardDynamic(try stack.input()).y)
+            #expect(ErrorMeasure.nmse(got, want) < 1e-11, "\(backend.name)")
+        }
+    }
+
+    /// Sizes the stacks cannot run are refused with an error naming them.
+    @Test func badSizesAreRefused() throws {
+        let backend = ReferenceBackend()
+        let shape = ExampleShape(batch: 1, length: 8)
+        for config in [MixtureOfDepthsConfig(blocks: 0, hidden: 8, ffn: 8, capacity: 0.5),
+                       MixtureOfDepthsConfig(blocks: 1, hidden: 8, ffn: 8, capacity: 0),
+                       MixtureOfDepthsConfig(blocks: 1, hidden: 8, ffn: 8, capacity: .nan),
+                       MixtureOfDepthsConfig(blocks: 1, hidden: 0, ffn: 8, capacity: 0.5)] {
+            #expect(throws: SwitchyardError.self) { try MixtureOfDepthsStack(backend: backend, config: config, shape: shape) }
+        }
+        #expect(throws: SwitchyardError.self) {
+            try SoftMoEStack(
+                backend: backend,
+                config: SoftMoEStackConfig(blocks: 1, layer: SoftMoEConfig(hidden: 8, ffn: 8, experts: 2, slotsPerExpert: 0)),
+                shape: shape)
+        }
+        for bad in [ExampleShape(batch: 0, length: 8), ExampleShape(batch: 1, length: 0),
+                    ExampleShape(batch: 1, length: 8, dtype: .i32), ExampleShape(batch: 1 << 40, length: 1 << 30)] {
+            #expect(throws: SwitchyardError.self) { try Self.mod.make(backend, bad) }
+        }
+        let stack = try Self.mod.make(backend, shape)
+        let wrong = try backend.tensor([Float](repeating: 1, count: 2 * 8 * 32), shape: [2, 8, 32], dtype: .f32)
+        #expect(throws: SwitchyardError.self) { try stack.forwardDynamic(wrong) }
+        #expect(throws: SwitchyardError.self) { try stack.forwardDense(wrong) }
+        #expect(throws: SwitchyardError.self) { try ExampleReport.run(Self.mod, backend: backend, shape: shape, iterations: -1, check: false) }
+    }
+}
+
+/// `switchyard run --config mod-tiny|soft-moe-tiny --check` as a user runs it, small batches: exit 0, the check passes, and the printed fraction is the printed rows computed
+/// over the dense rows (for mixture-of-depths: 4 blocks × B × ⌈L/8⌉ rows).
+/// (PoCL, device 0, only: rusticl over llvmpipe takes seconds per launch here, and the suite
+/// above runs the same code on every device.)
+@Test func exampleCommands() throws {
+    let device = 0
+    try #require(!(try Device.all()).isEmpty)
+    let binary = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent(".build/debug/switchyard").path
+    try #require(FileManager.default.isExecutableFile(atPath: binary), "build the switchyard tool first (swift build)")
+    func run(_ arguments: [String]) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (process.terminationStatus, output)
+    }
+    for (config, batch, length, dense) in [("mod-tiny", 2, 20, 4 * 2 * 20), ("soft-moe-tiny", 1, 12, 4 * 12 * 8)] {
+        let (status, output) = try run(
+            ["run", "--config", config, "--batch", "\(batch)", "--tokens", "\(length)", "--iterations", "1", "--check",
+             "--device", "\(device)"])
+        #expect(status == 0, "\(output)")
+        let lines = output.split(separator: "\n").map(String.init)
+        #expect(lines.contains { $0.hasPrefix("check ") && $0.hasSuffix(": pass") }, "\(output)")
+        #expect(lines.contains { $0.hasPrefix("speedup ") }, "\(output)")
+        let line = try #require(lines.first { $0.hasPrefix("compute fraction ") }, "\(output)")
+        let numbers = line.split(whereSeparator: { $0 == " " || $0 == "(" }).compactMap { Double($0) }
+        try #require(numbers.count >= 3, "\(line)")
+        let (fraction, rows, denseRows) = (numbers[0], numbers[1], numbers[2])
+        #expect(denseRows == Double(dense), "\(line)")
+        #expect(abs(fraction - rows / denseRows) < 1e-4, "\(line)")
+        // mod-tiny: ⌈0.125 · 20⌉ = 3 per sequence and block; soft-moe-tiny: its 128 slots per block.
+        #expect(rows == (config == "mod-tiny" ? Double(4 * batch * 3) : Double(4 * 128)), "\(line)")
+    }
+    // Options of the MoE layer are refused for a stack, not ignored.
+    let refused = try run(["run", "--config", "mod-tiny", "--quantize", "int8", "--device", "\(device)"])
+    #expect(refused.status != 0 && refused.output.contains("--quantize"), "\(refused.output)")
+}
