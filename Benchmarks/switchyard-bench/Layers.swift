@@ -28,6 +28,9 @@ func layerItems(filter: String?, quick: Bool, coldBytes: Int, peers peerOptions:
         let decode: Bool
         /// Experts' weights quantized once on the device (activations stay `dtype`).
         var quantize: WeightQuantization = .none
+        /// Experts' weights as a DeepSeek-V3 FP8 checkpoint holds them (e4m3 codes, 128 × 128
+        /// block scales), prepared by `MoELayer` from `MoEWeights.fp8`.
+        var fp8 = false
     }
     var specs = [
         Spec(name: "mixtral-small", config: .mixtralSmall, tokens: 2048, dtype: .f32, decode: false),
@@ -52,6 +55,7 @@ func layerItems(filter: String?, quick: Bool, coldBytes: Int, peers peerOptions:
                 for q in [WeightQuantization.int8, .int4(group: 128, zeroPoint: false), .int4(group: 32, zeroPoint: false), .mxfp4] {
                     specs.append(Spec(name: name, config: config, tokens: tokens, dtype: .bf16, decode: true, quantize: q))
                 }
+                specs.append(Spec(name: name, config: config, tokens: tokens, dtype: .bf16, decode: true, fp8: true))
             }
         }
         specs.append(Spec(
@@ -71,7 +75,7 @@ func layerItems(filter: String?, quick: Bool, coldBytes: Int, peers peerOptions:
     let regex = try filter.flatMap { $0.isEmpty ? nil : try Regex($0) }
     return specs.compactMap { s in
         let c = s.config
-        let format = s.quantize.format(for: s.dtype)
+        let format = s.fp8 ? WeightFormat.fp8 : s.quantize.format(for: s.dtype)
         let expertBytes = format.bytes(rows: 2 * c.ffn, k: c.hidden) + format.bytes(rows: c.hidden, k: c.ffn)
         let sharedBytes = format.bytes(rows: 2 * c.sharedFFN, k: c.hidden) + format.bytes(rows: c.hidden, k: c.sharedFFN)
         let routerBytes = Double(c.experts * c.hidden * s.dtype.size)
@@ -91,7 +95,7 @@ func layerItems(filter: String?, quick: Bool, coldBytes: Int, peers peerOptions:
         let flops = c.flops(tokens: s.tokens)
         let shape = "\(s.name) T=\(s.tokens)"
         // Decode rotates over `copies` layers: say how many bytes of weights that spans.
-        let weights = s.quantize == .none ? "packed" : "\(s.quantize)"
+        let weights = s.fp8 ? "\(WeightFormat.fp8)" : s.quantize == .none ? "packed" : "\(s.quantize)"
         let options = s.decode
             ? "\(weights) decode cold=\(copies) (rotation spans \(Int((Double(copies) * layerBytes / 1e6).rounded())) MB)"
             : weights
@@ -108,7 +112,7 @@ func layerItems(filter: String?, quick: Bool, coldBytes: Int, peers peerOptions:
         }
         let info = LayerRunInfo()
         // (The reference dequantizes every forward: no peer for quantized layers.)
-        var peers: [any Peer] = s.quantize == .none ? [reference] : []
+        var peers: [any Peer] = s.quantize == .none && !s.fp8 ? [reference] : []
         // The per-expert GEMM peers and PyTorch run f32, so they stand beside the f32 layers.
         if s.dtype == .f32 {
             let loop = ExpertLoopShape(hidden: c.hidden, ffn: c.ffn, experts: c.experts, copies: copies, seed: seed)
@@ -130,7 +134,8 @@ func layerItems(filter: String?, quick: Bool, coldBytes: Int, peers peerOptions:
             name: name, op: "moe_layer", shape: shape, dtype: s.dtype.rawValue, options: options, flops: flops,
             bytes: bytes, bound: s.decode ? .copy : nil, peers: peers
         ) { backend in
-            let weights = try MoEWeights.random(config: c, backend: backend, dtype: s.dtype, seed: seed)
+            var weights = try MoEWeights.random(config: c, backend: backend, dtype: s.dtype, seed: seed)
+            if s.fp8 { weights = try fp8Experts(weights, config: c, backend: backend, seed: seed) }
             var layers = [try MoELayer(backend: backend, config: c, weights: weights, pack: true, quantize: s.quantize)]
             for _ in 1..<copies {
                 layers.append(try MoELayer(
@@ -204,6 +209,38 @@ private func duplicate(_ w: MoEWeights, _ backend: OpenCLBackend) throws -> MoEW
     result.routerLinearBias = try w.routerLinearBias.map(copy)
     result.gateUpBias = try w.gateUpBias.map(copy)
     result.downBias = try w.downBias.map(copy)
+    if let f = w.fp8 {
+        result.fp8 = FP8BlockScales(
+            gateUp: try f.gateUp.map(copy), down: try f.down.map(copy), sharedGateUp: try f.sharedGateUp.map(copy),
+            sharedDown: try f.sharedDown.map(copy))
+    }
     try backend.synchronize()
     return result
+}
+
+/// `w` with its routed experts as FP8 checkpoint tensors: seeded e4m3 codes (the two NaN codes
+/// avoided) and block scales of about 1/(448·sqrt(K)) (f32, `[E, 2·ceil(ffn/128), ceil(hidden/128)]`
+/// for gate|up, `[E, ceil(hidden/128), ceil(ffn/128)]` for down), in place of its float experts.
+private func fp8Experts(_ w: MoEWeights, config c: MoEConfig, backend: OpenCLBackend, seed: UInt64) throws -> MoEWeights {
+    var g = SeededGenerator(seed: seed ^ 0xF8)
+    func codes(_ shape: [Int]) throws -> Tensor {
+        let bytes = (0..<shape.reduce(1, *)).map { _ -> UInt8 in
+            let b = UInt8(truncatingIfNeeded: g.next())
+            return b & 0x7F == 0x7F ? b ^ 1 : b
+        }
+        return try backend.tensor(codes: bytes, shape: shape)
+    }
+    func scales(_ shape: [Int], k: Int) throws -> Tensor {
+        let base = 1 / (448 * Float(k).squareRoot())
+        return try backend.tensor(
+            (0..<shape.reduce(1, *)).map { _ in base * Float(1 + g.next() % 4) }, shape: shape, dtype: .f32)
+    }
+    func blocks(_ n: Int) -> Int { (n + 127) / 128 }
+    var out = w
+    out.gateUp = try codes([c.experts, 2 * c.ffn, c.hidden])
+    out.down = try codes([c.experts, c.hidden, c.ffn])
+    out.fp8 = FP8BlockScales(
+        gateUp: try scales([c.experts, 2 * blocks(c.ffn), blocks(c.hidden)], k: c.hidden),
+        down: try scales([c.experts, blocks(c.hidden), blocks(c.ffn)], k: c.ffn))
+    return out
 }

@@ -217,10 +217,13 @@ public final class HFCheckpoint: @unchecked Sendable {
                      (sp + "down_proj.weight", [h, c.sharedFFN])]
             if c.sharedGate { list.append((p + "shared_expert_gate.weight", [1, h])) }
         }
-        return try list.map { name, shape in
-            _ = try storedType(name, shape: shape)
-            let e = try file(for: name).entry(name)
-            return (name, e.end - e.begin)
+        return try list.flatMap { name, shape in
+            // FP8 (F8_E4M3) weights bring their block scales (Checkpoint+FP8.swift).
+            let fp8 = try weightStorage(name, shape: shape) == .u8
+            return try (fp8 ? [name, Self.scaleName(of: name)] : [name]).map { n in
+                let e = try file(for: n).entry(n)
+                return (n, e.end - e.begin)
+            }
         }
     }
 
@@ -229,11 +232,17 @@ public final class HFCheckpoint: @unchecked Sendable {
     public static let defaultStagingBytes = 8 << 20
 
     /// Loads layer `layer`'s MoE block onto `backend` and prepares (packs) it there. See
-    /// `loadWeights` for how the weights travel.
+    /// `loadWeights` for how the weights travel. FP8 experts (unless `weightType` dequantizes
+    /// them) are prepared one expert at a time as they load (Checkpoint+FP8.swift).
     public func loadLayer(
         _ layer: Int, backend: any ComputeBackend, pack: Bool = true, weightType: DType? = nil,
         stagingBytes: Int = defaultStagingBytes, progress: ((LoadProgress) -> Void)? = nil
     ) throws -> MoELayer {
+        if weightType == nil, try fp8Experts(layer) {
+            return try loadByExpert(
+                layer, backend: backend, pack: pack, weightType: nil, quantize: .none, stagingBytes: stagingBytes,
+                progress: progress)
+        }
         let c = try moeConfig(layer: layer)
         let weights = try loadWeights(
             layer, backend: backend, weightType: weightType, stagingBytes: stagingBytes, progress: progress)
@@ -247,6 +256,9 @@ public final class HFCheckpoint: @unchecked Sendable {
     /// no whole-tensor host copy). The expert weights keep the storage type of expert 0's gate, or
     /// become `weightType`; the router keeps its own, the DeepSeek-V3 correction bias becomes f32.
     /// A tensor stored in another type is converted piece by piece in a second staging buffer.
+    /// FP8 experts (F8_E4M3 with `weight_scale_inv`, DeepSeek-V3) load as their u8 codes with
+    /// their block scales in `MoEWeights.fp8` (see Checkpoint+FP8.swift), or dequantized to
+    /// `weightType` when given.
     /// Every tensor's presence, shape and type is checked before anything is allocated.
     /// `progress` is called after each allocation and each piece written, with the totals so far.
     ///
@@ -280,16 +292,14 @@ public final class HFCheckpoint: @unchecked Sendable {
         let routerName = p + "gate.weight"
         let routerType = try storedType(routerName, shape: [c.experts, h])
         var experts: [(gate: String, up: String, down: String)] = []
-        var firstType: DType?
+        var types: [DType] = []  // u8: FP8 codes (weightStorage)
         for e in list {
             let n = expertNames(layer, e)
-            let g = try storedType(n.gate, shape: [f, h])
-            _ = try storedType(n.up, shape: [f, h])
-            _ = try storedType(n.down, shape: [h, f])
-            firstType = firstType ?? g
+            types += [try weightStorage(n.gate, shape: [f, h]), try weightStorage(n.up, shape: [f, h]),
+                      try weightStorage(n.down, shape: [h, f])]
             experts.append(n)
         }
-        let wt = weightType ?? firstType ?? .f32
+        let wt = try stackedType(types, requested: weightType, label: "layer \(layer) routed experts")
         let biasName = p + "gate.e_score_correction_bias"
         if c.routerBias { _ = try storedType(biasName, shape: [c.experts]) }
         let sp = modelType == "deepseek_v3" ? p + "shared_experts." : p + "shared_expert."
@@ -297,22 +307,29 @@ public final class HFCheckpoint: @unchecked Sendable {
         let sharedGateName = p + "shared_expert_gate.weight"
         var sharedType = wt
         if c.sharedFFN > 0 {
-            let sg = try storedType(shared.gate, shape: [c.sharedFFN, h])
-            _ = try storedType(shared.up, shape: [c.sharedFFN, h])
-            _ = try storedType(shared.down, shape: [h, c.sharedFFN])
+            sharedType = try stackedType(
+                [try weightStorage(shared.gate, shape: [c.sharedFFN, h]), try weightStorage(shared.up, shape: [c.sharedFFN, h]),
+                 try weightStorage(shared.down, shape: [h, c.sharedFFN])],
+                requested: weightType, label: "layer \(layer) shared experts")
             if c.sharedGate { _ = try storedType(sharedGateName, shape: [1, h]) }
-            sharedType = weightType ?? sg
         }
 
         let loader = try Loader(checkpoint: self, backend: backend, stagingBytes: stagingBytes, progress: progress)
         let router = try loader.load([routerName], shape: [c.experts, h], dtype: routerType, label: "router weight")
         let gateUp = try loader.allocate([list.count, twoF, h], wt, "expert gate|up weight")
         let down = try loader.allocate([list.count, h, f], wt, "expert down weight")
+        var fp8 = FP8BlockScales()
+        if wt == .u8 {
+            fp8.gateUp = try loader.allocateScales(experts: list.count, rows: f, k: h, parts: 2, label: "expert gate|up weight_scale_inv")
+            fp8.down = try loader.allocateScales(experts: list.count, rows: h, k: f, parts: 1, label: "expert down weight_scale_inv")
+        }
         let slice = f * h  // one expert's gate, up or down: ≤ 2^48 / 4 elements, checked by `empty` above
         for (e, n) in experts.enumerated() {
             try loader.copy(n.gate, into: gateUp, atElement: 2 * e * slice)
             try loader.copy(n.up, into: gateUp, atElement: (2 * e + 1) * slice)
             try loader.copy(n.down, into: down, atElement: e * slice)
+            if let s = fp8.gateUp { try loader.copyScales([n.gate, n.up], into: s, expert: e) }
+            if let s = fp8.down { try loader.copyScales([n.down], into: s, expert: e) }
         }
         var weights = MoEWeights(router: router, gateUp: gateUp, down: down)
         if c.routerBias {
@@ -323,11 +340,22 @@ public final class HFCheckpoint: @unchecked Sendable {
                 [shared.gate, shared.up], shape: [2 * c.sharedFFN, h], dtype: sharedType, label: "shared expert gate|up weight")
             weights.sharedDown = try loader.load(
                 [shared.down], shape: [h, c.sharedFFN], dtype: sharedType, label: "shared expert down weight")
+            if sharedType == .u8 {
+                fp8.sharedGateUp = try loader.allocateScales(
+                    experts: 1, rows: c.sharedFFN, k: h, parts: 2, label: "shared expert gate|up weight_scale_inv")
+                try loader.copyScales([shared.gate, shared.up], into: fp8.sharedGateUp!, expert: 0)
+                fp8.sharedGateUp = try fp8.sharedGateUp!.reshaped(Array(fp8.sharedGateUp!.shape.dropFirst()))
+                fp8.sharedDown = try loader.allocateScales(
+                    experts: 1, rows: h, k: c.sharedFFN, parts: 1, label: "shared expert down weight_scale_inv")
+                try loader.copyScales([shared.down], into: fp8.sharedDown!, expert: 0)
+                fp8.sharedDown = try fp8.sharedDown!.reshaped(Array(fp8.sharedDown!.shape.dropFirst()))
+            }
             if c.sharedGate {
                 let gateType = try storedType(sharedGateName, shape: [1, h])
                 weights.sharedGate = try loader.load([sharedGateName], shape: [1, h], dtype: gateType, label: "shared expert gate")
             }
         }
+        if wt == .u8 || sharedType == .u8 { weights.fp8 = fp8 }
         return weights
     }
 
@@ -355,10 +383,10 @@ public final class HFCheckpoint: @unchecked Sendable {
                        (sp + "down_proj.weight", d, 0)]
             if let g = weights.sharedGate { places.append((p + "shared_expert_gate.weight", g, 0)) }
         }
+        places += try scalePlaces(weights, layer: layer)
         var compared = 0
         for (name, tensor, base) in places {
             let file = try file(for: name)
-            let stored = try file.dtype(of: name)
             let count = try file.entry(name).shape.reduce(1, *)
             let length = min(run, count)
             let n = max(1, regions)
@@ -366,16 +394,7 @@ public final class HFCheckpoint: @unchecked Sendable {
             for i in 0..<n { starts.insert(n == 1 ? 0 : (count - length) * i / (n - 1)) }
             for start in starts.sorted() {
                 let range = start..<(start + length)
-                var want = try file.bytes(name, elements: range)
-                if stored != tensor.dtype {
-                    var out = [UInt8](repeating: 0, count: length * tensor.dtype.size)
-                    want.withUnsafeBytes { src in
-                        out.withUnsafeMutableBytes { dst in
-                            Reference.convert(src, from: stored.floatStorage!, into: dst, as: tensor.dtype.floatStorage!, count: length)
-                        }
-                    }
-                    want = out
-                }
+                let want = try loadedBytes(name, elements: range, as: tensor.dtype)
                 let got = try backend.bytes(tensor, elements: (base + start)..<(base + start + length))
                 if got != want {
                     let size = tensor.dtype.size
@@ -430,6 +449,7 @@ public final class HFCheckpoint: @unchecked Sendable {
         /// Writes tensor `name` into `tensor` from element `base`, converted to its type if need be.
         func copy(_ name: String, into tensor: Tensor, atElement base: Int) throws {
             let file = try checkpoint.file(for: name)
+            if try file.entry(name).dtype == HFCheckpoint.fp8DType { return try copyFP8(name, into: tensor, atElement: base) }
             let stored = try file.dtype(of: name)
             let target = tensor.dtype
             try file.read(name, through: staging) { piece, first in

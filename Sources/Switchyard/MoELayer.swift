@@ -117,6 +117,9 @@ public struct MoEWeights: Sendable {
     public var downScales: Tensor?
     /// Whether MXFP4 gate|up blocks alternate gate and up rows (gpt-oss) instead of gate rows first.
     public var gateUpInterleaved: Bool = false
+    /// Block scales of the expert weights that hold FP8 e4m3 codes (u8) instead of floats
+    /// (DeepSeek-V3 FP8 checkpoints; see `FP8BlockScales`).
+    public var fp8: FP8BlockScales?
 
     /// The weights of a block, in checkpoint layouts (see each property); checked by `MoELayer`.
     public init(router: Tensor, bias: Tensor? = nil, gateUp: Tensor, down: Tensor, sharedGateUp: Tensor? = nil,
@@ -225,14 +228,21 @@ public final class MoELayer: @unchecked Sendable {
             gateUp = try backend.prepareMXFP4(blocks: w.gateUp, scales: gs, swiglu: true, interleavedGateUp: w.gateUpInterleaved)
             down = try backend.prepareMXFP4(blocks: w.down, scales: ds, swiglu: false, interleavedGateUp: false)
         } else {
-            gateUp = try backend.prepareWeights(w.gateUp, swiglu: true, pack: pack, quantize: quantize)
-            down = try backend.prepareWeights(w.down, swiglu: false, pack: pack, quantize: quantize)
+            // FP8 weights (with block scales in `w.fp8`) are prepared as FP8 (Checkpoint+FP8.swift).
+            gateUp = try backend.prepareExperts(
+                w.gateUp, scaleInv: w.fp8?.gateUp, swiglu: true, pack: pack, quantize: quantize, label: "expert gate|up weights")
+            down = try backend.prepareExperts(
+                w.down, scaleInv: w.fp8?.down, swiglu: false, pack: pack, quantize: quantize, label: "expert down weights")
         }
         if c.sharedFFN > 0 {
-            sharedGateUp = try backend.prepareWeights(
-                try w.sharedGateUp!.reshaped([1, 2 * c.sharedFFN, h]), swiglu: true, pack: pack, quantize: quantize)
-            sharedDown = try backend.prepareWeights(
-                try w.sharedDown!.reshaped([1, h, c.sharedFFN]), swiglu: false, pack: pack, quantize: quantize)
+            sharedGateUp = try backend.prepareExperts(
+                try w.sharedGateUp!.reshaped([1, 2 * c.sharedFFN, h]),
+                scaleInv: try w.fp8?.sharedGateUp.map { try $0.reshaped([1] + $0.shape) }, swiglu: true, pack: pack,
+                quantize: quantize, label: "shared expert gate|up weights")
+            sharedDown = try backend.prepareExperts(
+                try w.sharedDown!.reshaped([1, h, c.sharedFFN]),
+                scaleInv: try w.fp8?.sharedDown.map { try $0.reshaped([1] + $0.shape) }, swiglu: false, pack: pack,
+                quantize: quantize, label: "shared expert down weights")
             sharedGate = c.sharedGate
                 ? try backend.prepareWeights(try w.sharedGate!.reshaped([1, 1, h]), swiglu: false, pack: pack) : nil
         } else {
@@ -242,6 +252,48 @@ public final class MoELayer: @unchecked Sendable {
         }
         try backend.synchronize()
         packSeconds = Date().timeIntervalSince(start)
+        blockSize = backend.preferredBlockSize
+    }
+
+    /// A layer over expert weights already prepared on `backend` (the checkpoint loader's
+    /// quantize-per-expert path), checked against `config`.
+    init(
+        backend: any ComputeBackend, config c: MoEConfig, router: ExpertWeights, bias: Tensor?, gateUp: ExpertWeights,
+        down: ExpertWeights, sharedGateUp: ExpertWeights?, sharedDown: ExpertWeights?, sharedGate: ExpertWeights?,
+        packSeconds: Double
+    ) throws {
+        let h = c.hidden
+        func expect(_ w: ExpertWeights?, _ shape: [Int], _ name: String) throws {
+            guard let w else { throw SwitchyardError.unsupported("\(name) is required by this config") }
+            guard w.shape == shape else { throw SwitchyardError.shape(argument: name, expected: "\(shape)", actual: w.shape) }
+        }
+        try expect(router, [1, c.experts, h], "router weight")
+        try expect(gateUp, [c.experts, 2 * c.ffn, h], "expert gate|up weight")
+        try expect(down, [c.experts, h, c.ffn], "expert down weight")
+        if c.routerLinearBias || c.expertBias {
+            throw SwitchyardError.unsupported("prepared expert weights without the router's or the experts' linear biases")
+        }
+        if c.routerBias && bias?.shape != [c.experts] {
+            throw SwitchyardError.shape(argument: "router correction bias", expected: "[\(c.experts)]", actual: bias?.shape ?? [])
+        }
+        if c.sharedFFN > 0 {
+            try expect(sharedGateUp, [1, 2 * c.sharedFFN, h], "shared expert gate|up weight")
+            try expect(sharedDown, [1, h, c.sharedFFN], "shared expert down weight")
+            if c.sharedGate { try expect(sharedGate, [1, 1, h], "shared expert gate") }
+        }
+        self.backend = backend
+        self.config = c
+        self.router = router
+        self.bias = c.routerBias ? bias : nil
+        self.gateUp = gateUp
+        self.down = down
+        self.sharedGateUp = c.sharedFFN > 0 ? sharedGateUp : nil
+        self.sharedDown = c.sharedFFN > 0 ? sharedDown : nil
+        self.sharedGate = c.sharedFFN > 0 && c.sharedGate ? sharedGate : nil
+        self.routerLinearBias = nil
+        self.gateUpBias = nil
+        self.downBias = nil
+        self.packSeconds = packSeconds
         blockSize = backend.preferredBlockSize
     }
 

@@ -197,7 +197,10 @@ public final class SafeTensorsFile: @unchecked Sendable {
         case "F32": return .f32
         case "F16": return .f16
         case "BF16": return .bf16
-        default: throw CheckpointError("\(path): '\(name)' has dtype \(e.dtype); expected F32, F16 or BF16")
+        default:
+            throw CheckpointError(
+                "\(path): '\(name)' has dtype \(e.dtype); expected F32, F16 or BF16"
+                    + (e.dtype == "F8_E4M3" ? " (F8_E4M3 loads only as expert weights with a weight_scale_inv)" : ""))
         }
     }
 

@@ -201,11 +201,7 @@ struct Load: ParsableCommand {
             try backend.synchronize()
             let seconds = Date().timeIntervalSince(start)
             let measured = sampler.stop()
-            let written = weights.router.byteCount + weights.gateUp.byteCount + weights.down.byteCount
-                + (weights.bias?.byteCount ?? 0) + (weights.sharedGateUp?.byteCount ?? 0)
-                + (weights.sharedDown?.byteCount ?? 0) + (weights.sharedGate?.byteCount ?? 0)
-                + [weights.routerLinearBias, weights.gateUpBias, weights.downBias, weights.gateUpScales, weights.downScales]
-                .reduce(0) { $0 + ($1?.byteCount ?? 0) }
+            let written = weights.byteCount  // FP8 block scales included
             let rssAfter = sampler.resident()
             let hwm = MemorySampler.status("VmHWM")
             let passed = measured.peak < bound

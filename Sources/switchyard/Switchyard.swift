@@ -182,7 +182,7 @@ struct Run: ParsableCommand {
     @Flag(help: "Use the weights in checkpoint layout instead of packing them once.")
     var noPack = false
 
-    @Option(help: "Quantize the experts' weights once: none, int8, int4 (groups of 128), int4-g32, int4-g128-zp (zero point), ..., or mxfp4 (converted on the host). Also reports the output's error against the unquantized layer.")
+    @Option(help: "Quantize the experts' weights once: none, int8, int4 (groups of 128), int4-g32, int4-g128-zp (zero point), ..., or mxfp4 (converted on the host). With --model, each expert is quantized on the device as it loads (FP8 experts are dequantized first). Also reports the output's error against the unquantized layer.")
     var quantize = "none"
 
     @Flag(help: "Also run the CPU reference and fail if the normalized error is over the tolerance.")
@@ -253,9 +253,6 @@ struct Run: ParsableCommand {
                 throw ValidationError("--quantize \(quantize): expected none, int8, int4, int4-gN, int4-gN-zp or mxfp4")
             }
             if let model {
-                if quantization != .none {
-                    throw ValidationError("--quantize applies to --config layers (loading quantized checkpoints is not here yet)")
-                }
                 guard let index = self.layer else { throw ValidationError("--model needs --layer N") }
                 guard let input else { throw ValidationError("--model needs --input X.safetensors (tensor 'x')") }
                 let checkpoint = try HFCheckpoint(folder: model)
@@ -264,12 +261,16 @@ struct Run: ParsableCommand {
                 guard x.shape.count == 2, x.shape[1] == c.hidden else {
                     throw ValidationError("\(input): tensor 'x' has shape \(x.shape); expected [T, \(c.hidden)]")
                 }
-                layer = try checkpoint.loadLayer(index, backend: backend, pack: !noPack)
+                // With --quantize, each expert is quantized on the device as it loads.
+                layer = try checkpoint.loadLayer(index, backend: backend, pack: !noPack, quantize: quantization)
+                if quantization != .none {
+                    makeUnquantized = { try checkpoint.loadLayer(index, backend: backend, pack: !noPack) }
+                }
                 (xHost, xType) = (x.values, x.dtype)
                 name = "\(checkpoint.modelType) layer \(index) of \(model)"
                 makeReference = {
                     let reference = ReferenceBackend()
-                    return (try checkpoint.loadLayer(index, backend: reference, pack: false),
+                    return (try checkpoint.loadLayer(index, backend: reference, pack: false, quantize: quantization),
                             try reference.tensor(x.values, shape: x.shape, dtype: x.dtype))
                 }
             } else {
@@ -322,13 +323,14 @@ struct Run: ParsableCommand {
                 + "\(c.router.scoring.rawValue)\(c.router.expertGroups > 1 ? ", \(c.router.expertGroups) groups keep \(c.router.topKGroups)" : "")"
                 + "\(c.sharedFFN > 0 ? ", shared ffn \(c.sharedFFN)" : ""), input \(xType), T = \(t)")
             let x = try backend.tensor(xHost, shape: [t, c.hidden], dtype: xType)
-            if quantization != .none { print("weights \(layer.weightFormat) (routed and shared experts)") }
+            if case .float = layer.weightFormat {} else { print("weights \(layer.weightFormat) (routed and shared experts)") }
             try report(backend: backend, layer: layer, x: x, makeReference: makeReference)
             if let makeUnquantized {
-                let float = try backend.floats(try makeUnquantized().forward(x).y)
+                let base = try makeUnquantized()
+                let float = try backend.floats(try base.forward(x).y)
                 let quantized = try backend.floats(try layer.forward(x).y)
-                print(String(format: "quantization  normalized error of the output vs the unquantized %@ layer: %.3e",
-                             xType.rawValue, ErrorMeasure.nmse(quantized, float)))
+                print(String(format: "quantization  normalized error of the output vs the unquantized %@ layer (%@ weights): %.3e",
+                             xType.rawValue, base.weightFormat.description, ErrorMeasure.nmse(quantized, float)))
             }
         }
     }

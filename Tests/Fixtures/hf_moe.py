@@ -5,6 +5,7 @@ output computed independently in float64 numpy from the stored weights (y_ref.sa
 
   hf_moe.py make DIR MODEL_TYPE f32|bf16 single|sharded [SEED]   -> prints the MoE layer index
   hf_moe.py make DIR gpt_oss mxfp4 single|sharded [SEED [HOSTILE]]
+  hf_moe.py make DIR deepseek_v3 fp8 single|sharded [SEED]        -> a DeepSeek-V3 FP8 folder (see make_fp8)
   hf_moe.py compare Y.safetensors Y_REF.safetensors               -> prints the normalized error
 
 gpt_oss: f32/bf16 write the dequantized layout (experts.gate_up_proj [E, hidden, 2*ffn],
@@ -32,21 +33,128 @@ def from_bf16_bits(b):
 
 
 def save(tensors, path):
-    """tensors: name -> (array, 'f32'|'bf16'|'u8'); stored as F32, BF16 or U8."""
+    """tensors: name -> (array, 'f32'|'bf16'|'u8'|'fp8'); stored as F32, BF16, U8 or F8_E4M3
+    (uint8 e4m3fn codes)."""
     keep, specs = [], {}
     for name, (a, dt) in tensors.items():
-        if dt == "u8":
+        if dt in ("u8", "fp8"):
             data = np.ascontiguousarray(a, dtype=np.uint8)
         else:
             data = np.ascontiguousarray(a, dtype=np.float32) if dt == "f32" else to_bf16_bits(a)
         keep.append(data)
-        specs[name] = TensorSpec(dtype={"f32": "float32", "bf16": "bfloat16", "u8": "uint8"}[dt], shape=list(a.shape),
+        specs[name] = TensorSpec(dtype={"f32": "float32", "bf16": "bfloat16", "u8": "uint8", "fp8": "float8_e4m3fn"}[dt], shape=list(a.shape),
                                  data_ptr=data.ctypes.data, data_len=data.nbytes)
     serialize_file(specs, path, metadata={"format": "pt"})
 
 
 def stored(a, dt):
     return a.astype(np.float32) if dt == "f32" else from_bf16_bits(to_bf16_bits(a))
+
+
+def e4m3_encode(v):
+    """OCP FP8 e4m3fn codes of float values (round to nearest even, saturating at +-448: the
+    values are scaled into range first). 4 significant bits; binades 2^-6...2^8 with exponent
+    bias 7; below 2^-6 subnormals in steps of 2^-9; no infinities (S.1111.111 is NaN)."""
+    v = np.asarray(v, dtype=np.float64)
+    sign = np.signbit(v).astype(np.uint8) << 7
+    a = np.minimum(np.abs(v), 448.0)
+    _, ex = np.frexp(np.maximum(a, 2.0 ** -6))  # a = m * 2^ex, m in [0.5, 1): binade 2^(ex - 1)
+    quantum = np.ldexp(1.0, ex - 4)  # 3 mantissa bits (2^-9 for subnormals)
+    q = np.minimum(np.round(a / quantum) * quantum, 448.0)  # np.round: ties to even
+    normal = q >= 2.0 ** -6
+    _, qe = np.frexp(np.where(normal, q, 1.0))
+    e = qe - 1
+    mant = np.where(normal, q / np.ldexp(1.0, e) * 8 - 8, q / 2.0 ** -9)
+    codes = np.where(normal, (e + 7) * 8 + mant, mant)
+    return codes.astype(np.uint8) | sign
+
+
+def e4m3_decode(c):
+    c = np.asarray(c, dtype=np.uint8)
+    e = ((c >> 3) & 15).astype(np.int64)
+    m = (c & 7).astype(np.float64)
+    mag = np.where(e == 0, m * 2.0 ** -9, (1 + m / 8) * np.ldexp(1.0, e - 7))
+    mag = np.where((e == 15) & (m == 7), np.nan, mag)
+    return np.where(c & 0x80, -mag, mag)
+
+
+def fp8_blocks(w, rng):
+    """DeepSeek-V3's FP8 form of a weight [out, in]: e4m3fn codes and weight_scale_inv
+    [ceil(out/128), ceil(in/128)] f32 with w ~ codes * scale_inv per 128 x 128 block (a block at
+    the edge is partial); scale_inv = max|w| / 448 over the block. Each block is first multiplied
+    by its own factor in [1/4, 4], so blocks differ in scale. Returns the codes, the scales and
+    the dequantized weight (float64)."""
+    out, inn = w.shape
+    bo, bi = -(-out // 128), -(-inn // 128)
+    w = w.astype(np.float64).copy()
+    scales = np.zeros((bo, bi), dtype=np.float32)
+    codes = np.zeros(w.shape, dtype=np.uint8)
+    for r in range(bo):
+        for c in range(bi):
+            blk = np.s_[r * 128:(r + 1) * 128, c * 128:(c + 1) * 128]
+            w[blk] *= 2.0 ** rng.uniform(-2, 2)
+            scales[r, c] = np.float32(np.abs(w[blk]).max() / 448.0)
+            codes[blk] = e4m3_encode(w[blk] / np.float64(scales[r, c]))
+    deq = e4m3_decode(codes) * np.repeat(np.repeat(scales.astype(np.float64), 128, 0), 128, 1)[:out, :inn]
+    return codes, scales, deq
+
+
+def make_fp8(folder, layout, seed):
+    """A tiny DeepSeek-V3 FP8 folder: routed and shared experts' gate/up/down as F8_E4M3 with a
+    weight_scale_inv per 128 x 128 block; the router gate.weight BF16 and the
+    e_score_correction_bias F32 (not quantized, as in DeepSeek-V3); hidden 200 and expert width
+    136, not multiples of 128, so edge blocks are partial. The reference output is the float64
+    forward of the dequantized weights."""
+    rng = np.random.default_rng(seed)
+    H, F, T, E, K = 200, 136, 12, 16, 4
+    layer = 1
+    cfg = {"model_type": "deepseek_v3", "hidden_size": H, "num_hidden_layers": 3, "torch_dtype": "bfloat16",
+           "moe_intermediate_size": F, "n_routed_experts": E, "num_experts_per_tok": K, "n_group": 4, "topk_group": 2,
+           "routed_scaling_factor": 2.5, "norm_topk_prob": True, "n_shared_experts": 1, "first_k_dense_replace": 1,
+           "scoring_func": "sigmoid", "topk_method": "noaux_tc",
+           "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                   "weight_block_size": [128, 128]}}
+    prefix = f"model.layers.{layer}.mlp."
+    tensors = {}
+
+    def fp8(name, shape, scale):
+        codes, scales, deq = fp8_blocks(rng.standard_normal(shape) * scale, rng)
+        tensors[name] = (codes, "fp8")
+        tensors[name + "_scale_inv"] = (scales, "f32")
+        return deq
+
+    a = rng.standard_normal((E, H)).astype(np.float32) / np.sqrt(H)
+    tensors[f"{prefix}gate.weight"] = (a, "bf16")
+    router = stored(a, "bf16").astype(np.float64)
+    experts = [tuple(fp8(f"{prefix}experts.{e}.{p}_proj.weight", shp, 1 / np.sqrt(shp[1]))
+                     for p, shp in (("gate", (F, H)), ("up", (F, H)), ("down", (H, F)))) for e in range(E)]
+    b = (rng.standard_normal(E) * 0.1).astype(np.float32)
+    tensors[f"{prefix}gate.e_score_correction_bias"] = (b, "f32")
+    bias = b.astype(np.float64)
+    shared = tuple(fp8(f"{prefix}shared_experts.{p}_proj.weight", shp, 1 / np.sqrt(shp[1]))
+                   for p, shp in (("gate", (F, H)), ("up", (F, H)), ("down", (H, F))))
+    x = rng.standard_normal((T, H)).astype(np.float32)
+    xs = stored(x, "bf16").astype(np.float64)
+    y = np.zeros((T, H))
+    G = cfg["n_group"]
+    for t in range(T):
+        s = 1 / (1 + np.exp(-(router @ xs[t])))
+        choice = (s + bias).reshape(G, -1)
+        gscore = np.sort(choice, axis=1)[:, ::-1][:, :2].sum(axis=1)
+        masked = np.full((G, E // G), -np.inf)
+        for gi in top(gscore, cfg["topk_group"]):
+            masked[gi] = choice[gi]
+        idx = top(masked.reshape(-1), K)
+        w = s[idx] / (s[idx].sum() + 1e-20) * cfg["routed_scaling_factor"]
+        for j, e in enumerate(idx):
+            g, u, d = experts[e]
+            y[t] += w[j] * (d @ (silu(g @ xs[t]) * (u @ xs[t])))
+        sg, su, sd = shared
+        y[t] += sd @ (silu(sg @ xs[t]) * (su @ xs[t]))
+    write_folder(folder, cfg, tensors, layout)
+    save({"x": (x, "bf16")}, os.path.join(folder, "x.safetensors"))
+    save({"y": (y.astype(np.float32), "f32")}, os.path.join(folder, "y_ref.safetensors"))
+    print(layer)
 
 
 def silu(v):
@@ -185,6 +293,10 @@ def write_folder(folder, cfg, tensors, layout):
 def make(folder, model_type, dt, layout, seed, hostile=None):
     if model_type == "gpt_oss":
         return make_gpt_oss(folder, dt, layout, seed, hostile)
+    if dt == "fp8":
+        if model_type != "deepseek_v3":
+            raise SystemExit("fp8 folders are deepseek_v3")
+        return make_fp8(folder, layout, seed)
     rng = np.random.default_rng(seed)
     H, F, T = 32, 16, 10
     cfg = {"model_type": model_type, "hidden_size": H, "num_hidden_layers": 3, "torch_dtype": "bfloat16" if dt == "bf16" else "float32"}
