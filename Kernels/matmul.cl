@@ -312,7 +312,8 @@ __attribute__((always_inline)) inline void accumulate(const int NR, VEC acc[ROWS
 #pragma unroll
         for (int v = 0; v < NV; ++v) wv[v] = W_LOADV(wp, NV * k + v);
 #pragma unroll
-        for (int r = 0; r < NR; ++r) {
+        for (int r = 0; r < ROWS; ++r) {  // ROWS, not NR: unrolled even where NR is not a constant
+            if (r >= NR) break;
             const VEC av = (VEC)A_LOAD(ap[r], k);
 #pragma unroll
             for (int v = 0; v < NV; ++v) acc[r][v] = fma(av, wv[v], acc[r][v]);
@@ -382,7 +383,8 @@ __attribute__((always_inline)) inline void accumulate(const int NR, VEC acc[ROWS
             }
 #endif
 #pragma unroll
-            for (int r = 0; r < NR; ++r) {
+            for (int r = 0; r < ROWS; ++r) {
+                if (r >= NR) break;
                 const VEC av = (VEC)A_LOAD(ap[r], k);
 #pragma unroll
                 for (int v = 0; v < NV; ++v) acc[r][v] = fma(av, wv[v], acc[r][v]);

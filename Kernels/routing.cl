@@ -298,7 +298,7 @@ __kernel void permute_scatter(__global const int* ids, __global const int* keep,
             // offsets and ranks come from the earlier steps: a row outside assignment_of is never
             // written (the assignment counts as dropped; consistent steps never get here).
             const int r = offsets[e] + rank;
-            row = (rank < capacity) & ((uint)r < (uint)max_rows) ? r : -1;
+            row = ((rank < capacity) & ((uint)r < (uint)max_rows)) ? r : -1;
         }
         row_of[a] = row;
         if (row >= 0) {
