@@ -18,9 +18,11 @@
 // absent by default (plain SwiGLU). HAS_BIAS: a per-expert output bias `bias [E, N_w]` (f32,
 // gate columns first when gated) is added to the product before the activation.
 //
-// Every output element is one f32 fma chain over k in order 0, 1, ..., K-1, in every kernel
-// below, so a row's result never depends on its tile, its expert's load, the batch, or which
-// kernel and geometry computed it (batch invariance).
+// In the packed kernels every output element is one f32 fma chain over k in order 0, 1, ...,
+// K-1, so a row's result never depends on its tile, its expert's load, the batch, or the tile
+// geometry (batch invariance). The unpacked (plain) and narrow kernels sum dot products with
+// fixed partial sums instead; which kernel runs depends on the weights and N only, never on the
+// rows, so they keep batch invariance too.
 
 #ifndef ROWS
 #define ROWS 4
@@ -47,6 +49,9 @@
 #define TILE_STEP 1
 #endif
 
+#ifndef A_DT
+#define A_DT 0
+#endif
 #ifndef QFMT
 #define QFMT 0
 #endif
@@ -654,6 +659,72 @@ __kernel void grouped_matmul_plain(__global const A_T* a, __global const int* as
         }
     }
 }
+
+// Narrow outputs (a router's one score per token, a few columns): the unpacked weights
+// [E, N_w, K] read as rows, each output element a dot product along k, so no panel of columns is
+// computed for one. A work-item computes ROWS rows × all N columns (N small: the host picks this
+// kernel for N well below the panel width). VW is the device's float vector width on CPU-class
+// devices: each dot keeps VW partial sums over k (vector loads of the activation row and the
+// weight row), adds them in a fixed tree (SY_HSUM), then the k tail in order; where work-items
+// are lanes VW is 1 and each dot is one fma chain over k, a lane per row tile (the host bounds
+// ROWS · N_w · K below llvmpipe's 65,535 iterations). The order depends on VW alone, never on
+// the rows or the batch (batch invariant). Float weights only (not built with QFMT).
+#if QFMT == 0
+#if VW == 1
+#define NARROW_A(p) A_LOAD((p), 0)
+#define NARROW_W(p) W_LOAD1((p), 0)
+#else
+#if A_DT == 0
+#define NARROW_A(p) SY_CAT(vload, VW)(0, (p))
+#elif A_DT == 1
+#define NARROW_A(p) SY_CAT(vload_half, VW)(0, (__global const half*)(p))
+#else
+#define NARROW_A(p) SY_CAT(as_float, VW)(SY_CAT(convert_uint, VW)(SY_CAT(vload, VW)(0, (p))) << 16)
+#endif
+#define NARROW_W(p) W_LOADV((p), 0)
+#endif
+inline float narrow_dot(__global const A_T* ar, __global const W_T* wr, int K) {
+    VEC acc = (VEC)0.0f;
+    const int body = K / VW * VW;
+    for (int k = 0; k < body; k += VW) acc = fma(NARROW_A(ar + k), NARROW_W(wr + k), acc);
+    float d = SY_HSUM(VW, acc);
+    for (int k = body; k < K; ++k) d = fma(A_LOAD(ar, k), W_LOAD1(wr, k), d);
+    return d;
+}
+__kernel void grouped_matmul_narrow(__global const A_T* a, __global const int* assignment_of, int gather_k,
+                                    __global const W_T* w, __global const int* tile_expert, __global Y_T* y,
+                                    __global const float* scale, int scale_mode, int K, int N, int dense_rows,
+                                    int tokens_k, int tiles, int block, int max_rows, int experts,
+                                    __global const float* bias) {
+    const int tile = get_global_id(0);
+    if (tile >= tiles) return;
+    const int row0 = tile * ROWS;
+    if (dense_rows > 0 && row0 >= dense_rows) return;
+    const int e = tile_expert_of(tile, dense_rows, tile_expert, block, experts);
+    __global const W_T* we = w + (size_t)(e < 0 ? 0 : e) * (size_t)WROWS_OF(N) * (size_t)K;
+    for (int r = 0; r < ROWS; ++r) {
+        const int row = row0 + r;
+        if (row >= max_rows) break;
+        const int s_row = e < 0 ? -1 : source_row(row, dense_rows, assignment_of, gather_k, tokens_k);
+        const size_t out = (size_t)row * (size_t)N;
+        if (s_row < 0) {  // padding, or past the padded total: zeros
+            for (int c = 0; c < N; ++c) Y_STORE(y, out + c, 0.0f);
+            continue;
+        }
+        const float s = row_scale_of(row, scale_mode, scale, assignment_of, tokens_k);
+        __global const A_T* ar = a + (size_t)s_row * (size_t)K;
+        for (int c = 0; c < N; ++c) {
+            const float g = narrow_dot(ar, we + (size_t)c * (size_t)K, K) + BIAS(e, c);
+#if EPILOGUE == 4
+            const float u = narrow_dot(ar, we + (size_t)(N + c) * (size_t)K, K) + BIAS(e, N + c);
+            Y_STORE(y, out + c, glu(g, u) * s);
+#else
+            Y_STORE(y, out + c, activate(g) * s);
+#endif
+        }
+    }
+}
+#endif
 
 // One-time repack of [E, N_w, K] weights into the panel layout above (bits copied, so the
 // packed weights keep their storage type). One work-item per (k, panel, expert).

@@ -44,42 +44,6 @@
 #endif
 #endif
 
-// Horizontal reductions of a VEC in a fixed pairwise tree (halves added, or maxed).
-#if VW == 1
-inline float hsum(float v) { return v; }
-inline float hmax(float v) { return v; }
-#else
-#define SY_HREDUCE(NAME, OP)        \
-    inline float NAME(VEC v) {      \
-        HREDUCE_8(OP)               \
-        HREDUCE_4(OP)               \
-        HREDUCE_2(OP)               \
-        return OP(v2.lo, v2.hi);    \
-    }
-#if VW == 16
-#define HREDUCE_8(OP) const float8 v8 = OP(v.lo, v.hi);
-#elif VW == 8
-#define HREDUCE_8(OP) const float8 v8 = v;
-#else
-#define HREDUCE_8(OP)
-#endif
-#if VW >= 8
-#define HREDUCE_4(OP) const float4 v4 = OP(v8.lo, v8.hi);
-#elif VW == 4
-#define HREDUCE_4(OP) const float4 v4 = v;
-#else
-#define HREDUCE_4(OP)
-#endif
-#if VW >= 4
-#define HREDUCE_2(OP) const float2 v2 = OP(v4.lo, v4.hi);
-#else
-#define HREDUCE_2(OP) const float2 v2 = v;
-#endif
-#define SY_ADD(a, b) ((a) + (b))
-SY_HREDUCE(hsum, SY_ADD)
-SY_HREDUCE(hmax, fmax)
-#endif
-
 // The f32 logits [B][T][n] (row-major, as the matmul writes them) in VW-wide runs.
 #if VW == 1
 #define LOADF(p) (*(p))
@@ -138,9 +102,9 @@ __kernel void softmoe_softmax_tokens(__global const float* logits, __global floa
 // Combine weights C[r][s] = softmax over the slots of logits row r (of B·T rows): a work-item
 // owns ROWS_PER_ITEM consecutive rows (get_global_id(0)) and reads each in VW-wide vectors:
 // maximum, exp (stored) and its sum, division; the vector lanes' partial sums meet in a fixed
-// tree, then the row's tail (n mod VW) in order, so a row's result is the same whatever rows share
-// its work-item. Where work-items are lanes VW is 1 and ROWS_PER_ITEM 1: a lane per row, its
-// loops 3·n ≤ 49,152 iterations (n ≤ 16,384).
+// tree (common.h's SY_HSUM), then the row's tail (n mod VW) in order, so a row's result is the
+// same whatever rows share its work-item. Where work-items are lanes VW is 1 and ROWS_PER_ITEM 1:
+// a lane per row, its loops 3·n ≤ 49,152 iterations (n ≤ 16,384).
 #ifndef ROWS_PER_ITEM
 #define ROWS_PER_ITEM 1
 #endif
@@ -154,7 +118,7 @@ __kernel void softmoe_softmax_slots(__global const float* logits, __global float
         __global float* o = c + (size_t)r * (size_t)slots;
         VEC mv = (VEC)(-INFINITY);
         for (int s = 0; s < body; s += VW) mv = fmax(mv, LOADF(l + s));
-        float m = hmax(mv);
+        float m = SY_HMAX(VW, mv);
         for (int s = body; s < slots; ++s) m = fmax(m, l[s]);
         VEC sv = (VEC)(0.0f);
         const VEC mb = (VEC)m;
@@ -163,7 +127,7 @@ __kernel void softmoe_softmax_slots(__global const float* logits, __global float
             STOREF(e, o + s);
             sv += e;
         }
-        float sum = hsum(sv);
+        float sum = SY_HSUM(VW, sv);
         for (int s = body; s < slots; ++s) {
             const float e = exp(l[s] - m);
             o[s] = e;

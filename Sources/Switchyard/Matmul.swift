@@ -274,6 +274,27 @@ extension OpenCLBackend {
         return (1...max(1, min(limit, block))).last { block % $0 == 0 } ?? 1
     }
 
+    /// Loop iterations one `grouped_matmul_narrow` lane may run (rows × weight rows × K): well
+    /// below llvmpipe's 65,535 per work-item.
+    static let narrowLaneBudget = 32768
+
+    /// Rows per work-item of the narrow matmul (`grouped_matmul_narrow`: dot products along k
+    /// over unpacked weight rows), when it is the better tool: N at most a quarter of the
+    /// device's panel on CPU-class devices (AVX-512 64: N ≤ 16; AVX2 16: N ≤ 4), where a panel
+    /// of N columns would be mostly padding, and at most a sixteenth where work-items are lanes
+    /// (64: N ≤ 4), whose lanes then run one fma chain each, rows × N_w × K within
+    /// `narrowLaneBudget`. Nil: the panel kernels.
+    func narrowMatmulRows(outFeatures n: Int, weightRows: Int, inFeatures k: Int, block: Int?) -> Int? {
+        let lanes = device.workItemsAreLanes
+        guard n * (lanes ? 16 : 4) <= tuning.matmulPanel else { return nil }
+        let rows = matmulRows(block: block, limit: lanes ? 1 : max(1, min(8, tuning.matmulRows)))
+        if lanes {
+            let (work, overflow) = (rows * weightRows).multipliedReportingOverflow(by: k)
+            if overflow || work > Self.narrowLaneBudget { return nil }
+        }
+        return rows
+    }
+
     /// The routing block size the MoE layer pads each expert's rows to: the matmul's rows per tile.
     public var preferredBlockSize: Int { tuning.matmulRows }
 
@@ -363,7 +384,25 @@ extension OpenCLBackend {
                 quantRows = max(1, min(quantRows, perExpert))
             }
         }
-        if let packed = weights.packed ?? weights.quantized?.codes {
+        if let w = weights.weight, weights.quantized == nil,
+            let rowsPerItem = narrowMatmulRows(
+                outFeatures: n, weightRows: weights.weightRows, inFeatures: weights.inFeatures, block: routing?.blockSize)
+        {
+            // Few output columns (a router's score): dot products over unpacked weight rows.
+            let tiles = (rows + rowsPerItem - 1) / rowsPerItem
+            let group = device.workItemsAreLanes ? lanesGroup(32) : 1
+            defines["ROWS"] = "\(rowsPerItem)"
+            defines["VW"] = "\(device.workItemsAreLanes ? 1 : device.floatVectorWidth)"
+            try launch(
+                "matmul.cl", "grouped_matmul_narrow", defines: defines,
+                args: common + [
+                    .buffer(try deviceBuffer(w, "expert weights")), .buffer(tileMap), .buffer(y.buffer!),
+                    .buffer(scaleBuffer), .int(scaleMode), .int(weights.inFeatures), .int(n),
+                    .int(routing == nil ? rows : 0), .int(tokensK), .int(tiles), .int(routing?.blockSize ?? rowsPerItem),
+                    .int(rows), .int(experts), .buffer(biasBuffer),
+                ],
+                global: [roundUp(tiles, group)], local: [group])
+        } else if let packed = weights.packed ?? weights.quantized?.codes {
             let width = weights.panelWidth
             guard width == tuning.matmulPanel else {
                 throw SwitchyardError.unsupported(
