@@ -274,25 +274,41 @@ extension OpenCLBackend {
         return (1...max(1, min(limit, block))).last { block % $0 == 0 } ?? 1
     }
 
-    /// Loop iterations one `grouped_matmul_narrow` lane may run (rows × weight rows × K): well
+    /// Loop steps one `grouped_matmul_narrow` lane may run (K × (2 + accumulators)): well
     /// below llvmpipe's 65,535 per work-item.
     static let narrowLaneBudget = 32768
 
-    /// Rows per work-item of the narrow matmul (`grouped_matmul_narrow`: dot products along k
-    /// over unpacked weight rows), when it is the better tool: N at most a quarter of the
-    /// device's panel on CPU-class devices (AVX-512 64: N ≤ 16; AVX2 16: N ≤ 4), where a panel
-    /// of N columns would be mostly padding, and at most a sixteenth where work-items are lanes
-    /// (64: N ≤ 4), whose lanes then run one fma chain each, rows × N_w × K within
-    /// `narrowLaneBudget`. Nil: the panel kernels.
+    /// Weight rows the narrow matmul holds accumulators for (`NW_MAX` in matmul.cl).
+    static let narrowWeightRows = 8
+
+    /// Rows per work-item of the narrow matmul (`grouped_matmul_narrow`: unpacked weight rows,
+    /// the rows of a tile as the lanes of one vector), when it is the better tool: at most
+    /// `narrowWeightRows` weight rows and N at most a quarter of the device's panel on CPU-class
+    /// devices (AVX-512 64: N ≤ 8; AVX2 16: N ≤ 4), where a panel of N columns would be mostly
+    /// padding, or a sixteenth where work-items are lanes (64: N ≤ 4), a lane per row whose loops
+    /// stay within `narrowLaneBudget` (a router's K ≤ 10,922). Its results are bit for bit the panel
+    /// kernels' (one fma chain over k per element), so the choice changes speed only. Nil: the
+    /// panel kernels.
     func narrowMatmulRows(outFeatures n: Int, weightRows: Int, inFeatures k: Int, block: Int?) -> Int? {
         let lanes = device.workItemsAreLanes
-        guard n * (lanes ? 16 : 4) <= tuning.matmulPanel else { return nil }
-        let rows = matmulRows(block: block, limit: lanes ? 1 : max(1, min(8, tuning.matmulRows)))
+        guard weightRows <= Self.narrowWeightRows, n * (lanes ? 16 : 4) <= tuning.matmulPanel else { return nil }
         if lanes {
-            let (work, overflow) = (rows * weightRows).multipliedReportingOverflow(by: k)
-            if overflow || work > Self.narrowLaneBudget { return nil }
+            // llvmpipe counts the inner loops' steps too: per k, the row gather and the weight rows.
+            let (work, overflow) = (2 + narrowAccumulators(weightRows: weightRows)).multipliedReportingOverflow(by: k)
+            return !overflow && work <= Self.narrowLaneBudget ? 1 : nil
         }
-        return rows
+        // The rows of a tile fill the vector's lanes; a tile never spans two experts' blocks.
+        return matmulRows(block: block, limit: device.floatVectorWidth)
+    }
+
+    /// Accumulators of the narrow matmul (`NW_MAX`): `narrowWeightRows` on CPU-class devices;
+    /// where work-items are lanes the power of two ≥ the weight rows (a lane's loop runs no
+    /// step for accumulators it does not use).
+    func narrowAccumulators(weightRows: Int) -> Int {
+        guard device.workItemsAreLanes else { return Self.narrowWeightRows }
+        var m = 1
+        while m < weightRows { m *= 2 }
+        return m
     }
 
     /// The routing block size the MoE layer pads each expert's rows to: the matmul's rows per tile.
@@ -388,11 +404,12 @@ extension OpenCLBackend {
             let rowsPerItem = narrowMatmulRows(
                 outFeatures: n, weightRows: weights.weightRows, inFeatures: weights.inFeatures, block: routing?.blockSize)
         {
-            // Few output columns (a router's score): dot products over unpacked weight rows.
+            // Few output columns (a router's score): unpacked weight rows, a tile's rows as vector lanes.
             let tiles = (rows + rowsPerItem - 1) / rowsPerItem
             let group = device.workItemsAreLanes ? lanesGroup(32) : 1
             defines["ROWS"] = "\(rowsPerItem)"
             defines["VW"] = "\(device.workItemsAreLanes ? 1 : device.floatVectorWidth)"
+            defines["NW_MAX"] = "\(narrowAccumulators(weightRows: weights.weightRows))"
             try launch(
                 "matmul.cl", "grouped_matmul_narrow", defines: defines,
                 args: common + [
