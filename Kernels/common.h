@@ -45,6 +45,21 @@
 #define Y_LOAD16(p, i) SY_CAT(LOAD16_, Y_DT)(p, i)
 #define Y_STORE16(p, i, v) SY_CAT(STORE16_, Y_DT)(p, i, v)
 
+// Horizontal sum and maximum of a float vector of W lanes (SY_HSUM(W, v), W in 1, 2, 4, 8, 16)
+// in a fixed pairwise tree: the halves combined, then their halves, ... (one order per W).
+#define SY_HSUM1(v) (v)
+#define SY_HSUM2(v) ((v).lo + (v).hi)
+#define SY_HSUM4(v) SY_HSUM2((v).lo + (v).hi)
+#define SY_HSUM8(v) SY_HSUM4((v).lo + (v).hi)
+#define SY_HSUM16(v) SY_HSUM8((v).lo + (v).hi)
+#define SY_HSUM(W, v) SY_CAT(SY_HSUM, W)(v)
+#define SY_HMAX1(v) (v)
+#define SY_HMAX2(v) fmax((v).lo, (v).hi)
+#define SY_HMAX4(v) SY_HMAX2(fmax((v).lo, (v).hi))
+#define SY_HMAX8(v) SY_HMAX4(fmax((v).lo, (v).hi))
+#define SY_HMAX16(v) SY_HMAX8(fmax((v).lo, (v).hi))
+#define SY_HMAX(W, v) SY_CAT(SY_HMAX, W)(v)
+
 #ifndef A_T
 #define A_T float
 #define A_LOAD LOAD_F32

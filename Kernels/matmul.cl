@@ -18,9 +18,10 @@
 // absent by default (plain SwiGLU). HAS_BIAS: a per-expert output bias `bias [E, N_w]` (f32,
 // gate columns first when gated) is added to the product before the activation.
 //
-// Every output element is one f32 fma chain over k in order 0, 1, ..., K-1, in every kernel
-// below, so a row's result never depends on its tile, its expert's load, the batch, or which
-// kernel and geometry computed it (batch invariance).
+// In the packed, work-group and narrow kernels every output element is one f32 fma chain over k
+// in order 0, 1, ..., K-1, so a row's result never depends on its tile, its expert's load, the
+// batch, or which of them and which geometry computed it (batch invariance). (The unpacked
+// `grouped_matmul_plain` sums float8 partial dot products: its own fixed order.)
 
 #ifndef ROWS
 #define ROWS 4
@@ -47,6 +48,9 @@
 #define TILE_STEP 1
 #endif
 
+#ifndef A_DT
+#define A_DT 0
+#endif
 #ifndef QFMT
 #define QFMT 0
 #endif
@@ -691,6 +695,88 @@ __kernel void grouped_matmul_plain(__global const A_T* a, __global const int* as
         }
     }
 }
+
+// Narrow outputs (a router's one score per token, a few columns): the unpacked weights
+// [E, N_w, K] read as rows, so no panel of columns is computed for one. A work-item computes
+// ROWS rows (ROWS ≤ VW: the lanes of one VW-float vector, VW the device's float vector width on
+// CPU-class devices, 1 where work-items are lanes) × all N_w ≤ NW_MAX weight rows: per k, the
+// rows' activations gathered into one vector and one fma per weight row with its broadcast
+// weight. So each output element is, as in the packed kernels, one f32 fma chain over k in
+// order 0, 1, ..., K-1, then bias, activation and scale in the same order: bit for bit what the
+// packed and work-group kernels give. Float weights only (not built with QFMT).
+#ifndef NW_MAX
+#define NW_MAX 8
+#endif
+#if QFMT == 0
+__kernel void grouped_matmul_narrow(__global const A_T* a, __global const int* assignment_of, int gather_k,
+                                    __global const W_T* w, __global const int* tile_expert, __global Y_T* y,
+                                    __global const float* scale, int scale_mode, int K, int N, int dense_rows,
+                                    int tokens_k, int tiles, int block, int max_rows, int experts,
+                                    __global const float* bias) {
+    const int tile = get_global_id(0);
+    if (tile >= tiles) return;
+    const int row0 = tile * ROWS;
+    if (dense_rows > 0 && row0 >= dense_rows) return;
+    const int e = tile_expert_of(tile, dense_rows, tile_expert, block, experts);
+    // Padding rows (and lanes past ROWS) read a valid row and store nothing or zeros.
+    int src[VW];
+    int fallback = -1;
+    for (int r = VW - 1; r >= 0; --r) {
+        src[r] = (e >= 0 && r < ROWS && row0 + r < max_rows)
+                     ? source_row(row0 + r, dense_rows, assignment_of, gather_k, tokens_k)
+                     : -1;
+        if (src[r] >= 0) fallback = src[r];
+    }
+    if (fallback < 0) {  // past the padded total, or padding rows only: zeros, no weight read
+        for (int r = 0; r < ROWS && row0 + r < max_rows; ++r)
+            for (int c = 0; c < N; ++c) Y_STORE(y, (size_t)(row0 + r) * (size_t)N + c, 0.0f);
+        return;
+    }
+    __global const A_T* ap[VW];
+    for (int r = 0; r < VW; ++r) ap[r] = a + (size_t)(src[r] >= 0 ? src[r] : fallback) * (size_t)K;
+    const int nw = WROWS_OF(N);
+    __global const W_T* we = w + (size_t)e * (size_t)nw * (size_t)K;
+    VEC acc[NW_MAX];
+#pragma unroll
+    for (int c = 0; c < NW_MAX; ++c) acc[c] = (VEC)0.0f;
+    for (int k = 0; k < K; ++k) {
+        float av[VW];
+#pragma unroll
+        for (int r = 0; r < VW; ++r) av[r] = A_LOAD(ap[r], k);
+#if VW == 1
+        const VEC ak = av[0];
+#else
+        const VEC ak = SY_CAT(vload, VW)(0, av);
+#endif
+#pragma unroll
+        for (int c = 0; c < NW_MAX; ++c)
+            if (c < nw) acc[c] = fma(ak, (VEC)W_LOAD1(we, (size_t)c * (size_t)K + k), acc[c]);
+    }
+    float v[NW_MAX][VW];
+#pragma unroll
+    for (int c = 0; c < NW_MAX; ++c) {
+#if VW == 1
+        v[c][0] = acc[c];
+#else
+        SY_CAT(vstore, VW)(acc[c], 0, v[c]);
+#endif
+    }
+    for (int r = 0; r < ROWS; ++r) {
+        const int row = row0 + r;
+        if (row >= max_rows) break;
+        const int real = src[r] >= 0;
+        const float s = real ? row_scale_of(row, scale_mode, scale, assignment_of, tokens_k) : 0.0f;
+        const size_t out = (size_t)row * (size_t)N;
+        for (int c = 0; c < N; ++c) {
+#if EPILOGUE == 4
+            Y_STORE(y, out + c, real ? glu(v[c][r] + BIAS(e, c), v[N + c][r] + BIAS(e, N + c)) * s : 0.0f);
+#else
+            Y_STORE(y, out + c, real ? activate(v[c][r] + BIAS(e, c)) * s : 0.0f);
+#endif
+        }
+    }
+}
+#endif
 
 // One-time repack of [E, N_w, K] weights into the panel layout above (bits copied, so the
 // packed weights keep their storage type). One work-item per (k, panel, expert).

@@ -100,6 +100,7 @@ struct SwitchyardBench: ParsableCommand {
             items += try loadItems(filter: filter)
             items += try tokenMergeItems(filter: filter, quick: quick)
             items += try softMoEItems(filter: filter, quick: quick)
+            items += try exampleOpItems(filter: filter)
             items += try tokenItems(filter: filter, quick: quick)
             items += try exampleItems(filter: filter, quick: quick)
             items += try depthItems(filter: filter, quick: quick)

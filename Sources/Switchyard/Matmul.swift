@@ -274,6 +274,43 @@ extension OpenCLBackend {
         return (1...max(1, min(limit, block))).last { block % $0 == 0 } ?? 1
     }
 
+    /// Loop steps one `grouped_matmul_narrow` lane may run (K × (2 + accumulators)): well
+    /// below llvmpipe's 65,535 per work-item.
+    static let narrowLaneBudget = 32768
+
+    /// Weight rows the narrow matmul holds accumulators for (`NW_MAX` in matmul.cl).
+    static let narrowWeightRows = 8
+
+    /// Rows per work-item of the narrow matmul (`grouped_matmul_narrow`: unpacked weight rows,
+    /// the rows of a tile as the lanes of one vector), when it is the better tool: at most
+    /// `narrowWeightRows` weight rows and N at most a quarter of the device's panel on CPU-class
+    /// devices (AVX-512 64: N ≤ 8; AVX2 16: N ≤ 4), where a panel of N columns would be mostly
+    /// padding, or a sixteenth where work-items are lanes (64: N ≤ 4), a lane per row whose loops
+    /// stay within `narrowLaneBudget` (a router's K ≤ 10,922). Its results are bit for bit the panel
+    /// kernels' (one fma chain over k per element), so the choice changes speed only. Nil: the
+    /// panel kernels.
+    func narrowMatmulRows(outFeatures n: Int, weightRows: Int, inFeatures k: Int, block: Int?) -> Int? {
+        let lanes = device.workItemsAreLanes
+        guard weightRows <= Self.narrowWeightRows, n * (lanes ? 16 : 4) <= tuning.matmulPanel else { return nil }
+        if lanes {
+            // llvmpipe counts the inner loops' steps too: per k, the row gather and the weight rows.
+            let (work, overflow) = (2 + narrowAccumulators(weightRows: weightRows)).multipliedReportingOverflow(by: k)
+            return !overflow && work <= Self.narrowLaneBudget ? 1 : nil
+        }
+        // The rows of a tile fill the vector's lanes; a tile never spans two experts' blocks.
+        return matmulRows(block: block, limit: device.floatVectorWidth)
+    }
+
+    /// Accumulators of the narrow matmul (`NW_MAX`): `narrowWeightRows` on CPU-class devices;
+    /// where work-items are lanes the power of two ≥ the weight rows (a lane's loop runs no
+    /// step for accumulators it does not use).
+    func narrowAccumulators(weightRows: Int) -> Int {
+        guard device.workItemsAreLanes else { return Self.narrowWeightRows }
+        var m = 1
+        while m < weightRows { m *= 2 }
+        return m
+    }
+
     /// The routing block size the MoE layer pads each expert's rows to: the matmul's rows per tile.
     public var preferredBlockSize: Int { tuning.matmulRows }
 
@@ -363,7 +400,26 @@ extension OpenCLBackend {
                 quantRows = max(1, min(quantRows, perExpert))
             }
         }
-        if let packed = weights.packed ?? weights.quantized?.codes {
+        if let w = weights.weight, weights.quantized == nil,
+            let rowsPerItem = narrowMatmulRows(
+                outFeatures: n, weightRows: weights.weightRows, inFeatures: weights.inFeatures, block: routing?.blockSize)
+        {
+            // Few output columns (a router's score): unpacked weight rows, a tile's rows as vector lanes.
+            let tiles = (rows + rowsPerItem - 1) / rowsPerItem
+            let group = device.workItemsAreLanes ? lanesGroup(32) : 1
+            defines["ROWS"] = "\(rowsPerItem)"
+            defines["VW"] = "\(device.workItemsAreLanes ? 1 : device.floatVectorWidth)"
+            defines["NW_MAX"] = "\(narrowAccumulators(weightRows: weights.weightRows))"
+            try launch(
+                "matmul.cl", "grouped_matmul_narrow", defines: defines,
+                args: common + [
+                    .buffer(try deviceBuffer(w, "expert weights")), .buffer(tileMap), .buffer(y.buffer!),
+                    .buffer(scaleBuffer), .int(scaleMode), .int(weights.inFeatures), .int(n),
+                    .int(routing == nil ? rows : 0), .int(tokensK), .int(tiles), .int(routing?.blockSize ?? rowsPerItem),
+                    .int(rows), .int(experts), .buffer(biasBuffer),
+                ],
+                global: [roundUp(tiles, group)], local: [group])
+        } else if let packed = weights.packed ?? weights.quantized?.codes {
             let width = weights.panelWidth
             guard width == tuning.matmulPanel else {
                 throw SwitchyardError.unsupported(

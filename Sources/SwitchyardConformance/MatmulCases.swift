@@ -60,6 +60,19 @@ enum MatmulCases {
                      dtype: .bf16, packed: packed, dense: true),
                 Spec(tokens: 5, k: 1, experts: 1, inFeatures: 40, outFeatures: 1, block: 4, epilogue: .none,
                      dtype: .f32, packed: packed, scale: "row", dense: true),
+                // narrow outputs (the dot-product path where N is well below the panel): a router's one
+                // score per token with k off every vector width, a long k (a lane's loops near their
+                // budget), an activation, and routed rows with SwiGLU and with experts left empty
+                Spec(tokens: 300, k: 1, experts: 1, inFeatures: 259, outFeatures: 1, block: 4, epilogue: .none,
+                     dtype: .bf16, packed: packed, dense: true),
+                Spec(tokens: 3, k: 1, experts: 1, inFeatures: 10000, outFeatures: 1, block: 4, epilogue: .none,
+                     dtype: .f32, packed: packed, dense: true),
+                Spec(tokens: 61, k: 1, experts: 1, inFeatures: 37, outFeatures: 2, block: 4, epilogue: .silu,
+                     dtype: .f16, packed: packed, dense: true),
+                Spec(tokens: 50, k: 2, experts: 4, inFeatures: 70, outFeatures: 2, block: 4, epilogue: .swiglu,
+                     dtype: .f32, packed: packed, fused: true, scale: "routing"),
+                Spec(tokens: 40, k: 2, experts: 8, inFeatures: 24, outFeatures: 3, block: 8, epilogue: .none,
+                     dtype: .f16, packed: packed, kind: "empty"),
             ]
         }
         return out

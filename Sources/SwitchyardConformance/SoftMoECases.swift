@@ -38,6 +38,8 @@ enum SoftMoECases {
             (3, 50, 32, 6, .f32, true, false), (2, 37, 24, 12, .f16, true, false), (2, 37, 24, 12, .bf16, false, false),
             (2, 64, 64, 32, .bf16, true, false), (1, 130, 100, 20, .f32, true, false), (2, 40, 64, 16, .f32, true, true),
             (2, 40, 64, 16, .bf16, false, true), (2, 0, 16, 8, .f32, true, false), (1, 16384, 2, 2, .f32, false, false),
+            // the most slots: a softmax over a token's 16,384 slots (a lane's loops stay within llvmpipe's budget)
+            (1, 3, 2, 16384, .f32, false, false),
         ]
         return specs.map { s in
             let shape = "B=\(s.b) T=\(s.t) d=\(s.d) n=\(s.n)"
