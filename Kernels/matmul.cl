@@ -305,7 +305,7 @@ inline int tile_expert_of(int tile, int dense_rows, __global const int* tile_exp
 // constant after inlining: one k loop per row count): at decode an expert has a row or two in
 // a tile of ROWS, and the padding rows would cost ROWS / NR times the FMAs per weight byte.
 // Each row's fma chain is the same whatever NR, so the result does not depend on it.
-__attribute__((always_inline)) inline void accumulate(const int NR, VEC acc[ROWS][NV], __global const A_T** ap,
+static __attribute__((always_inline)) inline void accumulate(const int NR, VEC acc[ROWS][NV], __global const A_T** ap,
                                                       __global const W_T* w, int e, int panel, int K, int panels,
                                                       __global const SC_T* qscale, __global const uchar* qzero,
                                                       int qgroup, int qgroups) {
