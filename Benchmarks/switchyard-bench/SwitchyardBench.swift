@@ -101,7 +101,7 @@ struct SwitchyardBench: ParsableCommand {
             items += try tokenMergeItems(filter: filter, quick: quick)
             items += try softMoEItems(filter: filter, quick: quick)
             items += try tokenItems(filter: filter, quick: quick)
-            items += try exampleItems(filter: filter, quick: quick)
+            items += try exampleItems(filter: filter, quick: quick, device: device)
             items += try depthItems(filter: filter, quick: quick)
             if !noLayers {
                 items += try layerItems(filter: filter, quick: quick, coldBytes: 512 << 20, peers: peerOptions)
