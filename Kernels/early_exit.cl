@@ -165,11 +165,81 @@ inline float max16(float16 v) {
     return fmax(c.x, c.y);
 }
 
-// Grid [roundUp(rows, GROUP)]: one work-item per packed row (CPU-class devices, no loop limit),
-// the row walked 16 classes at a time in float16 vectors (which a CPU driver maps to its SIMD
-// registers and vector exp) with a scalar tail. The argmax is found by value (the NaN-ignoring
-// max m, then the first NaN if any, else the first class equal to m: the key order of
-// early_exit_rows); the runner-up enters only as exp(x2 - m), the largest term of the others.
+inline int min16i(int16 v) {
+    const int8 a = min(v.lo, v.hi);
+    const int4 b = min(a.lo, a.hi);
+    const int2 c = min(b.lo, b.hi);
+    return min(c.x, c.y);
+}
+
+// Folds 16 classes x (class cls) into the 16 lanes' running statistics, one pass (online
+// softmax): per lane the max m (its first class idx), s = sum of exp(x - m) over the lane's
+// other classes, and (ENT) t = sum of exp(x - m)(x - m) over them, both rescaled when the max
+// moves: a new max x turns the old one into an "other" term e = exp(m_old - x), so
+// s' = (s + 1) e and t' = e (t + (m_old - x)(s + 1)); (MARGIN) m2, the lane's second largest
+// value (a tie of the max counts). A NaN never becomes the max (its terms are NaN: the row
+// is not finite); nanc keeps the first NaN class. One exp per class.
+#define EXIT_FOLD(x, cls, ENT, MARGIN)                                                            \
+    do {                                                                                          \
+        const int16 gt = (x) > m;                                                                 \
+        const float16 d = fabs((x) - m);                                                          \
+        float16 e = exp(-d);                                                                      \
+        e = select(e, (float16)(0.0f), isnan(d)); /* both -inf (or a NaN) */                      \
+        const int16 live = e > (float16)(0.0f);                                                   \
+        const float16 s1 = s + 1.0f;                                                              \
+        if (ENT) t = select(t + select((float16)(0.0f), -d * e, live),                            \
+                            select((float16)(0.0f), e * (t - d * s1), live), gt);                 \
+        if (MARGIN) m2 = select(fmax(m2, (x)), m, gt);                                            \
+        s = select(s + e, s1 * e, gt);                                                            \
+        idx = select(idx, (cls), gt);                                                             \
+        m = select(m, (x), gt);                                                                   \
+        nanc = min(nanc, select((int16)(INT_MAX), (cls), isnan(x)));                                \
+    } while (0)
+
+// The row's statistics, classes in order (loops over ceil(classes / 16) ≤ 1,024 vectors: the
+// host sends wider rows to early_exit_rows): the NaN-ignoring max *m_out, the argmax *pred (the
+// first NaN, else the first class equal to the max; class 0 for an all -inf row), *has_nan,
+// *rest = S - 1 = sum of exp(x - m) over the classes but the argmax, *ent = T (ENT), and
+// *x2 = the runner-up's value (MARGIN). f32 sums per lane, lanes combined in a fixed order.
+inline void exit_row_stats(__global const X_T* row, int classes, const int ENT, const int MARGIN, float* m_out,
+                           int* pred, int* has_nan, float* rest, float* ent, float* x2) {
+    const int16 lane = (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const int vecs = classes / 16;
+    float16 m = (float16)(-INFINITY), s = (float16)(0.0f), t = (float16)(0.0f), m2 = (float16)(-INFINITY);
+    int16 idx = (int16)(INT_MAX), nanc = (int16)(INT_MAX);
+    for (int q = 0; q < vecs; ++q) {
+        const float16 x = X_LOAD16(row, q);
+        EXIT_FOLD(x, lane + q * 16, ENT, MARGIN);
+    }
+    if (vecs * 16 < classes) {
+        // The tail as one more vector, the lanes past the row -inf (never a max, no term).
+        float v[16];
+        for (int i = 0; i < 16; ++i) v[i] = vecs * 16 + i < classes ? X_LOAD(row, vecs * 16 + i) : -INFINITY;
+        const float16 x = vload16(0, v);
+        EXIT_FOLD(x, lane + vecs * 16, ENT, MARGIN);
+    }
+    // Lanes combined: the max, the lowest class holding it, then each lane's terms rescaled to
+    // the row's max (the argmax's lane keeps s and t; another lane adds its own max as a term).
+    const float mx = max16(m);
+    const int first_nan = min16i(nanc);
+    const int top = min16i(select((int16)(INT_MAX), idx, m == (float16)(mx)));
+    *has_nan = first_nan != INT_MAX;
+    *pred = *has_nan ? first_nan : (top == INT_MAX ? 0 : top);
+    *m_out = mx;
+    const int16 win = idx == (int16)(top);
+    const float16 dl = m - mx;
+    const float16 el = select(exp(dl), (float16)(0.0f), isnan(dl));
+    const int16 lv = el > (float16)(0.0f);
+    const float16 s1 = s + 1.0f;
+    *rest = sum16(select(s1 * el, s, win));
+    if (ENT) *ent = sum16(select(select((float16)(0.0f), el * (t + dl * s1), lv), t, win));
+    if (MARGIN) *x2 = max16(select(m, m2, win));
+}
+
+// Grid [roundUp(rows, GROUP)]: one work-item per packed row (CPU-class devices, classes ≤
+// 16,384), the row walked once, 16 classes at a time in float16 vectors (which a CPU driver
+// maps to its SIMD registers and vector exp). The criterion picks which sums the pass keeps
+// (entropy: T too; margin: the runner-up), a uniform branch around three copies of the loop.
 __kernel void early_exit_rows_item(__global const X_T* logits, int rows, int classes, __global const int* positions,
                                    int samples, __global const int* last_pred, __global const int* streak,
                                    __global int4* record, __global float* record_conf, __global Y_T* probs,
@@ -180,76 +250,22 @@ __kernel void early_exit_rows_item(__global const X_T* logits, int rows, int cla
     if (raw < 0 || raw >= samples) return;
     const size_t base = (size_t)j * (size_t)classes;
     __global const X_T* row = logits + base;
-    const int vecs = classes / 16;
-    float16 m16 = (float16)(-INFINITY);
-    int16 nan16 = (int16)(0);
-    for (int q = 0; q < vecs; ++q) {
-        const float16 v = X_LOAD16(row, q);
-        m16 = fmax(m16, v);
-        nan16 |= isnan(v);
-    }
-    float m = max16(m16);
-    int has_nan = any(nan16);
-    for (int c = vecs * 16; c < classes; ++c) {
-        const float v = X_LOAD(row, c);
-        m = fmax(m, v);
-        has_nan |= isnan(v);
-    }
-    // The argmax: the first NaN, else the first class equal to m (-0 equals +0; an all -inf
-    // row gives class 0).
-    int pred = 0;
-    for (int q = 0; q < vecs; ++q) {
-        const float16 v = X_LOAD16(row, q);
-        if (any(has_nan ? isnan(v) : v == (float16)(m))) {
-            int k = 15;
-            for (int i = 15; i >= 0; --i) {
-                const float x = X_LOAD(row, q * 16 + i);
-                if (has_nan ? isnan(x) : x == m) k = i;
-            }
-            pred = q * 16 + k;
-            break;
-        }
-        pred = -1;
-    }
-    if (vecs == 0 || pred < 0) {
-        pred = 0;
-        for (int c = vecs * 16; c < classes; ++c) {
-            const float x = X_LOAD(row, c);
-            if (has_nan ? isnan(x) : x == m) {
-                pred = c;
-                break;
-            }
-        }
-    }
+    float m = -INFINITY, rest = 0.0f, ent = 0.0f, x2 = -INFINITY;
+    int pred = 0, has_nan = 0;
+    if (criterion == 1)
+        exit_row_stats(row, classes, 1, 0, &m, &pred, &has_nan, &rest, &ent, &x2);
+    else if (criterion == 2)
+        exit_row_stats(row, classes, 0, 1, &m, &pred, &has_nan, &rest, &ent, &x2);
+    else
+        exit_row_stats(row, classes, 0, 0, &m, &pred, &has_nan, &rest, &ent, &x2);
     const int finite = !has_nan && isfinite(m);
-    // S - 1, T and the largest other term, compensated per lane, lanes combined in order.
-    const int16 lane = (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    float16 r16 = (float16)(0.0f), rc16 = (float16)(0.0f), t16 = (float16)(0.0f), tc16 = (float16)(0.0f);
-    float16 e2_16 = (float16)(0.0f);
-    for (int q = 0; q < vecs; ++q) {
-        const float16 z = X_LOAD16(row, q) - m;
-        const float16 e = select(exp(z), (float16)(0.0f), lane + q * 16 == (int16)(pred));
-        const float16 ez = select((float16)(0.0f), e * z, e > (float16)(0.0f));
-        e2_16 = fmax(e2_16, e);
-        float16 y = e - rc16;
-        float16 t = r16 + y;
-        rc16 = (t - r16) - y;
-        r16 = t;
-        y = ez - tc16;
-        t = t16 + y;
-        tc16 = (t - t16) - y;
-        t16 = t;
-    }
-    float rest = sum16(r16 - rc16), rest_c = 0.0f, ent = sum16(t16 - tc16), ent_c = 0.0f, e2 = max16(e2_16);
-    for (int c = vecs * 16; c < classes; ++c) {
-        exit_terms(X_LOAD(row, c), c, pred, m, &rest, &rest_c, &ent, &ent_c);
-        if (c != pred) e2 = fmax(e2, exp(X_LOAD(row, c) - m));
-    }
-    const float sum = exit_decide(j, raw, pred, e2, classes, finite, m, rest - rest_c, ent - ent_c, logits, base,
-                                  last_pred, streak, record, record_conf, criterion, tau, patience, last, 1);
+    const float e2 = finite && x2 > -INFINITY ? exp(x2 - m) : 0.0f;
+    const float sum = exit_decide(j, raw, pred, e2, classes, finite, m, rest, ent, logits, base, last_pred, streak,
+                                  record, record_conf, criterion, tau, patience, last, 1);
 #ifdef KEEP_PROBS
     if (sum != 0.0f) {
         __global Y_T* out = probs + (size_t)raw * (size_t)classes;
+        const int vecs = classes / 16;
         for (int q = 0; q < vecs; ++q) Y_STORE16(out, q, exp(X_LOAD16(row, q) - m) / sum);
         for (int c = vecs * 16; c < classes; ++c) Y_STORE(out, c, exp(X_LOAD(row, c) - m) / sum);
     }

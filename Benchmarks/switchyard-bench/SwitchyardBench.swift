@@ -102,7 +102,7 @@ struct SwitchyardBench: ParsableCommand {
             items += try softMoEItems(filter: filter, quick: quick)
             items += try exampleOpItems(filter: filter)
             items += try tokenItems(filter: filter, quick: quick)
-            items += try exampleItems(filter: filter, quick: quick)
+            items += try exampleItems(filter: filter, quick: quick, device: device)
             items += try depthItems(filter: filter, quick: quick)
             if !noLayers {
                 items += try layerItems(filter: filter, quick: quick, coldBytes: 512 << 20, peers: peerOptions)

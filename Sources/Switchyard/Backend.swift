@@ -176,6 +176,13 @@ public protocol ComputeBackend: AnyObject, Sendable {
     /// `criterion`, or all when `last`); predictions land at original positions, the rest are
     /// compacted on the device (see `EarlyExit`).
     func earlyExit(_ logits: Tensor, state: ExitState, criterion: ExitCriterion, last: Bool) throws -> ExitState
+
+    // MARK: - Early-exit example (blocks on the active samples only; Ops/ActiveRouting.swift)
+
+    /// The active samples of a mask `[N]` (nonzero: active) routed through one expert, ascending,
+    /// padded to `blockSize`: grouped matmuls over it compute the active rows only, with no host
+    /// read of their count (see `ActiveRouting`).
+    func activeRouting(_ active: Tensor, blockSize: Int) throws -> Routing
 }
 
 extension ComputeBackend {

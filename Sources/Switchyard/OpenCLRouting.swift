@@ -95,7 +95,7 @@ extension OpenCLBackend {
     }
 
     /// One counting-sort pass: counts per chunk, scan, offsets/tiles, scatter.
-    private func countingSort(
+    func countingSort(
         ids: Buffer, keep: Buffer?, flags: Buffer, assignments n: Int, experts: Int, blockSize: Int, capacity: Int,
         counts: Tensor, routed: Tensor, offsets: Tensor, tiles: Tensor, rowOf: Tensor, assignmentOf: Tensor,
         weights: Buffer, dropped: Tensor

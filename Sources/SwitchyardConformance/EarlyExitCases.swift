@@ -75,6 +75,7 @@ enum EarlyExitCases {
         Shape(n: 800, classes: 40, logits: .flat, criterion: .maxProbability(0.99), heads: 3),
         Shape(n: 600, classes: 12, logits: .ties, criterion: .margin(0.001)),
         Shape(n: 600, classes: 12, logits: .ties, criterion: .patience(2), heads: 3),
+        Shape(n: 300, classes: 40, logits: .ties, criterion: .margin(0.001), heads: 2),
         Shape(n: 400, classes: 30, logits: .special, criterion: .maxProbability(0.5), heads: 3, probabilities: .f32),
         Shape(n: 400, classes: 30, logits: .special, criterion: .entropy(1.0), heads: 3),
         Shape(n: 400, classes: 30, logits: .special, criterion: .patience(2), heads: 4),

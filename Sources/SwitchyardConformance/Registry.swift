@@ -7,7 +7,7 @@ public enum Conformance {
         + RoutingCases.gather + RoutingCases.combine + RoutingCases.expertChoice + RoutingCases.routingStats + MatmulCases.grouped
         + LayerCases.layers + RefusalCases.cases + TensorBytesCases.cases + TokenMergeCases.all + SoftMoECases.all
         + TokenTopKCases.cases + GatherTokensCases.cases + ScatterTokensCases.cases + CompactCases.cases
-        + ExpandTokensCases.cases + HaltingCases.cases + EarlyExitCases.cases
+        + ExpandTokensCases.cases + HaltingCases.cases + EarlyExitCases.cases + ActiveRoutingCases.cases
         + QuantizedWeightsCases.quantize + QuantizedWeightsCases.matmul + QuantizedWeightsCases.layers
         + GatedEpilogueCases.cases + GatedEpilogueCases.layers
 

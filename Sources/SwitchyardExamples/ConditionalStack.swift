@@ -61,10 +61,14 @@ public struct ConditionalForward: Sendable {
     /// mixture-of-depths the chosen positions `[B, C]` i32, −1 an empty slot; for Soft MoE the
     /// slot routing's kept rows per expert `[E]` i32). Each stack's `account` says how it reads them.
     public let records: [Tensor]
+    /// Per-sample results besides the output, compared exactly with the reference's by the check
+    /// (early exit: each sample's prediction and the exit it left at), by name.
+    public let outcomes: [(name: String, tensor: Tensor)]
 
-    public init(y: Tensor, records: [Tensor]) {
+    public init(y: Tensor, records: [Tensor], outcomes: [(name: String, tensor: Tensor)] = []) {
         self.y = y
         self.records = records
+        self.outcomes = outcomes
     }
 }
 
@@ -202,13 +206,16 @@ public struct ConditionalExample: Sendable {
         self.make = make
     }
 
-    /// The built-in examples by name (`mod-tiny`, `soft-moe-tiny`).
+    /// The built-in examples by name (`mod-tiny`, `soft-moe-tiny`, `early-exit-tiny`).
     public static let named: [String: ConditionalExample] = [
         "mod-tiny": ConditionalExample(name: "mod-tiny", defaultBatch: 4, defaultLength: 1024) {
             try MixtureOfDepthsStack(backend: $0, config: .tiny, shape: $1)
         },
         "soft-moe-tiny": ConditionalExample(name: "soft-moe-tiny", defaultBatch: 4, defaultLength: 256) {
             try SoftMoEStack(backend: $0, config: .tiny, shape: $1)
+        },
+        "early-exit-tiny": ConditionalExample(name: "early-exit-tiny", defaultBatch: 4, defaultLength: 1024) {
+            try EarlyExitStack(backend: $0, config: .tiny, shape: $1)
         },
     ]
 }
@@ -225,9 +232,14 @@ public struct ExampleCheck: Sendable {
     public var recordsDiffering: Int
     /// Blocks compared.
     public var blocks: Int
+    /// The per-sample outcomes compared (`ConditionalForward.outcomes`, by name) and those that
+    /// differ from the reference's anywhere.
+    public var outcomes: [String] = []
+    public var outcomesDiffering: [String] = []
 
-    /// The error within the tolerance, every value finite, every block's record the reference's.
-    public var passed: Bool { error <= tolerance && nonFinite == 0 && recordsDiffering == 0 }
+    /// The error within the tolerance, every value finite, every block's record and every
+    /// outcome the reference's.
+    public var passed: Bool { error <= tolerance && nonFinite == 0 && recordsDiffering == 0 && outcomesDiffering.isEmpty }
 
     /// The end-to-end tolerance of a stack stored in `dtype`: 1e-9 in f32, 1e-5 in 16-bit storage,
     /// where every block rounds its output (measured at the default sizes on PoCL: f32 8.3e-14,
@@ -316,9 +328,14 @@ public struct ExampleReport: Sendable {
                     speedup, a.flopRatioSpeedup, speedupEfficiency, verdict))
         }
         if let check {
-            let records = check.recordsDiffering == 0
+            var records = check.recordsDiffering == 0
                 ? "records identical in all \(check.blocks) blocks"
                 : "records differ in \(check.recordsDiffering) of \(check.blocks) blocks"
+            if !check.outcomes.isEmpty {
+                let same = check.outcomes.filter { !check.outcomesDiffering.contains($0) }
+                if !same.isEmpty { records += ", \(same.joined(separator: " and ")) identical" }
+                if !check.outcomesDiffering.isEmpty { records += ", \(check.outcomesDiffering.joined(separator: " and ")) DIFFER" }
+            }
             out.append(
                 String(
                     format: "check   normalized error vs the CPU reference %.3e (tolerance %.0e), %@%@: %@", check.error,
@@ -385,10 +402,15 @@ public struct ExampleReport: Sendable {
                 if try backend.ints(a) != reference.ints(b) { differing += 1 }
             }
             differing += abs(forward.records.count - rforward.records.count)
+            var outcomesDiffering: [String] = []
+            for (a, b) in zip(forward.outcomes, rforward.outcomes) {
+                if try a.name != b.name || backend.ints(a.tensor) != reference.ints(b.tensor) { outcomesDiffering.append(a.name) }
+            }
             result.check = ExampleCheck(
                 error: ErrorMeasure.nmse(got, want), tolerance: ExampleCheck.tolerance(for: shape.dtype),
                 nonFinite: got.filter { !$0.isFinite }.count, recordsDiffering: differing,
-                blocks: max(forward.records.count, rforward.records.count))
+                blocks: max(forward.records.count, rforward.records.count), outcomes: forward.outcomes.map(\.name),
+                outcomesDiffering: outcomesDiffering)
         }
         return result
     }

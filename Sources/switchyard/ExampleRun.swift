@@ -4,7 +4,7 @@ import OpenCLHost
 import Switchyard
 import SwitchyardExamples
 
-/// `switchyard run --config mod-tiny|soft-moe-tiny`: an example stack with conditional
+/// `switchyard run --config mod-tiny|soft-moe-tiny|early-exit-tiny`: an example stack with conditional
 /// computation, dynamic against dense on one device (`ExampleReport.run`), and with `--check`
 /// against the CPU reference.
 extension Run {

@@ -23,6 +23,12 @@ struct ExampleTests {
         try SoftMoEStack(backend: $0, config: softConfig, shape: $1)
     }
 
+    static let exitConfig = EarlyExitConfig(
+        blocks: 3, hidden: 32, ffn: 48, classes: 10, headScale: 1.5, criterion: .maxProbability(0.6))
+    static let exit = ConditionalExample(name: "early-exit-small", defaultBatch: 3, defaultLength: 37) {
+        try EarlyExitStack(backend: $0, config: exitConfig, shape: $1)
+    }
+
     /// One backend per device for the whole suite: its programs are built once (rusticl takes
     /// seconds per program).
     static let backends: [OpenCLBackend] = (try? Device.all().map { try OpenCLBackend(device: $0) }) ?? []
@@ -104,11 +110,50 @@ struct ExampleTests {
         }
     }
 
+    /// Early exit: the reported rows are the active counts the device's routings held, and they
+    /// equal the rows counted here from the device's own exit heads (block k ran on the samples
+    /// that left at head k or later); predictions and exit heads are the reference's, and
+    /// samples leave at every head.
+    @Test(arguments: [DType.f32, .f16])
+    func earlyExitAccountsTheRowsItComputed(_ dtype: DType) throws {
+        let shape = ExampleShape(batch: 3, length: 37, dtype: dtype, seed: 13)
+        let n = 3 * 37
+        let flopsPerRow = Double(2 * 32 * 2 * 48 + 2 * 48 * 32)
+        let reference = ReferenceBackend()
+        let rstack = try Self.exit.make(reference, shape)
+        let rforward = try rstack.forwardDynamic(try rstack.input())
+        let wantExits = try reference.ints(rforward.outcomes[1].tensor)
+        let perHead = (0..<3).map { k in wantExits.filter { $0 == Int32(k) }.count }
+        #expect(perHead.reduce(0, +) == n && perHead.allSatisfy { $0 > 0 }, "samples leaving per head: \(perHead)")
+        for backend in try Self.devices() {
+            let report = try ExampleReport.run(
+                Self.exit, backend: backend, shape: shape, iterations: dtype == .f32 ? 1 : 0, check: true)
+            let check = try #require(report.check)
+            #expect(check.passed, "\(backend.name) \(dtype): \(report.lines.joined(separator: "\n"))")
+            #expect(check.outcomes == ["predictions", "exit heads"] && check.outcomesDiffering.isEmpty)
+            let stack = try Self.exit.make(backend, shape)
+            let forward = try stack.forwardDynamic(try stack.input())
+            let exits = try backend.ints(forward.outcomes[1].tensor)
+            #expect(exits == wantExits, "\(backend.name)")
+            #expect(try backend.ints(forward.outcomes[0].tensor) == reference.ints(rforward.outcomes[0].tensor))
+            let rows = (0..<3).map { k in exits.filter { $0 >= Int32(k) }.count }
+            #expect(rows[0] == n && rows[1] < n && rows[2] < rows[1], "\(rows)")
+            #expect(report.account.computedRows == rows, "\(backend.name): \(report.account.computedRows) vs \(rows)")
+            #expect(report.account.denseRows == [n, n, n])
+            let fraction = Double(rows.reduce(0, +)) * flopsPerRow / (3 * Double(n) * flopsPerRow)
+            #expect(abs(report.account.blockFraction - fraction) < 1e-12)
+            #expect(report.account.dynamicOverheadFLOPs == Double(rows.reduce(0, +)) * 2 * 32 * 10)
+            #expect(report.lines.contains { $0.hasPrefix(String(format: "compute fraction %.4f", fraction)) })
+            #expect(report.lines.contains { $0.contains("predictions and exit heads identical") }, "\(report.lines)")
+        }
+    }
+
     /// The dense forwards (the baselines timed against) agree with the reference too.
     @Test func denseForwardsMatchTheReference() throws {
         let reference = ReferenceBackend()
         for (example, shape) in [(Self.mod, ExampleShape(batch: 2, length: 19, seed: 3)),
-                                 (Self.soft, ExampleShape(batch: 2, length: 9, seed: 4))] {
+                                 (Self.soft, ExampleShape(batch: 2, length: 9, seed: 4)),
+                                 (Self.exit, ExampleShape(batch: 2, length: 11, seed: 5))] {
             let rstack = try example.make(reference, shape)
             let want = try reference.floats(try rstack.forwardDense(try rstack.input()))
             for backend in try Self.devices() {
@@ -174,6 +219,13 @@ struct ExampleTests {
                        MixtureOfDepthsConfig(blocks: 1, hidden: 0, ffn: 8, capacity: 0.5)] {
             #expect(throws: SwitchyardError.self) { try MixtureOfDepthsStack(backend: backend, config: config, shape: shape) }
         }
+        for config in [EarlyExitConfig(blocks: 0, hidden: 8, ffn: 8, classes: 4, headScale: 1, criterion: .maxProbability(0.5)),
+                       EarlyExitConfig(blocks: 1, hidden: 8, ffn: 8, classes: 0, headScale: 1, criterion: .maxProbability(0.5)),
+                       EarlyExitConfig(blocks: 1, hidden: 8, ffn: 8, classes: 4, headScale: .nan, criterion: .maxProbability(0.5)),
+                       EarlyExitConfig(blocks: 1, hidden: 8, ffn: 8, classes: 4, headScale: 1, criterion: .maxProbability(.nan)),
+                       EarlyExitConfig(blocks: 1, hidden: 8, ffn: 8, classes: 4, headScale: 1, criterion: .patience(0))] {
+            #expect(throws: SwitchyardError.self) { try EarlyExitStack(backend: backend, config: config, shape: shape) }
+        }
         #expect(throws: SwitchyardError.self) {
             try SoftMoEStack(
                 backend: backend,
@@ -192,7 +244,7 @@ struct ExampleTests {
     }
 }
 
-/// `switchyard run --config mod-tiny|soft-moe-tiny --check` as a user runs it, small batches: exit 0, the check passes, and the printed fraction is the printed rows computed
+/// `switchyard run --config mod-tiny|soft-moe-tiny|early-exit-tiny --check` as a user runs it, small batches: exit 0, the check passes, and the printed fraction is the printed rows computed
 /// over the dense rows (for mixture-of-depths: 4 blocks × B × ⌈L/8⌉ rows).
 /// (PoCL, device 0, only: rusticl over llvmpipe takes seconds per launch here, and the suite
 /// above runs the same code on every device.)
@@ -214,7 +266,8 @@ struct ExampleTests {
         process.waitUntilExit()
         return (process.terminationStatus, output)
     }
-    for (config, batch, length, dense) in [("mod-tiny", 2, 20, 4 * 2 * 20), ("soft-moe-tiny", 1, 12, 4 * 12 * 8)] {
+    for (config, batch, length, dense) in [("mod-tiny", 2, 20, 4 * 2 * 20), ("soft-moe-tiny", 1, 12, 4 * 12 * 8),
+                                           ("early-exit-tiny", 2, 40, 4 * 2 * 40)] {
         let (status, output) = try run(
             ["run", "--config", config, "--batch", "\(batch)", "--tokens", "\(length)", "--iterations", "1", "--check",
              "--device", "\(device)"])
@@ -228,8 +281,17 @@ struct ExampleTests {
         let (fraction, rows, denseRows) = (numbers[0], numbers[1], numbers[2])
         #expect(denseRows == Double(dense), "\(line)")
         #expect(abs(fraction - rows / denseRows) < 1e-4, "\(line)")
-        // mod-tiny: ⌈0.125 · 20⌉ = 3 per sequence and block; soft-moe-tiny: its 128 slots per block.
-        #expect(rows == (config == "mod-tiny" ? Double(4 * batch * 3) : Double(4 * 128)), "\(line)")
+        // mod-tiny: ⌈0.125 · 20⌉ = 3 per sequence and block; soft-moe-tiny: its 128 slots per block;
+        // early-exit-tiny: every sample through the first block, fewer through the later ones.
+        switch config {
+        case "mod-tiny": #expect(rows == Double(4 * batch * 3), "\(line)")
+        case "soft-moe-tiny": #expect(rows == Double(4 * 128), "\(line)")
+        default:
+            let perBlock = line.split(separator: ";").last!.split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .punctuationCharacters)) }
+            #expect(perBlock.count == 4 && perBlock[0] == batch * length && perBlock[3] < perBlock[0], "\(line)")
+            #expect(Double(perBlock.reduce(0, +)) == rows, "\(line)")
+            #expect(lines.contains { $0.hasPrefix("check ") && $0.contains("predictions and exit heads identical") }, "\(output)")
+        }
     }
     // Options of the MoE layer are refused for a stack, not ignored.
     let refused = try run(["run", "--config", "mod-tiny", "--quantize", "int8", "--device", "\(device)"])
