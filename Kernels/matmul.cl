@@ -316,8 +316,7 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, VEC a
 #pragma unroll
         for (int v = 0; v < NV; ++v) wv[v] = W_LOADV(wp, NV * k + v);
 #pragma unroll
-        for (int r = 0; r < ROWS; ++r) {  // ROWS, not NR: unrolled even where NR is not a constant
-            if (r >= NR) break;
+        for (int r = 0; r < NR; ++r) {
             const VEC av = (VEC)A_LOAD(ap[r], k);
 #pragma unroll
             for (int v = 0; v < NV; ++v) acc[r][v] = fma(av, wv[v], acc[r][v]);
@@ -387,8 +386,7 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, VEC a
             }
 #endif
 #pragma unroll
-            for (int r = 0; r < ROWS; ++r) {
-                if (r >= NR) break;
+            for (int r = 0; r < NR; ++r) {
                 const VEC av = (VEC)A_LOAD(ap[r], k);
 #pragma unroll
                 for (int v = 0; v < NV; ++v) acc[r][v] = fma(av, wv[v], acc[r][v]);
