@@ -143,14 +143,13 @@ enum GatedEpilogueCases {
                             dtype: s.gated ? nil : .f32), comparison)]
                     }
                 }
-                let routing = try RoutingCases.randomRouting(
-                    backend, tokens: s.tokens, experts: s.experts, k: s.k, block: s.block, capacity: nil, seed: seed)
-                let a = s.fused ? x : try backend.gather(x, routing: routing, dtype: nil)
-                let scale: RowScale = s.scale == "routing" ? .routingWeights : .none
+                let (routing, input, scale) = try MatmulCases.routedInput(
+                    backend, x: x, tokens: s.tokens, experts: s.experts, k: s.k, block: s.block, kind: "skewed",
+                    fused: s.fused, scale: s.scale, seed: seed, generator: &g)
                 return {
                     [CaseOutput("y", try backend.groupedMatmul(
-                        s.fused ? .gathered(a) : .rows(a), weights: w, routing: routing, epilogue: epilogue, glu: s.glu,
-                        bias: bias, scale: scale, dtype: nil), comparison)]
+                        input, weights: w, routing: routing, epilogue: epilogue, glu: s.glu, bias: bias, scale: scale,
+                        dtype: nil), comparison)]
                 }
             }
         }

@@ -2,6 +2,27 @@ import Switchyard
 
 /// Cases of the grouped expert matmul (and its dense form).
 enum MatmulCases {
+    /// The routed input of a matmul case: a random routing (`RoutingCases.randomRouting`), x's
+    /// rows gathered into expert order (or left to the matmul's fused gather), and the row scale
+    /// `scale` names: "routing" (the routing weights), "row" (a random one per row, drawn from
+    /// `generator`) or none.
+    static func routedInput(
+        _ backend: any ComputeBackend, x: Tensor, tokens: Int, experts: Int, k: Int, block: Int, kind: String,
+        fused: Bool, scale: String, seed: UInt64, generator g: inout SeededGenerator
+    ) throws -> (routing: Routing, input: MatmulInput, scale: RowScale) {
+        let routing = try RoutingCases.randomRouting(
+            backend, tokens: tokens, experts: experts, k: k, block: block, capacity: nil, seed: seed, kind: kind)
+        let input: MatmulInput = fused ? .gathered(x) : .rows(try backend.gather(x, routing: routing, dtype: nil))
+        switch scale {
+        case "routing": return (routing, input, .routingWeights)
+        case "row":
+            let scales = try backend.tensor(
+                (0..<routing.maxRows).map { _ in Float(g.unit()) }, shape: [routing.maxRows], dtype: .f32)
+            return (routing, input, .perRow(scales))
+        default: return (routing, input, .none)
+        }
+    }
+
     struct Spec {
         var tokens: Int
         var k: Int
@@ -115,22 +136,13 @@ enum MatmulCases {
                             x, weights: w, epilogue: s.epilogue, scale: scale), .nmse(for: s.dtype))]
                     }
                 }
-                let routing = try RoutingCases.randomRouting(
-                    backend, tokens: s.tokens, experts: s.experts, k: s.k, block: s.block, capacity: nil, seed: seed,
-                    kind: s.kind)
-                let a = s.fused ? x : try backend.gather(x, routing: routing, dtype: nil)
-                let scale: RowScale
-                switch s.scale {
-                case "routing": scale = .routingWeights
-                case "row":
-                    scale = .perRow(try backend.tensor(
-                        (0..<routing.maxRows).map { _ in Float(g.unit()) }, shape: [routing.maxRows], dtype: .f32))
-                default: scale = .none
-                }
+                let (routing, input, scale) = try routedInput(
+                    backend, x: x, tokens: s.tokens, experts: s.experts, k: s.k, block: s.block, kind: s.kind,
+                    fused: s.fused, scale: s.scale, seed: seed, generator: &g)
                 return {
                     [CaseOutput("y", try backend.groupedMatmul(
-                        s.fused ? .gathered(a) : .rows(a), weights: w, routing: routing, epilogue: s.epilogue,
-                        scale: scale, dtype: nil), .nmse(for: s.dtype))]
+                        input, weights: w, routing: routing, epilogue: s.epilogue, scale: scale, dtype: nil),
+                     .nmse(for: s.dtype))]
                 }
             }
         }

@@ -296,22 +296,13 @@ enum QuantizedWeightsCases {
                         [CaseOutput("y", try backend.groupedMatmul(x, weights: w, epilogue: s.epilogue), .nmse(for: s.dtype))]
                     }
                 }
-                let routing = try RoutingCases.randomRouting(
-                    backend, tokens: s.tokens, experts: s.experts, k: s.k, block: s.block, capacity: nil, seed: seed,
-                    kind: s.kind)
-                let a = s.fused ? x : try backend.gather(x, routing: routing, dtype: nil)
-                let scale: RowScale
-                switch s.scale {
-                case "routing": scale = .routingWeights
-                case "row":
-                    scale = .perRow(try backend.tensor(
-                        (0..<routing.maxRows).map { _ in Float(g.unit()) }, shape: [routing.maxRows], dtype: .f32))
-                default: scale = .none
-                }
+                let (routing, input, scale) = try MatmulCases.routedInput(
+                    backend, x: x, tokens: s.tokens, experts: s.experts, k: s.k, block: s.block, kind: s.kind,
+                    fused: s.fused, scale: s.scale, seed: seed, generator: &g)
                 return {
                     [CaseOutput("y", try backend.groupedMatmul(
-                        s.fused ? .gathered(a) : .rows(a), weights: w, routing: routing, epilogue: s.epilogue,
-                        scale: scale, dtype: nil), .nmse(for: s.dtype))]
+                        input, weights: w, routing: routing, epilogue: s.epilogue, scale: scale, dtype: nil),
+                     .nmse(for: s.dtype))]
                 }
             }
         }

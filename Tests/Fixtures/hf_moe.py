@@ -386,21 +386,7 @@ def make(folder, model_type, dt, layout, seed, hostile=None):
                 out = out / (1 + np.exp(-(gate @ xs[t])[0]))
             y[t] += out
 
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=1)
-    if layout == "single":
-        save(tensors, os.path.join(folder, "model.safetensors"))
-    else:
-        keys = sorted(tensors)
-        shards = [keys[0::2], keys[1::2]]
-        weight_map = {}
-        for i, part in enumerate(shards):
-            fname = f"model-{i + 1:05d}-of-00002.safetensors"
-            save({k: tensors[k] for k in part}, os.path.join(folder, fname))
-            weight_map.update({k: fname for k in part})
-        with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
-            json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=1)
+    write_folder(folder, cfg, tensors, layout)
     save({"x": (x, dt)}, os.path.join(folder, "x.safetensors"))
     save({"y": (y.astype(np.float32), "f32")}, os.path.join(folder, "y_ref.safetensors"))
     print(layer)
