@@ -86,6 +86,7 @@
 #if VW == 1
 #define VEC float
 #define VSTORE(v, i, p) ((p)[i] = (v))
+#define CARRY_LOADV(p, i) ((p)[i])
 #if W_DT == 0
 #define W_LOADV(p, i) ((p)[i])
 #elif W_DT == 1
@@ -96,6 +97,7 @@
 #else
 #define VEC SY_CAT(float, VW)
 #define VSTORE(v, i, p) SY_CAT(vstore, VW)((v), (i), (p))
+#define CARRY_LOADV(p, i) SY_CAT(vload, VW)((i), (p))
 #if W_DT == 0
 #define W_LOADV(p, i) SY_CAT(vload, VW)((i), (p))
 #elif W_DT == 1
@@ -308,10 +310,10 @@ inline int tile_expert_of(int tile, int dense_rows, __global const int* tile_exp
 static __attribute__((always_inline)) inline void accumulate(const int NR, VEC acc[ROWS][NV], __global const A_T** ap,
                                                       __global const W_T* w, int e, int panel, int K, int panels,
                                                       __global const SC_T* qscale, __global const uchar* qzero,
-                                                      int qgroup, int qgroups) {
+                                                      int qgroup, int qgroups, int kb, int ke) {
 #if QFMT == 0
     __global const W_T* wp = w + ((size_t)e * (size_t)panels + (size_t)panel) * (size_t)K * PANEL;
-    for (int k = 0; k < K; ++k) {
+    for (int k = kb; k < ke; ++k) {
         VEC wv[NV];
 #pragma unroll
         for (int v = 0; v < NV; ++v) wv[v] = W_LOADV(wp, NV * k + v);
@@ -327,7 +329,7 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, VEC a
     __global const uchar* wq = w + pq * (size_t)K * QROW;
     __global const SC_T* sq = qscale + pq * (size_t)qgroups * PANEL;
     __global const uchar* zq = qzero + pq * (size_t)qgroups * PANEL;
-    for (int g = 0; g < qgroups; ++g) {
+    for (int g = kb / qgroup; g < min(qgroups, (ke + qgroup - 1) / qgroup); ++g) {
         VEC sv[NV];
 #if QFMT == 2
         VEC zv[NV];
@@ -348,8 +350,8 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, VEC a
             sv[v] = DEC_E8M0(CVT_UV(LOADB(sq, at)), UV, AS_FV);
 #endif
         }
-        const int k1 = min(K, (g + 1) * qgroup);
-        for (int k = g * qgroup; k < k1; ++k) {
+        const int k1 = min(ke, (g + 1) * qgroup);
+        for (int k = max(kb, g * qgroup); k < k1; ++k) {
             VEC wv[NV];
 #if QFMT == 1
 #pragma unroll
@@ -401,7 +403,7 @@ inline void packed_tile(__global const A_T* a, __global const int* assignment_of
                         __global const float* scale, int scale_mode, int K, int N, int panels, int dense_rows,
                         int tokens_k, int block, int max_rows, int experts, const int tile, const int panel,
                         __global const SC_T* qscale, __global const uchar* qzero, int qgroup, int qgroups,
-                        __global const float* bias) {
+                        __global const float* bias, int kb, int ke, __global float* carry, int carry_width) {
     const int row0 = tile * ROWS;
     if (dense_rows > 0 && row0 >= dense_rows) return;
     const int e = tile_expert_of(tile, dense_rows, tile_expert, block, experts);
@@ -442,7 +444,13 @@ inline void packed_tile(__global const A_T* a, __global const int* assignment_of
     for (int r = 0; r < ROWS; ++r)
 #pragma unroll
         for (int v = 0; v < NV; ++v) acc[r][v] = (VEC)0.0f;
-#define SY_ACCUMULATE(n) accumulate((n), acc, ap, w, e, panel, K, panels, qscale, qzero, qgroup, qgroups)
+    // A k slice after the first (devices with a loop limit, see K slices in Matmul.swift):
+    // the fma chains go on from the accumulators the previous slice left in `carry`.
+    if (kb > 0)
+        for (int r = 0; r < ROWS && row0 + r < max_rows; ++r)
+            for (int v = 0; v < NV; ++v)
+                acc[r][v] = CARRY_LOADV(carry + (size_t)(row0 + r) * (size_t)carry_width + (size_t)panel * PANEL, v);
+#define SY_ACCUMULATE(n) accumulate((n), acc, ap, w, e, panel, K, panels, qscale, qzero, qgroup, qgroups, kb, ke)
     switch (nr) {
     case 1: SY_ACCUMULATE(1); break;
 #if ROWS >= 3
@@ -466,6 +474,12 @@ inline void packed_tile(__global const A_T* a, __global const int* assignment_of
     default: SY_ACCUMULATE(ROWS); break;
     }
 #undef SY_ACCUMULATE
+    if (ke < K) {  // not the last slice: leave the accumulators for the next one
+        for (int r = 0; r < ROWS && row0 + r < max_rows; ++r)
+            for (int v = 0; v < NV; ++v)
+                VSTORE(acc[r][v], v, carry + (size_t)(row0 + r) * (size_t)carry_width + (size_t)panel * PANEL);
+        return;
+    }
 
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
@@ -495,7 +509,8 @@ __kernel void grouped_matmul_packed(__global const A_T* a, __global const int* a
                                     __global const float* scale, int scale_mode, int K, int N, int panels,
                                     int dense_rows, int tokens_k, int tiles, int block, int max_rows, int experts,
                                     __global const SC_T* qscale, __global const uchar* qzero, int qgroup,
-                                    int qgroups, __global const float* bias) {
+                                    int qgroups, __global const float* bias, int kb, int ke, __global float* carry,
+                                    int carry_width) {
     const int first = get_global_id(0) * TILE_STEP;
     const int panel = get_global_id(1);
     if (panel >= panels) return;
@@ -503,7 +518,8 @@ __kernel void grouped_matmul_packed(__global const A_T* a, __global const int* a
         const int tile = first + step;
         if (tile >= tiles) break;
         packed_tile(a, assignment_of, gather_k, w, tile_expert, y, scale, scale_mode, K, N, panels, dense_rows,
-                    tokens_k, block, max_rows, experts, tile, panel, qscale, qzero, qgroup, qgroups, bias);
+                    tokens_k, block, max_rows, experts, tile, panel, qscale, qzero, qgroup, qgroups, bias, kb, ke, carry,
+                    carry_width);
     }
 }
 
@@ -521,7 +537,8 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
     __global const A_T* a, __global const int* assignment_of, int gather_k, __global const W_T* w,
     __global const int* tile_expert, __global Y_T* y, __global const float* scale, int scale_mode, int K, int N,
     int panels, int dense_rows, int tokens_k, int tiles, int block, int max_rows, int experts,
-    __global const SC_T* qscale, __global const uchar* qzero, int qgroup, int qgroups, __global const float* bias) {
+    __global const SC_T* qscale, __global const uchar* qzero, int qgroup, int qgroups, __global const float* bias,
+    int kb, int ke, __global float* carry, int carry_width) {
     __local float as[TBK][ROWS];
     __local float ws[TBK][PANEL];
     __local int srcs[ROWS];
@@ -552,7 +569,13 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
 
     float acc[TRM][4];
     for (int i = 0; i < TRM; ++i)
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+        for (int j = 0; j < 4; ++j) {
+            // a later k slice goes on from the accumulators the previous one left in `carry`
+            const int row = row0 + ty + i * TM;
+            acc[i][j] = kb > 0 && row < max_rows
+                            ? carry[(size_t)row * (size_t)carry_width + (size_t)panel * PANEL + tx + j * TN]
+                            : 0.0f;
+        }
 #if QFMT == 0
     __global const W_T* wp = w + ((size_t)e * (size_t)panels + (size_t)panel) * (size_t)K * PANEL;
 #else
@@ -561,8 +584,8 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
     __global const SC_T* sq = qscale + pq * (size_t)qgroups * PANEL;
     __global const uchar* zq = qzero + pq * (size_t)qgroups * PANEL;
 #endif
-    for (int k0 = 0; k0 < K; k0 += TBK) {
-        const int kn = min(TBK, K - k0);
+    for (int k0 = kb; k0 < ke; k0 += TBK) {
+        const int kn = min(TBK, ke - k0);
         for (int idx = lid; idx < TBK * ROWS; idx += TNT) {
             const int r = idx / TBK;
             const int kk = idx % TBK;
@@ -587,6 +610,15 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
             }
         }
         barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (ke < K) {  // not the last slice: leave the accumulators for the next one
+        for (int i = 0; i < TRM; ++i) {
+            const int row = row0 + ty + i * TM;
+            if (row >= max_rows) continue;
+            for (int j = 0; j < 4; ++j)
+                carry[(size_t)row * (size_t)carry_width + (size_t)panel * PANEL + tx + j * TN] = acc[i][j];
+        }
+        return;
     }
 
     for (int i = 0; i < TRM; ++i) {
@@ -617,7 +649,7 @@ __kernel void grouped_matmul_plain(__global const A_T* a, __global const int* as
                                    __global const W_T* w, __global const int* tile_expert, __global Y_T* y,
                                    __global const float* scale, int scale_mode, int K, int N, int col_groups,
                                    int dense_rows, int tokens_k, int tiles, int block, int max_rows, int experts,
-                                   __global const float* bias) {
+                                   __global const float* bias, int kb, int ke, __global float* carry) {
     const int tile = get_global_id(0);
     const int cg = get_global_id(1);
     if (tile >= tiles || cg >= col_groups) return;
@@ -658,9 +690,13 @@ __kernel void grouped_matmul_plain(__global const A_T* a, __global const int* as
             float dots[2];
             for (int h = 0; h < nw; ++h) {
                 __global const W_T* wr = we + (size_t)(col + h * N) * (size_t)K;
-                float8 acc = (float8)0.0f;
-                int k = 0;
-                for (; k + 8 <= K; k += 8) {
+                // K slices (devices with a loop limit): a slice after the first goes on from the
+                // partial sums the previous one left in `carry` (16 floats per output element);
+                // slices start on a multiple of 8, so the vector steps are the same as in one pass.
+                __global float* cp = carry + ((size_t)row * (size_t)N + col) * 16 + h * 8;
+                float8 acc = kb > 0 ? vload8(0, cp) : (float8)0.0f;
+                int k = kb;
+                for (; k + 8 <= ke; k += 8) {
                     float8 av;
                     av.s0 = A_LOAD(ar, k + 0);
                     av.s1 = A_LOAD(ar, k + 1);
@@ -681,10 +717,15 @@ __kernel void grouped_matmul_plain(__global const A_T* a, __global const int* as
                     wv.s7 = W_LOAD1(wr, k + 7);
                     acc = fma(av, wv, acc);
                 }
+                if (ke < K) {
+                    vstore8(acc, 0, cp);
+                    continue;
+                }
                 float d = ((acc.s0 + acc.s1) + (acc.s2 + acc.s3)) + ((acc.s4 + acc.s5) + (acc.s6 + acc.s7));
                 for (; k < K; ++k) d = fma(A_LOAD(ar, k), W_LOAD1(wr, k), d);
                 dots[h] = d + BIAS(e, col + h * N);
             }
+            if (ke < K) continue;
 #if EPILOGUE == 4
             Y_STORE(y, out + col, glu(dots[0], dots[1]) * s);
 #else

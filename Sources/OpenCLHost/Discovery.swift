@@ -211,6 +211,17 @@ public struct Device: @unchecked Sendable, CustomStringConvertible {
     /// work-group instead of giving one work-item a long loop.
     public var workItemsAreLanes: Bool { kind != .cpu || nativeFloatVectorWidth <= 1 }
 
+    /// Loop iterations one work-item may run before the implementation silently stops its loops,
+    /// or nil where there is no such limit. Mesa's llvmpipe (rusticl's CPU device; its gallivm
+    /// code generator) counts every loop iteration of a work-item, summed over all its loops and
+    /// nested ones, and leaves every loop once the sum reaches 65,535: two sequential loops of
+    /// 40,000 ran 40,000 and 25,534 times, a 300 × 300 nest about 65,100 inner steps (measured,
+    /// Mesa 22.3). Kernels whose work grows with a size (a matmul's K) split that work over
+    /// launches on such devices.
+    public var loopIterationLimit: Int? {
+        name.lowercased().contains("llvmpipe") ? 65_535 : nil
+    }
+
     /// The native float vector width rounded down to a power of two of at most 16 (an OpenCL
     /// vector type): what tile shapes and ceiling kernels are derived from.
     public var floatVectorWidth: Int { [16, 8, 4, 2, 1].first { $0 <= nativeFloatVectorWidth } ?? 1 }

@@ -278,6 +278,56 @@ extension OpenCLBackend {
     /// below llvmpipe's 65,535 per work-item.
     static let narrowLaneBudget = 32768
 
+    /// Loop steps the k loops of one matmul work-item may run per launch on a device with a loop
+    /// limit (`Device.loopIterationLimit`, llvmpipe's 65,535 summed over all of a work-item's
+    /// loops); the rest of the limit is left to its other loops (rows, columns, the epilogue).
+    static let sliceLoopBudget = 49_152
+
+    /// The k ranges the panel and plain matmul kernels run in, one launch each. One range [0, K)
+    /// on devices without a loop limit. On a device with one, K is cut into slices whose loop
+    /// steps stay within `sliceLoopBudget`, counting `stepsPerK` steps per k (the kernel's inner
+    /// loops over rows and vectors as if none were unrolled: a compiler may not unroll them);
+    /// each slice after the first goes on from the f32 accumulators the previous one stored,
+    /// so every output is the same fma chain over k, bit for bit, as in one launch. Slices are
+    /// multiples of 128 (and of the quantization group where it is a power of two up to K), so
+    /// a vector step or a group never straddles two slices.
+    func kSlices(inFeatures k: Int, stepsPerK: Int, group: Int = 1) -> [Range<Int>] {
+        guard let limit = device.loopIterationLimit, k > 0 else { return [0..<k] }
+        let budget = min(Self.sliceLoopBudget, limit * 3 / 4)
+        var align = 128
+        if group > 128 && group < k && group & (group - 1) == 0 { align = group }
+        let length = max(align, budget / max(1, stepsPerK) / align * align)
+        if length >= k { return [0..<k] }
+        return stride(from: 0, to: k, by: length).map { $0..<min(k, $0 + length) }
+    }
+
+    /// Launches one matmul kernel per k slice (`kSlices`), with the slice's bounds and the carry
+    /// buffer (`carryFloats` f32 per call, `carryWidth` per row) appended to `args`.
+    func launchSliced(
+        _ kernel: String, defines: [String: String], args: [Arg], global: [Int], local: [Int], slices: [Range<Int>],
+        carryFloats: (rows: Int, width: Int), carryWidthArg: Bool, spare: Buffer
+    ) throws {
+        var carry = spare
+        if slices.count > 1 {
+            let (floats, o1) = carryFloats.rows.multipliedReportingOverflow(by: carryFloats.width)
+            let (bytes, o2) = floats.multipliedReportingOverflow(by: 4)
+            guard !o1, !o2, bytes <= device.maxAllocationBytes else {
+                throw SwitchyardError.shape(
+                    argument: "matmul k-slice accumulators",
+                    expected: "at most \(device.maxAllocationBytes) bytes (the device's largest allocation)",
+                    actual: [carryFloats.rows, carryFloats.width])
+            }
+            carry = try scratch(byteCount: max(4, bytes), label: "matmul k-slice accumulators")
+        }
+        var last: Event?
+        for slice in slices {
+            var sliceArgs = args + [.int(slice.lowerBound), .int(slice.upperBound), .buffer(carry)]
+            if carryWidthArg { sliceArgs.append(.int(carryFloats.width)) }
+            last = try launch("matmul.cl", kernel, defines: defines, args: sliceArgs, global: global, local: local)
+        }
+        if slices.count > 1, let last { holdScratch([carry], until: last) }
+    }
+
     /// Weight rows the narrow matmul holds accumulators for (`NW_MAX` in matmul.cl).
     static let narrowWeightRows = 8
 
@@ -435,6 +485,7 @@ extension OpenCLBackend {
             let kernel: String
             let global: [Int]
             let local: [Int]
+            let stepsPerK: Int
             switch tuning.matmulKernel {
             case .registers:
                 tileRows = matmulRows(block: routing?.blockSize, limit: quantRows)
@@ -445,6 +496,8 @@ extension OpenCLBackend {
                 defines["VW"] = "\(tuning.matmulVectorWidth)"
                 defines["TILE_STEP"] = "\(step)"
                 (kernel, global, local) = ("grouped_matmul_packed", [(items + group - 1) / group * group, panels], [group, 1])
+                let vectors = max(1, width / max(1, tuning.matmulVectorWidth))
+                stepsPerK = step * (2 + 2 * vectors + tileRows * (1 + vectors))
             case .workGroup:
                 // Rows per work-group: a power of two dividing the block (and the tuning's).
                 var r = tuning.matmulRows
@@ -459,16 +512,21 @@ extension OpenCLBackend {
                 let groupRows = tileRows / perItem
                 tiles = (rows + tileRows - 1) / tileRows
                 (kernel, global, local) = ("grouped_matmul_tiled", [panels * groupCols, tiles * groupRows], [groupCols, groupRows])
+                let items = max(1, groupCols * groupRows)
+                let staging = (tuning.matmulTileK * (tileRows + width) + items - 1) / items + 2
+                stepsPerK = (staging + tuning.matmulTileK - 1) / tuning.matmulTileK + 5 + 5 * perItem
             }
             defines["ROWS"] = "\(tileRows)"
-            try launch(
-                "matmul.cl", kernel, defines: defines,
+            try launchSliced(
+                kernel, defines: defines,
                 args: common + [
                     .buffer(wb), .buffer(tileMap), .buffer(y.buffer!), .buffer(scaleBuffer), .int(scaleMode),
                     .int(weights.inFeatures), .int(n), .int(panels), .int(routing == nil ? rows : 0), .int(tokensK),
                     .int(tiles), .int(routing?.blockSize ?? tileRows), .int(rows), .int(experts),
                 ] + quantArgs + [.buffer(biasBuffer)],
-                global: global, local: local)
+                global: global, local: local,
+                slices: kSlices(inFeatures: weights.inFeatures, stepsPerK: stepsPerK, group: weights.quantized?.group ?? 1),
+                carryFloats: (rows, panels * width), carryWidthArg: true, spare: y.buffer!)
         } else {
             // Short per-work-item loops on lane-style devices: at most 4 rows × 8 columns each.
             let rowsPerItem = matmulRows(
@@ -478,15 +536,18 @@ extension OpenCLBackend {
             let local = device.workItemsAreLanes ? 16 : 1
             let groups = (n + 7) / 8
             defines["ROWS"] = "\(rowsPerItem)"
-            try launch(
-                "matmul.cl", "grouped_matmul_plain", defines: defines,
+            // Per 8 k, one vector step per row, column and (SwiGLU) gate or up row.
+            try launchSliced(
+                "grouped_matmul_plain", defines: defines,
                 args: common + [
                     .buffer(try deviceBuffer(weights.weight!, "expert weights")), .buffer(tileMap), .buffer(y.buffer!),
                     .buffer(scaleBuffer), .int(scaleMode), .int(weights.inFeatures), .int(n), .int(groups),
                     .int(routing == nil ? rows : 0), .int(tokensK), .int(tiles), .int(block), .int(rows), .int(experts),
                     .buffer(biasBuffer),
                 ],
-                global: [(tiles + local - 1) / local * local, groups], local: [local, 1])
+                global: [(tiles + local - 1) / local * local, groups], local: [local, 1],
+                slices: kSlices(inFeatures: weights.inFeatures, stepsPerK: 2 * rowsPerItem + 1),
+                carryFloats: (rows, 16 * n), carryWidthArg: false, spare: y.buffer!)
         }
         return y.guarded(by: routing.map { [$0.flags] } ?? [])
     }

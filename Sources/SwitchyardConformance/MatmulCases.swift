@@ -88,6 +88,11 @@ enum MatmulCases {
                      dtype: .bf16, packed: packed, dense: true),
                 Spec(tokens: 3, k: 1, experts: 1, inFeatures: 10000, outFeatures: 1, block: 4, epilogue: .none,
                      dtype: .f32, packed: packed, dense: true),
+                // a long k (Mixtral's down projection): devices with a loop limit run it in k slices
+                Spec(tokens: 9, k: 2, experts: 4, inFeatures: 14336, outFeatures: 40, block: 4, epilogue: .swiglu,
+                     dtype: .bf16, packed: packed),
+                Spec(tokens: 5, k: 1, experts: 1, inFeatures: 20000, outFeatures: 72, block: 4, epilogue: .none,
+                     dtype: .bf16, packed: packed, dense: true),
                 Spec(tokens: 61, k: 1, experts: 1, inFeatures: 37, outFeatures: 2, block: 4, epilogue: .silu,
                      dtype: .f16, packed: packed, dense: true),
                 Spec(tokens: 50, k: 2, experts: 4, inFeatures: 70, outFeatures: 2, block: 4, epilogue: .swiglu,

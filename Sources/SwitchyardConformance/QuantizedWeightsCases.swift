@@ -213,6 +213,10 @@ enum QuantizedWeightsCases {
                       epilogue: .none, dtype: .f32, dense: true),
                 MSpec(format: f, tokens: 20, k: 2, experts: 4, inFeatures: f == .fp8 ? 256 : 96, outFeatures: 200,
                       block: 4, epilogue: .none, dtype: .f32, values: "extreme"),
+                // a long k, off the group where the format allows: several k slices on a device
+                // with a loop limit, a slice boundary inside no group
+                MSpec(format: f, tokens: 6, k: 2, experts: 4, inFeatures: f == .mxfp4 || f == .int4g32 ? 4160 : 4100,
+                      outFeatures: 24, block: 4, epilogue: .swiglu, dtype: .bf16),
             ]
         }
         return out

@@ -32,10 +32,6 @@ struct GeometryTests {
             try tuning.validate(for: device)
             let runner = try ConformanceRunner(device: device, tuning: tuning)
             for c in cases {
-                // Known failure, open: the 10,000-deep narrow-output case (added with the
-                // narrow matmul path) under the 4×8 float4 step-3 geometry gives nmse 0.47 on one
-                // of the two drivers; every default geometry passes it. Skipped here until fixed.
-                if index == 2 && c.name.contains("in=10000 out=1") { continue }
                 let result = runner.run(c)
                 #expect(result.passed, "\(device.name), \(name): \(c.name): \(result.detail)")
             }
