@@ -496,8 +496,10 @@ extension OpenCLBackend {
                 defines["VW"] = "\(tuning.matmulVectorWidth)"
                 defines["TILE_STEP"] = "\(step)"
                 (kernel, global, local) = ("grouped_matmul_packed", [(items + group - 1) / group * group, panels], [group, 1])
+                // per k (a loop of n counts n + 1 checks): the k loop, the weight vectors' load and
+                // dequantizing loops, the rows loop and each row's vectors
                 let vectors = max(1, width / max(1, tuning.matmulVectorWidth))
-                stepsPerK = step * (2 + 2 * vectors + tileRows * (1 + vectors))
+                stepsPerK = step * (4 + 2 * (vectors + 1) + tileRows * (vectors + 2))
             case .workGroup:
                 // Rows per work-group: a power of two dividing the block (and the tuning's).
                 var r = tuning.matmulRows
@@ -514,7 +516,9 @@ extension OpenCLBackend {
                 (kernel, global, local) = ("grouped_matmul_tiled", [panels * groupCols, tiles * groupRows], [groupCols, groupRows])
                 let items = max(1, groupCols * groupRows)
                 let staging = (tuning.matmulTileK * (tileRows + width) + items - 1) / items + 2
-                stepsPerK = (staging + tuning.matmulTileK - 1) / tuning.matmulTileK + 5 + 5 * perItem
+                // per k: the staging loops' share, the k step loop, the 4 weights, the rows loop and
+                // each row's 4 columns (a loop of n counts n + 1 checks)
+                stepsPerK = (staging + tuning.matmulTileK - 1) / tuning.matmulTileK + 7 + 6 * perItem
             }
             defines["ROWS"] = "\(tileRows)"
             try launchSliced(
