@@ -312,8 +312,10 @@ __kernel void permute_scatter(__global const int* ids, __global const int* keep,
 // Weight-priority capacity: one work-group of GROUP work-items per expert, over the expert's
 // rows of a first (uncapped) permutation. If the expert has more than `capacity` assignments,
 // the capacity-th smallest key (descending weight, then assignment index) is found by a radix
-// select over the 64 key bits, 4 bits a pass (16 passes, so a work-item's loops stay short:
-// 17 × rows / GROUP steps), and assignments with larger keys lose their keep flag. Rows and
+// select over the 64 key bits, 4 bits a pass (16 passes: a work-item's loops take, counted
+// cumulatively, 17 · ⌈rows / GROUP⌉ + 850 steps for GROUP ≥ 16; where that could pass a device's loop limit the
+// host runs the capacity_select_* kernels below instead), and assignments with larger keys lose
+// their keep flag. Rows and
 // assignment indices read from the permutation are checked before use (max_rows is
 // assignment_of's length); an invalid one is neither counted nor cleared.
 __kernel void capacity_by_weight(__global const int* counts, __global const int* offsets,
@@ -332,7 +334,7 @@ __kernel void capacity_by_weight(__global const int* counts, __global const int*
     int remaining = capacity;  // rank (1-based) still to find among keys matching prefix
     for (int shift = 60; shift >= 0; shift -= 4) {
         const ulong high_mask = shift == 60 ? 0 : ~((((ulong)1) << (uint)(shift + 4)) - 1);
-        if (lid < 16) hist[lid] = 0;
+        for (int d = lid; d < 16; d += GROUP) hist[d] = 0;  // (GROUP may be below 16)
         barrier(CLK_LOCAL_MEM_FENCE);
         int mine[16];
         for (int d = 0; d < 16; ++d) mine[d] = 0;
@@ -360,6 +362,112 @@ __kernel void capacity_by_weight(__global const int* counts, __global const int*
         barrier(CLK_LOCAL_MEM_FENCE);  // hist is read by all before the next pass clears it
     }
     for (int r = lid; r < n; r += GROUP) {
+        const int a = assignment_of[begin + r];
+        if (a < 0 || a >= assignments) continue;
+        if (rank_key(weights[a], (uint)a) > prefix) keep[a] = 0;
+    }
+}
+
+// capacity_by_weight split over work-groups, for a device that stops a work-item's loops after
+// a fixed number of iterations (llvmpipe) when an expert may hold more assignments than one
+// work-group's loops can walk: the same radix select, its state per expert in `select_state`
+// [E] (the prefix found so far, the rank still to find) and a histogram `hist` [E, 16] in
+// global memory, one launch per step. capacity_select_init, then per 4-bit digit (shift 60 ...
+// 0) capacity_select_hist and capacity_select_digit, then capacity_select_clear: the keep flags
+// capacity_by_weight gives, bit for bit (integer counts, any order).
+
+// The rows [begin, begin + n) of expert e's permuted assignments that the select walks (n = 0
+// for an expert within capacity), as capacity_by_weight bounds them.
+inline int capacity_rows(__global const int* counts, __global const int* offsets, int e, int capacity, int max_rows,
+                         int* begin) {
+    *begin = offsets[e];
+    int n = counts[e] > capacity ? counts[e] : 0;
+    if (*begin < 0 || *begin > max_rows) n = 0;
+    return min(n, max_rows - max(*begin, 0));
+}
+
+// One work-item per expert: prefix 0, rank `capacity`, a zero histogram.
+__kernel void capacity_select_init(__global ulong2* select_state, __global int* hist, int experts, int capacity) {
+    const int e = get_global_id(0);
+    if (e >= experts) return;
+    select_state[e] = (ulong2)(0, (ulong)capacity);
+    for (int d = 0; d < 16; ++d) hist[e * 16 + d] = 0;
+}
+
+// Grid [slices * GROUP, E], local [GROUP, 1]: work-group (s, e) counts the digits at `shift` of
+// the keys matching the prefix among rows [s * slice, (s + 1) * slice) of expert e's n.
+__kernel void capacity_select_hist(__global const int* counts, __global const int* offsets,
+                                   __global const int* assignment_of, __global const float* weights,
+                                   __global const ulong2* select_state, __global int* hist, int capacity,
+                                   int assignments, int max_rows, int slice, int shift) {
+    const int e = get_group_id(1);
+    const int lid = get_local_id(0);
+    __local int local_hist[16];
+    int begin;
+    const int n = capacity_rows(counts, offsets, e, capacity, max_rows, &begin);
+    const int r0 = get_group_id(0) * slice;
+    const int r1 = min(n, r0 + slice);
+    const ulong prefix = select_state[e].x;
+    const ulong high_mask = shift == 60 ? 0 : ~((((ulong)1) << (uint)(shift + 4)) - 1);
+    for (int d = lid; d < 16; d += GROUP) local_hist[d] = 0;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    int mine[16];
+    for (int d = 0; d < 16; ++d) mine[d] = 0;
+    for (int r = r0 + lid; r < r1; r += GROUP) {
+        const int a = assignment_of[begin + r];
+        if (a < 0 || a >= assignments) continue;
+        const ulong key = rank_key(weights[a], (uint)a);
+        if ((key & high_mask) == prefix) mine[(key >> (uint)shift) & 15]++;
+    }
+    for (int d = 0; d < 16; ++d) {
+        if (mine[d]) atomic_add(&local_hist[d], mine[d]);
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int d = lid; d < 16; d += GROUP) {
+        if (local_hist[d]) atomic_add(&hist[e * 16 + d], local_hist[d]);
+    }
+}
+
+// One work-item per expert: the digit at `shift` of the rank-th smallest matching key; clears
+// the histogram for the next pass.
+__kernel void capacity_select_digit(__global ulong2* select_state, __global int* hist, int experts, int shift) {
+    const int e = get_global_id(0);
+    if (e >= experts) return;
+    ulong2 st = select_state[e];
+    int remaining = (int)st.y;
+    int digit = 15;
+    int found = 0;
+    for (int d = 0; d < 16; ++d) {
+        const int h = hist[e * 16 + d];
+        hist[e * 16 + d] = 0;
+        if (!found) {
+            if (h < remaining) {
+                remaining -= h;
+            } else {
+                digit = d;
+                found = 1;
+            }
+        }
+    }
+    st.x |= (ulong)digit << (uint)shift;
+    st.y = (ulong)remaining;
+    select_state[e] = st;
+}
+
+// Grid as capacity_select_hist: assignments whose key is above the selected one lose their
+// keep flag.
+__kernel void capacity_select_clear(__global const int* counts, __global const int* offsets,
+                                    __global const int* assignment_of, __global const float* weights,
+                                    __global const ulong2* select_state, __global int* keep, int capacity,
+                                    int assignments, int max_rows, int slice) {
+    const int e = get_group_id(1);
+    const int lid = get_local_id(0);
+    int begin;
+    const int n = capacity_rows(counts, offsets, e, capacity, max_rows, &begin);
+    const int r0 = get_group_id(0) * slice;
+    const int r1 = min(n, r0 + slice);
+    const ulong prefix = select_state[e].x;
+    for (int r = r0 + lid; r < r1; r += GROUP) {
         const int a = assignment_of[begin + r];
         if (a < 0 || a >= assignments) continue;
         if (rank_key(weights[a], (uint)a) > prefix) keep[a] = 0;

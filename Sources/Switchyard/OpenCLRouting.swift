@@ -170,13 +170,9 @@ extension OpenCLBackend {
                 capacity: Int(Int32.max), counts: counts, routed: routed, offsets: offsets,
                 tiles: scratchTiles, rowOf: rowOf,
                 assignmentOf: assignmentOf, weights: weights.buffer!, dropped: dropped)
-            let group = tuning.rowGroup
-            try launch(
-                "routing.cl", "capacity_by_weight", defines: ["GROUP": "\(group)"],
-                args: [.buffer(counts.buffer!), .buffer(offsets.buffer!), .buffer(assignmentOf.buffer!),
-                       .buffer(weights.buffer!), .buffer(keepTensor.buffer!), .int(capacity), .int(n),
-                       .int(maxRows)],
-                global: [experts * group], local: [group])
+            try capacityByWeight(
+                counts: counts, offsets: offsets, assignmentOf: assignmentOf, weights: weights, keep: keepTensor,
+                experts: experts, capacity: capacity, assignments: n, maxRows: maxRows)
             keep = keepTensor.buffer
         }
         let secondRouted = keep == nil ? routed : try empty(shape: [experts], dtype: .i32)
@@ -192,6 +188,58 @@ extension OpenCLBackend {
         return Routing(
             gating: g, blockSize: blockSize, counts: counts, routedCounts: routed, offsets: offsets, tileExpert: tiles,
             rowOf: rowOf, assignmentOf: assignmentOf, weights: weights, dropped: dropped)
+    }
+
+    /// Rows of an expert's assignments one work-group of the split select walks
+    /// (`capacity_select_hist` / `_clear`): 8,192 loop steps per work-item.
+    static let capacitySliceSteps = 8192
+
+    /// Weight-priority capacity: clears the keep flags of each expert's assignments past its
+    /// `capacity` best by weight (the radix select of `capacity_by_weight`, one work-group per
+    /// expert). That work-group's loops take 17 · ⌈rows / group⌉ + 850 steps, counted
+    /// cumulatively, for an expert's `rows` (at most all `assignments`), + 16 · (⌈16 / group⌉ + 1)
+    /// for a group below 16 (1,200 in all at most); where that could pass
+    /// the device's `loopStepBudget` the select is split over work-groups of 8,192 · group rows
+    /// and launches (`capacity_select_*`: a histogram pass and a digit pass per 4-bit digit),
+    /// which clear the same flags.
+    func capacityByWeight(
+        counts: Tensor, offsets: Tensor, assignmentOf: Tensor, weights: Tensor, keep: Tensor, experts: Int,
+        capacity: Int, assignments n: Int, maxRows: Int
+    ) throws {
+        let group = tuning.rowGroup
+        let rows = min(n, maxRows)
+        let walk = (rows + group - 1) / group
+        let common: [Arg] = [.buffer(counts.buffer!), .buffer(offsets.buffer!), .buffer(assignmentOf.buffer!),
+                             .buffer(weights.buffer!)]
+        guard let budget = loopStepBudget, 17 * walk + 1200 > budget else {
+            try launch(
+                "routing.cl", "capacity_by_weight", defines: ["GROUP": "\(group)"],
+                args: common + [.buffer(keep.buffer!), .int(capacity), .int(n), .int(maxRows)],
+                global: [experts * group], local: [group])
+            return
+        }
+        let slice = Self.capacitySliceSteps * group
+        let slices = (rows + slice - 1) / slice
+        let state = try scratch(byteCount: experts * 16, label: "capacity select state")
+        let hist = try scratch(byteCount: experts * 16 * 4, label: "capacity select histogram")
+        let defines = ["GROUP": "\(group)"]
+        try launch(
+            "routing.cl", "capacity_select_init", args: [.buffer(state), .buffer(hist), .int(experts), .int(capacity)],
+            global: [roundUp(experts, itemGroup)], local: [itemGroup])
+        for shift in stride(from: 60, through: 0, by: -4) {
+            try launch(
+                "routing.cl", "capacity_select_hist", defines: defines,
+                args: common + [.buffer(state), .buffer(hist), .int(capacity), .int(n), .int(maxRows), .int(slice),
+                                .int(shift)],
+                global: [slices * group, experts], local: [group, 1])
+            try launch(
+                "routing.cl", "capacity_select_digit", args: [.buffer(state), .buffer(hist), .int(experts), .int(shift)],
+                global: [roundUp(experts, itemGroup)], local: [itemGroup])
+        }
+        holdScratch([state, hist], until: try launch(
+            "routing.cl", "capacity_select_clear", defines: defines,
+            args: common + [.buffer(state), .buffer(keep.buffer!), .int(capacity), .int(n), .int(maxRows), .int(slice)],
+            global: [slices * group, experts], local: [group, 1]))
     }
 
     public func gather(_ x: Tensor, routing r: Routing, dtype: DType? = nil) throws -> Tensor {

@@ -229,6 +229,10 @@ enum RoutingCases {
             specs.append((0, 8, 1, 64, "uniform", 1.0, priority))
             specs.append((10, 64, 6, 1, "uniform", 0.1, priority))
         }
+        // One expert holding 1,000,000 assignments: one work-group of 256 (llvmpipe's rowGroup)
+        // walks them 17 times, 66,400 loop steps a work-item, past llvmpipe's 65,535; the host
+        // splits the select over work-groups there.
+        specs.append((1_000_000, 2, 1, 64, "hot", 0.5, .weight))
         var cases = specs.map { s -> ConformanceCase in
             let config = RouterConfig(
                 experts: s.experts, k: s.k, capacityFactor: s.capacity, dropPriority: s.priority)

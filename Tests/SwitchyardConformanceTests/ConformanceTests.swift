@@ -45,6 +45,18 @@ struct ConformanceTests {
         }
     }
 
+    /// Softmax rows under a 2-work-item rowGroup: a 50,000-column row takes a work-item 75,003
+    /// loop steps over its three passes, past llvmpipe's 65,535 (counted over all a work-item's
+    /// loops): there the host widens the group until they fit.
+    @Test(arguments: try! Conformance.cases(matching: "^softmax .*cols=(50000|5000|4096) "))
+    func softmaxSmallGroups(_ c: ConformanceCase) throws {
+        for device in try Device.all() {
+            let runner = try ConformanceRunner(device: device, tuning: Tuning(rowGroup: 2))
+            let result = runner.run(c)
+            #expect(result.passed, "\(device.name): \(c.name): \(result.detail)")
+        }
+    }
+
     /// Weight-priority capacity with a 16-work-item group: each work-item walks 1/16 of an
     /// expert's rows per radix pass, so the 40,000-assignment hot expert tests that the select's
     /// loops stay inside a lane-style device's loop budget (llvmpipe stops at 65,535).

@@ -21,9 +21,9 @@ struct TokenSelectionTests {
 
     /// Row copies on a lanes device with 2-work-item groups: a 20,001-column row (not a multiple
     /// of 16: one column a step) is 10,001 steps per work-item, so the tuning's 3 rows per group
-    /// drop to 1 (within llvmpipe's 65,535) and the rows match the reference; a 70,001-column
-    /// row (35,001 steps) is refused by name rather than copied in part. CPU-class devices have
-    /// no loop limit and copy both.
+    /// drop to 1 (within llvmpipe's 65,535, counted over all a work-item's loops) and the rows
+    /// match the reference; a 70,001-column row (35,004 steps) is refused by name where the
+    /// device has that limit rather than copied in part. Devices without a loop limit copy both.
     @Test func wideRowsStayWithinTheLoopBudget() throws {
         for device in try Device.all() {
             let backend = try OpenCLBackend(device: device, tuning: Tuning(rowGroup: 2, rowsPerGroup: 3, copyGroup: 2))
@@ -31,7 +31,36 @@ struct TokenSelectionTests {
                 var g = SeededGenerator(seed: UInt64(width))
                 let x = try backend.tensor(g.normals(3 * width), shape: [1, 3, width], dtype: .f32)
                 let indices = try backend.tensor([2, 0, 1] as [Int32], shape: [1, 3])
-                let refusedHere = device.workItemsAreLanes && width > 16_384 * 2
+                let refusedHere = device.name.lowercased().contains("llvmpipe") && width > 16_384 * 2
+                do {
+                    let y = try backend.floats(backend.gatherTokens(x, indices: indices, rows: nil, dtype: nil))
+                    let xs = try backend.floats(x)
+                    #expect(!refusedHere, "\(device.name): width \(width) was not refused")
+                    let want = Array(xs[(2 * width)...] + xs[..<(2 * width)])
+                    let wrong = zip(y, want).filter { $0.0.bitPattern != $0.1.bitPattern }.count
+                    #expect(y.count == want.count && wrong == 0, "\(device.name): width \(width): \(wrong) elements differ")
+                } catch let error as SwitchyardError {
+                    #expect(refusedHere && "\(error)".contains("gatherTokens row width"), "\(device.name): \(error)")
+                }
+            }
+        }
+    }
+
+    /// f16 rows copied bit for bit move as 32-bit words, 16 a step only when the word count is
+    /// a multiple of 16: a width of 16 × an odd number (112,016 = 16 · 7,001) is 56,008 scalar
+    /// word steps, not 7,001 vector steps. Under 2-work-item groups and 3 rows per group that
+    /// was 84,012 loop steps per work-item, past llvmpipe's 65,535, and the rows came back
+    /// partly unwritten; the host now counts the word steps (one row a group: 28,004) and
+    /// refuses a 262,160-wide row (65,540 steps) by name where the device has the limit.
+    @Test func rawHalfRowsCountTheirWordSteps() throws {
+        for device in try Device.all() {
+            let backend = try OpenCLBackend(device: device, tuning: Tuning(rowGroup: 2, rowsPerGroup: 3, copyGroup: 2))
+            let limited = device.name.lowercased().contains("llvmpipe")
+            for width in [112_016, 262_160] {
+                var g = SeededGenerator(seed: UInt64(width))
+                let x = try backend.tensor(g.normals(3 * width), shape: [1, 3, width], dtype: .f16)
+                let indices = try backend.tensor([2, 0, 1] as [Int32], shape: [1, 3])
+                let refusedHere = limited && width > 200_000
                 do {
                     let y = try backend.floats(backend.gatherTokens(x, indices: indices, rows: nil, dtype: nil))
                     let xs = try backend.floats(x)

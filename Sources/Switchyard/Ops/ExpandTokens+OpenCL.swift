@@ -14,7 +14,9 @@ extension OpenCLBackend {
             positions, batch: op.batch, length: op.length, slots: op.slots, rows: op.rows, flags: flags)
         let total = op.batch * op.length
         if total > 0 && op.width > 0 {
-            let (global, local, per) = try tokenRowLaunch(rows: total, width: op.width, argument: "expandTokens")
+            let raw = rawCopyDefines(output: op.outputDType, sources: ["RAW_X": op.baseDType, "RAW_A": op.dtype]).isEmpty ? nil : op.outputDType
+            let (global, local, per) = try tokenRowLaunch(
+                rows: total, width: op.width, raw: raw, argument: "expandTokens")
             var defines = (op.baseDType ?? .f32).defines("X").merging(op.outputDType.defines("Y")) { a, _ in a }
             defines.merge(op.dtype.defines("A")) { a, _ in a }
             defines["GROUP"] = "\(local)"

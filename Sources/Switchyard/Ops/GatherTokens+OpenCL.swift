@@ -10,7 +10,9 @@ extension OpenCLBackend {
         let inv = try tokenIndexMap(indices, batch: op.batch, length: op.length, slots: op.slots, rows: op.rows, flags: flags)
         let total = op.batch * op.rows
         if total > 0 && op.width > 0 {
-            let (global, local, per) = try tokenRowLaunch(rows: total, width: op.width, argument: "gatherTokens")
+            let raw = rawCopyDefines(output: op.outputDType, sources: ["RAW_X": op.dtype]).isEmpty ? nil : op.outputDType
+            let (global, local, per) = try tokenRowLaunch(
+                rows: total, width: op.width, raw: raw, argument: "gatherTokens")
             try launch(
                 "gather_tokens.cl", "gather_tokens",
                 defines: op.dtype.defines("X").merging(op.outputDType.defines("Y")) { a, _ in a }

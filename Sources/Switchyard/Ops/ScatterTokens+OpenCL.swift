@@ -13,7 +13,9 @@ extension OpenCLBackend {
         let inv = try tokenIndexMap(indices, batch: op.batch, length: op.length, slots: op.slots, rows: op.slots, flags: flags)
         let total = op.batch * op.length
         if total > 0 && op.width > 0 {
-            let (global, local, per) = try tokenRowLaunch(rows: total, width: op.width, argument: "scatterTokens")
+            let raw = rawCopyDefines(output: op.outputDType, sources: ["RAW_X": op.dtype]).isEmpty ? nil : op.outputDType
+            let (global, local, per) = try tokenRowLaunch(
+                rows: total, width: op.width, raw: raw, argument: "scatterTokens")
             var defines = op.dtype.defines("X").merging(op.outputDType.defines("Y")) { a, _ in a }
             defines.merge(op.updateDType.defines("A")) { a, _ in a }
             defines.merge((op.weightDType ?? .f32).defines("W")) { a, _ in a }

@@ -63,39 +63,76 @@ extension OpenCLBackend {
         return defines
     }
 
+    /// Loop iterations one work-item may run before the device silently stops its loops, or nil
+    /// where there is no such limit. Mesa's llvmpipe (rusticl's CPU device) counts every loop
+    /// test of a work-item, summed over all its loops, sequential and nested, and leaves every
+    /// loop once the sum reaches 65,535 (measured, Mesa 22.3 / LLVM 15: two loops of 40,000 ran
+    /// 40,000 and 25,534 times; a 300 × 300 nest 65,101 inner steps; 70,000 outer steps around
+    /// an inner loop of 0, 1 or 2 iterations ran 32,768, 21,845 and 16,384: a loop that runs n
+    /// times costs n + 1). The same rule as `Device.loopIterationLimit` on main: switch to that
+    /// when it lands.
+    var loopIterationLimit: Int? { device.name.lowercased().contains("llvmpipe") ? 65_535 : nil }
+
+    /// The loop steps, counted cumulatively (every loop of the work-item, n + 1 for a loop of n
+    /// iterations, nothing unrolled), that the host plans for one work-item on a device with a
+    /// loop limit: half the limit, leaving room for short loops a count leaves out (trees of
+    /// log₂ GROUP steps, index searches). Nil where the device has no limit.
+    var loopStepBudget: Int? { loopIterationLimit.map { $0 / 2 } }
+
+    /// Column steps a row kernel's work-group takes over a row of `width` elements: 16 a step
+    /// when the width is a multiple of 16, else one. With a raw copy (`raw`: the storage type the
+    /// row kernels copy bits of, see `rawCopyDefines`) a 16-bit row of even width moves as
+    /// width / 2 32-bit words, 16 a step only when that is a multiple of 16 (Kernels/token_rows.h):
+    /// a width of 16 × an odd number takes width / 2 steps there, not width / 16. The larger of
+    /// the two, since a kernel copies some rows raw and converts others.
+    func rowCopySteps(width: Int, raw: DType?) -> Int {
+        let plain = width % 16 == 0 ? width / 16 : width
+        guard let raw, raw.size == 2, width % 2 == 0 else { return plain }
+        let words = width / 2
+        return max(plain, words % 16 == 0 ? words / 16 : words)
+    }
+
     /// Work-items and rows per work-group of the row-copy kernels (gather, scatter, expand) over
-    /// rows of `width` columns: the gather/combine tuning, its rows per group bounded by
+    /// rows of `width` columns (`raw`: the output's storage type when some rows are copied bit
+    /// for bit, see `rowCopySteps`): the gather/combine tuning, its rows per group bounded by
     /// `boundedRowsPerGroup`.
-    func tokenRowLaunch(rows: Int, width: Int, argument: String) throws -> (global: Int, local: Int, rowsPerGroup: Int) {
+    func tokenRowLaunch(rows: Int, width: Int, raw: DType?, argument: String) throws
+        -> (global: Int, local: Int, rowsPerGroup: Int)
+    {
         let group = tuning.copyGroup
-        // The kernels copy 16 elements a step when the width is a multiple of 16.
-        let steps = width % 16 == 0 ? width / 16 : width
+        let steps = rowCopySteps(width: width, raw: raw)
         let per = try boundedRowsPerGroup(width: width, steps: steps, group: group, argument: argument)
         return ((rows + per - 1) / per * group, group, per)
     }
 
-    /// Loop iterations one work-item of a row kernel may run on a lanes device: a quarter of
-    /// llvmpipe's 65,535, after which it silently leaves a loop.
+    /// Cumulative loop steps (see `loopStepBudget`) one work-item of a row kernel may run where
+    /// work-items are lanes: rows per work-group are lowered to stay within it (on a device
+    /// without a loop limit this only keeps a work-group's rows short).
     static let laneLoopBudget = 16_384
 
     /// Rows per work-group of a row kernel whose `group` work-items stride over a row's `steps`
-    /// column steps (`width` columns, or width / 16 where 16 are copied at a time; `inner` loop
-    /// steps per column step, e.g. combine's k): the tuning's `rowsPerGroup`, lowered on lanes
-    /// devices so one work-item's loop nest (rows × ⌈steps / group⌉ × inner) stays within
-    /// `laneLoopBudget`. A single row beyond the budget is refused by name rather than left
-    /// partly unwritten.
-    func boundedRowsPerGroup(width: Int, steps columnSteps: Int? = nil, group: Int, inner: Int = 1,
+    /// column steps (`width` columns, or width / 16 where 16 are copied at a time), each column
+    /// step running a loop of `inner` iterations when given (combine: its k slots). One
+    /// work-item's loops, counted cumulatively (n + 1 for a loop of n iterations): the row loop
+    /// and, per row, the column loop and its inner loops,
+    ///     rows × (⌈steps / group⌉ × (inner + 1, or 1 without one) + 2) + 1.
+    /// The tuning's `rowsPerGroup`, lowered where work-items are lanes so this stays within
+    /// `laneLoopBudget`; a single row past the device's `loopStepBudget` is refused by name
+    /// rather than left partly unwritten.
+    func boundedRowsPerGroup(width: Int, steps columnSteps: Int? = nil, group: Int, inner: Int? = nil,
                              argument: String) throws -> Int {
         let per = tuning.rowsPerGroup
-        guard device.workItemsAreLanes else { return per }
+        guard device.workItemsAreLanes || loopStepBudget != nil else { return per }
         let columns = columnSteps ?? width
-        let steps = ((columns + group - 1) / group).multipliedReportingOverflow(by: max(1, inner))
-        let budget = Self.laneLoopBudget
-        guard !steps.overflow, steps.partialValue <= budget else {
+        let step = ((columns + group - 1) / group).multipliedReportingOverflow(by: (inner ?? 0) + 1)
+        let row = step.partialValue.addingReportingOverflow(2)
+        let overflow = step.overflow || row.overflow
+        if let budget = loopStepBudget, overflow || row.partialValue + 1 > budget {
             throw SwitchyardError.outOfRange(
                 argument: "\(argument) row width", value: width,
-                range: "at most \(budget) loop steps per work-item on this lanes device (copyGroup \(group); this row needs \(steps.overflow ? "more" : "\(steps.partialValue)"))")
+                range: "at most \(budget) loop steps per work-item on this device (copyGroup \(group); one row needs \(overflow ? "more" : "\(row.partialValue + 1)"))")
         }
-        return max(1, min(per, budget / max(1, steps.partialValue)))
+        guard !overflow else { return 1 }
+        return max(1, min(per, (Self.laneLoopBudget - 1) / row.partialValue))
     }
 }
