@@ -215,8 +215,8 @@ public struct Device: @unchecked Sendable, CustomStringConvertible {
     /// or nil where there is no such limit. Mesa's llvmpipe (rusticl's CPU device; its gallivm
     /// code generator) counts every loop iteration of a work-item, summed over all its loops and
     /// nested ones, and leaves every loop once the sum reaches 65,535: two sequential loops of
-    /// 40,000 ran 40,000 and 25,534 times, a 300 × 300 nest about 65,100 inner steps (measured,
-    /// Mesa 22.3). Kernels whose work grows with a size (a matmul's K) split that work over
+    /// 40,000 ran 40,000 and 25,534 times, a 300 × 300 nest about 65,100 inner steps; each loop
+    /// test counts, so a loop run n times costs n + 1 (measured, Mesa 22.3). Kernels whose work grows with a size (a matmul's K) split that work over
     /// launches on such devices.
     public var loopIterationLimit: Int? {
         name.lowercased().contains("llvmpipe") ? 65_535 : nil

@@ -63,15 +63,10 @@ extension OpenCLBackend {
         return defines
     }
 
-    /// Loop iterations one work-item may run before the device silently stops its loops, or nil
-    /// where there is no such limit. Mesa's llvmpipe (rusticl's CPU device) counts every loop
-    /// test of a work-item, summed over all its loops, sequential and nested, and leaves every
-    /// loop once the sum reaches 65,535 (measured, Mesa 22.3 / LLVM 15: two loops of 40,000 ran
-    /// 40,000 and 25,534 times; a 300 × 300 nest 65,101 inner steps; 70,000 outer steps around
-    /// an inner loop of 0, 1 or 2 iterations ran 32,768, 21,845 and 16,384: a loop that runs n
-    /// times costs n + 1). The same rule as `Device.loopIterationLimit` on main: switch to that
-    /// when it lands.
-    var loopIterationLimit: Int? { device.name.lowercased().contains("llvmpipe") ? 65_535 : nil }
+    /// Loop iterations a work-item may run before the device stops its loops, or nil where there
+    /// is no such limit (`Device.loopIterationLimit`: llvmpipe's 65,535, counted over all of a
+    /// work-item's loops; a loop run n times costs n + 1).
+    var loopIterationLimit: Int? { device.loopIterationLimit }
 
     /// The loop steps, counted cumulatively (every loop of the work-item, n + 1 for a loop of n
     /// iterations, nothing unrolled), that the host plans for one work-item on a device with a
