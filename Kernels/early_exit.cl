@@ -275,14 +275,14 @@ inline float16 exit_exp16(float16 z) {
         EXIT_FAST_ADD(xk, e, z);                                                                  \
     } while (0)
 
-// The row's statistics as exit_row_stats gives them, in two passes over the row (which the
-// first leaves in cache) with fewer instructions per class. First: per lane the max and the
-// vector q where it first appears (so the argmax is the lowest class equal to the row max), and
-// a sum that turns NaN at a NaN or an infinity. Then exp(x - m) of every class but the argmax
-// with exit_exp16, clamping x - m at -87.3 (a class below that adds ~1e-38 instead of 0, an
-// -inf one too). Returns 0, having set nothing, when the row holds a NaN or an infinity (or its
-// sums overflow): exit_row_stats gives those. Inlined into each criterion's copy, so ENT and
-// MARGIN are constants there.
+// The row's statistics as exit_row_stats gives them, for a row of finite values, in two passes
+// over the row (which the first leaves in cache) with fewer instructions per class. First: per
+// lane the max and the vector q where it first appears (so the argmax is the lowest class equal
+// to the row max), and chk = sum of x·0, which turns NaN at any NaN or infinity. Then
+// exp(x - m) of every class but the argmax with exit_exp16, clamping x - m at -87.3 (a class
+// below that adds ~1e-38 instead of 0). Returns 0, having set nothing, when the row holds a NaN
+// or an infinity: exit_row_stats gives those rows. Inlined into each criterion's copy, so ENT
+// and MARGIN are constants there.
 static __attribute__((always_inline)) inline int exit_row_fast(__global const X_T* row, int classes, const int ENT,
                                                                const int MARGIN, float* m_out, int* pred, float* rest,
                                                                float* ent, float* x2) {
@@ -297,7 +297,7 @@ static __attribute__((always_inline)) inline int exit_row_fast(__global const X_
         m = select(m, x, gt);
         at = select(at, qv, gt);
         qv += 1;
-        chk += x;
+        chk = fma(x, (float16)(0.0f), chk);
     }
     float16 xt = (float16)(-INFINITY);  // the tail, lanes past the row -inf
     if (tail) {
@@ -307,10 +307,10 @@ static __attribute__((always_inline)) inline int exit_row_fast(__global const X_
         const int16 gt = xt > m;
         m = select(m, xt, gt);
         at = select(at, qv, gt);
-        chk += select((float16)(0.0f), xt, lane < (int16)(tail));
+        chk = fma(select((float16)(0.0f), xt, lane < (int16)(tail)), (float16)(0.0f), chk);
     }
     const float mx = max16(m);
-    if (!isfinite(mx) || isnan(sum16(chk))) return 0;
+    if (isnan(sum16(chk))) return 0;
     const float16 mxv = (float16)(mx);
     const int top = min16i(select((int16)(INT_MAX), at * 16 + lane, m == mxv));
     const int qp = top / 16;

@@ -56,7 +56,7 @@ func tokenMergeItems(filter: String?, quick: Bool) throws -> [BenchItem] {
                 bytes: row.bytes, bound: .copy, peers: []
             ) { backend in row.run(backend, try inputs(backend)) }
             if row.op == "token_merge" {
-                // Stage times: the similarity (key normalization, partner search), the selection
+                // Stage times: the key normalization, the similarity (partner search), the selection
                 // (the two top-k sorts and the plan) and the merged rows.
                 item.profiledRun = {
                     guard let (backend, i) = cached else { throw BenchError("\(name): profiled run before the device run") }
@@ -64,13 +64,15 @@ func tokenMergeItems(filter: String?, quick: Bool) throws -> [BenchItem] {
                         _ = try backend.tokenMerge(i.x, keys: i.keys, sizes: nil, r: r, protectFirst: true)
                     }
                     try backend.synchronize()
-                    var times: [String: Double] = ["similarity": 0, "selection": 0, "rows": 0]
+                    let stages = ["normalize", "similarity", "selection", "rows"]
+                    var times = Dictionary(uniqueKeysWithValues: stages.map { ($0, 0.0) })
                     for launch in launches {
-                        let stage = launch.kernel.hasPrefix("merge_match") || launch.kernel == "merge_normalize"
-                            ? "similarity" : launch.kernel == "merge_rows" ? "rows" : "selection"
+                        let stage = launch.kernel == "merge_normalize" ? "normalize"
+                            : launch.kernel.hasPrefix("merge_match") ? "similarity"
+                            : launch.kernel == "merge_rows" ? "rows" : "selection"
                         times[stage, default: 0] += try launch.event.seconds()
                     }
-                    return ["similarity", "selection", "rows"].map { StageTime(stage: $0, seconds: times[$0]!) }
+                    return stages.map { StageTime(stage: $0, seconds: times[$0]!) }
                 }
             }
             items.append(item)
