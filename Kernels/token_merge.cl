@@ -36,25 +36,38 @@
 
 #if VW == 1
 #define VEC float
+#define IVEC int
+#define LANE_IDS 0
 #define VLOAD(p) (*(p))
 #define HMAX(v) (v)
-#define VSTORE_PRIVATE(v, i, p) ((p)[i] = (v))
+#define HMINI(v) (v)
 #else
 #define VEC SY_CAT(float, VW)
+#define IVEC SY_CAT(int, VW)
 #define VLOAD(p) SY_CAT(vload, VW)(0, (p))
-#define VSTORE_PRIVATE(v, i, p) SY_CAT(vstore, VW)((v), (i), (p))
-inline float hmax2(float2 v) { return fmax(v.s0, v.s1); }
-inline float hmax4(float4 v) { return hmax2(fmax(v.lo, v.hi)); }
-inline float hmax8(float8 v) { return hmax4(fmax(v.lo, v.hi)); }
-inline float hmax16(float16 v) { return hmax8(fmax(v.lo, v.hi)); }
-#define HMAX(v) SY_CAT(hmax, VW)(v)
+#define HMAX(v) SY_HMAX(VW, v)
+#if VW == 2
+#define LANE_IDS (int2)(0, 1)
+#elif VW == 4
+#define LANE_IDS (int4)(0, 1, 2, 3)
+#elif VW == 8
+#define LANE_IDS (int8)(0, 1, 2, 3, 4, 5, 6, 7)
+#else
+#define LANE_IDS (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+#endif
+inline int hmini2(int2 v) { return min(v.s0, v.s1); }
+inline int hmini4(int4 v) { return hmini2(min(v.lo, v.hi)); }
+inline int hmini8(int8 v) { return hmini4(min(v.lo, v.hi)); }
+inline int hmini16(int16 v) { return hmini8(min(v.lo, v.hi)); }
+#define HMINI(v) SY_CAT(hmini, VW)(v)
 #endif
 
 // Normalized keys: one work-group of GROUP work-items per token, `per_group` tokens one after
 // the other. n = (k / m) / ‖k / m‖ with m = max |k| (no overflow or underflow for any finite
 // key); a zero key stays zero. A tokens go to ka [B][nA][dk] (rows), B tokens to kbt in panels
 // of `panel` tokens, [B][nb_pad / panel][dk][panel] (the match streams one panel's keys, its
-// consecutive B tokens one vector per key element).
+// consecutive B tokens one vector per key element; the padding columns past the last B token
+// are zero).
 __kernel void merge_normalize(__global const K_T* keys, __global float* ka, __global float* kbt,
                               __global int* flags, int total, int tokens, int dk, int na, int nb_pad, int panel, int per_group) {
     const int lid = get_local_id(0);
@@ -104,6 +117,14 @@ __kernel void merge_normalize(__global const K_T* keys, __global float* ka, __gl
             __global float* out = kbt + (size_t)b * (size_t)dk * (size_t)nb_pad + (size_t)(j / panel) * (size_t)dk * (size_t)panel
                 + (size_t)(j % panel);
             for (int c = lid; c < dk; c += GROUP) out[(size_t)c * (size_t)panel] = K_LOAD(keys, base + c) / m_div * inv;
+            // The last B token also zeroes the panel's padding columns (never read as partners).
+            if (j == tokens / 2 - 1) {
+                for (int q = j + 1; q < nb_pad; ++q) {
+                    __global float* pad = kbt + (size_t)b * (size_t)dk * (size_t)nb_pad
+                        + (size_t)(q / panel) * (size_t)dk * (size_t)panel + (size_t)(q % panel);
+                    for (int c = lid; c < dk; c += GROUP) pad[(size_t)c * (size_t)panel] = 0.0f;
+                }
+            }
         }
     }
 }
@@ -112,8 +133,11 @@ __kernel void merge_normalize(__global const K_T* keys, __global float* ka, __gl
 // PANEL), continuing the best so far unless `first`: a work-item takes TS tiles of RA A tokens of
 // batch get_global_id(1) and walks the range panel by panel (each panel, dk × PANEL keys, is
 // read once for its TS tiles, from cache), each similarity one f32 fma chain over the key in
-// order (so equal keys give bit-equal similarities wherever they sit), and keeps the strictly
-// greater value, so ties go to the lower B index. The host sizes each range so a work-item's
+// order (so equal keys give bit-equal similarities wherever they sit). Each row keeps a best
+// value and column per vector lane (strictly greater replaces, so a lane keeps its lowest
+// column; columns past nb never count), branch-free; at the end the lanes meet (the highest
+// value, the lowest column holding it) and only a strictly greater value replaces the earlier
+// ranges' best, so ties go to the lower B index. The host sizes each range so a work-item's
 // loops stay bounded. With `protect`, A token 0 (the class token) scores −∞.
 __kernel void merge_match(__global const float* ka, __global const float* kbt, __global float* best_val,
                           __global int* best_idx, int na, int nb, int nb_pad, int dk, int col_begin, int col_end,
@@ -122,13 +146,12 @@ __kernel void merge_match(__global const float* ka, __global const float* kbt, _
     const int b = get_global_id(1);
     const int i_first = group * RA * TS;
     if (i_first >= na) return;
-    float best[TS][RA];
-    int idx[TS][RA];
+    VEC lane_best[TS][RA];
+    IVEC lane_col[TS][RA];
     for (int t = 0; t < TS; ++t) {
         for (int r = 0; r < RA; ++r) {
-            const size_t at = (size_t)b * (size_t)na + (size_t)min(i_first + t * RA + r, na - 1);
-            best[t][r] = first ? -INFINITY : best_val[at];
-            idx[t][r] = first ? 0 : best_idx[at];
+            lane_best[t][r] = (VEC)(-INFINITY);
+            lane_col[t][r] = (IVEC)(0);
         }
     }
     __global const float* bt = kbt + (size_t)b * (size_t)dk * (size_t)nb_pad;
@@ -159,22 +182,18 @@ __kernel void merge_match(__global const float* ka, __global const float* kbt, _
             }
 #pragma unroll
             for (int r = 0; r < RA; ++r) {
-                if (full) {
-                    // The panel's largest value first; only a strictly better panel is searched.
-                    VEC mv = acc[r][0];
+                VEC bv = lane_best[t][r];
+                IVEC bc = lane_col[t][r];
 #pragma unroll
-                    for (int v = 1; v < NV; ++v) mv = fmax(mv, acc[r][v]);
-                    if (!(HMAX(mv) > best[t][r])) continue;
+                for (int v = 0; v < NV; ++v) {
+                    const IVEC col = (IVEC)(p0 + v * VW) + LANE_IDS;
+                    IVEC gt = acc[r][v] > bv;
+                    if (!full) gt = gt & (col < (IVEC)(nb));
+                    bv = select(bv, acc[r][v], gt);
+                    bc = select(bc, col, gt);
                 }
-                float vals[PANEL];
-#pragma unroll
-                for (int v = 0; v < NV; ++v) VSTORE_PRIVATE(acc[r][v], v, vals);
-                for (int c = 0; c < PANEL; ++c) {
-                    if (p0 + c < nb && vals[c] > best[t][r]) {
-                        best[t][r] = vals[c];
-                        idx[t][r] = p0 + c;
-                    }
-                }
+                lane_best[t][r] = bv;
+                lane_col[t][r] = bc;
             }
         }
     }
@@ -183,8 +202,17 @@ __kernel void merge_match(__global const float* ka, __global const float* kbt, _
             const int i = i_first + t * RA + r;
             if (i >= na) break;
             const size_t at = (size_t)b * (size_t)na + (size_t)i;
-            best_val[at] = (protect && i == 0) ? -INFINITY : best[t][r];
-            best_idx[at] = idx[t][r];
+            const VEC bv = lane_best[t][r];
+            const float v = HMAX(bv);
+            const int j = HMINI(select((IVEC)(INT_MAX), lane_col[t][r], bv == (VEC)(v)));
+            float best = first ? -INFINITY : best_val[at];
+            int idx = first ? 0 : best_idx[at];
+            if (v > best && j != INT_MAX) {
+                best = v;
+                idx = j;
+            }
+            best_val[at] = (protect && i == 0) ? -INFINITY : best;
+            best_idx[at] = idx;
         }
     }
 }
