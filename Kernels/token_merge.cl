@@ -62,12 +62,26 @@ inline int hmini16(int16 v) { return hmini8(min(v.lo, v.hi)); }
 #define HMINI(v) SY_CAT(hmini, VW)(v)
 #endif
 
+// VW keys from p (K's storage; VW > 1).
+#ifndef K_DT
+#define K_DT 0
+#endif
+#if K_DT == 0
+#define K_LOADV(p) SY_CAT(vload, VW)(0, (p))
+#elif K_DT == 1
+#define K_LOADV(p) SY_CAT(vload_half, VW)(0, (__global const half*)(p))
+#else
+#define K_LOADV(p) SY_CAT(as_float, VW)(SY_CAT(convert_uint, VW)(SY_CAT(vload, VW)(0, (p))) << 16)
+#endif
+
 // Normalized keys: one work-group of GROUP work-items per token, `per_group` tokens one after
 // the other. n = (k / m) / ‖k / m‖ with m = max |k| (no overflow or underflow for any finite
 // key); a zero key stays zero. A tokens go to ka [B][nA][dk] (rows), B tokens to kbt in panels
 // of `panel` tokens, [B][nb_pad / panel][dk][panel] (the match streams one panel's keys, its
 // consecutive B tokens one vector per key element; the padding columns past the last B token
 // are zero).
+// With GROUP 1 (CPU-class devices) a work-item walks each key in vectors of VW floats, then
+// its tail (the order of the sum of squares depends on dk and VW alone).
 __kernel void merge_normalize(__global const K_T* keys, __global float* ka, __global float* kbt,
                               __global int* flags, int total, int tokens, int dk, int na, int nb_pad, int panel, int per_group) {
     const int lid = get_local_id(0);
@@ -75,6 +89,64 @@ __kernel void merge_normalize(__global const K_T* keys, __global float* ka, __gl
     const int first = get_group_id(0) * per_group;
     for (int p = first; p < first + per_group && p < total; ++p) {
         const size_t base = (size_t)p * (size_t)dk;
+#if GROUP == 1 && VW > 1
+        {
+            __global const K_T* key = keys + base;
+            const int body = dk / VW * VW;
+            VEC mv = (VEC)(0.0f), chk = (VEC)(0.0f);
+            for (int c = 0; c < body; c += VW) {
+                const VEC v = K_LOADV(key + c);
+                chk = fma(v, (VEC)(0.0f), chk);  // NaN at a NaN or an infinity
+                mv = fmax(mv, fabs(v));
+            }
+            float m = HMAX(mv);
+            float bad = SY_HSUM(VW, chk);
+            for (int c = body; c < dk; ++c) {
+                const float v = K_LOAD(key, c);
+                bad = fma(v, 0.0f, bad);
+                m = fmax(m, fabs(v));
+            }
+            if (isnan(bad)) flags[2] = 1;
+            const float m_div = m > 0.0f ? m : 1.0f;
+            VEC sv = (VEC)(0.0f);
+            for (int c = 0; c < body; c += VW) {
+                const VEC v = K_LOADV(key + c) / m_div;
+                sv = fma(v, v, sv);
+            }
+            float sum = SY_HSUM(VW, sv);
+            for (int c = body; c < dk; ++c) {
+                const float v = K_LOAD(key, c) / m_div;
+                sum = fma(v, v, sum);
+            }
+            const float inv = sum > 0.0f ? 1.0f / sqrt(sum) : 0.0f;
+            const int b = p / tokens;
+            const int pos = p - b * tokens;
+            if ((pos & 1) == 0) {
+                __global float* out = ka + ((size_t)b * (size_t)na + (size_t)(pos >> 1)) * (size_t)dk;
+                for (int c = 0; c < body; c += VW) SY_CAT(vstore, VW)(K_LOADV(key + c) / m_div * inv, 0, out + c);
+                for (int c = body; c < dk; ++c) out[c] = K_LOAD(key, c) / m_div * inv;
+            } else {
+                const int j = pos >> 1;
+                __global float* out = kbt + (size_t)b * (size_t)dk * (size_t)nb_pad
+                    + (size_t)(j / panel) * (size_t)dk * (size_t)panel + (size_t)(j % panel);
+                for (int c = 0; c < body; c += VW) {
+                    float n[VW];
+                    SY_CAT(vstore, VW)(K_LOADV(key + c) / m_div * inv, 0, n);
+                    for (int l = 0; l < VW; ++l) out[(size_t)(c + l) * (size_t)panel] = n[l];
+                }
+                for (int c = body; c < dk; ++c) out[(size_t)c * (size_t)panel] = K_LOAD(key, c) / m_div * inv;
+                // The last B token also zeroes the panel's padding columns (never read as partners).
+                if (j == tokens / 2 - 1) {
+                    for (int q = j + 1; q < nb_pad; ++q) {
+                        __global float* pad = kbt + (size_t)b * (size_t)dk * (size_t)nb_pad
+                            + (size_t)(q / panel) * (size_t)dk * (size_t)panel + (size_t)(q % panel);
+                        for (int c = 0; c < dk; ++c) pad[(size_t)c * (size_t)panel] = 0.0f;
+                    }
+                }
+            }
+            continue;
+        }
+#endif
         float m = 0.0f;
         int bad = 0;
         for (int c = lid; c < dk; c += GROUP) {
@@ -349,11 +421,30 @@ inline float size_of(__global const float* sizes, int has_sizes, size_t at, __gl
     return s;
 }
 
+// Copies n RAW_T words from src to dst, 16 at a time, then one by one (16-bit words as 32-bit
+// ones when n is even and both ends 4-byte aligned: half the operations).
+inline void copy_words(__global const RAW_T* src, __global RAW_T* dst, int n) {
+    if (sizeof(RAW_T) == 2 && (n & 1) == 0 && (((size_t)src | (size_t)dst) & 3) == 0) {
+        __global const uint* s32 = (__global const uint*)src;
+        __global uint* d32 = (__global uint*)dst;
+        const int n32 = n >> 1;
+        int c = 0;
+        for (; c + 16 <= n32; c += 16) vstore16(vload16(0, s32 + c), 0, d32 + c);
+        for (; c < n32; ++c) d32[c] = s32[c];
+        return;
+    }
+    int c = 0;
+    for (; c + 16 <= n; c += 16) vstore16(vload16(0, src + c), 0, dst + c);
+    for (; c < n; ++c) dst[c] = src[c];
+}
+
 // The merged tokens: output row o of batch b (get_global_id(1) walks rows_per_item rows) over
 // the columns [c0, c0 + chunk_cols) (get_global_id(0)): an unmerged A token or a B token nothing
 // merged into is copied bit for bit; a B token with merges gets (s_B·x_B + Σ s_i·x_i) / (s_B + Σ
-// s_i), its A tokens in ascending position, in f32. The work-item of the first column chunk
-// writes the output size.
+// s_i), its A tokens in ascending position, in f32 (the sum times the reciprocal of the total
+// size). A B token's run in `sorted` (its merged A tokens) starts where the previous B token's
+// ended when the work-item's previous row was that token, else by binary search. The work-item
+// of the first column chunk writes the output size.
 __kernel void merge_rows(__global const X_T* x, __global const float* sizes, int has_sizes,
                          __global const int* row_source, __global const int* dst_of, __global const int* sorted,
                          __global X_T* y, __global float* sizes_out, __global int* flags, int batches, int tokens,
@@ -364,6 +455,9 @@ __kernel void merge_rows(__global const X_T* x, __global const float* sizes, int
     const int c1 = min(d, c0 + chunk_cols);
     const int g0 = get_global_id(1) * rows_per_item;
     const int total = batches * m;
+    int prev_j = -2;  // the B token of the previous row (same batch), and where its run ended
+    int prev_b = -1;
+    int prev_qe = 0;
     for (int g = g0; g < g0 + rows_per_item && g < total; ++g) {
         const int b = g / m;
         const int o = g - b * m;
@@ -381,8 +475,17 @@ __kernel void merge_rows(__global const X_T* x, __global const float* sizes, int
             const int j = o - first_b;
             p = 2 * j + 1;
             if (r > 0) {
-                qs = run_start(srt, dst, na, r, j);
-                qe = run_start(srt, dst, na, r, j + 1);
+                qs = (b == prev_b && j == prev_j + 1) ? prev_qe : run_start(srt, dst, na, r, j);
+                qe = qs;
+                // Partners ascend along `sorted` (an index out of range counts past every one).
+                while (qe < r) {
+                    const int i = srt[qe];
+                    if (((i >= 0 && i < na) ? dst[i] : 0x7FFFFFFF) > j) break;
+                    ++qe;
+                }
+                prev_b = b;
+                prev_j = j;
+                prev_qe = qe;
             }
         }
         if (p < 0) {  // never from a well-formed plan; no read through a bad index
@@ -392,51 +495,38 @@ __kernel void merge_rows(__global const X_T* x, __global const float* sizes, int
         const float s_own = size_of(sizes, has_sizes, xb + p, flags);
         __global const X_T* own = x + (xb + p) * (size_t)d;
         if (qs == qe) {
-            __global const RAW_T* src = (__global const RAW_T*)own;
-            __global RAW_T* dstw = (__global RAW_T*)out;
-            int c = c0;
-            if (d % 16 == 0 && c0 % 16 == 0) {
-                for (; c + 16 <= c1; c += 16) vstore16(vload16(0, src + c), 0, dstw + c);
-            }
-            for (; c < c1; ++c) dstw[c] = src[c];
+            copy_words((__global const RAW_T*)own + c0, (__global RAW_T*)out + c0, c1 - c0);
             if (c0 == 0) sizes_out[g] = s_own;
             continue;
         }
-        // The total size is summed beside every column chunk (in the same order), so no work-item
-        // walks a run twice: where work-items are lanes, a run is a lane's whole loop.
         float total_size = s_own;
-        if (c0 >= c1) {
-            for (int q = qs; q < qe; ++q) {
-                const int i = srt[q];
-                if (i >= 0 && i < na) total_size += size_of(sizes, has_sizes, xb + 2 * i, flags);
-            }
+        for (int q = qs; q < qe; ++q) {
+            const int i = srt[q];
+            if (i >= 0 && i < na) total_size += size_of(sizes, has_sizes, xb + 2 * i, flags);
         }
+        const float inv = 1.0f / total_size;
         int c = c0;
         if (d % 16 == 0 && c0 % 16 == 0) {
             for (; c + 16 <= c1; c += 16) {
                 float16 acc = s_own * X_LOAD16(own, c / 16);
-                total_size = s_own;
                 for (int q = qs; q < qe; ++q) {
                     const int i = srt[q];
                     if (i < 0 || i >= na) continue;
-                    const float s = size_of(sizes, has_sizes, xb + 2 * i, flags);
-                    total_size += s;
+                    const float s = has_sizes ? sizes[xb + 2 * i] : 1.0f;
                     acc = fma((float16)s, X_LOAD16(x + (xb + 2 * i) * (size_t)d, c / 16), acc);
                 }
-                Y_STORE16(out, c / 16, acc / total_size);
+                Y_STORE16(out, c / 16, acc * inv);
             }
         }
         for (; c < c1; ++c) {
             float acc = s_own * X_LOAD(own, c);
-            total_size = s_own;
             for (int q = qs; q < qe; ++q) {
                 const int i = srt[q];
                 if (i < 0 || i >= na) continue;
-                const float s = size_of(sizes, has_sizes, xb + 2 * i, flags);
-                total_size += s;
+                const float s = has_sizes ? sizes[xb + 2 * i] : 1.0f;
                 acc = fma(s, X_LOAD(x, (xb + 2 * i) * (size_t)d + c), acc);
             }
-            X_STORE(out, c, acc / total_size);
+            X_STORE(out, c, acc * inv);
         }
         if (c0 == 0) sizes_out[g] = total_size;
     }

@@ -66,6 +66,8 @@ MUTANTS = [
      "if (!full) gt = gt & (col < (IVEC)(nb));", "if (!full) gt = gt;", r"^token_merge"),
     ("merge match (lanes) ties go to the higher index", "token_merge.cl",
      "(v == vals[lid] && j < idxs[lid])", "(v == vals[lid] && j > idxs[lid])", r"^token_merge"),
+    ("merge normalize misses a bad value in a key's vectors (register)", "token_merge.cl",
+     "chk = fma(v, (VEC)(0.0f), chk);  // NaN at a NaN or an infinity", ";", r"^token_merge"),
     ("merge leaves the B token's own size out of the average", "token_merge.cl",
      "float acc = s_own * X_LOAD(own, c);", "float acc = X_LOAD(own, c);", r"^token_merge"),
     ("merge plan numbers the unmerged tokens from 1", "token_merge.cl",

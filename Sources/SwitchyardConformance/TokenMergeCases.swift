@@ -309,6 +309,20 @@ enum TokenMergeCases {
                 let k = try b.tensor(kv, shape: [2, 16, 4], dtype: .bf16)
                 return { _ = try b.floats(b.tokenMerge(t, keys: k, sizes: nil, r: 3, protectFirst: true).x) }
             }),
+            // keys wider than a CPU vector: the bad value in the vector part of a key
+            ("NaN key in a wide key", { b, g in
+                var values = g.normals(2 * 16 * 40)
+                values[3 * 40 + 5] = .nan
+                let t = try b.tensor(values, shape: [2, 16, 40], dtype: .f32)
+                return { _ = try b.ints(b.tokenMerge(t, keys: nil, sizes: nil, r: 3, protectFirst: false).sourceMap) }
+            }),
+            ("infinite key in a wide key", { b, g in
+                let t = try x(b, [2, 16, 8], &g)
+                var kv = g.normals(2 * 16 * 36)
+                kv[7 * 36 + 2] = .infinity
+                let k = try b.tensor(kv, shape: [2, 16, 36], dtype: .bf16)
+                return { _ = try b.floats(b.tokenMerge(t, keys: k, sizes: nil, r: 3, protectFirst: true).x) }
+            }),
             ("zero size", { b, g in
                 let t = try x(b, [2, 16, 8], &g)
                 var sv = [Float](repeating: 2, count: 32)

@@ -72,18 +72,19 @@ extension OpenCLBackend {
             let tile = mergeTile
             let panel = tile.width * tile.vectors
             let nbPad = roundUp(nb, panel)
+            let lanes = device.workItemsAreLanes
             let ka = try empty(shape: [b, na, dk], dtype: .f32, label: "merge A keys")
             let kbt = try empty(shape: [b, nbPad / panel, dk, panel], dtype: .f32, label: "merge B keys")
             try launch(
                 "token_merge.cl", "merge_normalize",
-                defines: (keys?.dtype ?? x.dtype).defines("K").merging(["GROUP": "\(tuning.copyGroup)"]) { a, _ in a },
+                defines: (keys?.dtype ?? x.dtype).defines("K")
+                    .merging(["GROUP": "\(tuning.copyGroup)", "VW": "\(lanes ? 1 : tile.width)"]) { a, _ in a },
                 args: [.buffer(kb), .buffer(ka.buffer!), .buffer(kbt.buffer!), .buffer(flags.buffer!), .int(b * l),
                        .int(l), .int(dk), .int(na), .int(nbPad), .int(panel), .int(tuning.rowsPerGroup)],
                 global: [(b * l + tuning.rowsPerGroup - 1) / tuning.rowsPerGroup * tuning.copyGroup],
                 local: [tuning.copyGroup])
             let bestVal = try empty(shape: [b, na], dtype: .f32, label: "merge scores")
             // Lanes: one work-group per A token, a lane per column; else the register tile.
-            let lanes = device.workItemsAreLanes
             let columns = lanes
                 ? mergeLanes * max(1, Self.mergeMatchBudget / (dk + 1))
                 : panel * max(1, Self.mergeMatchBudget / max(1, dk))
