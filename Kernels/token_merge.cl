@@ -2,9 +2,9 @@
 
 // Token merging (ToMe bipartite soft matching) and unmerging. The definition is
 // Reference.tokenMerge (Sources/SwitchyardReference/TokenMerge.swift); the host chains
-//   merge_normalize → merge_match (one or more column ranges) → top-k of the scores (topk.cl)
-//   → merge_plan → top-k of the merge keys (the merged A tokens by partner, then position)
-//   → merge_rows,
+//   merge_normalize → merge_match (one or more column ranges) → top-k of the scores (topk.cl;
+//   merge_choose on CPU-class devices) → merge_plan → top-k of the merge keys (the merged A
+//   tokens by partner, then position; merge_order on CPU-class devices) → merge_rows,
 // and token_unmerge on its own. Per batch, A token i sits at position 2i and B token j at 2j + 1.
 // Flags (shared layout, see ComputeBackend.raise): [2] a key NaN or infinite, [3] a size not
 // positive and finite, [4] a source-map entry out of range.
@@ -398,6 +398,78 @@ __kernel void merge_plan(__global const int* top_idx, __global const int* best_i
         }
     }
     for (int j = lid; j < nb; j += GROUP) map[2 * j + 1] = first_b + j;
+}
+
+// CPU-class devices (one work-item per batch, get_global_id(0)): the r A tokens with the best
+// scores, best first, ties to the lower index (as topk_rows orders them: keys from
+// descending_key, a NaN first), by a stable least-significant-digit radix sort of
+// (key, index) in four 8-bit passes through the scratch `keys` and `idx` ([B][2][na] each).
+__kernel void merge_choose(__global const float* best_val, __global uint* keys, __global int* idx,
+                           __global int* top_idx, int batches, int na, int r) {
+    const int b = get_global_id(0);
+    if (b >= batches) return;
+    __global const float* v = best_val + (size_t)b * (size_t)na;
+    __global uint* k0 = keys + (size_t)b * 2 * (size_t)na;
+    __global uint* k1 = k0 + na;
+    __global int* i0 = idx + (size_t)b * 2 * (size_t)na;
+    __global int* i1 = i0 + na;
+    for (int i = 0; i < na; ++i) {
+        k0[i] = descending_key(v[i]);
+        i0[i] = i;
+    }
+    for (int shift = 0; shift < 32; shift += 8) {
+        int start[256];
+        for (int c = 0; c < 256; ++c) start[c] = 0;
+        for (int i = 0; i < na; ++i) start[(k0[i] >> shift) & 255u] += 1;
+        int run = 0;
+        for (int c = 0; c < 256; ++c) {
+            const int n = start[c];
+            start[c] = run;
+            run += n;
+        }
+        for (int i = 0; i < na; ++i) {
+            const uint k = k0[i];
+            const int at = start[(k >> shift) & 255u]++;
+            k1[at] = k;
+            i1[at] = i0[i];
+        }
+        __global uint* kt = k0;
+        k0 = k1;
+        k1 = kt;
+        __global int* it = i0;
+        i0 = i1;
+        i1 = it;
+    }
+    for (int q = 0; q < r; ++q) top_idx[(size_t)b * (size_t)r + q] = i0[q];
+}
+
+// CPU-class devices (one work-item per batch): the merged A tokens (dst_of ≥ 0) ordered by
+// partner, then position (what topk_rows of merge_plan's keys gives), by a counting sort over
+// the B tokens through the scratch `start` ([B][nb]).
+__kernel void merge_order(__global const int* dst_of, __global int* start, __global int* sorted, int batches, int na,
+                          int nb, int r) {
+    const int b = get_global_id(0);
+    if (b >= batches) return;
+    __global const int* dst = dst_of + (size_t)b * (size_t)na;
+    __global int* st = start + (size_t)b * (size_t)nb;
+    __global int* out = sorted + (size_t)b * (size_t)r;
+    for (int j = 0; j < nb; ++j) st[j] = 0;
+    for (int i = 0; i < na; ++i) {
+        const int j = dst[i];
+        if (j >= 0 && j < nb) st[j] += 1;
+    }
+    int run = 0;
+    for (int j = 0; j < nb; ++j) {
+        const int n = st[j];
+        st[j] = run;
+        run += n;
+    }
+    for (int i = 0; i < na; ++i) {
+        const int j = dst[i];
+        if (j < 0 || j >= nb) continue;
+        const int at = st[j]++;
+        if (at < r) out[at] = i;
+    }
 }
 
 // First position q in [0, r) of the partner-sorted merged A tokens whose partner is ≥ j
