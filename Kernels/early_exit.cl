@@ -53,7 +53,7 @@ inline float exit_decide(int j, int pos, int pred, float e2, int classes, int fi
     if (finite) {
         maxprob = 1.0f / sum;
         margin = (1.0f - e2) / sum;
-        entropy = log1p(rest) - ent / sum;
+        if (criterion == 1) entropy = log1p(rest) - ent / sum;  // (a library call: only when asked)
     }
     // Only patience changes the streak. (Branch-free: every criterion's test is computed and
     // one is picked.)
