@@ -6,8 +6,8 @@
 //   active count hold -1 and are skipped). Work-items stride over the classes (at most 8,192
 //   steps per loop: the host widens GROUP), then fixed trees combine their partial results.
 // early_exit_rows_item (CPU-class devices): one work-item per packed row, the classes in order
-//   (the driver vectorizes across work-items, i.e. across rows; a work-group per row costs a
-//   CPU driver more in work-group overhead than the row's work).
+//   in vectors (a work-group per row costs a CPU driver more in work-group overhead than the
+//   row's work).
 //   Either way, per row: the top-2 keys (descending_key << 32 | class: NaN first, ties to the
 //   lower class, as topk.cl orders), the NaN-ignoring max m, then (compensated) S - 1 and
 //   T = sum exp(x - m) (x - m) over the classes but the argmax (0 where exp is 0); the decision
@@ -53,7 +53,7 @@ inline float exit_decide(int j, int pos, int pred, float e2, int classes, int fi
     if (finite) {
         maxprob = 1.0f / sum;
         margin = (1.0f - e2) / sum;
-        entropy = log1p(rest) - ent / sum;
+        if (criterion == 1) entropy = log1p(rest) - ent / sum;  // (a library call: only when asked)
     }
     // Only patience changes the streak. (Branch-free: every criterion's test is computed and
     // one is picked.)
@@ -236,10 +236,148 @@ inline void exit_row_stats(__global const X_T* row, int classes, const int ENT, 
     if (MARGIN) *x2 = max16(select(m, m2, win));
 }
 
+// The fast path's vectors: EW floats (the device's native float width, from the host; 1 to 16).
+#ifndef EW
+#define EW 16
+#endif
+#if EW == 1
+#define EVEC float
+#define EIVEC int
+#define ELANES 0
+#define EX_LOADV(p, q) X_LOAD(p, q)
+#define EX_VLOAD_PRIVATE(p) (*(p))
+#define EX_HMINI(v) (v)
+#else
+#define EVEC SY_CAT(float, EW)
+#define EIVEC SY_CAT(int, EW)
+#define EX_VLOAD_PRIVATE(p) SY_CAT(vload, EW)(0, (p))
+#if X_DT == 0
+#define EX_LOADV(p, q) SY_CAT(vload, EW)((q), (p))
+#elif X_DT == 1
+#define EX_LOADV(p, q) SY_CAT(vload_half, EW)((q), (__global const half*)(p))
+#else
+#define EX_LOADV(p, q) SY_CAT(as_float, EW)(SY_CAT(convert_uint, EW)(SY_CAT(vload, EW)((q), (p))) << 16)
+#endif
+#if EW == 2
+#define ELANES (int2)(0, 1)
+#elif EW == 4
+#define ELANES (int4)(0, 1, 2, 3)
+#elif EW == 8
+#define ELANES (int8)(0, 1, 2, 3, 4, 5, 6, 7)
+#else
+#define ELANES (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+#endif
+// The least lane of an int vector (statements of macros, no vector-typed function arguments).
+#define EX_HMINI2(v) min((v).lo, (v).hi)
+#define EX_HMINI4(v) EX_HMINI2(min((v).lo, (v).hi))
+#define EX_HMINI8(v) EX_HMINI4(min((v).lo, (v).hi))
+#define EX_HMINI16(v) EX_HMINI8(min((v).lo, (v).hi))
+#define EX_HMINI(v) SY_CAT(EX_HMINI, EW)(v)
+#endif
+
+// e = exp(z) for z in [-87.3, 0] (the caller clamps), EW lanes, a few ulp (measured against exp
+// in double: relative error ≤ 2.7e-7 for z > -10, 1.3e-6 down to -87.3): 2^(z log2 e) as
+// 2^n · p(f), n the nearest integer, f in [-1/2, 1/2] from one fma with z log2 e exact in it,
+// p a degree-5 fit of 2^f (p(0) = 1 exactly), 2^n from n + 127 in the exponent bits; about a
+// third of the library exp's instructions (no special cases: the input range excludes them).
+// u = z log2 e + 1.5 · 2^23 + 127 holds n + 127 in its low bits.
+#define EXIT_EXP(z, e)                                                                            \
+    const EVEC e##_u = fma((z), (EVEC)(1.44269504f), (EVEC)(12583039.0f));                        \
+    const EVEC e##_f = fma((z), (EVEC)(1.44269504f), (EVEC)(12583039.0f) - e##_u);                \
+    EVEC e##_p = fma(e##_f, (EVEC)(1.32647273e-3f), (EVEC)(9.67151299e-3f));                      \
+    e##_p = fma(e##_p, e##_f, (EVEC)(5.55073358e-2f));                                            \
+    e##_p = fma(e##_p, e##_f, (EVEC)(2.40222424e-1f));                                            \
+    e##_p = fma(e##_p, e##_f, (EVEC)(6.93147004e-1f));                                            \
+    e##_p = fma(e##_p, e##_f, (EVEC)(1.0f));                                                      \
+    const EVEC e = e##_p * SY_CAT(as_float, EW)(SY_CAT(as_int, EW)(e##_u) << 23)
+
+// One vector x of the fast path's second pass: its terms with the row max mxv, all lanes
+// (EXIT_FAST_FOLD) or the lanes of `keep` (the others add nothing and are no runner-up).
+#define EXIT_FAST_TERMS(x, e, z)                                                                  \
+    const EVEC z = fmax((x) - mxv, (EVEC)(-87.3f));                                               \
+    EXIT_EXP(z, e)
+#define EXIT_FAST_ADD(x, e, z)                                                                    \
+    s += e;                                                                                       \
+    if (ENT) t = fma(e, z, t);                                                                    \
+    if (MARGIN) m2 = select(m2, (x), (x) > m2)
+#define EXIT_FAST_FOLD(x)                                                                         \
+    do {                                                                                          \
+        EXIT_FAST_TERMS(x, e, z);                                                                 \
+        EXIT_FAST_ADD(x, e, z);                                                                   \
+    } while (0)
+#define EXIT_FAST_FOLD_MASKED(x, keep)                                                            \
+    do {                                                                                          \
+        EXIT_FAST_TERMS(x, e0, z);                                                                \
+        const EVEC e = select((EVEC)(0.0f), e0, (keep));                                          \
+        const EVEC xk = select((EVEC)(-INFINITY), (x), (keep));                                   \
+        EXIT_FAST_ADD(xk, e, z);                                                                  \
+    } while (0)
+
+// The row's statistics as exit_row_stats gives them, for a row of finite values, in two passes
+// over the row (which the first leaves in cache) in vectors of EW classes, with far fewer
+// instructions per class. First: per lane the max and the vector q where it first appears (so
+// the argmax is the lowest class equal to the row max), and chk = sum of x·0, which turns NaN
+// at any NaN or infinity. Then exp(x - m) of every class but the argmax with EXIT_EXP, clamping
+// x - m at -87.3 (a class below that adds ~1e-38 instead of 0). Returns 0, having set nothing,
+// when the row holds a NaN or an infinity: exit_row_stats gives those rows. Inlined into each
+// criterion's copy, so ENT and MARGIN are constants there. Loops of classes / EW ≤ 16,384
+// steps (`exitItemClasses`; CPU-class devices only).
+static __attribute__((always_inline)) inline int exit_row_fast(__global const X_T* row, int classes, const int ENT,
+                                                               const int MARGIN, float* m_out, int* pred, float* rest,
+                                                               float* ent, float* x2) {
+    const EIVEC lane = ELANES;
+    const int vecs = classes / EW;
+    const int tail = classes - vecs * EW;
+    EVEC m = (EVEC)(-INFINITY), chk = (EVEC)(0.0f);
+    EIVEC at = (EIVEC)(0), qv = (EIVEC)(0);
+    for (int q = 0; q < vecs; ++q) {
+        const EVEC x = EX_LOADV(row, q);
+        const EIVEC gt = x > m;  // a NaN never
+        m = select(m, x, gt);
+        at = select(at, qv, gt);
+        qv += 1;
+        chk = fma(x, (EVEC)(0.0f), chk);
+    }
+    EVEC xt = (EVEC)(-INFINITY);  // the tail, lanes past the row -inf
+    if (tail) {
+        float v[EW];
+        for (int i = 0; i < EW; ++i) v[i] = i < tail ? X_LOAD(row, vecs * EW + i) : -INFINITY;
+        xt = EX_VLOAD_PRIVATE(v);
+        const EIVEC gt = xt > m;
+        m = select(m, xt, gt);
+        at = select(at, qv, gt);
+        chk = fma(select((EVEC)(0.0f), xt, lane < (EIVEC)(tail)), (EVEC)(0.0f), chk);
+    }
+    if (isnan(SY_HSUM(EW, chk))) return 0;
+    const float mx = SY_HMAX(EW, m);
+    const EVEC mxv = (EVEC)(mx);
+    const int top = EX_HMINI(select((EIVEC)(INT_MAX), at * EW + lane, m == mxv));
+    const int qp = top / EW;
+    const EVEC xp = qp < vecs ? EX_LOADV(row, qp) : xt;
+    EVEC s = (EVEC)(0.0f), t = (EVEC)(0.0f), m2 = (EVEC)(-INFINITY);
+    for (int q = 0; q < qp; ++q) {
+        const EVEC x = EX_LOADV(row, q);
+        EXIT_FAST_FOLD(x);
+    }
+    EXIT_FAST_FOLD_MASKED(xp, lane != (EIVEC)(top - qp * EW) && (qp < vecs || lane < (EIVEC)(tail)));
+    for (int q = qp + 1; q < vecs; ++q) {
+        const EVEC x = EX_LOADV(row, q);
+        EXIT_FAST_FOLD(x);
+    }
+    if (tail && qp < vecs) EXIT_FAST_FOLD_MASKED(xt, lane < (EIVEC)(tail));
+    *m_out = mx;
+    *pred = top;
+    *rest = SY_HSUM(EW, s);
+    if (ENT) *ent = SY_HSUM(EW, t);
+    if (MARGIN) *x2 = SY_HMAX(EW, m2);
+    return 1;
+}
+
 // Grid [roundUp(rows, GROUP)]: one work-item per packed row (CPU-class devices, classes ≤
-// 16,384), the row walked once, 16 classes at a time in float16 vectors (which a CPU driver
-// maps to its SIMD registers and vector exp). The criterion picks which sums the pass keeps
-// (entropy: T too; margin: the runner-up), a uniform branch around three copies of the loop.
+// EW · 1,024): a row of finite values by exit_row_fast (vectors of the device's float width),
+// any other by exit_row_stats (the row walked once, 16 classes at a time in float16 vectors,
+// one online-softmax fold with the library exp). The criterion picks which sums are kept
+// (entropy: T too; margin: the runner-up), a uniform branch around three copies of each.
 __kernel void early_exit_rows_item(__global const X_T* logits, int rows, int classes, __global const int* positions,
                                    int samples, __global const int* last_pred, __global const int* streak,
                                    __global int4* record, __global float* record_conf, __global Y_T* probs,
@@ -252,12 +390,16 @@ __kernel void early_exit_rows_item(__global const X_T* logits, int rows, int cla
     __global const X_T* row = logits + base;
     float m = -INFINITY, rest = 0.0f, ent = 0.0f, x2 = -INFINITY;
     int pred = 0, has_nan = 0;
-    if (criterion == 1)
-        exit_row_stats(row, classes, 1, 0, &m, &pred, &has_nan, &rest, &ent, &x2);
-    else if (criterion == 2)
-        exit_row_stats(row, classes, 0, 1, &m, &pred, &has_nan, &rest, &ent, &x2);
-    else
-        exit_row_stats(row, classes, 0, 0, &m, &pred, &has_nan, &rest, &ent, &x2);
+    if (criterion == 1) {
+        if (!exit_row_fast(row, classes, 1, 0, &m, &pred, &rest, &ent, &x2))
+            exit_row_stats(row, classes, 1, 0, &m, &pred, &has_nan, &rest, &ent, &x2);
+    } else if (criterion == 2) {
+        if (!exit_row_fast(row, classes, 0, 1, &m, &pred, &rest, &ent, &x2))
+            exit_row_stats(row, classes, 0, 1, &m, &pred, &has_nan, &rest, &ent, &x2);
+    } else {
+        if (!exit_row_fast(row, classes, 0, 0, &m, &pred, &rest, &ent, &x2))
+            exit_row_stats(row, classes, 0, 0, &m, &pred, &has_nan, &rest, &ent, &x2);
+    }
     const int finite = !has_nan && isfinite(m);
     const float e2 = finite && x2 > -INFINITY ? exp(x2 - m) : 0.0f;
     const float sum = exit_decide(j, raw, pred, e2, classes, finite, m, rest, ent, logits, base, last_pred, streak,

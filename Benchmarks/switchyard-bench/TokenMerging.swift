@@ -56,7 +56,7 @@ func tokenMergeItems(filter: String?, quick: Bool) throws -> [BenchItem] {
                 bytes: row.bytes, bound: .copy, peers: []
             ) { backend in row.run(backend, try inputs(backend)) }
             if row.op == "token_merge" {
-                // Stage times: the similarity (key normalization, partner search), the selection
+                // Stage times: the key normalization, the similarity (partner search), the selection
                 // (the two top-k sorts and the plan) and the merged rows.
                 item.profiledRun = {
                     guard let (backend, i) = cached else { throw BenchError("\(name): profiled run before the device run") }
@@ -64,13 +64,15 @@ func tokenMergeItems(filter: String?, quick: Bool) throws -> [BenchItem] {
                         _ = try backend.tokenMerge(i.x, keys: i.keys, sizes: nil, r: r, protectFirst: true)
                     }
                     try backend.synchronize()
-                    var times: [String: Double] = ["similarity": 0, "selection": 0, "rows": 0]
+                    let stages = ["normalize", "similarity", "selection", "rows"]
+                    var times = Dictionary(uniqueKeysWithValues: stages.map { ($0, 0.0) })
                     for launch in launches {
-                        let stage = launch.kernel.hasPrefix("merge_match") || launch.kernel == "merge_normalize"
-                            ? "similarity" : launch.kernel == "merge_rows" ? "rows" : "selection"
+                        let stage = launch.kernel == "merge_normalize" ? "normalize"
+                            : launch.kernel.hasPrefix("merge_match") ? "similarity"
+                            : launch.kernel == "merge_rows" ? "rows" : "selection"
                         times[stage, default: 0] += try launch.event.seconds()
                     }
-                    return ["similarity", "selection", "rows"].map { StageTime(stage: $0, seconds: times[$0]!) }
+                    return stages.map { StageTime(stage: $0, seconds: times[$0]!) }
                 }
             }
             items.append(item)
@@ -81,15 +83,23 @@ func tokenMergeItems(filter: String?, quick: Bool) throws -> [BenchItem] {
 
 
 /// Per-stage device times of the items that split into stages and are not MoE layers (those have
-/// their own tables): token merging's similarity, selection and merged rows.
+/// their own tables): token merging's similarity, selection and merged rows; early exit's rows
+/// and state. One table per set of stage names.
 func stageTable(_ results: [ItemResult]) -> String? {
     let staged = results.filter { $0.profile != nil && $0.item.groupedMatmul == nil }
-    guard let first = staged.first?.profile else { return nil }
-    var rows = [["op", "shape", "dtype", "device ms"] + first.stages.map { "\($0.name) ms" }]
+    guard !staged.isEmpty else { return nil }
+    var kinds: [[String]] = []
     for r in staged {
-        guard let profile = r.profile else { continue }
-        rows.append([r.item.op, r.item.shape, r.item.dtype, ms(r.device.median)] + profile.stages.map { ms($0.stats.median) })
+        let names = r.profile!.stages.map(\.name)
+        if !kinds.contains(names) { kinds.append(names) }
     }
-    return table(rows, rightAligned: Set(3..<rows[0].count))
+    let tables = kinds.map { names in
+        var rows = [["op", "shape", "dtype", "device ms"] + names.map { "\($0) ms" }]
+        for r in staged where r.profile!.stages.map(\.name) == names {
+            rows.append([r.item.op, r.item.shape, r.item.dtype, ms(r.device.median)] + r.profile!.stages.map { ms($0.stats.median) })
+        }
+        return table(rows, rightAligned: Set(3..<rows[0].count))
+    }
+    return tables.joined(separator: "\n\n")
         + "\nstages: median device ms of separately profiled runs (sum of each stage's launch events)"
 }

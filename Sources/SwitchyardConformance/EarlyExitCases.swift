@@ -19,6 +19,12 @@ enum EarlyExitCases {
         case stable
         /// NaN, +inf and −inf among normal values, and whole rows of −inf.
         case special
+        /// normal · 3 with one class −inf in every other row: finite statistics from rows that a
+        /// CPU device's fast path leaves to the exact one (which takes rows with an infinity).
+        case masked
+        /// Integers 0...2 with one class −inf in every other row: exact ties and zero margins
+        /// there too.
+        case tiesMasked
     }
 
     static func logits(_ kind: Logits, n: Int, classes: Int, head: Int, seed: UInt64) -> [Float] {
@@ -35,6 +41,10 @@ enum EarlyExitCases {
             var base = SeededGenerator(seed: seed)
             let b = base.normals(n * classes, scale: 2)
             return b.map { $0 + g.normal() * 0.3 }
+        case .masked, .tiesMasked:
+            var v = kind == .masked ? g.normals(n * classes, scale: 3) : (0..<(n * classes)).map { _ in Float(g.next() % 3) }
+            for i in stride(from: 0, to: n, by: 2) { v[i * classes + Int(g.next() % UInt64(classes))] = -.infinity }
+            return v
         case .special:
             var v = g.normals(n * classes, scale: 3)
             let special: [Float] = [.nan, .infinity, -.infinity]
@@ -79,6 +89,8 @@ enum EarlyExitCases {
         Shape(n: 400, classes: 30, logits: .special, criterion: .maxProbability(0.5), heads: 3, probabilities: .f32),
         Shape(n: 400, classes: 30, logits: .special, criterion: .entropy(1.0), heads: 3),
         Shape(n: 400, classes: 30, logits: .special, criterion: .patience(2), heads: 4),
+        Shape(n: 600, classes: 40, logits: .tiesMasked, criterion: .margin(0.001), heads: 3),
+        Shape(n: 400, classes: 37, logits: .masked, criterion: .margin(0.3), heads: 3),
         Shape(n: 700, classes: 33, dtype: .f16, criterion: .margin(0.3), probabilities: .f16),
         Shape(n: 700, classes: 64, criterion: .maxProbability(0.6), probabilities: .bf16),
         Shape(n: 50, classes: 1, criterion: .maxProbability(0.999), heads: 2),

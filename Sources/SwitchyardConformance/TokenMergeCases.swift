@@ -12,6 +12,9 @@ enum TokenMergeCases {
         /// Normal keys, each token's scaled by 1e-30, 1 or 1e30 (their squares underflow or
         /// overflow f32; the cosine does not change).
         case extreme
+        /// Normal keys shifted by −3 (A) and +3 (B) in every element: every similarity is
+        /// negative, so no padding column of a kernel's tile may count as a 0.
+        case negative
     }
 
     struct Spec {
@@ -78,7 +81,10 @@ enum TokenMergeCases {
         }
         let scales: [Float] = kind == .extreme ? [1e-30, 1, 1e30] : [1]
         let scale = (0..<batches * l).map { _ in scales[Int(g.next() % UInt64(scales.count))] }
-        func draw(_ p: Int) -> [Float] { g.normals(dk).map { dtype.round($0 * scale[p]) } }
+        let shift: Float = kind == .negative ? 3 : 0
+        func draw(_ p: Int) -> [Float] {
+            g.normals(dk).map { dtype.round($0 * scale[p] + ((p % l) % 2 == 0 ? -shift : shift)) }
+        }
         var values = (0..<batches * l).flatMap { draw($0) }
         for b in 0..<batches {
             for _ in 0..<200 {
@@ -116,6 +122,12 @@ enum TokenMergeCases {
             Spec(batches: 2, tokens: 40, d: 24, dk: nil, r: 12, protect: true, dtype: .bf16, kind: .ties),
             Spec(batches: 3, tokens: 64, d: 16, dk: 8, r: 20, protect: false, dtype: .f16, keyDType: .f16, kind: .ties),
             Spec(batches: 2, tokens: 9, d: 1, dk: nil, r: 4, protect: false, dtype: .f32, kind: .ties),
+            // ties across the CPU match's 64-column panels, and across its column ranges (dk 4096:
+            // 128 columns a launch there, 32 where work-items are lanes), the earlier range winning
+            Spec(batches: 1, tokens: 300, d: 8, dk: 16, r: 100, protect: true, dtype: .f32, kind: .ties),
+            Spec(batches: 1, tokens: 300, d: 8, dk: 4096, r: 100, protect: false, dtype: .f32, kind: .ties),
+            // every similarity negative, B tokens not a multiple of any tile
+            Spec(batches: 2, tokens: 37, d: 8, dk: 8, r: 10, protect: false, dtype: .f32, kind: .negative),
             // keys whose squares underflow or overflow f32
             Spec(batches: 2, tokens: 50, d: 16, dk: 24, r: 20, protect: true, dtype: .f32, kind: .extreme),
             // sizes from earlier merges
@@ -295,6 +307,20 @@ enum TokenMergeCases {
                 var kv = g.normals(2 * 16 * 4)
                 kv[5] = -.infinity
                 let k = try b.tensor(kv, shape: [2, 16, 4], dtype: .bf16)
+                return { _ = try b.floats(b.tokenMerge(t, keys: k, sizes: nil, r: 3, protectFirst: true).x) }
+            }),
+            // keys wider than a CPU vector: the bad value in the vector part of a key
+            ("NaN key in a wide key", { b, g in
+                var values = g.normals(2 * 16 * 40)
+                values[3 * 40 + 5] = .nan
+                let t = try b.tensor(values, shape: [2, 16, 40], dtype: .f32)
+                return { _ = try b.ints(b.tokenMerge(t, keys: nil, sizes: nil, r: 3, protectFirst: false).sourceMap) }
+            }),
+            ("infinite key in a wide key", { b, g in
+                let t = try x(b, [2, 16, 8], &g)
+                var kv = g.normals(2 * 16 * 36)
+                kv[7 * 36 + 2] = .infinity
+                let k = try b.tensor(kv, shape: [2, 16, 36], dtype: .bf16)
                 return { _ = try b.floats(b.tokenMerge(t, keys: k, sizes: nil, r: 3, protectFirst: true).x) }
             }),
             ("zero size", { b, g in

@@ -18,10 +18,14 @@ extension OpenCLBackend {
     }
 
     /// The widest row `early_exit_rows_item` (a work-item per row, CPU-class devices) takes:
-    /// 1,024 vectors of 16 classes, so its loop is short and each lane's plain f32 sums (≤ 1,025
-    /// terms) stay within the conformance tolerance (at 262,144 classes, 16,384 terms a lane,
-    /// the max probability's NMSE was 4.7e-11 against the 1e-11 allowed).
-    static let exitItemClasses = 16 * 1024
+    /// 1,024 vectors of the device's float width (`exitWidth`), so its loops are short and each
+    /// lane's plain f32 sums (≤ 1,025 terms) stay within the conformance tolerance (at 262,144
+    /// classes, 16,384 terms a lane, the max probability's NMSE was 4.7e-11 against the 1e-11
+    /// allowed).
+    var exitItemClasses: Int { exitWidth * 1024 }
+
+    /// The float vector width of `early_exit_rows_item`'s fast path: the device's native one.
+    var exitWidth: Int { device.floatVectorWidth }
 
     public func exitState(samples: Int, classes: Int, heads: Int, probabilities: DType?) throws -> ExitState {
         try EarlyExit.validateState(samples: samples, classes: classes, heads: heads, probabilities: probabilities)
@@ -81,9 +85,10 @@ extension OpenCLBackend {
             // Where work-items are lanes, a work-group per row (loops bounded by widening the
             // group); on a CPU-class device a work-item per row, rows across the vector lanes,
             // up to `exitItemClasses`, wider rows a work-group each there too.
-            let lanes = device.workItemsAreLanes || op.classes > Self.exitItemClasses
+            let lanes = device.workItemsAreLanes || op.classes > exitItemClasses
             let group = lanes ? try exitGroup(classes: op.classes) : tokenGroup
             var defines = op.dtype.defines("X").merging(["GROUP": "\(group)"]) { a, _ in a }
+            if !lanes { defines["EW"] = "\(exitWidth)" }
             if let p = op.probabilityDType {
                 defines.merge(p.defines("Y")) { a, _ in a }
                 defines["KEEP_PROBS"] = "1"

@@ -72,18 +72,19 @@ extension OpenCLBackend {
             let tile = mergeTile
             let panel = tile.width * tile.vectors
             let nbPad = roundUp(nb, panel)
+            let lanes = device.workItemsAreLanes
             let ka = try empty(shape: [b, na, dk], dtype: .f32, label: "merge A keys")
             let kbt = try empty(shape: [b, nbPad / panel, dk, panel], dtype: .f32, label: "merge B keys")
             try launch(
                 "token_merge.cl", "merge_normalize",
-                defines: (keys?.dtype ?? x.dtype).defines("K").merging(["GROUP": "\(tuning.copyGroup)"]) { a, _ in a },
+                defines: (keys?.dtype ?? x.dtype).defines("K")
+                    .merging(["GROUP": "\(tuning.copyGroup)", "VW": "\(lanes ? 1 : tile.width)"]) { a, _ in a },
                 args: [.buffer(kb), .buffer(ka.buffer!), .buffer(kbt.buffer!), .buffer(flags.buffer!), .int(b * l),
                        .int(l), .int(dk), .int(na), .int(nbPad), .int(panel), .int(tuning.rowsPerGroup)],
                 global: [(b * l + tuning.rowsPerGroup - 1) / tuning.rowsPerGroup * tuning.copyGroup],
                 local: [tuning.copyGroup])
             let bestVal = try empty(shape: [b, na], dtype: .f32, label: "merge scores")
             // Lanes: one work-group per A token, a lane per column; else the register tile.
-            let lanes = device.workItemsAreLanes
             let columns = lanes
                 ? mergeLanes * max(1, Self.mergeMatchBudget / (dk + 1))
                 : panel * max(1, Self.mergeMatchBudget / max(1, dk))
@@ -104,7 +105,21 @@ extension OpenCLBackend {
                     local: lanes ? [mergeLanes, 1, 1] : [itemGroup, 1])
                 begin += columns
             } while begin < nb
-            chosen = try topK(bestVal, k: r).indices
+            if lanes {
+                chosen = try topK(bestVal, k: r).indices
+            } else {
+                // CPU-class devices: a radix sort per batch in one work-item (a bitonic top-k
+                // network costs such a device ~10× more).
+                let top = try empty(shape: [b, r], dtype: .i32, label: "merge choices")
+                let keysScratch = try empty(shape: [b, 2, na], dtype: .i32, label: "merge choice keys")
+                let idxScratch = try empty(shape: [b, 2, na], dtype: .i32, label: "merge choice indices")
+                try launch(
+                    "token_merge.cl", "merge_choose",
+                    args: [.buffer(bestVal.buffer!), .buffer(keysScratch.buffer!), .buffer(idxScratch.buffer!),
+                           .buffer(top.buffer!), .int(b), .int(na), .int(r)],
+                    global: [roundUp(b, itemGroup)], local: [itemGroup])
+                chosen = top
+            }
         }
 
         // The plan: who merges where, the unmerged rows' order, the source map.
@@ -119,7 +134,19 @@ extension OpenCLBackend {
                    .int(l), .int(r)],
             global: [b * group], local: [group])
         // The merged A tokens ordered by partner, then position: each B token's run.
-        let sorted = r > 0 ? try topK(mergeKey, k: r).indices : nil
+        var sorted: Tensor?
+        if r > 0 && device.workItemsAreLanes {
+            sorted = try topK(mergeKey, k: r).indices
+        } else if r > 0 {
+            let order = try empty(shape: [b, r], dtype: .i32, label: "merge order")
+            let starts = try empty(shape: [b, nb], dtype: .i32, label: "merge order starts")
+            try launch(
+                "token_merge.cl", "merge_order",
+                args: [.buffer(dstOf.buffer!), .buffer(starts.buffer!), .buffer(order.buffer!), .int(b), .int(na), .int(nb),
+                       .int(r)],
+                global: [roundUp(b, itemGroup)], local: [itemGroup])
+            sorted = order
+        }
 
         let grid = mergeRowGrid(rows: b * m, d: d)
         try launch(
