@@ -239,10 +239,13 @@ public struct Device: @unchecked Sendable, CustomStringConvertible {
     /// one of those values (`OpenCLBackend` then refuses to start, naming the variable); devices
     /// whose work-items are lanes ignore it. It is part of `identity`, so tuning entries made
     /// under it are kept apart.
-    public static let vectorWidthOverride: Int? = {
-        guard let text = vectorWidthOverrideText, let width = Int(text), [1, 2, 4, 8, 16].contains(width) else { return nil }
+    public static let vectorWidthOverride: Int? = vectorWidthOverrideText.flatMap(vectorWidth(overrideText:))
+
+    /// The width `text` names as a `SWITCHYARD_VECTOR_WIDTH` value: 1, 2, 4, 8 or 16, else nil.
+    public static func vectorWidth(overrideText text: String) -> Int? {
+        guard let width = Int(text), [1, 2, 4, 8, 16].contains(width) else { return nil }
         return width
-    }()
+    }
 
     /// Whether the device has `cl_khr_fp16` (f16 arithmetic). Switchyard does not need it: its
     /// f16 tensors are a storage format converted with `vload_half`/`vstore_half`.

@@ -96,8 +96,9 @@ public struct Tuning: Sendable, Hashable, Codable {
     /// Refuses a `SWITCHYARD_VECTOR_WIDTH` that is set but not 1, 2, 4, 8 or 16 (the testing
     /// override of `Device.floatVectorWidth`, e.g. 8 with PoCL's `POCL_KERNELLIB_NAME=avx2` as an
     /// AVX2 proxy on an AVX-512 host), naming it, rather than deriving a geometry it did not ask for.
-    public static func checkVectorWidthOverride() throws {
-        guard let text = Device.vectorWidthOverrideText, Device.vectorWidthOverride == nil else { return }
+    /// (`text`: the variable's value, by default as this process was started with it.)
+    public static func checkVectorWidthOverride(_ text: String? = Device.vectorWidthOverrideText) throws {
+        guard let text, Device.vectorWidth(overrideText: text) == nil else { return }
         throw SwitchyardError.unsupported(
             "environment variable \(Device.vectorWidthVariable) = '\(text)': expected a power of two 1, 2, 4, 8 or 16 "
                 + "(the float vector width CPU-class devices derive their geometry from), or unset")
