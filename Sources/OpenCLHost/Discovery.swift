@@ -223,8 +223,40 @@ public struct Device: @unchecked Sendable, CustomStringConvertible {
     }
 
     /// The native float vector width rounded down to a power of two of at most 16 (an OpenCL
-    /// vector type): what tile shapes and ceiling kernels are derived from.
-    public var floatVectorWidth: Int { [16, 8, 4, 2, 1].first { $0 <= nativeFloatVectorWidth } ?? 1 }
+    /// vector type): what tile shapes and ceiling kernels are derived from. On a CPU-class device
+    /// (work-items not lanes) a valid `SWITCHYARD_VECTOR_WIDTH` replaces it (see
+    /// `vectorWidthOverride`).
+    public var floatVectorWidth: Int {
+        if !workItemsAreLanes, let width = Device.vectorWidthOverride { return width }
+        return [16, 8, 4, 2, 1].first { $0 <= nativeFloatVectorWidth } ?? 1
+    }
+
+    /// The environment variable that overrides `floatVectorWidth` for testing.
+    public static let vectorWidthVariable = "SWITCHYARD_VECTOR_WIDTH"
+
+    /// `SWITCHYARD_VECTOR_WIDTH` as set (nil when unset or empty), valid or not.
+    public static let vectorWidthOverrideText: String? = {
+        guard let text = ProcessInfo.processInfo.environment[vectorWidthVariable], !text.isEmpty else { return nil }
+        return text
+    }()
+
+    /// A testing override of the float vector width of CPU-class devices: `SWITCHYARD_VECTOR_WIDTH`
+    /// = 1, 2, 4, 8 or 16 makes every geometry derived from `floatVectorWidth` (matmul tiles and
+    /// panels, the narrow matmul's and Soft MoE's vectors, the benchmark's ceiling kernels) what an
+    /// implementation reporting that width gets. PoCL derives `CL_DEVICE_NATIVE_VECTOR_WIDTH_FLOAT`
+    /// from the host CPU's features, whatever target it compiles for, so with
+    /// `POCL_KERNELLIB_NAME=avx2` (AVX2 code, no zmm register) on an AVX-512 host it still reports
+    /// 16: `SWITCHYARD_VECTOR_WIDTH=8` beside it is a proxy for an AVX2 CPU. Nil when unset or not
+    /// one of those values (`OpenCLBackend` then refuses to start, naming the variable); devices
+    /// whose work-items are lanes ignore it. It is part of `identity`, so tuning entries made
+    /// under it are kept apart.
+    public static let vectorWidthOverride: Int? = vectorWidthOverrideText.flatMap(vectorWidth(overrideText:))
+
+    /// The width `text` names as a `SWITCHYARD_VECTOR_WIDTH` value: 1, 2, 4, 8 or 16, else nil.
+    public static func vectorWidth(overrideText text: String) -> Int? {
+        guard let width = Int(text), [1, 2, 4, 8, 16].contains(width) else { return nil }
+        return width
+    }
 
     /// Whether the device has `cl_khr_fp16` (f16 arithmetic). Switchyard does not need it: its
     /// f16 tensors are a storage format converted with `vload_half`/`vstore_half`.
@@ -233,7 +265,12 @@ public struct Device: @unchecked Sendable, CustomStringConvertible {
     public var supportsFP64: Bool { extensions.contains("cl_khr_fp64") || openCLCVersion.contains("fp64") }
 
     /// A key that changes when the device or its driver does (for tuning entries and binary caches).
-    public var identity: String { "\(name) | \(driverVersion)" }
+    /// (With `SWITCHYARD_VECTOR_WIDTH` in effect on a CPU-class device, "| vector width N" follows.)
+    public var identity: String {
+        let base = "\(name) | \(driverVersion)"
+        guard !workItemsAreLanes, let width = Device.vectorWidthOverride else { return base }
+        return "\(base) | vector width \(width)"
+    }
 
     /// "name (kind, platform)", as `switchyard devices` lists it.
     public var description: String { "\(name) (\(kind.rawValue), \(platformName))" }

@@ -93,6 +93,17 @@ public struct Tuning: Sendable, Hashable, Codable {
     /// floats; OpenCL reports no register count, so 4-wide devices get the smaller budget.)
     public static func cpuRegisters(vectorWidth width: Int) -> Int { width >= 16 ? 32 : 16 }
 
+    /// Refuses a `SWITCHYARD_VECTOR_WIDTH` that is set but not 1, 2, 4, 8 or 16 (the testing
+    /// override of `Device.floatVectorWidth`, e.g. 8 with PoCL's `POCL_KERNELLIB_NAME=avx2` as an
+    /// AVX2 proxy on an AVX-512 host), naming it, rather than deriving a geometry it did not ask for.
+    /// (`text`: the variable's value, by default as this process was started with it.)
+    public static func checkVectorWidthOverride(_ text: String? = Device.vectorWidthOverrideText) throws {
+        guard let text, Device.vectorWidth(overrideText: text) == nil else { return }
+        throw SwitchyardError.unsupported(
+            "environment variable \(Device.vectorWidthVariable) = '\(text)': expected a power of two 1, 2, 4, 8 or 16 "
+                + "(the float vector width CPU-class devices derive their geometry from), or unset")
+    }
+
     /// Defaults derived from the device: CPU-class devices (one work-item per core, several
     /// floats per register) run the register kernel with a tile sized to the native vector width
     /// and register file; GPUs and lane-style implementations run the work-group kernel.
@@ -301,6 +312,7 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
     init(context: Context, tuning: Tuning?, sentinelBytes: Int) throws {
         let device = context.device
         self.context = context
+        try Tuning.checkVectorWidthOverride()
         let chosen = try tuning ?? Tuning.stored(for: device) ?? Tuning.defaults(for: device)
         try chosen.validate(for: device)
         self.tuning = chosen

@@ -449,9 +449,13 @@ struct Tune: ParsableCommand {
     func run() throws {
         try failing {
             let dev = try Device.select(device)
+            try Tuning.checkVectorWidthOverride()
             let base = Tuning.defaults(for: dev)
             say("device  \(dev.identity)")
             say("native float vector width \(dev.nativeFloatVectorWidth)\(dev.workItemsAreLanes ? " (work-items are SIMD lanes)" : "")")
+            if dev.floatVectorWidth != dev.nativeFloatVectorWidth && !dev.workItemsAreLanes {
+                say("float vector width \(dev.floatVectorWidth) (\(Device.vectorWidthVariable))")
+            }
             say("defaults  \(base.matmulSummary)")
             say("shapes  gate|up (SwiGLU) and down of mixtral-small and deepseek-like, T = \(tokens), f32 and bf16")
             let checks = try referenceChecks()

@@ -117,11 +117,31 @@ struct GeometryTests {
         #expect(throws: SwitchyardError.self) { try t.validate(for: device) }
     }
 
+    /// `SWITCHYARD_VECTOR_WIDTH` (the AVX2-proxy override of the float vector width) takes 1, 2,
+    /// 4, 8 or 16; anything else set is refused with an error naming the variable.
+    @Test func vectorWidthOverrideIsValidated() throws {
+        for width in [1, 2, 4, 8, 16] {
+            #expect(Device.vectorWidth(overrideText: "\(width)") == width)
+            try Tuning.checkVectorWidthOverride("\(width)")
+        }
+        try Tuning.checkVectorWidthOverride(nil)
+        for bad in ["0", "3", "12", "32", "-8", " 8", "8.0", "eight", "avx2"] {
+            #expect(Device.vectorWidth(overrideText: bad) == nil, "\(bad)")
+            do {
+                try Tuning.checkVectorWidthOverride(bad)
+                Issue.record("SWITCHYARD_VECTOR_WIDTH='\(bad)' was accepted")
+            } catch {
+                #expect("\(error)".contains("SWITCHYARD_VECTOR_WIDTH") && "\(error)".contains(bad), "\(error)")
+            }
+        }
+    }
+
     /// The defaults derive the register tile from the native vector width: it fits the register
     /// file (accumulators + one row of weights + a broadcast + a spare).
     @Test func registerTilesFitTheRegisterFile() {
         #expect(Tuning.registerTile(vectorWidth: 16, registers: 32) == (rows: 6, vectors: 4))
         #expect(Tuning.registerTile(vectorWidth: 8, registers: 16) == (rows: 6, vectors: 2))
+        #expect(Tuning.registerTile(vectorWidth: 4, registers: 16) == (rows: 6, vectors: 2))
         for width in [1, 2, 4, 8, 16] {
             let registers = Tuning.cpuRegisters(vectorWidth: width)
             let tile = Tuning.registerTile(vectorWidth: width, registers: registers)
