@@ -127,12 +127,13 @@
 #else
 #define QROW PANEL
 #endif
-// e2m1 nibble c (0...15) to float bits: its magnitude bits shifted into place (m at bit 22, e
-// at 23-24) and rebiased for e > 0, ±2^(e−1)·(1 + m/2); for e = 0, m·0.5 (bits m·0x3F000000,
-// as the shifted m·0x00400000 times 252); the sign bit (bit 3) or-ed in.
-#define DEC_E2M1(c, U, AS_F)                                                                             \
-    AS_F(select(((c) << 22 & (U)0x01C00000u) + (U)(126u << 23), ((c) << 22 & (U)0x01C00000u) * 252u,     \
-                ((c) << 22 & (U)0x01C00000u) < (U)0x00800000u) |                                     \
+// e2m1 nibble c (0...15): its magnitude bits shifted into place (m at bit 22, e at 23-24) and
+// rebiased, 2^(e−1)·(1 + m/2) for e > 0 (exact); for e = 0 that form gives 1/2 + m/4 where the
+// value is m/2 = twice it less 1 (exact). One min picks: 2v − 1 < v below 1 (e = 0) and ≥ v from
+// 1 on (e > 0), so no compare and select on the exponent; the sign bit (bit 3) or-ed in last.
+#define DEC_E2M1(c, U, F, AS_F, AS_U)                                                                  \
+    AS_F(AS_U(min(AS_F(((c) << 22 & (U)0x01C00000u) + (U)(126u << 23)),                                 \
+                  fma((F)2.0f, AS_F(((c) << 22 & (U)0x01C00000u) + (U)(126u << 23)), (F)-1.0f))) |       \
          ((c) << 28 & (U)0x80000000u))
 // e8m0 byte s to 2^(s − 127) (s = 0: the subnormal 2^-127), 0xFF NaN.
 #define DEC_E8M0(s, U, AS_F) \
@@ -171,7 +172,7 @@ inline float dequant1(__global const uchar* wq, __global const SC_T* sq, __globa
 #endif
     return fma((float)c, s, zs);
 #else
-    return DEC_E2M1(c, uint, as_float) * DEC_E8M0((uint)sq[gj], uint, as_float);
+    return DEC_E2M1(c, uint, float, as_float, as_uint) * DEC_E8M0((uint)sq[gj], uint, as_float);
 #endif
 #endif
 }
@@ -377,8 +378,8 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, VEC a
                 wv[v] = fma(CVT_FV(lo), sv[v], zv[v]);
                 wv[v + NV / 2] = fma(CVT_FV(hi), sv[v + NV / 2], zv[v + NV / 2]);
 #else
-                wv[v] = DEC_E2M1(lo, UV, AS_FV) * sv[v];
-                wv[v + NV / 2] = DEC_E2M1(hi, UV, AS_FV) * sv[v + NV / 2];
+                wv[v] = DEC_E2M1(lo, UV, VEC, AS_FV, AS_UV) * sv[v];
+                wv[v + NV / 2] = DEC_E2M1(hi, UV, VEC, AS_FV, AS_UV) * sv[v + NV / 2];
 #endif
             }
 #else
@@ -388,7 +389,7 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, VEC a
 #if QFMT == 2
                 wv[0] = fma(CVT_FV(c), sv[0], zv[0]);
 #else
-                wv[0] = DEC_E2M1(c, UV, AS_FV) * sv[0];
+                wv[0] = DEC_E2M1(c, UV, VEC, AS_FV, AS_UV) * sv[0];
 #endif
             }
 #endif
