@@ -112,8 +112,11 @@
 // Kernels/quantized_weights.cl): the packed kernels read codes `w` (bytes) and per-panel group
 // scales `qscale` (SC_T: f32, f16, e8m0 byte, f32), and for int4 with ZP a zero per group
 // (`qzero`), and dequantize in registers to exact f32 weights: int4 (q − z)·s as fma(q, s, −z·s)
-// (exact: s is an f16), MXFP4 e2m1 · 2^(e − 127), FP8 e4m3 · s, int8 q · s; the fma chain over k
-// is then the float kernel's. Formats decode with integer operations (no extension).
+// (exact: s is an f16), MXFP4 e2m1 · 2^(e − 127), FP8 e4m3 · s; the fma chain over k is then the
+// float kernel's. int8 (one scale per weight row: a single group along K) sums q · a over k and
+// multiplies by the row's scale once at the end, in both kernels (the same chain, so the
+// geometry still never changes an output): one multiply per output instead of per weight.
+// Formats decode with integer operations (no extension).
 #if QFMT == 2
 #define SC_T half
 #elif QFMT == 3
@@ -126,31 +129,36 @@
 #else
 #define QROW PANEL
 #endif
-// e2m1 nibble c (0...15) to float bits: its magnitude bits shifted into place (m at bit 22, e
-// at 23-24) and rebiased for e > 0, ±2^(e−1)·(1 + m/2); for e = 0, m·0.5 (bits m·0x3F000000,
-// as the shifted m·0x00400000 times 252); the sign bit (bit 3) or-ed in.
-#define DEC_E2M1(c, U, AS_F)                                                                             \
-    AS_F(select(((c) << 22 & (U)0x01C00000u) + (U)(126u << 23), ((c) << 22 & (U)0x01C00000u) * 252u,     \
-                ((c) << 22 & (U)0x01C00000u) < (U)0x00800000u) |                                     \
+// e2m1 nibble c (0...15): its magnitude bits shifted into place (m at bit 22, e at 23-24) and
+// rebiased, 2^(e−1)·(1 + m/2) for e > 0 (exact); for e = 0 that form gives 1/2 + m/4 where the
+// value is m/2 = twice it less 1 (exact). One min picks: 2v − 1 < v below 1 (e = 0) and ≥ v from
+// 1 on (e > 0), so no compare and select on the exponent; the sign bit (bit 3) or-ed in last.
+#define DEC_E2M1(c, U, F, AS_F, AS_U)                                                                  \
+    AS_F(AS_U(min(AS_F(((c) << 22 & (U)0x01C00000u) + (U)(126u << 23)),                                 \
+                  fma((F)2.0f, AS_F(((c) << 22 & (U)0x01C00000u) + (U)(126u << 23)), (F)-1.0f))) |       \
          ((c) << 28 & (U)0x80000000u))
 // e8m0 byte s to 2^(s − 127) (s = 0: the subnormal 2^-127), 0xFF NaN.
 #define DEC_E8M0(s, U, AS_F) \
     AS_F(select(select((s) << 23, (U)0x00400000u, (s) == (U)0u), (U)0x7FC00000u, (s) == (U)255u))
-// e4m3fn byte c: e > 0: 2^(e−7)·(1 + m/8) (its bits shifted into place, exponent rebiased);
-// e = 0: m·2^-9, as (1 + m/8)·2^-6 − 2^-6 (exact); S.1111.111 NaN; sign bit or-ed in last.
+// e4m3fn byte c: its magnitude bits shifted into place and rebiased, 2^(e−7)·(1 + m/8) for
+// e > 0 (exact); for e = 0 that form gives (8 + m)·2^-10 where the value is m·2^-9 = twice it
+// less 2^-6 (exact). One min picks: 2v − 2^-6 < v below 2^-6 (e = 0) and ≥ v from there on (e > 0;
+// equal at 2^-6), so no compare and select on the exponent. S.1111.111 NaN; sign bit or-ed in last.
 #define DEC_E4M3(c, U, F, AS_F, AS_U)                                                                          \
-    AS_F(AS_U(select(select(AS_F((((c) & 0x7Fu) << 20) + (U)(120u << 23)),                                    \
-                            AS_F((((c) & 0x7Fu) << 20) + (U)(121u << 23)) - (F)0x1p-6f, ((c) & 0x78u) == (U)0u), \
+    AS_F(AS_U(select(min(AS_F((((c) & 0x7Fu) << 20) + (U)(120u << 23)),                                       \
+                         fma((F)2.0f, AS_F((((c) & 0x7Fu) << 20) + (U)(120u << 23)), (F)-0x1p-6f)),              \
                      (F)NAN, ((c) & 0x7Fu) == (U)0x7Fu)) |                                                   \
          (((c) & 0x80u) << 24))
 
 #if QFMT > 0
-// The weight at (k, panel column j) of a panel's codes `wq`, scales `sq`, zeros `zq`.
+// The weight at (k, panel column j) of a panel's codes `wq`, scales `sq`, zeros `zq` (int8: the
+// code; the row's scale multiplies the sum).
 inline float dequant1(__global const uchar* wq, __global const SC_T* sq, __global const uchar* zq, int k, int j,
                       int qgroup) {
     const size_t gj = (size_t)(k / qgroup) * PANEL + j;
 #if QFMT == 1
-    return (float)(((__global const char*)wq)[(size_t)k * PANEL + j]) * sq[gj];
+    (void)gj;
+    return (float)(((__global const char*)wq)[(size_t)k * PANEL + j]);  // the row's scale comes after the sum
 #elif QFMT == 4
     const uint c = wq[(size_t)k * PANEL + j];
     return DEC_E4M3(c, uint, float, as_float, as_uint) * sq[gj];
@@ -166,7 +174,7 @@ inline float dequant1(__global const uchar* wq, __global const SC_T* sq, __globa
 #endif
     return fma((float)c, s, zs);
 #else
-    return DEC_E2M1(c, uint, as_float) * DEC_E8M0((uint)sq[gj], uint, as_float);
+    return DEC_E2M1(c, uint, float, as_float, as_uint) * DEC_E8M0((uint)sq[gj], uint, as_float);
 #endif
 #endif
 }
@@ -355,7 +363,7 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, VEC a
             VEC wv[NV];
 #if QFMT == 1
 #pragma unroll
-            for (int v = 0; v < NV; ++v) wv[v] = CVT_FV(LOADB((__global const char*)wq, (size_t)k * NV + v)) * sv[v];
+            for (int v = 0; v < NV; ++v) wv[v] = CVT_FV(LOADB((__global const char*)wq, (size_t)k * NV + v));
 #elif QFMT == 4
 #pragma unroll
             for (int v = 0; v < NV; ++v) {
@@ -372,8 +380,8 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, VEC a
                 wv[v] = fma(CVT_FV(lo), sv[v], zv[v]);
                 wv[v + NV / 2] = fma(CVT_FV(hi), sv[v + NV / 2], zv[v + NV / 2]);
 #else
-                wv[v] = DEC_E2M1(lo, UV, AS_FV) * sv[v];
-                wv[v + NV / 2] = DEC_E2M1(hi, UV, AS_FV) * sv[v + NV / 2];
+                wv[v] = DEC_E2M1(lo, UV, VEC, AS_FV, AS_UV) * sv[v];
+                wv[v + NV / 2] = DEC_E2M1(hi, UV, VEC, AS_FV, AS_UV) * sv[v + NV / 2];
 #endif
             }
 #else
@@ -383,7 +391,7 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, VEC a
 #if QFMT == 2
                 wv[0] = fma(CVT_FV(c), sv[0], zv[0]);
 #else
-                wv[0] = DEC_E2M1(c, UV, AS_FV) * sv[0];
+                wv[0] = DEC_E2M1(c, UV, VEC, AS_FV, AS_UV) * sv[0];
 #endif
             }
 #endif
@@ -394,6 +402,13 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, VEC a
                 for (int v = 0; v < NV; ++v) acc[r][v] = fma(av, wv[v], acc[r][v]);
             }
         }
+#if QFMT == 1
+        // int8: one group (the row's scale), applied once to the chain of codes.
+#pragma unroll
+        for (int r = 0; r < NR; ++r)
+#pragma unroll
+            for (int v = 0; v < NV; ++v) acc[r][v] *= sv[v];
+#endif
     }
 #endif
 }
@@ -621,6 +636,12 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
         return;
     }
 
+#if QFMT == 1
+    for (int j = 0; j < 4; ++j) {  // int8: the column's scale (one group), as the register kernel applies it
+        const float s = sq[tx + j * TN];
+        for (int i = 0; i < TRM; ++i) acc[i][j] *= s;
+    }
+#endif
     for (int i = 0; i < TRM; ++i) {
         const int row = row0 + ty + i * TM;
         if (row >= max_rows) continue;

@@ -8,10 +8,16 @@ import SwitchyardConformance
 ///
 /// - prefill: mixtral-small at T 2048 and deepseek-like at T 4096 (compute-bound, GFLOP/s
 ///   against the FMA ceiling);
-/// - decode: T 16, bound by reading the chosen experts' weights, so reported in GB/s of weight
-///   bytes against the copy ceiling. One layer's weights would stay in the last-level cache
-///   between runs and time the cache, so decode runs rotate over enough copies of the layer
-///   that their weights together exceed `coldBytes`.
+/// - decode: T 1 and 16, bound by reading the chosen experts' weights, so reported in GB/s of
+///   weight bytes against the copy ceiling. One layer's weights would stay in the last-level
+///   cache between runs and time the cache, so decode runs rotate over copies of the layer and
+///   over inputs (`decodeInputs`): run n uses copy n mod C and input (n div C) mod m, the inputs
+///   chosen so that together they route to every expert. So an expert's weights in one copy are
+///   read again only after about `coldBytes` of other weights: C copies of the layer span
+///   `coldBytes` (T 1: one input touches k experts and the m inputs cover them all, so a copy's
+///   expert is read once per C·m runs), or C runs' weight reads do (T > 1, where one input
+///   already touches most experts). (A fixed input at T 1 read the same k experts of each copy
+///   every time: a k/E fraction of the rotation, which stayed in the cache.)
 ///
 /// Peers: the reference backend running the same `MoELayer` where it is fast enough (decode);
 /// for the f32 layers, OpenBLAS and CLBlast SGEMM once per expert over the same per-expert row
@@ -80,7 +86,6 @@ func layerItems(filter: String?, quick: Bool, coldBytes: Int, peers peerOptions:
         let sharedBytes = format.bytes(rows: 2 * c.sharedFFN, k: c.hidden) + format.bytes(rows: c.hidden, k: c.sharedFFN)
         let routerBytes = Double(c.experts * c.hidden * s.dtype.size)
         let layerBytes = Double(c.experts) * expertBytes + sharedBytes + routerBytes
-        let copies = s.decode ? max(1, min(64, Int((Double(coldBytes) / layerBytes).rounded(.up)))) : 1
         // Decode: the weight bytes a forward reads, with the expected number of distinct experts
         // T tokens choose under uniform routing, E·(1 − ((E − k)/E)^T). Prefill: every weight
         // once plus the activations in and out.
@@ -92,6 +97,10 @@ func layerItems(filter: String?, quick: Bool, coldBytes: Int, peers peerOptions:
         } else {
             bytes = layerBytes + Double(2 * s.tokens * c.hidden * s.dtype.size)
         }
+        // Bytes read between two reads of one expert's weights in one copy: the copy's experts
+        // at T 1 (the inputs cover them), a run's reads times the copies at T > 1.
+        let reuseBytes = s.tokens == 1 ? layerBytes : bytes
+        let copies = s.decode ? max(1, min(64, Int((Double(coldBytes) / reuseBytes).rounded(.up)))) : 1
         let flops = c.flops(tokens: s.tokens)
         let shape = "\(s.name) T=\(s.tokens)"
         // Decode rotates over `copies` layers: say how many bytes of weights that spans.
@@ -141,22 +150,26 @@ func layerItems(filter: String?, quick: Bool, coldBytes: Int, peers peerOptions:
                 layers.append(try MoELayer(
                     backend: backend, config: c, weights: try duplicate(weights, backend), pack: true, quantize: s.quantize))
             }
-            let x = try input(backend, s.tokens, c.hidden, s.dtype, seed)
-            // The routing the layer computes for this input, read once: its per-expert row
+            let xs = s.decode
+                ? try decodeInputs(layers[0], backend, s.tokens, c, s.dtype, seed)
+                : [try input(backend, s.tokens, c.hidden, s.dtype, seed)]
+            // The routing the layer computes for the first input, read once: its per-expert row
             // counts are the work of the per-expert GEMM peers.
-            let first = try layers[0].forward(x)
+            let first = try layers[0].forward(xs[0])
             info.counts = try backend.ints(first.routing.counts).map(Int.init)
             info.device = backend.device
+            // Run n: copy n mod C, input (n div C) mod m.
+            let cycle = layers.count * xs.count
             var profiled = 0
             info.profiledRun = {
-                let out = try layers[profiled].forward(x, profile: true)
-                profiled = (profiled + 1) % layers.count
+                let out = try layers[profiled % layers.count].forward(xs[profiled / layers.count], profile: true)
+                profiled = (profiled + 1) % cycle
                 return out.stages
             }
             var next = 0
             return {
-                _ = try layers[next].forward(x)
-                next = (next + 1) % layers.count
+                _ = try layers[next % layers.count].forward(xs[next / layers.count])
+                next = (next + 1) % cycle
             }
         }
         item.finished = { info.profiledRun = nil }
@@ -197,6 +210,53 @@ private func input(_ backend: any ComputeBackend, _ tokens: Int, _ hidden: Int, 
 {
     var g = SeededGenerator(seed: seed ^ 0xF00D)
     return try backend.tensor(g.normals(tokens * hidden), shape: [tokens, hidden], dtype: dtype)
+}
+
+/// The decode inputs of a layer (`tokens` rows each), from a seeded pool of random tokens routed
+/// once by `layer`: at T 1, tokens picked greedily (each the pool's first with the most experts
+/// not yet chosen) until the inputs route to every expert; at T > 1, consecutive runs of the pool
+/// until every expert is chosen (at most 8 inputs). Pure functions of the seed and the layer.
+private func decodeInputs(
+    _ layer: MoELayer, _ backend: OpenCLBackend, _ tokens: Int, _ c: MoEConfig, _ dtype: DType, _ seed: UInt64
+) throws -> [Tensor] {
+    let e = c.router.experts
+    let k = c.router.k
+    let pool = max(256, 8 * tokens)
+    var g = SeededGenerator(seed: seed ^ 0xF00D)
+    let values = g.normals(pool * c.hidden)
+    let out = try layer.forward(try backend.tensor(values, shape: [pool, c.hidden], dtype: dtype))
+    let ids = try backend.ints(out.routing.ids).map(Int.init)
+    func experts(_ t: Int) -> [Int] { ids[(t * k)..<((t + 1) * k)].filter { (0..<e).contains($0) } }
+    var covered = [Bool](repeating: false, count: e)
+    var chosen: [[Int]] = []  // pool tokens of each input
+    if tokens == 1 {
+        var used = [Bool](repeating: false, count: pool)
+        while covered.contains(false) {
+            var best = -1
+            var gain = 0
+            for t in 0..<pool where !used[t] {
+                let n = Set(experts(t)).filter { !covered[$0] }.count
+                if n > gain { (best, gain) = (t, n) }
+            }
+            guard best >= 0 else { break }  // no token reaches the rest
+            used[best] = true
+            for x in experts(best) { covered[x] = true }
+            chosen.append([best])
+        }
+    } else {
+        var next = 0
+        while covered.contains(false) && chosen.count < 8 && next + tokens <= pool {
+            let input = Array(next..<(next + tokens))
+            for t in input { for x in experts(t) { covered[x] = true } }
+            chosen.append(input)
+            next += tokens
+        }
+    }
+    if chosen.isEmpty { chosen = [Array(0..<tokens)] }
+    return try chosen.map { input in
+        let rows = input.flatMap { values[($0 * c.hidden)..<(($0 + 1) * c.hidden)] }
+        return try backend.tensor(Array(rows), shape: [tokens, c.hidden], dtype: dtype)
+    }
 }
 
 /// Device copies of every weight tensor (same values, distinct memory).

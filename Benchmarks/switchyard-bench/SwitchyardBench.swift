@@ -50,6 +50,9 @@ struct SwitchyardBench: ParsableCommand {
     @Flag(help: "Leave out the MoE layers at the benchmark shapes (mixtral-small, deepseek-like; prefill and decode).")
     var noLayers = false
 
+    @Option(name: .customLong("cold-mib"), help: "Weight bytes, in MiB, a decode layer reads before it reads an expert's weights again (copies of the layer and rotating inputs; default 512: about twice the last-level cache of the machines measured).")
+    var coldMiB: Int = 512
+
     @Flag(help: "Do not measure the OpenBLAS SGEMM ceiling.")
     var noGemm = false
 
@@ -74,6 +77,7 @@ struct SwitchyardBench: ParsableCommand {
     func validate() throws {
         if runs < 1 { throw ValidationError("--runs must be at least 1") }
         if let m = ceilingMiB, m < 1 { throw ValidationError("--ceiling-mib must be at least 1") }
+        if coldMiB < 1 { throw ValidationError("--cold-mib must be at least 1") }
         if clblastRuns < 1 { throw ValidationError("--clblast-runs must be at least 1") }
         if let t = peerThreads, t < 1 { throw ValidationError("--peer-threads must be at least 1") }
         for p in skipPeers where !["openblas", "clblast", "torch"].contains(p) {
@@ -105,7 +109,7 @@ struct SwitchyardBench: ParsableCommand {
             items += try exampleItems(filter: filter, quick: quick, device: device)
             items += try depthItems(filter: filter, quick: quick)
             if !noLayers {
-                items += try layerItems(filter: filter, quick: quick, coldBytes: 512 << 20, peers: peerOptions)
+                items += try layerItems(filter: filter, quick: quick, coldBytes: coldMiB << 20, peers: peerOptions)
             }
             return (try OpenCLBackend(device: device), items)
         }

@@ -442,12 +442,18 @@ extension OpenCLBackend {
                 .int(q.group), .int(q.groups),
             ]
             quantRows = tuning.quantizedTileRows(format: q.format)
-            // Decode (fewer routed rows than experts' blocks): rows per tile near the rows an
-            // expert gets, so padding rows cost no dequantizing and tiles of padding only are
-            // skipped. (A row's sum is the same fma chain whatever its tile: batch invariant.)
+            // Decode (experts get on average no more rows than the quantized tile holds): the
+            // tile is the whole routing block, so each expert's codes are read and decoded once
+            // (tiles smaller than the block decoded an expert with more rows than the tile two
+            // or three times: MXFP4 gpt-oss-small at T = 16 ran at a tenth of the copy ceiling).
+            // The kernel computes only the rows up to a tile's last real one (`accumulate`'s NR),
+            // so the padding rows cost nothing and a decode tile of a row or two keeps its
+            // registers; the rare full block may spill its scale vectors (L1 reloads), not a
+            // pass over the weights. Prefill keeps the register-sized tile. (A row's sum is the
+            // same chain whatever its tile: batch invariant.)
             if let routing {
                 let perExpert = (routing.tokens * routing.config.k + routing.config.experts - 1) / routing.config.experts
-                quantRows = max(1, min(quantRows, perExpert))
+                if perExpert <= quantRows { quantRows = tuning.matmulRows }
             }
         }
         if let w = weights.weight, weights.quantized == nil,
