@@ -403,11 +403,13 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, VEC a
             }
         }
 #if QFMT == 1
-        // int8: one group (the row's scale), applied once to the chain of codes.
+        // int8: one group (the row's scale), applied once to the chain of codes, by the k slice
+        // that ends it (K slices carry the unscaled sum).
+        if (min(K, (g + 1) * qgroup) <= ke)
 #pragma unroll
-        for (int r = 0; r < NR; ++r)
+            for (int r = 0; r < NR; ++r)
 #pragma unroll
-            for (int v = 0; v < NV; ++v) acc[r][v] *= sv[v];
+                for (int v = 0; v < NV; ++v) acc[r][v] *= sv[v];
 #endif
     }
 #endif

@@ -280,8 +280,9 @@ extension OpenCLBackend {
 
     /// Loop steps the k loops of one matmul work-item may run per launch on a device with a loop
     /// limit (`Device.loopIterationLimit`, llvmpipe's 65,535 summed over all of a work-item's
-    /// loops); the rest of the limit is left to its other loops (rows, columns, the epilogue).
-    static let sliceLoopBudget = 49_152
+    /// loops): half of it, the rest left to its other loops (rows, columns, the epilogue) and to
+    /// steps the count per k leaves out (a quantized tile at 49,152 still ran out on llvmpipe).
+    static let sliceLoopBudget = 32_768
 
     /// The k ranges the panel and plain matmul kernels run in, one launch each. One range [0, K)
     /// on devices without a loop limit. On a device with one, K is cut into slices whose loop
@@ -505,7 +506,7 @@ extension OpenCLBackend {
                 // per k (a loop of n counts n + 1 checks): the k loop, the weight vectors' load and
                 // dequantizing loops, the rows loop and each row's vectors
                 let vectors = max(1, width / max(1, tuning.matmulVectorWidth))
-                stepsPerK = step * (4 + 2 * (vectors + 1) + tileRows * (vectors + 2))
+                stepsPerK = step * (4 + (weights.quantized == nil ? 2 : 4) * (vectors + 1) + tileRows * (vectors + 2))
             case .workGroup:
                 // Rows per work-group: a power of two dividing the block (and the tuning's).
                 var r = tuning.matmulRows
