@@ -278,23 +278,18 @@ extension OpenCLBackend {
     /// below llvmpipe's 65,535 per work-item.
     static let narrowLaneBudget = 32768
 
-    /// Loop steps the k loops of one matmul work-item may run per launch on a device with a loop
-    /// limit (`Device.loopIterationLimit`, llvmpipe's 65,535 summed over all of a work-item's
-    /// loops): half of it, the rest left to its other loops (rows, columns, the epilogue) and to
-    /// steps the count per k leaves out (a quantized tile at 49,152 still ran out on llvmpipe).
-    static let sliceLoopBudget = 32_768
-
     /// The k ranges the panel and plain matmul kernels run in, one launch each. One range [0, K)
     /// on devices without a loop limit. On a device with one, K is cut into slices whose loop
-    /// steps stay within `sliceLoopBudget`, counting `stepsPerK` steps per k (the kernel's inner
-    /// loops over rows and vectors as if none were unrolled: a compiler may not unroll them);
+    /// steps stay within `loopStepBudget` (half the limit: the rest is the work-item's other
+    /// loops and steps the count leaves out; a quantized tile at 49,152 still ran out on
+    /// llvmpipe), counting `stepsPerK` steps per k (the kernel's inner loops over rows and
+    /// vectors as if none were unrolled: a compiler may not unroll them);
     /// each slice after the first goes on from the f32 accumulators the previous one stored,
     /// so every output is the same fma chain over k, bit for bit, as in one launch. Slices are
     /// multiples of 128 (and of the quantization group where it is a power of two up to K), so
     /// a vector step or a group never straddles two slices.
     func kSlices(inFeatures k: Int, stepsPerK: Int, group: Int = 1) -> [Range<Int>] {
-        guard let limit = device.loopIterationLimit, k > 0 else { return [0..<k] }
-        let budget = min(Self.sliceLoopBudget, limit * 3 / 4)
+        guard let budget = loopStepBudget, k > 0 else { return [0..<k] }
         var align = 128
         if group > 128 && group < k && group & (group - 1) == 0 { align = group }
         let length = max(align, budget / max(1, stepsPerK) / align * align)

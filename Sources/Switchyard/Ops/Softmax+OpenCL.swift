@@ -32,7 +32,7 @@ extension OpenCLBackend {
         guard steps(group) <= budget else {
             throw SwitchyardError.outOfRange(
                 argument: "softmax cols", value: cols,
-                range: "at most \((budget - 2 * 12) / 3 * group - group) on this device (its loops stop after \(loopIterationLimit ?? 0) steps a work-item; work-groups of \(group))")
+                range: "at most \((budget - 2 * 12) / 3 * group - group) on this device (its loops stop after \(device.loopIterationLimit ?? 0) steps a work-item; work-groups of \(group))")
         }
         return group
     }

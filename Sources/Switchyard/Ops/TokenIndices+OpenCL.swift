@@ -63,16 +63,11 @@ extension OpenCLBackend {
         return defines
     }
 
-    /// Loop iterations a work-item may run before the device stops its loops, or nil where there
-    /// is no such limit (`Device.loopIterationLimit`: llvmpipe's 65,535, counted over all of a
-    /// work-item's loops; a loop run n times costs n + 1).
-    var loopIterationLimit: Int? { device.loopIterationLimit }
-
     /// The loop steps, counted cumulatively (every loop of the work-item, n + 1 for a loop of n
     /// iterations, nothing unrolled), that the host plans for one work-item on a device with a
     /// loop limit: half the limit, leaving room for short loops a count leaves out (trees of
     /// log₂ GROUP steps, index searches). Nil where the device has no limit.
-    var loopStepBudget: Int? { loopIterationLimit.map { $0 / 2 } }
+    var loopStepBudget: Int? { device.loopIterationLimit.map { $0 / 2 } }
 
     /// Column steps a row kernel's work-group takes over a row of `width` elements: 16 a step
     /// when the width is a multiple of 16, else one. With a raw copy (`raw`: the storage type the

@@ -58,7 +58,7 @@ extension OpenCLBackend {
         guard fits(group) else {
             throw SwitchyardError.outOfRange(
                 argument: "topK cols", value: cols,
-                range: "at most \((budget - fixed - 3) * 2 / 3 * group) on this device (its loops stop after \(loopIterationLimit ?? 0) steps a work-item; work-groups of \(group))")
+                range: "at most \((budget - fixed - 3) * 2 / 3 * group) on this device (its loops stop after \(device.loopIterationLimit ?? 0) steps a work-item; work-groups of \(group))")
         }
         let keys = steps(padded, group) + 1
         let stage = steps(padded / 2, group) + 2
