@@ -143,7 +143,7 @@ def variants(name, width):
         for x in FLOATS:
             out.append(dt("X", x))
             out.append(merge(dt("X", x), dt("Y", x), {"GROUP": "16"}))
-            out.append(merge(dt("X", x), dt("Y", "f32"), {"GROUP": "16", "RAW_COPY": "1"}))
+            out.append(merge(dt("X", x), dt("Y", x), {"GROUP": "16", "RAW_COPY": "uint" if x == "f32" else "ushort"}))
         out.append({"GROUP": str(g["group"])})
     elif name == "soft_moe.cl":
         for x in FLOATS:
