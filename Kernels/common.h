@@ -87,6 +87,28 @@
         F(p, 4 * (i) + 3, sy_v_.hi.hi);            \
     } while (0)
 #endif
+// An element-wise built-in f on float16/int16 operands (T: the result's element type, float or
+// int), as SY_CALL_W-wide calls (one call where SY_CALL_W is 16; each operand is evaluated per
+// piece, so pass variables or cheap expressions). SY_CALL8_*: the same for 8-wide operands.
+#if SY_CALL_W >= 8
+#define SY_CALL8_1(T, f, a) f(a)
+#define SY_CALL8_2(T, f, a, b) f(a, b)
+#define SY_CALL8_3(T, f, a, b, c) f(a, b, c)
+#else
+#define SY_CALL8_1(T, f, a) ((SY_CAT(T, 8))(f((a).lo), f((a).hi)))
+#define SY_CALL8_2(T, f, a, b) ((SY_CAT(T, 8))(f((a).lo, (b).lo), f((a).hi, (b).hi)))
+#define SY_CALL8_3(T, f, a, b, c) ((SY_CAT(T, 8))(f((a).lo, (b).lo, (c).lo), f((a).hi, (b).hi, (c).hi)))
+#endif
+#if SY_CALL_W >= 16
+#define SY_CALL16_1(T, f, a) f(a)
+#define SY_CALL16_2(T, f, a, b) f(a, b)
+#define SY_CALL16_3(T, f, a, b, c) f(a, b, c)
+#else
+#define SY_CALL16_1(T, f, a) ((SY_CAT(T, 16))(SY_CALL8_1(T, f, (a).lo), SY_CALL8_1(T, f, (a).hi)))
+#define SY_CALL16_2(T, f, a, b) ((SY_CAT(T, 16))(SY_CALL8_2(T, f, (a).lo, (b).lo), SY_CALL8_2(T, f, (a).hi, (b).hi)))
+#define SY_CALL16_3(T, f, a, b, c) \
+    ((SY_CAT(T, 16))(SY_CALL8_3(T, f, (a).lo, (b).lo, (c).lo), SY_CALL8_3(T, f, (a).hi, (b).hi, (c).hi)))
+#endif
 // float8 loads, stores and fma in calls of at most SY_CALL_W floats (the same per-lane results).
 #if SY_CALL_W >= 8
 #define SY_VLOAD8(q, p) vload8((q), (p))
