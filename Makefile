@@ -8,7 +8,7 @@ SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := ocl-icd-opencl-dev opencl-headers pocl-opencl-icd mesa-opencl-icd pkg-config clinfo libopenblas-dev libclblast-dev python3 python3-numpy python3-pip libopenmpi-dev openmpi-bin
 
-.PHONY: run test deps build bench check-mutants fuzz fault-walk check-large check-load check-leaks docs
+.PHONY: run test deps build bench check-mutants check-kernels fuzz fault-walk check-large check-load check-leaks docs
 
 deps:
 	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -37,6 +37,12 @@ bench: deps
 # each must make conformance fail. Not part of `make test`.
 check-mutants: build
 	python3 scripts/check-mutants.py .build/release/switchyard
+
+# Every kernel compiled with clang-15 for AVX-512, AVX2 and SSE-only x86 CPUs (the host's -D values
+# per vector width): any warning fails (PoCL prints them on the user's terminal). Not part of `make test`.
+check-kernels:
+	@command -v clang-15 >/dev/null 2>&1 || { echo "installing: clang-15"; $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends clang-15; }
+	python3 scripts/check-kernel-warnings.py --clang clang-15
 
 # 2000 random valid configurations against the reference on every device (case i replays
 # with `switchyard conformance --fuzz 1 --seed $$((1000 + i))`). Not part of `make test`.

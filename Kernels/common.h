@@ -3,14 +3,6 @@
 #ifndef SWITCHYARD_COMMON_H
 #define SWITCHYARD_COMMON_H
 
-// The 16-wide helpers below pass float16/uint16 values, which on an AVX2 target (PoCL with
-// target-cpu haswell) make clang warn that a 64-byte vector argument without avx512f changes the
-// ABI (-Wpsabi): every program printed "N warnings generated." there. Kernel and builtins are
-// compiled for the same target and linked into one module, so no call crosses that ABI.
-#if defined(__clang__)
-#pragma clang diagnostic ignored "-Wpsabi"
-#endif
-
 // Typed access by storage type. The host passes, per tensor argument P, the defines P_T (the
 // pointer's element type), P_LOAD and P_STORE naming one of these.
 #define LOAD_F32(p, i) ((float)(p)[i])
@@ -40,15 +32,130 @@
 #define Y_DT 0
 #endif
 
-// 16-wide access: element i*16 .. i*16+15 of a tensor of storage code DT (0 f32, 1 f16, 2 bf16).
+// The widest vector a call (built-in functions included) may pass or return without clang's
+// -Wpsabi warning on x86 ("AVX vector argument ... changes the ABI", which PoCL prints as "N
+// warnings generated"): 16 floats with AVX-512, 8 with AVX, 4 with SSE only; 16 elsewhere.
+// Element-wise work on a float16 is split into calls of this width (the same per-lane results).
+#if defined(__x86_64__) || defined(__i386__)
+#if defined(__AVX512F__)
+#define SY_CALL_W 16
+#elif defined(__AVX__)
+#define SY_CALL_W 8
+#else
+#define SY_CALL_W 4
+#endif
+#else
+#define SY_CALL_W 16
+#endif
+
+// 16-wide access: element i*16 .. i*16+15 of a tensor of storage code DT (0 f32, 1 f16, 2 bf16),
+// through SY_CALL_W-wide loads and stores (one call each where SY_CALL_W is 16). The stores are
+// statements (the value is computed once, then stored piece by piece).
 #define SY_CAT_(a, b) a##b
 #define SY_CAT(a, b) SY_CAT_(a, b)
-#define LOAD16_0(p, i) vload16((i), (p))
-#define LOAD16_1(p, i) f16_to_f32_16(vload16((i), (__global const ushort*)(p)))
-#define LOAD16_2(p, i) as_float16(convert_uint16(vload16((i), (p))) << 16)
-#define STORE16_0(p, i, v) vstore16((v), (i), (p))
-#define STORE16_1(p, i, v) vstore_half16_rte((v), (i), (p))
-#define STORE16_2(p, i, v) vstore16(f32_to_bf16_16(v), (i), (p))
+#define SY_VLOADW SY_CAT(vload, SY_CALL_W)
+#define SY_VSTOREW SY_CAT(vstore, SY_CALL_W)
+// One SY_CALL_W-wide piece q (elements q*SY_CALL_W ...) of a tensor, loaded to floats or stored.
+#define LOADW_0(p, q) SY_VLOADW((q), (p))
+#define LOADW_1(p, q) SY_CAT(f16_to_f32_, SY_CALL_W)(SY_VLOADW((q), (__global const ushort*)(p)))
+#define LOADW_2(p, q) SY_CAT(as_float, SY_CALL_W)(SY_CAT(convert_uint, SY_CALL_W)(SY_VLOADW((q), (p))) << 16)
+#define STOREW_0(p, q, v) SY_VSTOREW((v), (q), (p))
+#define STOREW_1(p, q, v) SY_CAT(SY_CAT(vstore_half, SY_CALL_W), _rte)((v), (q), (p))
+#define STOREW_2(p, q, v) SY_VSTOREW(SY_CAT(f32_to_bf16_, SY_CALL_W)(v), (q), (p))
+// SY_JOIN16(T, F, p, i): the T##16 of the pieces F(p, q) of 16-element chunk i;
+// SY_SPLIT16(F, p, i, v): F(p, q, piece) for each piece of the float16 v.
+#if SY_CALL_W == 16
+#define SY_JOIN16(T, F, p, i) F(p, (i))
+#define SY_SPLIT16(F, p, i, v) F(p, (i), (v))
+#elif SY_CALL_W == 8
+#define SY_JOIN16(T, F, p, i) ((SY_CAT(T, 16))(F(p, 2 * (i)), F(p, 2 * (i) + 1)))
+#define SY_SPLIT16(F, p, i, v)                     \
+    do {                                           \
+        const float16 sy_v_ = (v);                 \
+        F(p, 2 * (i), sy_v_.lo);                   \
+        F(p, 2 * (i) + 1, sy_v_.hi);               \
+    } while (0)
+#else
+#define SY_JOIN16(T, F, p, i) \
+    ((SY_CAT(T, 16))(F(p, 4 * (i)), F(p, 4 * (i) + 1), F(p, 4 * (i) + 2), F(p, 4 * (i) + 3)))
+#define SY_SPLIT16(F, p, i, v)                     \
+    do {                                           \
+        const float16 sy_v_ = (v);                 \
+        F(p, 4 * (i), sy_v_.lo.lo);                \
+        F(p, 4 * (i) + 1, sy_v_.lo.hi);            \
+        F(p, 4 * (i) + 2, sy_v_.hi.lo);            \
+        F(p, 4 * (i) + 3, sy_v_.hi.hi);            \
+    } while (0)
+#endif
+// An element-wise built-in f on float16/int16 operands (T: the result's element type, float or
+// int), as SY_CALL_W-wide calls (one call where SY_CALL_W is 16; each operand is evaluated per
+// piece, so pass variables or cheap expressions). SY_CALL8_*: the same for 8-wide operands.
+#if SY_CALL_W >= 8
+#define SY_CALL8_1(T, f, a) f(a)
+#define SY_CALL8_2(T, f, a, b) f(a, b)
+#define SY_CALL8_3(T, f, a, b, c) f(a, b, c)
+#else
+#define SY_CALL8_1(T, f, a) ((SY_CAT(T, 8))(f((a).lo), f((a).hi)))
+#define SY_CALL8_2(T, f, a, b) ((SY_CAT(T, 8))(f((a).lo, (b).lo), f((a).hi, (b).hi)))
+#define SY_CALL8_3(T, f, a, b, c) ((SY_CAT(T, 8))(f((a).lo, (b).lo, (c).lo), f((a).hi, (b).hi, (c).hi)))
+#endif
+#if SY_CALL_W >= 16
+#define SY_CALL16_1(T, f, a) f(a)
+#define SY_CALL16_2(T, f, a, b) f(a, b)
+#define SY_CALL16_3(T, f, a, b, c) f(a, b, c)
+#else
+#define SY_CALL16_1(T, f, a) ((SY_CAT(T, 16))(SY_CALL8_1(T, f, (a).lo), SY_CALL8_1(T, f, (a).hi)))
+#define SY_CALL16_2(T, f, a, b) ((SY_CAT(T, 16))(SY_CALL8_2(T, f, (a).lo, (b).lo), SY_CALL8_2(T, f, (a).hi, (b).hi)))
+#define SY_CALL16_3(T, f, a, b, c) \
+    ((SY_CAT(T, 16))(SY_CALL8_3(T, f, (a).lo, (b).lo, (c).lo), SY_CALL8_3(T, f, (a).hi, (b).hi, (c).hi)))
+#endif
+// float8 loads, stores and fma in calls of at most SY_CALL_W floats (the same per-lane results).
+#if SY_CALL_W >= 8
+#define SY_VLOAD8(q, p) vload8((q), (p))
+#define SY_VSTORE8(v, q, p) vstore8((v), (q), (p))
+#define SY_FMA8(a, b, c) fma((a), (b), (c))
+#else
+#define SY_VLOAD8(q, p) ((float8)(vload4(2 * (q), (p)), vload4(2 * (q) + 1, (p))))
+#define SY_VSTORE8(v, q, p)                         \
+    do {                                            \
+        const float8 sy_v8_ = (v);                  \
+        vstore4(sy_v8_.lo, 2 * (q), (p));           \
+        vstore4(sy_v8_.hi, 2 * (q) + 1, (p));       \
+    } while (0)
+#define SY_FMA8(a, b, c) ((float8)(fma((a).lo, (b).lo, (c).lo), fma((a).hi, (b).hi, (c).hi)))
+#endif
+// fma of float16 operands (variables: each is read once per piece) in SY_CALL_W-wide calls.
+#if SY_CALL_W == 16
+#define SY_FMA16(a, b, c) fma((a), (b), (c))
+#elif SY_CALL_W == 8
+#define SY_FMA16(a, b, c) ((float16)(fma((a).lo, (b).lo, (c).lo), fma((a).hi, (b).hi, (c).hi)))
+#else
+#define SY_FMA16(a, b, c) ((float16)(SY_FMA8((a).lo, (b).lo, (c).lo), SY_FMA8((a).hi, (b).hi, (c).hi)))
+#endif
+// Raw copy of 16-element chunk q from src to dst (any element type), in SY_CALL_W-wide pieces.
+#if SY_CALL_W == 16
+#define SY_COPY16(src, q, dst) vstore16(vload16((q), (src)), (q), (dst))
+#elif SY_CALL_W == 8
+#define SY_COPY16(src, q, dst)                                          \
+    do {                                                                \
+        vstore8(vload8(2 * (q), (src)), 2 * (q), (dst));                \
+        vstore8(vload8(2 * (q) + 1, (src)), 2 * (q) + 1, (dst));        \
+    } while (0)
+#else
+#define SY_COPY16(src, q, dst)                                          \
+    do {                                                                \
+        vstore4(vload4(4 * (q), (src)), 4 * (q), (dst));                \
+        vstore4(vload4(4 * (q) + 1, (src)), 4 * (q) + 1, (dst));        \
+        vstore4(vload4(4 * (q) + 2, (src)), 4 * (q) + 2, (dst));        \
+        vstore4(vload4(4 * (q) + 3, (src)), 4 * (q) + 3, (dst));        \
+    } while (0)
+#endif
+#define LOAD16_0(p, i) SY_JOIN16(float, LOADW_0, p, i)
+#define LOAD16_1(p, i) SY_JOIN16(float, LOADW_1, p, i)
+#define LOAD16_2(p, i) SY_JOIN16(float, LOADW_2, p, i)
+#define STORE16_0(p, i, v) SY_SPLIT16(STOREW_0, p, i, v)
+#define STORE16_1(p, i, v) SY_SPLIT16(STOREW_1, p, i, v)
+#define STORE16_2(p, i, v) SY_SPLIT16(STOREW_2, p, i, v)
 #define X_LOAD16(p, i) SY_CAT(LOAD16_, X_DT)(p, i)
 #define Y_LOAD16(p, i) SY_CAT(LOAD16_, Y_DT)(p, i)
 #define Y_STORE16(p, i, v) SY_CAT(STORE16_, Y_DT)(p, i, v)
@@ -87,20 +194,30 @@ inline float f16_to_f32(ushort h) {
     return as_float(as_uint(v) | ((uint)(h & 0x8000u) << 16));
 }
 
-inline float16 f16_to_f32_16(ushort16 h) {
-    const uint16 bits = convert_uint16(h);
-    const uint16 magnitude = (bits & 0x7FFFu) << 13;
-    float16 v = as_float16(magnitude) * 0x1.0p112f;
-    v = select(v, as_float16(magnitude | 0x7F800000u), (int16)((bits & 0x7C00u) == 0x7C00u));
-    return as_float16(as_uint16(v) | ((bits & 0x8000u) << 16));
-}
-
-inline ushort16 f32_to_bf16_16(float16 v) {
-    uint16 u = as_uint16(v);
-    const uint16 nan_bits = (u >> 16) | 0x40u;
-    u = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-    return convert_ushort16(select(u, nan_bits, as_uint16(isnan(v))));
-}
+// The vector forms, W lanes (4, 8 and 16; only the widths a call may carry, SY_CALL_W and below):
+// f16_to_f32_W (IEEE half bits to floats, as f16_to_f32) and f32_to_bf16_W (as f32_to_bf16).
+#define SY_HALF_HELPERS(W)                                                                         \
+    inline SY_CAT(float, W) SY_CAT(f16_to_f32_, W)(SY_CAT(ushort, W) h) {                        \
+        const SY_CAT(uint, W) bits = SY_CAT(convert_uint, W)(h);                                  \
+        const SY_CAT(uint, W) magnitude = (bits & 0x7FFFu) << 13;                                 \
+        SY_CAT(float, W) v = SY_CAT(as_float, W)(magnitude) * 0x1.0p112f;                         \
+        v = select(v, SY_CAT(as_float, W)(magnitude | 0x7F800000u),                               \
+                   (SY_CAT(int, W))((bits & 0x7C00u) == 0x7C00u));                                \
+        return SY_CAT(as_float, W)(SY_CAT(as_uint, W)(v) | ((bits & 0x8000u) << 16));             \
+    }                                                                                             \
+    inline SY_CAT(ushort, W) SY_CAT(f32_to_bf16_, W)(SY_CAT(float, W) v) {                        \
+        SY_CAT(uint, W) u = SY_CAT(as_uint, W)(v);                                                \
+        const SY_CAT(uint, W) nan_bits = (u >> 16) | 0x40u;                                       \
+        u = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;                                               \
+        return SY_CAT(convert_ushort, W)(select(u, nan_bits, SY_CAT(as_uint, W)(isnan(v))));      \
+    }
+SY_HALF_HELPERS(4)
+#if SY_CALL_W >= 8
+SY_HALF_HELPERS(8)
+#endif
+#if SY_CALL_W >= 16
+SY_HALF_HELPERS(16)
+#endif
 
 // bfloat16 bits of v, rounded to nearest even; NaN stays a quiet NaN.
 inline ushort f32_to_bf16(float v) {

@@ -150,23 +150,25 @@ __kernel void early_exit_rows(__global const X_T* logits, int rows, int classes,
 #endif
 }
 
-// The lanes of a float16 combined in a fixed pairwise order (halves, then halves of those).
-inline float sum16(float16 v) {
-    const float8 a = v.lo + v.hi;
+// The lanes of a float16 combined in a fixed pairwise order (halves, then halves of those). The
+// vectors come by pointer and wide built-in calls are split (SY_CALL8_*): no float16 or int16
+// crosses a call (clang's -Wpsabi on x86 CPUs without AVX-512).
+inline float sum16(const float16* v) {
+    const float8 a = v->lo + v->hi;
     const float4 b = a.lo + a.hi;
     const float2 c = b.lo + b.hi;
     return c.x + c.y;
 }
 
-inline float max16(float16 v) {
-    const float8 a = fmax(v.lo, v.hi);
+inline float max16(const float16* v) {
+    const float8 a = SY_CALL8_2(float, fmax, v->lo, v->hi);
     const float4 b = fmax(a.lo, a.hi);
     const float2 c = fmax(b.lo, b.hi);
     return fmax(c.x, c.y);
 }
 
-inline int min16i(int16 v) {
-    const int8 a = min(v.lo, v.hi);
+inline int min16i(const int16* v) {
+    const int8 a = SY_CALL8_2(int, min, v->lo, v->hi);
     const int4 b = min(a.lo, a.hi);
     const int2 c = min(b.lo, b.hi);
     return min(c.x, c.y);
@@ -182,18 +184,32 @@ inline int min16i(int16 v) {
 #define EXIT_FOLD(x, cls, ENT, MARGIN)                                                            \
     do {                                                                                          \
         const int16 gt = (x) > m;                                                                 \
-        const float16 d = fabs((x) - m);                                                          \
-        float16 e = exp(-d);                                                                      \
-        e = select(e, (float16)(0.0f), isnan(d)); /* both -inf (or a NaN) */                      \
+        const float16 xm = (x) - m;                                                               \
+        const float16 d = SY_CALL16_1(float, fabs, xm);                                           \
+        const float16 nd = -d;                                                                    \
+        float16 e = SY_CALL16_1(float, exp, nd);                                                  \
+        const int16 dnan = SY_CALL16_1(int, isnan, d);                                            \
+        e = SY_CALL16_3(float, select, e, (float16)(0.0f), dnan); /* both -inf (or a NaN) */      \
         const int16 live = e > (float16)(0.0f);                                                   \
         const float16 s1 = s + 1.0f;                                                              \
-        if (ENT) t = select(t + select((float16)(0.0f), -d * e, live),                            \
-                            select((float16)(0.0f), e * (t - d * s1), live), gt);                 \
-        if (MARGIN) m2 = select(fmax(m2, (x)), m, gt);                                            \
-        s = select(s + e, s1 * e, gt);                                                            \
-        idx = select(idx, (cls), gt);                                                             \
-        m = select(m, (x), gt);                                                                   \
-        nanc = min(nanc, select((int16)(INT_MAX), (cls), isnan(x)));                                \
+        if (ENT) {                                                                                \
+            const float16 de = -d * e, et = e * (t - d * s1);                                     \
+            const float16 grow = t + SY_CALL16_3(float, select, (float16)(0.0f), de, live);       \
+            const float16 moved = SY_CALL16_3(float, select, (float16)(0.0f), et, live);          \
+            t = SY_CALL16_3(float, select, grow, moved, gt);                                      \
+        }                                                                                         \
+        if (MARGIN) {                                                                             \
+            const float16 mx2 = SY_CALL16_2(float, fmax, m2, (x));                                \
+            m2 = SY_CALL16_3(float, select, mx2, m, gt);                                          \
+        }                                                                                         \
+        const float16 se = s + e, s1e = s1 * e;                                                   \
+        s = SY_CALL16_3(float, select, se, s1e, gt);                                              \
+        const int16 cv = (cls);                                                                   \
+        idx = SY_CALL16_3(int, select, idx, cv, gt);                                              \
+        m = SY_CALL16_3(float, select, m, (x), gt);                                               \
+        const int16 xnan = SY_CALL16_1(int, isnan, (x));                                          \
+        const int16 cn = SY_CALL16_3(int, select, (int16)(INT_MAX), cv, xnan);                    \
+        nanc = SY_CALL16_2(int, min, nanc, cn);                                                   \
     } while (0)
 
 // The row's statistics, classes in order (loops over ceil(classes / 16) ≤ 1,024 vectors: the
@@ -215,30 +231,44 @@ inline void exit_row_stats(__global const X_T* row, int classes, const int ENT, 
         // The tail as one more vector, the lanes past the row -inf (never a max, no term).
         float v[16];
         for (int i = 0; i < 16; ++i) v[i] = vecs * 16 + i < classes ? X_LOAD(row, vecs * 16 + i) : -INFINITY;
-        const float16 x = vload16(0, v);
+        const float16 x = LOAD16_0(v, 0);
         EXIT_FOLD(x, lane + vecs * 16, ENT, MARGIN);
     }
     // Lanes combined: the max, the lowest class holding it, then each lane's terms rescaled to
     // the row's max (the argmax's lane keeps s and t; another lane adds its own max as a term).
-    const float mx = max16(m);
-    const int first_nan = min16i(nanc);
-    const int top = min16i(select((int16)(INT_MAX), idx, m == (float16)(mx)));
+    const float mx = max16(&m);
+    const int first_nan = min16i(&nanc);
+    const int16 at_max = m == (float16)(mx);
+    const int16 idx_max = SY_CALL16_3(int, select, (int16)(INT_MAX), idx, at_max);
+    const int top = min16i(&idx_max);
     *has_nan = first_nan != INT_MAX;
     *pred = *has_nan ? first_nan : (top == INT_MAX ? 0 : top);
     *m_out = mx;
     const int16 win = idx == (int16)(top);
     const float16 dl = m - mx;
-    const float16 el = select(exp(dl), (float16)(0.0f), isnan(dl));
+    const float16 edl = SY_CALL16_1(float, exp, dl);
+    const int16 dlnan = SY_CALL16_1(int, isnan, dl);
+    const float16 el = SY_CALL16_3(float, select, edl, (float16)(0.0f), dlnan);
     const int16 lv = el > (float16)(0.0f);
     const float16 s1 = s + 1.0f;
-    *rest = sum16(select(s1 * el, s, win));
-    if (ENT) *ent = sum16(select(select((float16)(0.0f), el * (t + dl * s1), lv), t, win));
-    if (MARGIN) *x2 = max16(select(m, m2, win));
+    const float16 s1el = s1 * el;
+    const float16 rs = SY_CALL16_3(float, select, s1el, s, win);
+    *rest = sum16(&rs);
+    if (ENT) {
+        const float16 term = el * (t + dl * s1);
+        const float16 live_term = SY_CALL16_3(float, select, (float16)(0.0f), term, lv);
+        const float16 es = SY_CALL16_3(float, select, live_term, t, win);
+        *ent = sum16(&es);
+    }
+    if (MARGIN) {
+        const float16 ms = SY_CALL16_3(float, select, m, m2, win);
+        *x2 = max16(&ms);
+    }
 }
 
 // The fast path's vectors: EW floats (the device's native float width, from the host; 1 to 16).
 #ifndef EW
-#define EW 16
+#define EW SY_CALL_W  // (programs built for another kernel: no vector wider than a call may carry)
 #endif
 #if EW == 1
 #define EVEC float
@@ -408,7 +438,10 @@ __kernel void early_exit_rows_item(__global const X_T* logits, int rows, int cla
     if (sum != 0.0f) {
         __global Y_T* out = probs + (size_t)raw * (size_t)classes;
         const int vecs = classes / 16;
-        for (int q = 0; q < vecs; ++q) Y_STORE16(out, q, exp(X_LOAD16(row, q) - m) / sum);
+        for (int q = 0; q < vecs; ++q) {
+            const float16 z = X_LOAD16(row, q) - m;
+            Y_STORE16(out, q, SY_CALL16_1(float, exp, z) / sum);
+        }
         for (int c = vecs * 16; c < classes; ++c) Y_STORE(out, c, exp(X_LOAD(row, c) - m) / sum);
     }
 #endif

@@ -36,7 +36,7 @@
 #define PANEL 64
 #endif
 #ifndef VW
-#define VW 16
+#define VW SY_CALL_W  // (kernels launched without VW: no vector wider than a call may carry)
 #endif
 #ifndef TRM
 #define TRM 4
@@ -717,7 +717,7 @@ __kernel void grouped_matmul_plain(__global const A_T* a, __global const int* as
                 // partial sums the previous one left in `carry` (16 floats per output element);
                 // slices start on a multiple of 8, so the vector steps are the same as in one pass.
                 __global float* cp = carry + ((size_t)row * (size_t)N + col) * 16 + h * 8;
-                float8 acc = kb > 0 ? vload8(0, cp) : (float8)0.0f;
+                float8 acc = kb > 0 ? SY_VLOAD8(0, cp) : (float8)0.0f;
                 int k = kb;
                 for (; k + 8 <= ke; k += 8) {
                     float8 av;
@@ -738,10 +738,10 @@ __kernel void grouped_matmul_plain(__global const A_T* a, __global const int* as
                     wv.s5 = W_LOAD1(wr, k + 5);
                     wv.s6 = W_LOAD1(wr, k + 6);
                     wv.s7 = W_LOAD1(wr, k + 7);
-                    acc = fma(av, wv, acc);
+                    acc = SY_FMA8(av, wv, acc);
                 }
                 if (ke < K) {
-                    vstore8(acc, 0, cp);
+                    SY_VSTORE8(acc, 0, cp);
                     continue;
                 }
                 float d = ((acc.s0 + acc.s1) + (acc.s2 + acc.s3)) + ((acc.s4 + acc.s5) + (acc.s6 + acc.s7));

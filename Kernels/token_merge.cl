@@ -501,12 +501,12 @@ inline void copy_words(__global const RAW_T* src, __global RAW_T* dst, int n) {
         __global uint* d32 = (__global uint*)dst;
         const int n32 = n >> 1;
         int c = 0;
-        for (; c + 16 <= n32; c += 16) vstore16(vload16(0, s32 + c), 0, d32 + c);
+        for (; c + 16 <= n32; c += 16) SY_COPY16(s32 + c, 0, d32 + c);
         for (; c < n32; ++c) d32[c] = s32[c];
         return;
     }
     int c = 0;
-    for (; c + 16 <= n; c += 16) vstore16(vload16(0, src + c), 0, dst + c);
+    for (; c + 16 <= n; c += 16) SY_COPY16(src + c, 0, dst + c);
     for (; c < n; ++c) dst[c] = src[c];
 }
 
@@ -585,7 +585,8 @@ __kernel void merge_rows(__global const X_T* x, __global const float* sizes, int
                     const int i = srt[q];
                     if (i < 0 || i >= na) continue;
                     const float s = has_sizes ? sizes[xb + 2 * i] : 1.0f;
-                    acc = fma((float16)s, X_LOAD16(x + (xb + 2 * i) * (size_t)d, c / 16), acc);
+                    const float16 xv = X_LOAD16(x + (xb + 2 * i) * (size_t)d, c / 16);
+                    acc = SY_FMA16((float16)s, xv, acc);
                 }
                 Y_STORE16(out, c / 16, acc * inv);
             }
@@ -626,7 +627,7 @@ __kernel void token_unmerge(__global const RAW_T* y, __global const int* source_
         __global const RAW_T* src = y + ((size_t)b * (size_t)rows + (size_t)s) * (size_t)d;
         int c = c0;
         if (d % 16 == 0 && c0 % 16 == 0) {
-            for (; c + 16 <= c1; c += 16) vstore16(vload16(0, src + c), 0, dst + c);
+            for (; c + 16 <= c1; c += 16) SY_COPY16(src + c, 0, dst + c);
         }
         for (; c < c1; ++c) dst[c] = src[c];
     }

@@ -10,7 +10,7 @@
 #define COPY_WORDS(src, dst, n, lid)                                                          \
     do {                                                                                         \
         if ((n) % 16 == 0) {                                                                     \
-            for (int q = (lid); q < (n) / 16; q += GROUP) vstore16(vload16(q, (src)), q, (dst)); \
+            for (int q = (lid); q < (n) / 16; q += GROUP) SY_COPY16((src), q, (dst));               \
         } else {                                                                                 \
             for (int c = (lid); c < (n); c += GROUP) (dst)[c] = (src)[c];                        \
         }                                                                                        \
