@@ -1,4 +1,5 @@
 #include "common.h"
+#include "token_scan.h"
 
 // Early exit (Reference.earlyExitStep), three kernels per exit:
 // early_exit_rows (devices whose work-items are lanes): one work-group of GROUP work-items per
@@ -13,9 +14,15 @@
 //   T = sum exp(x - m) (x - m) over the classes but the argmax (0 where exp is 0); the decision
 //   goes to the slot's record; an exiting sample's softmax row (KEEP_PROBS, Y) is written at
 //   its original position.
+// The state stage, four launches (with token_index_map between the first two; then
+// compact.cl's compact_emit places the still-active samples):
+// early_exit_prepare: the inverse map's -1 fill, the depth flags' zeroing and the copy of the
+//   histogram's other heads in one launch.
 // early_exit_tokens: per sample, through the inverse map inv (token_index_map), the new state
-//   from its slot's record, or the old state copied.
-// early_exit_histogram: histogram[head] = active before - active after, the rest copied.
+//   from its slot's record, or the old state copied; in chunks (token_scan.h), each chunk's
+//   count of still-active samples (compact_count's work, fused).
+// early_exit_scan: the scan of those counts and the active count (compact_scan's work), and
+//   histogram[head] = active before - active after.
 
 // Folds v (class c) into the two best keys so far.
 inline void exit_top2(float v, int c, ulong* b1, ulong* b2) {
@@ -277,7 +284,11 @@ inline void exit_row_stats(__global const X_T* row, int classes, const int ENT, 
 #define EX_LOADV(p, q) X_LOAD(p, q)
 #define EX_VLOAD_PRIVATE(p) (*(p))
 #define EX_HMINI(v) (v)
+#define EX_AS_FLOAT(v) as_float(v)
+#define EX_AS_INT(v) as_int(v)
 #else
+#define EX_AS_FLOAT(v) SY_CAT(as_float, EW)(v)
+#define EX_AS_INT(v) SY_CAT(as_int, EW)(v)
 #define EVEC SY_CAT(float, EW)
 #define EIVEC SY_CAT(int, EW)
 #define EX_VLOAD_PRIVATE(p) SY_CAT(vload, EW)(0, (p))
@@ -319,7 +330,7 @@ inline void exit_row_stats(__global const X_T* row, int classes, const int ENT, 
     e##_p = fma(e##_p, e##_f, (EVEC)(2.40222424e-1f));                                            \
     e##_p = fma(e##_p, e##_f, (EVEC)(6.93147004e-1f));                                            \
     e##_p = fma(e##_p, e##_f, (EVEC)(1.0f));                                                      \
-    const EVEC e = e##_p * SY_CAT(as_float, EW)(SY_CAT(as_int, EW)(e##_u) << 23)
+    const EVEC e = e##_p * EX_AS_FLOAT(EX_AS_INT(e##_u) << 23)
 
 // One vector x of the fast path's second pass: its terms with the row max mxv, all lanes
 // (EXIT_FAST_FOLD) or the lanes of `keep` (the others add nothing and are no runner-up).
@@ -447,46 +458,70 @@ __kernel void early_exit_rows_item(__global const X_T* logits, int rows, int cla
 #endif
 }
 
-// Grid [roundUp(samples, 64)].
+// Grid [roundUp(max(n, flag_count, heads), 64)]: inv[i] = -1 below n, flags[i] = 0 below
+// flag_count, histogram_out[i] = histogram[i] below heads but at head (early_exit_scan's).
+__kernel void early_exit_prepare(__global int* inv, int n, __global int* flags, int flag_count,
+                                 __global const int* histogram, __global int* histogram_out, int heads, int head) {
+    const int i = get_global_id(0);
+    if (i < n) inv[i] = -1;
+    if (i < flag_count) flags[i] = 0;
+    if (i < heads && i != head) histogram_out[i] = histogram[i];
+}
+
+// Grid [nchunks * GROUP] (GROUP, PER: token_scan.h's chunks over the samples): each work-item
+// its PER samples; counts[chunk] = (still-active samples in the chunk, 0).
 __kernel void early_exit_tokens(__global const int* inv, int rows, __global const int4* record,
                                 __global const float* record_conf, __global const int* active,
                                 __global const int* pred, __global const int* head_of, __global const float* conf,
                                 __global const int* last_pred, __global const int* streak, __global int* active_out,
                                 __global int* pred_out, __global int* head_out, __global float* conf_out,
                                 __global int* last_out, __global int* streak_out, __global int* flags, int samples,
-                                int head) {
-    const int i = get_global_id(0);
-    if (i >= samples) return;
-    const int a = active[i];
-    const int j = inv[i];
-    // A slot read from inv is checked before it addresses the records.
-    if (a == 1 && j >= 0 && j < rows) {
-        const int4 r = record[j];
-        active_out[i] = r.y ? 0 : 1;
-        pred_out[i] = r.y ? r.x : pred[i];
-        head_out[i] = r.y ? head : head_of[i];
-        conf_out[i] = r.y ? record_conf[j] : conf[i];
-        streak_out[i] = r.z;
-        last_out[i] = r.w;
-        return;
+                                int head, __global int2* counts) {
+    __local int2 scratch[GROUP];
+    int begin, end;
+    token_range(get_group_id(0), get_local_id(0), samples, &begin, &end);
+    int kept = 0;
+    for (int i = begin; i < end; ++i) {
+        const int a = active[i];
+        const int j = inv[i];
+        // A slot read from inv is checked before it addresses the records.
+        if (a == 1 && j >= 0 && j < rows) {
+            const int4 r = record[j];
+            active_out[i] = r.y ? 0 : 1;
+            pred_out[i] = r.y ? r.x : pred[i];
+            head_out[i] = r.y ? head : head_of[i];
+            conf_out[i] = r.y ? record_conf[j] : conf[i];
+            streak_out[i] = r.z;
+            last_out[i] = r.w;
+            kept += r.y ? 0 : 1;
+        } else {
+            if (a != 0 && a != 1) flags[3] = 1;
+            if ((a == 1 && j < 0) || (a != 1 && j >= 0)) flags[5] = 1;
+            active_out[i] = a;
+            pred_out[i] = pred[i];
+            head_out[i] = head_of[i];
+            conf_out[i] = conf[i];
+            last_out[i] = last_pred[i];
+            streak_out[i] = streak[i];
+            kept += a == 1;
+        }
     }
-    if (a != 0 && a != 1) flags[3] = 1;
-    if ((a == 1 && j < 0) || (a != 1 && j >= 0)) flags[5] = 1;
-    active_out[i] = a;
-    pred_out[i] = pred[i];
-    head_out[i] = head_of[i];
-    conf_out[i] = conf[i];
-    last_out[i] = last_pred[i];
-    streak_out[i] = streak[i];
+    int2 total;
+    group_exclusive_scan2((int2)(kept, 0), scratch, &total);
+    if (get_local_id(0) == 0) counts[get_group_id(0)] = total;
 }
 
-// Grid [roundUp(heads, 64)].
-__kernel void early_exit_histogram(__global const int* histogram, __global int* histogram_out,
-                                   __global const int* count_before, __global const int* count_after, int heads,
-                                   int head) {
-    const int i = get_global_id(0);
-    if (i >= heads) return;
-    histogram_out[i] = i == head ? count_before[0] - count_after[0] : histogram[i];
+// Grid [GROUP], one work-group: the chunk counts scanned in place (scan_chunks), the active
+// count kept[0], and histogram_out[head] = count_before - kept (early_exit_prepare copies the
+// other heads).
+__kernel void early_exit_scan(__global int2* counts, int nchunks, __global int* kept, __global int* histogram_out,
+                              __global const int* count_before, int heads, int head) {
+    __local int2 scratch[GROUP];
+    const int2 total = scan_chunks(counts, nchunks, scratch);
+    if (get_local_id(0) == 0) {
+        kept[0] = total.x;
+        if (head >= 0 && head < heads) histogram_out[head] = count_before[0] - total.x;
+    }
 }
 
 // Grid [roundUp(n, 64)]: y[i] = 0 (the kept probabilities before the first exit).

@@ -97,6 +97,7 @@ def variants(name, width):
             out.append(base)
             out += [merge(base, dt("Y", y), {"KEEP_PROBS": "1"}) for y in FLOATS]
         out += [dt("Y", y) for y in FLOATS]  # early_exit_zero
+        out.append(token_chunk)  # early_exit_tokens, early_exit_scan
     elif name in ("gather_tokens.cl", "expand_tokens.cl", "scatter_tokens.cl"):
         for x, y in itertools.product(FLOATS, FLOATS):
             d = merge(dt("X", x), dt("Y", y), {"GROUP": str(g["copy"] if not lanes else 64)})

@@ -76,9 +76,24 @@ extension OpenCLBackend {
         let histogram = try empty(shape: [op.heads], dtype: .i32, label: "exit histogram")
         // The kept rows are copied forward, then the exiting samples' rows written over them.
         let probs = try state.probabilities.map { try copy($0) }
-        let flags = try depthFlagsTensor()
-        let inv = try tokenIndexMap(
-            try state.positions.reshaped([1, n]), batch: 1, length: n, slots: n, rows: op.rows, flags: flags)
+        // The state stage in five launches besides the rows (Kernels/early_exit.cl; nine before
+        // the fusion): the inverse map's fill, the flags' zeroing and the histogram's copy together,
+        // the map, the per-sample update with the compaction's chunk counts, the scan with the
+        // exit's count, then compact_emit.
+        let flags = try empty(shape: [DepthFlags.count], dtype: .i32, label: "depth flags")
+        let inv = try empty(shape: [n], dtype: .i32, label: "token inverse map")
+        let prepareItems = max(n, DepthFlags.count, op.heads)
+        try launch(
+            "early_exit.cl", "early_exit_prepare",
+            args: [.buffer(inv.buffer!), .int(n), .buffer(flags.buffer!), .int(DepthFlags.count), .buffer(old[8]),
+                   .buffer(histogram.buffer!), .int(op.heads), .int(op.head)],
+            global: [roundUp(prepareItems, 64)], local: [64])
+        if n > 0 {
+            try launch(
+                "token_index.cl", "token_index_map",
+                args: [.buffer(old[6]), .buffer(inv.buffer!), .buffer(flags.buffer!), .int(1), .int(n), .int(n), .int(op.rows)],
+                global: [roundUp(n, 64)], local: [64])
+        }
         let record = try tokenScratch([max(op.rows, 1), 4], .i32, "exit records")
         let recordConf = try tokenScratch([max(op.rows, 1)], .f32, "exit record confidence")
         if op.rows > 0 {
@@ -102,30 +117,44 @@ extension OpenCLBackend {
                        .float(criterion.threshold), .int(patience), .int(last ? 1 : 0)],
                 global: [lanes ? op.rows * group : roundUp(op.rows, group)], local: [group])
         }
-        if n > 0 {
+        // The still-active samples compacted for the next block (compact.cl's stable compaction,
+        // its count and scan stages fused into early_exit_tokens and early_exit_scan).
+        let positions = try empty(shape: [n], dtype: .i32, label: "exit positions")
+        let count = try empty(shape: [1], dtype: .i32, label: "exit count")
+        let group = tokenGroup
+        let nchunks = (n + tokenChunk - 1) / tokenChunk
+        let chunkCounts = try tokenScratch([max(nchunks, 1), 2], .i32, "exit chunk counts")
+        var chunkDefines = tokenChunkDefines
+        if nchunks > 0 {
             try launch(
-                "early_exit.cl", "early_exit_tokens",
+                "early_exit.cl", "early_exit_tokens", defines: chunkDefines,
                 args: [.buffer(inv.buffer!), .int(op.rows), .buffer(record), .buffer(recordConf), .buffer(old[0]),
                        .buffer(old[1]), .buffer(old[2]), .buffer(old[3]), .buffer(old[4]), .buffer(old[5]),
                        .buffer(active.buffer!), .buffer(predictions.buffer!), .buffer(exitHead.buffer!),
                        .buffer(confidence.buffer!), .buffer(lastPrediction.buffer!), .buffer(streak.buffer!),
-                       .buffer(flags.buffer!), .int(n), .int(op.head)],
-                global: [roundUp(n, 64)], local: [64])
+                       .buffer(flags.buffer!), .int(n), .int(op.head), .buffer(chunkCounts)],
+                global: [nchunks * group], local: [group])
         }
-        // The still-active samples compacted for the next block: positions and count on the device.
-        let packed = try compact(try active.reshaped([1, n]), threshold: nil)
-        let last = try launch(
-            "early_exit.cl", "early_exit_histogram",
-            args: [.buffer(old[8]), .buffer(histogram.buffer!), .buffer(old[7]), .buffer(packed.counts.buffer!),
+        var last = try launch(
+            "early_exit.cl", "early_exit_scan", defines: chunkDefines,
+            args: [.buffer(chunkCounts), .int(nchunks), .buffer(count.buffer!), .buffer(histogram.buffer!), .buffer(old[7]),
                    .int(op.heads), .int(op.head)],
-            global: [roundUp(op.heads, 64)], local: [64])
-        holdScratch([inv.buffer!, record, recordConf], until: last)
+            global: [group], local: [group])
+        if nchunks > 0 {
+            chunkDefines["MASK_I32"] = "1"
+            last = try launch(
+                "compact.cl", "compact_emit", defines: chunkDefines,
+                args: [.buffer(active.buffer!), .buffer(chunkCounts), .buffer(count.buffer!), .buffer(positions.buffer!),
+                       .int(n), .int(nchunks), .float(0)],
+                global: [nchunks * group], local: [group])
+        }
+        holdScratch([inv.buffer!, record, recordConf, chunkCounts], until: last)
         let guards = logits.guards + state.active.guards + [flags]
         return ExitState(
             predictions: predictions.guarded(by: guards), exitHead: exitHead.guarded(by: guards),
             confidence: confidence.guarded(by: guards), probabilities: probs?.guarded(by: guards),
-            active: active.guarded(by: guards), positions: try packed.positions.reshaped([n]).guarded(by: guards),
-            count: try packed.counts.reshaped([1]).guarded(by: guards), lastPrediction: lastPrediction.guarded(by: guards),
+            active: active.guarded(by: guards), positions: positions.guarded(by: guards),
+            count: count.guarded(by: guards), lastPrediction: lastPrediction.guarded(by: guards),
             streak: streak.guarded(by: guards), histogram: histogram.guarded(by: guards), head: state.head + 1)
     }
 }
