@@ -519,8 +519,11 @@ inline void packed_tile(__global const A_T* a, __global const int* assignment_of
     }
 }
 
-// Each work-item computes TILE_STEP consecutive row tiles of one panel (fewer, longer
-// work-items: the panel stays in cache and the per-work-group cost is paid less often).
+// Each work-item computes TILE_STEP consecutive row tiles (a row block) of one panel: the
+// panel stays in cache across the block's tiles. Panels are dimension 0, so consecutive
+// work-groups run the same row block against the next panels and its activations stay in
+// cache across all of them (the host sizes TILE_STEP so the block fits the device's per-core
+// cache): each activation row is read from memory once per block, not once per panel.
 __kernel void grouped_matmul_packed(__global const A_T* a, __global const int* assignment_of, int gather_k,
                                     __global const W_T* w, __global const int* tile_expert, __global Y_T* y,
                                     __global const float* scale, int scale_mode, int K, int N, int panels,
@@ -528,8 +531,8 @@ __kernel void grouped_matmul_packed(__global const A_T* a, __global const int* a
                                     __global const SC_T* qscale, __global const uchar* qzero, int qgroup,
                                     int qgroups, __global const float* bias, int kb, int ke, __global float* carry,
                                     int carry_width) {
-    const int first = get_global_id(0) * TILE_STEP;
-    const int panel = get_global_id(1);
+    const int first = get_global_id(1) * TILE_STEP;
+    const int panel = get_global_id(0);
     if (panel >= panels) return;
     for (int step = 0; step < TILE_STEP; ++step) {
         const int tile = first + step;

@@ -274,6 +274,29 @@ extension OpenCLBackend {
         return (1...max(1, min(limit, block))).last { block % $0 == 0 } ?? 1
     }
 
+    /// Row tiles one register-kernel work-item walks down one panel (`TILE_STEP`): a row block
+    /// whose activations (`tileRows` rows × K) stay in the core's cache while the work-groups
+    /// after it take the same block through the other panels, so each activation row is read
+    /// from memory once per block rather than once per panel (an 8-wide device has 16-column
+    /// panels: deepseek-like's down stage re-read its 50 MB input 64 times per layer).
+    /// CPU-class drivers report a core's cache as local memory (PoCL: the L2, 1 MiB on Zen 4,
+    /// 512 KiB on Zen 3); the block and one panel take at most half of it, leaving room for the
+    /// next panel and the outputs. Capped by `tuning.matmulTileStep`, and kept small enough that
+    /// there are at least 4 work-groups per compute unit. Lane-style devices take the tuning's
+    /// step as it is (their local memory is not a cache; llvmpipe's loop limit counts the steps).
+    func packedTileStep(tiles: Int, tileRows: Int, inFeatures k: Int, activationBytes: Int, panelBytes: Int, panels: Int)
+        -> Int
+    {
+        let cap = max(1, tuning.matmulTileStep)
+        if device.workItemsAreLanes { return cap }
+        let budget = device.localMemoryBytes / 2 - panelBytes
+        let tileBytes = max(1, tileRows * k * activationBytes)
+        let fit = max(1, budget / tileBytes)
+        let blocks = max(1, (4 * max(1, device.computeUnits) + panels - 1) / max(1, panels))
+        let spread = max(1, tiles / blocks)
+        return max(1, min(cap, fit, spread))
+    }
+
     /// Loop steps one `grouped_matmul_narrow` lane may run (K × (2 + accumulators)): well
     /// below llvmpipe's 65,535 per work-item.
     static let narrowLaneBudget = 32768
@@ -492,12 +515,15 @@ extension OpenCLBackend {
             case .registers:
                 tileRows = matmulRows(block: routing?.blockSize, limit: quantRows)
                 tiles = (rows + tileRows - 1) / tileRows
-                let step = tuning.matmulTileStep
+                let step = packedTileStep(
+                    tiles: tiles, tileRows: tileRows, inFeatures: weights.inFeatures, activationBytes: a.dtype.size,
+                    panelBytes: weights.inFeatures * width * packed.dtype.size, panels: panels)
                 let items = (tiles + step - 1) / step
                 let group = device.workItemsAreLanes ? 16 : 1
                 defines["VW"] = "\(tuning.matmulVectorWidth)"
                 defines["TILE_STEP"] = "\(step)"
-                (kernel, global, local) = ("grouped_matmul_packed", [(items + group - 1) / group * group, panels], [group, 1])
+                // Panels in dimension 0: consecutive work-groups take one row block through every panel.
+                (kernel, global, local) = ("grouped_matmul_packed", [panels, (items + group - 1) / group * group], [1, group])
                 // per k (a loop of n counts n + 1 checks): the k loop, the weight vectors' load and
                 // dequantizing loops, the rows loop and each row's vectors
                 let vectors = max(1, width / max(1, tuning.matmulVectorWidth))

@@ -25,7 +25,9 @@ public struct Tuning: Sendable, Hashable, Codable {
     /// Rows of one matmul tile (the MoE layer pads each expert's rows to a multiple of it):
     /// a work-item's rows in the register kernel, a work-group's in the work-group kernel.
     public var matmulRows: Int
-    /// Row tiles each register-kernel work-item walks down (its panel stays in cache).
+    /// Most row tiles a register-kernel work-item walks down one panel (its panel stays in
+    /// cache); on CPU-class devices a launch takes fewer where its row block would not fit the
+    /// cache (`OpenCLBackend.packedTileStep`).
     public var matmulTileStep: Int
     /// Rows (or tokens) each work-group of the gather and combine handles.
     public var rowsPerGroup: Int
@@ -120,7 +122,7 @@ public struct Tuning: Sendable, Hashable, Codable {
         let tile = registerTile(vectorWidth: width, registers: cpuRegisters(vectorWidth: width))
         return Tuning(
             rowGroup: 16, topKLocalKeys: min(16384, max(2, device.localMemoryBytes / 16)), matmulRows: tile.rows,
-            rowsPerGroup: 16, copyGroup: 1, matmulKernel: .registers, matmulPanel: tile.vectors * width,
+            matmulTileStep: 64, rowsPerGroup: 16, copyGroup: 1, matmulKernel: .registers, matmulPanel: tile.vectors * width,
             matmulVectorWidth: width, matmulRowsPerItem: 1, matmulTileK: 16)
     }
 

@@ -524,7 +524,6 @@ struct Tune: ParsableCommand {
                     t.matmulVectorWidth = width
                     t.matmulPanel = width * vectors
                     t.matmulRows = rows
-                    t.matmulTileStep = 1
                     out.append(t)
                 }
             }
