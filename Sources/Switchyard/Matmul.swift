@@ -282,7 +282,8 @@ extension OpenCLBackend {
     /// CPU-class drivers report a core's cache as local memory (PoCL: the L2, 1 MiB on Zen 4,
     /// 512 KiB on Zen 3); the block and one panel take at most half of it, leaving room for the
     /// next panel and the outputs. Capped by `tuning.matmulTileStep`, and kept small enough that
-    /// there are at least 4 work-groups per compute unit. Lane-style devices take the tuning's
+    /// there are at least 4 work-groups per compute unit. (Decode launches, where experts average
+    /// at most a tile of rows, take one tile per work-item: `groupedMatmul`.) Lane-style devices take the tuning's
     /// step as it is (their local memory is not a cache; llvmpipe's loop limit counts the steps).
     func packedTileStep(tiles: Int, tileRows: Int, inFeatures k: Int, activationBytes: Int, panelBytes: Int, panels: Int)
         -> Int
@@ -515,7 +516,12 @@ extension OpenCLBackend {
             case .registers:
                 tileRows = matmulRows(block: routing?.blockSize, limit: quantRows)
                 tiles = (rows + tileRows - 1) / tileRows
-                let step = packedTileStep(
+                // Decode (experts average at most a tile of rows): one tile per work-item, as many
+                // work-items as tiles × panels; a row block has nothing to reuse there.
+                let decode = routing.map { r in
+                    (r.tokens * r.config.k + r.config.experts - 1) / max(1, r.config.experts) <= tileRows
+                } ?? false
+                let step = decode ? 1 : packedTileStep(
                     tiles: tiles, tileRows: tileRows, inFeatures: weights.inFeatures, activationBytes: a.dtype.size,
                     panelBytes: weights.inFeatures * width * packed.dtype.size, panels: panels)
                 let items = (tiles + step - 1) / step
