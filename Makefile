@@ -8,7 +8,7 @@ SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := ocl-icd-opencl-dev opencl-headers pocl-opencl-icd mesa-opencl-icd pkg-config clinfo libopenblas-dev libclblast-dev python3 python3-numpy python3-pip libopenmpi-dev openmpi-bin
 
-.PHONY: run test deps build bench check-mutants check-kernels fuzz fault-walk check-large check-load check-leaks docs
+.PHONY: run test deps build bench check-mutants check-kernels fuzz fault-walk check-large check-load check-leaks docs fma-peak
 
 deps:
 	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -43,6 +43,12 @@ check-mutants: build
 check-kernels:
 	@command -v clang-15 >/dev/null 2>&1 || { echo "installing: clang-15"; $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends clang-15; }
 	python3 scripts/check-kernel-warnings.py --clang clang-15
+
+# A hand-written FMA loop (x86: 8-wide AVX2 and 16-wide AVX-512 where the CPU has it), one thread per
+# core, to hold the benchmark's FMA ceiling (`ceilings_fma`) against. Not part of `make test`.
+fma-peak:
+	cc -O2 -fopenmp scripts/fma-peak.c -o .build/fma-peak
+	OMP_NUM_THREADS=$$(nproc) .build/fma-peak 8; OMP_NUM_THREADS=$$(nproc) .build/fma-peak 16
 
 # 2000 random valid configurations against the reference on every device (case i replays
 # with `switchyard conformance --fuzz 1 --seed $$((1000 + i))`). Not part of `make test`.
