@@ -509,8 +509,8 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
         let values: [Float]
         switch tensor.dtype {
         case .f32: values = try buffer.download(Float.self, count: tensor.count)
-        case .f16: values = try buffer.download(UInt16.self, count: tensor.count).map(FloatBits.fromF16)
-        case .bf16: values = try buffer.download(UInt16.self, count: tensor.count).map(FloatBits.fromBF16)
+        case .f16: values = FloatBits.fromF16(try buffer.download(UInt16.self, count: tensor.count))
+        case .bf16: values = FloatBits.fromBF16(try buffer.download(UInt16.self, count: tensor.count))
         case .i32, .u8: throw SwitchyardError.dtype(argument: "tensor", expected: "f32, f16 or bf16", actual: tensor.dtype)
         }
         try checkGuards(tensor)

@@ -13,7 +13,7 @@ public final class ReferenceBackend: ComputeBackend {
         guard dtype.isFloatingPoint else {
             throw SwitchyardError.dtype(argument: "tensor dtype", expected: "f32, f16 or bf16", actual: dtype)
         }
-        return Tensor(shape: shape, dtype: dtype, storage: .host(.floats(values.map(dtype.round))))
+        return Tensor(shape: shape, dtype: dtype, storage: .host(.floats(dtype.round(values))))
     }
 
     public func tensor(_ values: [Int32], shape: [Int]) throws -> Tensor {

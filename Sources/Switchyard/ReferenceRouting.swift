@@ -51,7 +51,7 @@ extension ReferenceBackend {
         let rows = Reference.gather(
             x: try hostFloats(x, "gather x"), tokens: r.tokens, d: d, k: r.config.k,
             assignmentOf: try hostInts(r.assignmentOf, "routing"))
-        return Tensor(shape: [r.maxRows, d], dtype: out, storage: .host(.floats(rows.map(out.round))))
+        return Tensor(shape: [r.maxRows, d], dtype: out, storage: .host(.floats(out.round(rows))))
             .guarded(by: [r.flags])
     }
 

@@ -181,23 +181,19 @@ public final class ConformanceRunner: @unchecked Sendable {
                 case (.i32, _):
                     let want = try reference.ints(e.tensor)
                     let got = try device.ints(a.tensor)
-                    if let i = want.indices.first(where: { want[$0] != got[$0] }) {
+                    if let i = firstDifference(want, got) {
                         return result(false, .nan, "\(a.name)[\(i)] = \(got[i]), reference \(want[i])")
                     }
                 case (.u8, _):
                     let want = try reference.codes(e.tensor)
                     let got = try device.codes(a.tensor)
-                    if let i = want.indices.first(where: { want[$0] != got[$0] }) {
+                    if let i = firstDifference(want, got) {
                         return result(false, .nan, "\(a.name)[\(i)] = \(got[i]), reference \(want[i])")
                     }
                 case (_, .exact):
                     let want = try reference.floats(e.tensor)
                     let got = try device.floats(a.tensor)
-                    // Bitwise equal, except that any NaN matches any NaN (payloads differ across converters).
-                    let differs = { (i: Int) in
-                        want[i].bitPattern != got[i].bitPattern && !(want[i].isNaN && got[i].isNaN)
-                    }
-                    if let i = want.indices.first(where: differs) {
+                    if let i = firstBitwiseDifference(want, got) {
                         return result(false, .nan, "\(a.name)[\(i)] = \(got[i]), reference \(want[i])")
                     }
                 case (_, .nmse(let threshold)):
@@ -212,16 +208,14 @@ public final class ConformanceRunner: @unchecked Sendable {
                     }
                     // Any non-finite value where the reference is finite fails, and so does any
                     // element far from the reference relative to the tensor's scale.
-                    let scale = want.lazy.filter(\.isFinite).map { Double(abs($0)) }.max() ?? 0
+                    let scale = largestFiniteMagnitude(want)
                     // (16-bit inputs bound an f32 output's elements as loosely as 16-bit storage.)
                     let bound = max(Comparison.elementBound(for: a.tensor.dtype), Comparison.elementBound(for: c.dtype))
                         * max(scale, 1e-30)
-                    for i in want.indices where want[i].isFinite {
-                        if !got[i].isFinite || abs(Double(got[i]) - Double(want[i])) > bound {
-                            return result(
-                                false, error,
-                                "\(a.name)[\(i)] = \(got[i]), reference \(want[i]) (element bound \(bound) at scale \(scale))")
-                        }
+                    if let i = firstBeyond(bound, got, want) {
+                        return result(
+                            false, error,
+                            "\(a.name)[\(i)] = \(got[i]), reference \(want[i]) (element bound \(bound) at scale \(scale))")
                     }
                 }
             }
@@ -241,6 +235,69 @@ public final class ConformanceRunner: @unchecked Sendable {
             return result(true, worst, "")
         } catch {
             return result(false, .nan, "threw \(error)")
+        }
+    }
+}
+
+// The comparisons, as plain loops over buffers compiled optimized even in debug builds
+// (`@_optimize(speed)`): `swift test` runs the whole registry in debug, where closures over
+// indices of arrays of millions of elements cost seconds a case.
+
+/// The first index where the two differ (the arrays have the same count).
+@_optimize(speed)
+func firstDifference(_ want: [Int32], _ got: [Int32]) -> Int? {
+    want.withUnsafeBufferPointer { w in
+        got.withUnsafeBufferPointer { g in
+            for i in 0..<min(w.count, g.count) where w[i] != g[i] { return i }
+            return nil
+        }
+    }
+}
+
+@_optimize(speed)
+func firstDifference(_ want: [UInt8], _ got: [UInt8]) -> Int? {
+    want.withUnsafeBufferPointer { w in
+        got.withUnsafeBufferPointer { g in
+            for i in 0..<min(w.count, g.count) where w[i] != g[i] { return i }
+            return nil
+        }
+    }
+}
+
+/// The first index where the two differ bitwise, except that any NaN matches any NaN (payloads
+/// differ across converters).
+@_optimize(speed)
+func firstBitwiseDifference(_ want: [Float], _ got: [Float]) -> Int? {
+    want.withUnsafeBufferPointer { w in
+        got.withUnsafeBufferPointer { g in
+            for i in 0..<min(w.count, g.count) where w[i].bitPattern != g[i].bitPattern && !(w[i].isNaN && g[i].isNaN) {
+                return i
+            }
+            return nil
+        }
+    }
+}
+
+/// The largest |value| over the finite elements (0 when none is).
+@_optimize(speed)
+func largestFiniteMagnitude(_ values: [Float]) -> Double {
+    values.withUnsafeBufferPointer { v in
+        var m: Float = 0
+        for x in v where x.isFinite { m = max(m, abs(x)) }
+        return Double(m)
+    }
+}
+
+/// The first index where the reference is finite and the device's value is not finite or
+/// further than `bound` from it.
+@_optimize(speed)
+func firstBeyond(_ bound: Double, _ got: [Float], _ want: [Float]) -> Int? {
+    want.withUnsafeBufferPointer { w in
+        got.withUnsafeBufferPointer { g in
+            for i in 0..<min(w.count, g.count) where w[i].isFinite {
+                if !g[i].isFinite || abs(Double(g[i]) - Double(w[i])) > bound { return i }
+            }
+            return nil
         }
     }
 }

@@ -2,6 +2,7 @@
 /// round to nearest, ties to even, NaN kept NaN, overflow to infinity (as `vstore_half_rte` does).
 public enum FloatBits {
     /// IEEE binary16 bits of `value`, rounded to nearest even.
+    @_optimize(speed)
     public static func f16(_ value: Float) -> UInt16 {
         let bits = value.bitPattern
         let sign = UInt16((bits >> 16) & 0x8000)
@@ -29,6 +30,7 @@ public enum FloatBits {
     }
 
     /// The Float value of IEEE binary16 bits.
+    @_optimize(speed)
     public static func fromF16(_ h: UInt16) -> Float {
         let sign = UInt32(h & 0x8000) << 16
         let exponent = UInt32((h >> 10) & 0x1F)
@@ -44,6 +46,7 @@ public enum FloatBits {
     }
 
     /// bfloat16 bits of `value`, rounded to nearest even; NaN stays a quiet NaN.
+    @_optimize(speed)
     public static func bf16(_ value: Float) -> UInt16 {
         let bits = value.bitPattern
         if value.isNaN { return UInt16(bits >> 16) | 0x40 }
@@ -52,8 +55,33 @@ public enum FloatBits {
     }
 
     /// The Float value of bfloat16 bits.
+    @_optimize(speed)
     public static func fromBF16(_ b: UInt16) -> Float {
         Float(bitPattern: UInt32(b) << 16)
+    }
+
+    /// Every element of `bits` as `fromF16` gives it. (This and the other conversions here are
+    /// compiled optimized even in debug builds, where the test suite converts tens of millions
+    /// of elements.)
+    @_optimize(speed)
+    public static func fromF16(_ bits: [UInt16]) -> [Float] {
+        bits.withUnsafeBufferPointer { src in
+            [Float](unsafeUninitializedCapacity: src.count) { out, n in
+                for i in 0..<src.count { out[i] = fromF16(src[i]) }
+                n = src.count
+            }
+        }
+    }
+
+    /// Every element of `bits` as `fromBF16` gives it.
+    @_optimize(speed)
+    public static func fromBF16(_ bits: [UInt16]) -> [Float] {
+        bits.withUnsafeBufferPointer { src in
+            [Float](unsafeUninitializedCapacity: src.count) { out, n in
+                for i in 0..<src.count { out[i] = fromBF16(src[i]) }
+                n = src.count
+            }
+        }
     }
 }
 
@@ -61,6 +89,7 @@ public enum FloatBits {
 public enum ErrorMeasure {
     /// Normalized mean squared error: Σ(a−b)² / Σb², with b the reference (ggml's NMSE).
     /// Returns 0 for two empty arrays; NaN where either side holds a NaN the other does not.
+    @_optimize(speed)
     public static func nmse(_ actual: [Float], _ expected: [Float]) -> Double {
         precondition(actual.count == expected.count)
         var num = 0.0

@@ -212,7 +212,7 @@ extension ReferenceBackend {
             predictions: i(s.predictions, [n]), exitHead: i(s.exitHead, [n]),
             confidence: Tensor(shape: [n], dtype: .f32, storage: .host(.floats(s.confidence))).guarded(by: guards),
             probabilities: probabilities.map {
-                Tensor(shape: [n, classes], dtype: $0, storage: .host(.floats(s.probabilities.map($0.round)))).guarded(by: guards)
+                Tensor(shape: [n, classes], dtype: $0, storage: .host(.floats($0.round(s.probabilities)))).guarded(by: guards)
             },
             active: i(s.active, [n]), positions: i(packed.positions, [n]), count: i(packed.counts, [1]),
             lastPrediction: i(s.lastPrediction, [n]), streak: i(s.streak, [n]), histogram: i(histogram, [histogram.count]),

@@ -81,7 +81,7 @@ extension ReferenceBackend {
             slots: op.slots, rows: op.rows, width: op.width)
         var guards = packed.guards + positions.guards + (base?.guards ?? [])
         guards.append(tokenFlags(problems))
-        return Tensor(shape: op.outputShape, dtype: op.outputDType, storage: .host(.floats(y.map(op.outputDType.round))))
+        return Tensor(shape: op.outputShape, dtype: op.outputDType, storage: .host(.floats(op.outputDType.round(y))))
             .guarded(by: guards)
     }
 }

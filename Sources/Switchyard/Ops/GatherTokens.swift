@@ -52,7 +52,7 @@ extension ReferenceBackend {
         let y = Reference.gatherTokens(
             x: try hostFloats(x, "gatherTokens x"), batch: op.batch, length: op.length, width: op.width, indices: ids,
             slots: op.slots, rows: op.rows)
-        return Tensor(shape: op.outputShape, dtype: op.outputDType, storage: .host(.floats(y.map(op.outputDType.round))))
+        return Tensor(shape: op.outputShape, dtype: op.outputDType, storage: .host(.floats(op.outputDType.round(y))))
             .guarded(by: x.guards + indices.guards + [tokenFlags(problems)])
     }
 }

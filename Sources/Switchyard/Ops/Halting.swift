@@ -258,7 +258,7 @@ extension ReferenceBackend {
             cumulative: f(s.cumulative), remainder: f(s.remainder), ponder: f(s.ponder), steps: i(s.steps, [n]),
             running: i(s.running, [n]),
             accumulated: Tensor(
-                shape: [n, width], dtype: dtype, storage: .host(.floats(s.accumulated.map(dtype.round)))
+                shape: [n, width], dtype: dtype, storage: .host(.floats(dtype.round(s.accumulated)))
             ).guarded(by: guards),
             positions: i(packed.positions, [n]), count: i(packed.counts, [1]), step: step)
     }
