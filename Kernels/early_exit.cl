@@ -364,7 +364,8 @@ inline void exit_row_stats(__global const X_T* row, int classes, const int ENT, 
 // criterion's copy, so ENT and MARGIN are constants there. Loops of classes / EW ≤ 16,384
 // steps (`exitItemClasses`; CPU-class devices only).
 static __attribute__((always_inline)) inline int exit_row_fast(__global const X_T* row, int classes, const int ENT,
-                                                               const int MARGIN, float* m_out, int* pred, float* rest,
+                                                               const int MARGIN, float lim, int pat_last, int pat_streak,
+                                                               int pat_need, float* m_out, int* pred, float* rest,
                                                                float* ent, float* x2) {
     const EIVEC lane = ELANES;
     const int vecs = classes / EW;
@@ -394,6 +395,30 @@ static __attribute__((always_inline)) inline int exit_row_fast(__global const X_
     const EVEC mxv = (EVEC)(mx);
     const int top = EX_HMINI(select((EIVEC)(INT_MAX), at * EW + lane, m == mxv));
     const int qp = top / EW;
+    // The decision before the second pass, where it is already known that the sample stays
+    // (then only the argmax matters: the statistic is kept for exiting samples alone).
+    // Patience: the streak from the argmax alone (pat_need 0 when the exit must be taken).
+    // Max probability and margin (both at most 1 / S): S - 1 is at least the sum of the other
+    // lanes' maxima's terms, each a distinct class; past `lim` (the threshold's bound, widened
+    // by the host-independent margin below) no rounding of the full sums could make it exit.
+    int stays = pat_need > 0 && (top == pat_last ? pat_streak + 1 : 1) < pat_need;
+    float rest_lb = 0.0f;
+    if (lim < INFINITY) {
+        const EVEC zl = fmax(m - mxv, (EVEC)(-87.3f));
+        EXIT_EXP(zl, el);
+        const EIVEC none = lane == (EIVEC)(top - qp * EW) || m == (EVEC)(-INFINITY);
+        const EVEC terms = select(el, (EVEC)(0.0f), none);
+        rest_lb = SY_HSUM(EW, terms);
+        stays = stays || rest_lb > lim;
+    }
+    if (stays) {
+        *m_out = mx;
+        *pred = top;
+        *rest = rest_lb;
+        if (ENT) *ent = 0.0f;
+        if (MARGIN) *x2 = -INFINITY;
+        return 1;
+    }
     const EVEC xp = qp < vecs ? EX_LOADV(row, qp) : xt;
     EVEC s = (EVEC)(0.0f), t = (EVEC)(0.0f), m2 = (EVEC)(-INFINITY);
     for (int q = 0; q < qp; ++q) {
@@ -431,14 +456,24 @@ __kernel void early_exit_rows_item(__global const X_T* logits, int rows, int cla
     __global const X_T* row = logits + base;
     float m = -INFINITY, rest = 0.0f, ent = 0.0f, x2 = -INFINITY;
     int pred = 0, has_nan = 0;
+    // Where a sample provably stays, the fast path stops after its first pass (see
+    // exit_row_fast): max probability and margin stay when S - 1 > 1 / tau - 1, here with a
+    // margin of 1e-3 relative and 1e-6 absolute over the f32 sums' rounding; patience stays
+    // when the streak falls short. Never on the last exit, where every sample exits.
+    const float lim = !last && (criterion == 0 || criterion == 2) && tau > 0.0f
+                          ? (1.0f / tau - 1.0f) * 1.001f + 1e-6f
+                          : INFINITY;
+    const int pat_need = !last && criterion == 3 ? patience : 0;
+    const int pat_last = pat_need ? last_pred[raw] : -1;
+    const int pat_streak = pat_need ? streak[raw] : 0;
     if (criterion == 1) {
-        if (!exit_row_fast(row, classes, 1, 0, &m, &pred, &rest, &ent, &x2))
+        if (!exit_row_fast(row, classes, 1, 0, INFINITY, -1, 0, 0, &m, &pred, &rest, &ent, &x2))
             exit_row_stats(row, classes, 1, 0, &m, &pred, &has_nan, &rest, &ent, &x2);
     } else if (criterion == 2) {
-        if (!exit_row_fast(row, classes, 0, 1, &m, &pred, &rest, &ent, &x2))
+        if (!exit_row_fast(row, classes, 0, 1, lim, -1, 0, 0, &m, &pred, &rest, &ent, &x2))
             exit_row_stats(row, classes, 0, 1, &m, &pred, &has_nan, &rest, &ent, &x2);
     } else {
-        if (!exit_row_fast(row, classes, 0, 0, &m, &pred, &rest, &ent, &x2))
+        if (!exit_row_fast(row, classes, 0, 0, lim, pat_last, pat_streak, pat_need, &m, &pred, &rest, &ent, &x2))
             exit_row_stats(row, classes, 0, 0, &m, &pred, &has_nan, &rest, &ent, &x2);
     }
     const int finite = !has_nan && isfinite(m);
