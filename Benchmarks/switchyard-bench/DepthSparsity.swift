@@ -52,16 +52,20 @@ func depthItems(filter: String?, quick: Bool) throws -> [BenchItem] {
             return { _ = try backend.halting(p, h: x, state: state, config: config) }
         }
         let criterion = ExitCriterion.maxProbability(0.9)
-        let e = EarlyExit(samples: n, classes: classes, dtype: dtype, heads: 4, criterion: criterion)
         // Stages: the row statistics (the logits read) and the state (the per-sample update,
-        // the compaction and the histogram).
-        add("early_exit", "N=\(n) classes=\(classes)", "\(criterion)", dtype, e.bytes, e.flops, stages: ["rows", "state"],
-            stageOf: { $0.hasPrefix("early_exit_rows") ? "rows" : "state" }) { backend in
-            var g = SeededGenerator(seed: stableSeed("early exit bench \(dtype)"))
-            let logits = try backend.tensor(g.normals(n * classes, scale: 3), shape: [n, classes], dtype: dtype)
-            let state = try backend.exitState(samples: n, classes: classes, heads: 4, probabilities: nil)
-            try backend.synchronize()
-            return { _ = try backend.earlyExit(logits, state: state, criterion: criterion, last: false) }
+        // the compaction and the histogram). At this threshold almost no sample of these logits
+        // exits, and a sample that provably stays skips the exps (Kernels/early_exit.cl); the
+        // last exit, where every sample exits, takes the full softmax statistics of every row.
+        for last in quick ? [false] : [false, true] {
+            let e = EarlyExit(samples: n, classes: classes, dtype: dtype, heads: 4, criterion: criterion, last: last)
+            add("early_exit", "N=\(n) classes=\(classes)", "\(criterion)\(last ? " last" : "")", dtype, e.bytes, e.flops,
+                stages: ["rows", "state"], stageOf: { $0.hasPrefix("early_exit_rows") ? "rows" : "state" }) { backend in
+                var g = SeededGenerator(seed: stableSeed("early exit bench \(dtype)"))
+                let logits = try backend.tensor(g.normals(n * classes, scale: 3), shape: [n, classes], dtype: dtype)
+                let state = try backend.exitState(samples: n, classes: classes, heads: 4, probabilities: nil)
+                try backend.synchronize()
+                return { _ = try backend.earlyExit(logits, state: state, criterion: criterion, last: last) }
+            }
         }
     }
     return items
