@@ -47,7 +47,8 @@ check-kernels:
 # A hand-written FMA loop (x86: 8-wide AVX2 and 16-wide AVX-512 where the CPU has it), one thread per
 # core, to hold the benchmark's FMA ceiling (`ceilings_fma`) against. Not part of `make test`.
 fma-peak:
-	cc -O2 -fopenmp scripts/fma-peak.c -o .build/fma-peak
+	@command -v gcc >/dev/null 2>&1 || { echo "installing: gcc"; $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends gcc libc6-dev; }
+	mkdir -p .build && gcc -O2 -fopenmp scripts/fma-peak.c -o .build/fma-peak
 	OMP_NUM_THREADS=$$(nproc) .build/fma-peak 8; OMP_NUM_THREADS=$$(nproc) .build/fma-peak 16
 
 # 2000 random valid configurations against the reference on every device (case i replays
