@@ -48,6 +48,20 @@
 #define SY_CALL_W 16
 #endif
 
+// The multiply-add of the kernels' accumulation chains. fma() where the device fuses a multiply
+// and an add in hardware (CL_FP_FMA): one rounding per step. A device without one (the host then
+// passes SY_SOFT_FMA: Mesa's llvmpipe) computes fma() in software, correctly rounded, about 30×
+// slower than a multiply and an add (1.4 against 48 GFLOP/s on 2 Zen 5 cores); there a step is
+// a multiply then an add, two roundings, with contraction off so that no compiler fuses some of
+// them. Either way every kernel of a device computes the same chain (batch invariance). Exact
+// steps (a decoded weight's q·s + c) give the same bits both ways.
+#ifdef SY_SOFT_FMA
+#pragma OPENCL FP_CONTRACT OFF
+#define SY_MAD(a, b, c) ((a) * (b) + (c))
+#else
+#define SY_MAD(a, b, c) fma((a), (b), (c))
+#endif
+
 // 16-wide access: element i*16 .. i*16+15 of a tensor of storage code DT (0 f32, 1 f16, 2 bf16),
 // through SY_CALL_W-wide loads and stores (one call each where SY_CALL_W is 16). The stores are
 // statements (the value is computed once, then stored piece by piece).
@@ -113,7 +127,7 @@
 #if SY_CALL_W >= 8
 #define SY_VLOAD8(q, p) vload8((q), (p))
 #define SY_VSTORE8(v, q, p) vstore8((v), (q), (p))
-#define SY_FMA8(a, b, c) fma((a), (b), (c))
+#define SY_FMA8(a, b, c) SY_MAD((a), (b), (c))
 #else
 #define SY_VLOAD8(q, p) ((float8)(vload4(2 * (q), (p)), vload4(2 * (q) + 1, (p))))
 #define SY_VSTORE8(v, q, p)                         \
@@ -122,13 +136,13 @@
         vstore4(sy_v8_.lo, 2 * (q), (p));           \
         vstore4(sy_v8_.hi, 2 * (q) + 1, (p));       \
     } while (0)
-#define SY_FMA8(a, b, c) ((float8)(fma((a).lo, (b).lo, (c).lo), fma((a).hi, (b).hi, (c).hi)))
+#define SY_FMA8(a, b, c) ((float8)(SY_MAD((a).lo, (b).lo, (c).lo), SY_MAD((a).hi, (b).hi, (c).hi)))
 #endif
 // fma of float16 operands (variables: each is read once per piece) in SY_CALL_W-wide calls.
 #if SY_CALL_W == 16
-#define SY_FMA16(a, b, c) fma((a), (b), (c))
+#define SY_FMA16(a, b, c) SY_MAD((a), (b), (c))
 #elif SY_CALL_W == 8
-#define SY_FMA16(a, b, c) ((float16)(fma((a).lo, (b).lo, (c).lo), fma((a).hi, (b).hi, (c).hi)))
+#define SY_FMA16(a, b, c) ((float16)(SY_MAD((a).lo, (b).lo, (c).lo), SY_MAD((a).hi, (b).hi, (c).hi)))
 #else
 #define SY_FMA16(a, b, c) ((float16)(SY_FMA8((a).lo, (b).lo, (c).lo), SY_FMA8((a).hi, (b).hi, (c).hi)))
 #endif

@@ -378,7 +378,7 @@ static __attribute__((always_inline)) inline int exit_row_fast(__global const X_
         m = select(m, x, gt);
         at = select(at, qv, gt);
         qv += 1;
-        chk = fma(x, (EVEC)(0.0f), chk);
+        chk = SY_MAD(x, (EVEC)(0.0f), chk);
     }
     EVEC xt = (EVEC)(-INFINITY);  // the tail, lanes past the row -inf
     if (tail) {
@@ -388,7 +388,7 @@ static __attribute__((always_inline)) inline int exit_row_fast(__global const X_
         const EIVEC gt = xt > m;
         m = select(m, xt, gt);
         at = select(at, qv, gt);
-        chk = fma(select((EVEC)(0.0f), xt, lane < (EIVEC)(tail)), (EVEC)(0.0f), chk);
+        chk = SY_MAD(select((EVEC)(0.0f), xt, lane < (EIVEC)(tail)), (EVEC)(0.0f), chk);
     }
     if (isnan(SY_HSUM(EW, chk))) return 0;
     const float mx = SY_HMAX(EW, m);

@@ -18,8 +18,9 @@
 // absent by default (plain SwiGLU). HAS_BIAS: a per-expert output bias `bias [E, N_w]` (f32,
 // gate columns first when gated) is added to the product before the activation.
 //
-// In the packed, work-group and narrow kernels every output element is one f32 fma chain over k
-// in order 0, 1, ..., K-1, so a row's result never depends on its tile, its expert's load, the
+// In the packed, work-group and narrow kernels every output element is one f32 multiply-add
+// chain over k (SY_MAD, common.h: fma, or a multiply and an add on a device without a hardware
+// FMA) in order 0, 1, ..., K-1, so a row's result never depends on its tile, its expert's load, the
 // batch, or which of them and which geometry computed it (batch invariance). (The unpacked
 // `grouped_matmul_plain` sums float8 partial dot products: its own fixed order.)
 
@@ -111,7 +112,7 @@
 // Quantized weights (QFMT 1 int8, 2 int4, 3 MXFP4, 4 FP8 e4m3; layouts in
 // Kernels/quantized_weights.cl): the packed kernels read codes `w` (bytes) and per-panel group
 // scales `qscale` (SC_T: f32, f16, e8m0 byte, f32), and for int4 with ZP a zero per group
-// (`qzero`), and dequantize in registers to exact f32 weights: int4 (q − z)·s as fma(q, s, −z·s)
+// (`qzero`), and dequantize in registers to exact f32 weights: int4 (q − z)·s as SY_MAD(q, s, −z·s)
 // (exact: s is an f16), MXFP4 e2m1 · 2^(e − 127), FP8 e4m3 · s; the fma chain over k is then the
 // float kernel's. int8 (one scale per weight row: a single group along K) sums q · a over k and
 // multiplies by the row's scale once at the end, in both kernels (the same chain, so the
@@ -135,7 +136,7 @@
 // 1 on (e > 0), so no compare and select on the exponent; the sign bit (bit 3) or-ed in last.
 #define DEC_E2M1(c, U, F, AS_F, AS_U)                                                                  \
     AS_F(AS_U(min(AS_F(((c) << 22 & (U)0x01C00000u) + (U)(126u << 23)),                                 \
-                  fma((F)2.0f, AS_F(((c) << 22 & (U)0x01C00000u) + (U)(126u << 23)), (F)-1.0f))) |       \
+                  SY_MAD((F)2.0f, AS_F(((c) << 22 & (U)0x01C00000u) + (U)(126u << 23)), (F)-1.0f))) |       \
          ((c) << 28 & (U)0x80000000u))
 // e8m0 byte s to 2^(s − 127) (s = 0: the subnormal 2^-127), 0xFF NaN.
 #define DEC_E8M0(s, U, AS_F) \
@@ -146,7 +147,7 @@
 // equal at 2^-6), so no compare and select on the exponent. S.1111.111 NaN; sign bit or-ed in last.
 #define DEC_E4M3(c, U, F, AS_F, AS_U)                                                                          \
     AS_F(AS_U(select(min(AS_F((((c) & 0x7Fu) << 20) + (U)(120u << 23)),                                       \
-                         fma((F)2.0f, AS_F((((c) & 0x7Fu) << 20) + (U)(120u << 23)), (F)-0x1p-6f)),              \
+                         SY_MAD((F)2.0f, AS_F((((c) & 0x7Fu) << 20) + (U)(120u << 23)), (F)-0x1p-6f)),              \
                      (F)NAN, ((c) & 0x7Fu) == (U)0x7Fu)) |                                                   \
          (((c) & 0x80u) << 24))
 
@@ -172,7 +173,7 @@ inline float dequant1(__global const uchar* wq, __global const SC_T* sq, __globa
 #else
     const float zs = -8.0f * s;
 #endif
-    return fma((float)c, s, zs);
+    return SY_MAD((float)c, s, zs);
 #else
     return DEC_E2M1(c, uint, float, as_float, as_uint) * DEC_E8M0((uint)sq[gj], uint, as_float);
 #endif
@@ -329,7 +330,7 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, VEC a
         for (int r = 0; r < NR; ++r) {
             const VEC av = (VEC)A_LOAD(ap[r], k);
 #pragma unroll
-            for (int v = 0; v < NV; ++v) acc[r][v] = fma(av, wv[v], acc[r][v]);
+            for (int v = 0; v < NV; ++v) acc[r][v] = SY_MAD(av, wv[v], acc[r][v]);
         }
     }
 #else
@@ -377,8 +378,8 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, VEC a
                 const UV lo = b & 15u;
                 const UV hi = b >> 4;
 #if QFMT == 2
-                wv[v] = fma(CVT_FV(lo), sv[v], zv[v]);
-                wv[v + NV / 2] = fma(CVT_FV(hi), sv[v + NV / 2], zv[v + NV / 2]);
+                wv[v] = SY_MAD(CVT_FV(lo), sv[v], zv[v]);
+                wv[v + NV / 2] = SY_MAD(CVT_FV(hi), sv[v + NV / 2], zv[v + NV / 2]);
 #else
                 wv[v] = DEC_E2M1(lo, UV, VEC, AS_FV, AS_UV) * sv[v];
                 wv[v + NV / 2] = DEC_E2M1(hi, UV, VEC, AS_FV, AS_UV) * sv[v + NV / 2];
@@ -389,7 +390,7 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, VEC a
                 const UV b0 = HLOAD(wq, k);
                 const UV c = (UV)(b0 & 15u, b0 >> 4);
 #if QFMT == 2
-                wv[0] = fma(CVT_FV(c), sv[0], zv[0]);
+                wv[0] = SY_MAD(CVT_FV(c), sv[0], zv[0]);
 #else
                 wv[0] = DEC_E2M1(c, UV, VEC, AS_FV, AS_UV) * sv[0];
 #endif
@@ -399,7 +400,7 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, VEC a
             for (int r = 0; r < NR; ++r) {
                 const VEC av = (VEC)A_LOAD(ap[r], k);
 #pragma unroll
-                for (int v = 0; v < NV; ++v) acc[r][v] = fma(av, wv[v], acc[r][v]);
+                for (int v = 0; v < NV; ++v) acc[r][v] = SY_MAD(av, wv[v], acc[r][v]);
             }
         }
 #if QFMT == 1
@@ -626,7 +627,7 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
             for (int j = 0; j < 4; ++j) wv[j] = ws[kk][tx + j * TN];
             for (int i = 0; i < TRM; ++i) {
                 const float av = as[kk][ty + i * TM];
-                for (int j = 0; j < 4; ++j) acc[i][j] = fma(av, wv[j], acc[i][j]);
+                for (int j = 0; j < 4; ++j) acc[i][j] = SY_MAD(av, wv[j], acc[i][j]);
             }
         }
         barrier(CLK_LOCAL_MEM_FENCE);
@@ -748,7 +749,7 @@ __kernel void grouped_matmul_plain(__global const A_T* a, __global const int* as
                     continue;
                 }
                 float d = ((acc.s0 + acc.s1) + (acc.s2 + acc.s3)) + ((acc.s4 + acc.s5) + (acc.s6 + acc.s7));
-                for (; k < K; ++k) d = fma(A_LOAD(ar, k), W_LOAD1(wr, k), d);
+                for (; k < K; ++k) d = SY_MAD(A_LOAD(ar, k), W_LOAD1(wr, k), d);
                 dots[h] = d + BIAS(e, col + h * N);
             }
             if (ke < K) continue;
@@ -815,7 +816,7 @@ __kernel void grouped_matmul_narrow(__global const A_T* a, __global const int* a
 #endif
 #pragma unroll
         for (int c = 0; c < NW_MAX; ++c)
-            if (c < nw) acc[c] = fma(ak, (VEC)W_LOAD1(we, (size_t)c * (size_t)K + k), acc[c]);
+            if (c < nw) acc[c] = SY_MAD(ak, (VEC)W_LOAD1(we, (size_t)c * (size_t)K + k), acc[c]);
     }
     float v[NW_MAX][VW];
 #pragma unroll

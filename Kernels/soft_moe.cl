@@ -181,7 +181,7 @@ __kernel void softmoe_mix(__global const float* a, int a_sm, int a_sk, __global 
             for (int r = 0; r < RA; ++r) {
                 const VEC av = (VEC)ar[r][(size_t)k * (size_t)a_sk];
 #pragma unroll
-                for (int v = 0; v < NV; ++v) acc[r][v] = fma(av, w[v], acc[r][v]);
+                for (int v = 0; v < NV; ++v) acc[r][v] = SY_MAD(av, w[v], acc[r][v]);
             }
         }
 #pragma unroll
@@ -205,7 +205,7 @@ __kernel void softmoe_mix(__global const float* a, int a_sm, int a_sk, __global 
         __global const X_T* xr = x + (size_t)row * (size_t)N + c0;
         for (int r = 0; r < RA; ++r) {
             const float av = ar[r][(size_t)k * (size_t)a_sk];
-            for (int c = 0; c < width; ++c) acc[r][c] = fma(av, X_LOAD(xr, c), acc[r][c]);
+            for (int c = 0; c < width; ++c) acc[r][c] = SY_MAD(av, X_LOAD(xr, c), acc[r][c]);
         }
     }
     for (int r = 0; r < RA && m0 + r < M; ++r) {
@@ -227,7 +227,7 @@ __kernel void softmoe_mix_lanes(__global const float* a, int a_sm, int a_sk, __g
     float acc = 0.0f;
     for (int k = 0; k < K; ++k) {
         const int row = mix_row(b, k, K, row_of, use_map, rows);
-        if (row >= 0) acc = fma(ar[(size_t)k * (size_t)a_sk], X_LOAD(x, (size_t)row * (size_t)N + c), acc);
+        if (row >= 0) acc = SY_MAD(ar[(size_t)k * (size_t)a_sk], X_LOAD(x, (size_t)row * (size_t)N + c), acc);
     }
     Y_STORE(y, ((size_t)b * (size_t)M + (size_t)m) * (size_t)N + c, acc);
 }

@@ -96,14 +96,14 @@ __kernel void merge_normalize(__global const K_T* keys, __global float* ka, __gl
             VEC mv = (VEC)(0.0f), chk = (VEC)(0.0f);
             for (int c = 0; c < body; c += VW) {
                 const VEC v = K_LOADV(key + c);
-                chk = fma(v, (VEC)(0.0f), chk);  // NaN at a NaN or an infinity
+                chk = SY_MAD(v, (VEC)(0.0f), chk);  // NaN at a NaN or an infinity
                 mv = fmax(mv, fabs(v));
             }
             float m = HMAX(mv);
             float bad = SY_HSUM(VW, chk);
             for (int c = body; c < dk; ++c) {
                 const float v = K_LOAD(key, c);
-                bad = fma(v, 0.0f, bad);
+                bad = SY_MAD(v, 0.0f, bad);
                 m = fmax(m, fabs(v));
             }
             if (isnan(bad)) flags[2] = 1;
@@ -111,12 +111,12 @@ __kernel void merge_normalize(__global const K_T* keys, __global float* ka, __gl
             VEC sv = (VEC)(0.0f);
             for (int c = 0; c < body; c += VW) {
                 const VEC v = K_LOADV(key + c) / m_div;
-                sv = fma(v, v, sv);
+                sv = SY_MAD(v, v, sv);
             }
             float sum = SY_HSUM(VW, sv);
             for (int c = body; c < dk; ++c) {
                 const float v = K_LOAD(key, c) / m_div;
-                sum = fma(v, v, sum);
+                sum = SY_MAD(v, v, sum);
             }
             const float inv = sum > 0.0f ? 1.0f / sqrt(sum) : 0.0f;
             const int b = p / tokens;
@@ -168,7 +168,7 @@ __kernel void merge_normalize(__global const K_T* keys, __global float* ka, __gl
         float sum = 0.0f;
         for (int c = lid; c < dk; c += GROUP) {
             const float v = K_LOAD(keys, base + c) / m_div;
-            sum = fma(v, v, sum);
+            sum = SY_MAD(v, v, sum);
         }
         red[lid] = sum;
         barrier(CLK_LOCAL_MEM_FENCE);
@@ -249,7 +249,7 @@ __kernel void merge_match(__global const float* ka, __global const float* kbt, _
                 for (int r = 0; r < RA; ++r) {
                     const VEC av = (VEC)a_rows[r][kk];
 #pragma unroll
-                    for (int v = 0; v < NV; ++v) acc[r][v] = fma(av, w[v], acc[r][v]);
+                    for (int v = 0; v < NV; ++v) acc[r][v] = SY_MAD(av, w[v], acc[r][v]);
                 }
             }
 #pragma unroll
@@ -311,7 +311,7 @@ __kernel void merge_match_lanes(__global const float* ka, __global const float* 
     for (int j = col_begin + lid; j < col_end; j += GROUP) {
         float acc = 0.0f;
         __global const float* col = bt + (size_t)(j / panel) * (size_t)dk * (size_t)panel + (size_t)(j % panel);
-        for (int kk = 0; kk < dk; ++kk) acc = fma(a[kk], col[(size_t)kk * (size_t)panel], acc);
+        for (int kk = 0; kk < dk; ++kk) acc = SY_MAD(a[kk], col[(size_t)kk * (size_t)panel], acc);
         if (acc > best || idx == none) {
             best = acc;
             idx = j;
@@ -597,7 +597,7 @@ __kernel void merge_rows(__global const X_T* x, __global const float* sizes, int
                 const int i = srt[q];
                 if (i < 0 || i >= na) continue;
                 const float s = has_sizes ? sizes[xb + 2 * i] : 1.0f;
-                acc = fma(s, X_LOAD(x, (xb + 2 * i) * (size_t)d + c), acc);
+                acc = SY_MAD(s, X_LOAD(x, (xb + 2 * i) * (size_t)d + c), acc);
             }
             X_STORE(out, c, acc * inv);
         }

@@ -204,6 +204,8 @@ def main():
             for width in [w for w in (16, 8, 4) if w <= native] + [1]:
                 for d in variants(name, width):
                     jobs.append((name, march, width, d))
+                    if width == 1:  # a lanes device without a hardware FMA (llvmpipe): SY_MAD as multiply, add
+                        jobs.append((name, march, width, merge(d, {"SY_SOFT_FMA": "1"})))
     counts = {}
     failed = 0
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:

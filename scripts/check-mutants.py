@@ -85,7 +85,7 @@ MUTANTS = [
     ("merge match (lanes) ties go to the higher index", "token_merge.cl",
      "(v == vals[lid] && j < idxs[lid])", "(v == vals[lid] && j > idxs[lid])", r"^token_merge"),
     ("merge normalize misses a bad value in a key's vectors (register)", "token_merge.cl",
-     "chk = fma(v, (VEC)(0.0f), chk);  // NaN at a NaN or an infinity", ";", r"^token_merge"),
+     "chk = SY_MAD(v, (VEC)(0.0f), chk);  // NaN at a NaN or an infinity", ";", r"^token_merge"),
     ("merge choose (register) ties go to the higher index", "token_merge.cl",
      "        k0[i] = descending_key(v[i]);\n        i0[i] = i;",
      "        k0[na - 1 - i] = descending_key(v[i]);\n        i0[na - 1 - i] = i;", r"^token_merge"),
@@ -205,7 +205,7 @@ MUTANTS = [
     ("early exit fast path: exp without its last coefficient (register)", "early_exit.cl",
      "fma(e##_f, (EVEC)(1.32647273e-3f),", "fma(e##_f, (EVEC)(0.0f),", r"^early_exit"),
     ("early exit fast path: an infinity not sent to the exact path (register)", "early_exit.cl",
-     "chk = fma(x, (EVEC)(0.0f), chk);", "chk = chk;", r"^early_exit"),
+     "chk = SY_MAD(x, (EVEC)(0.0f), chk);", "chk = chk;", r"^early_exit"),
     ("early exit row tree drops the upper half (lanes)", "early_exit.cl", "            red2[lid] += red2[lid + s];",
      "            ;", r"^early_exit"),
 ]

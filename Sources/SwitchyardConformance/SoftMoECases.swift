@@ -95,9 +95,13 @@ enum SoftMoECases {
                 let rows = routing?.maxRows ?? s.b * s.n
                 let ys = try backend.tensor(
                     g.normals(rows * s.d), shape: routing == nil ? [s.b, s.n, s.d] : [rows, s.d], dtype: s.dtype)
+                // A sum over 16,384 slots: its rounding error alone measured an NMSE of 9.3e-12 with
+                // fma chains and 1.06e-11 with a multiply and an add (rusticl), at the f32 bound
+                // of 1e-11, so that case gets 1e-10 (a wrong slot or weight is far above it).
+                let comparison: Comparison = s.n > 4096 && s.dtype == .f32 ? .nmse(1e-10) : .nmse(for: s.dtype)
                 return {
                     [CaseOutput("y", try backend.softMoECombine(ys, weights: weights, routing: routing, dtype: .f32),
-                                .nmse(for: s.dtype))]
+                                comparison)]
                 }
             }
         }

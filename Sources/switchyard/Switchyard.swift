@@ -110,6 +110,10 @@ func runConformance(device selector: String?, filter: String?, json: String?, fu
     }
     print("device: \(runner.device.device.name) (\(runner.device.device.kind.rawValue), \(runner.device.device.platformName), driver \(runner.device.device.driverVersion))")
     print("matmul: \(runner.device.tuning.matmulSummary)\(tuned ? " (stored by switchyard tune)" : " (defaults)")")
+    print(
+        "multiply-add chains: "
+            + (runner.device.device.fusedMultiplyAdd
+                ? "fma (hardware FMA)" : "a multiply and an add (no hardware FMA: fma() would run in software)"))
     let terminal = isatty(STDERR_FILENO) != 0
     var results: [CaseResult] = []
     for (i, c) in cases.enumerated() {
