@@ -239,6 +239,17 @@ public struct Device: @unchecked Sendable, CustomStringConvertible {
         return [16, 8, 4, 2, 1].first { $0 <= nativeFloatVectorWidth } ?? 1
     }
 
+    /// Whether Switchyard's kernels build their multiply-add chains with `fma()` on this device:
+    /// where it has a hardware FMA (`fusedMultiplyAdd`), unless `SWITCHYARD_SOFT_FMA=1` asks for
+    /// the multiply-and-add chains of devices without one (testing that path on a device with one).
+    public var chainsUseFMA: Bool { fusedMultiplyAdd && !Device.softFMAOverride }
+
+    /// The environment variable that makes every device build its chains as a multiply and an add.
+    public static let softFMAVariable = "SWITCHYARD_SOFT_FMA"
+
+    /// `SWITCHYARD_SOFT_FMA` is `1`.
+    public static let softFMAOverride: Bool = ProcessInfo.processInfo.environment[softFMAVariable] == "1"
+
     /// The environment variable that overrides `floatVectorWidth` for testing.
     public static let vectorWidthVariable = "SWITCHYARD_VECTOR_WIDTH"
 

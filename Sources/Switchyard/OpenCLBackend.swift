@@ -635,7 +635,7 @@ public final class OpenCLBackend: ComputeBackend, @unchecked Sendable {
     {
         // A device without a hardware FMA builds its multiply-add chains as a multiply and an add
         // (`SY_MAD`, Kernels/common.h); elsewhere the options stay as they were (no new programs).
-        let options = Self.options(device.fusedMultiplyAdd ? defines : defines.merging(["SY_SOFT_FMA": "1"]) { x, _ in x })
+        let options = Self.options(device.chainsUseFMA ? defines : defines.merging(["SY_SOFT_FMA": "1"]) { x, _ in x })
         let key = KernelKey(file: given ?? file, name: name, options: options)
         if let kernel = kernels[key] { return kernel }
         let source: String

@@ -112,8 +112,11 @@ func runConformance(device selector: String?, filter: String?, json: String?, fu
     print("matmul: \(runner.device.tuning.matmulSummary)\(tuned ? " (stored by switchyard tune)" : " (defaults)")")
     print(
         "multiply-add chains: "
-            + (runner.device.device.fusedMultiplyAdd
-                ? "fma (hardware FMA)" : "a multiply and an add (no hardware FMA: fma() would run in software)"))
+            + (runner.device.device.chainsUseFMA
+                ? "fma (hardware FMA)"
+                : runner.device.device.fusedMultiplyAdd
+                    ? "a multiply and an add (\(Device.softFMAVariable)=1)"
+                    : "a multiply and an add (no hardware FMA: fma() would run in software)"))
     let terminal = isatty(STDERR_FILENO) != 0
     var results: [CaseResult] = []
     for (i, c) in cases.enumerated() {
