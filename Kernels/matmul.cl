@@ -113,7 +113,7 @@
 // Kernels/quantized_weights.cl): the packed kernels read codes `w` (bytes) and per-panel group
 // scales `qscale` (SC_T: f32, f16, e8m0 byte, f32), and for int4 with ZP a zero per group
 // (`qzero`), and dequantize in registers to exact f32 weights: int4 (q − z)·s as SY_MAD(q, s, −z·s)
-// (exact: s is an f16), MXFP4 e2m1 · 2^(e − 127), FP8 e4m3 · s; the fma chain over k is then the
+// (exact: s is an f16), MXFP4 e2m1 · 2^(e − 127), FP8 e4m3 · s; the multiply-add chain over k is then the
 // float kernel's. int8 (one scale per weight row: a single group along K) sums q · a over k and
 // multiplies by the row's scale once at the end, in both kernels (the same chain, so the
 // geometry still never changes an output): one multiply per output instead of per weight.
@@ -315,7 +315,7 @@ inline int tile_expert_of(int tile, int dense_rows, __global const int* tile_exp
 // Only the tile's rows up to its last real one are accumulated (`accumulate` with NR rows, a
 // constant after inlining: one k loop per row count): at decode an expert has a row or two in
 // a tile of ROWS, and the padding rows would cost ROWS / NR times the FMAs per weight byte.
-// Each row's fma chain is the same whatever NR, so the result does not depend on it.
+// Each row's multiply-add chain is the same whatever NR, so the result does not depend on it.
 static __attribute__((always_inline)) inline void accumulate(const int NR, VEC acc[ROWS][NV], __global const A_T** ap,
                                                       __global const W_T* w, int e, int panel, int K, int panels,
                                                       __global const SC_T* qscale, __global const uchar* qzero,
@@ -463,7 +463,7 @@ inline void packed_tile(__global const A_T* a, __global const int* assignment_of
 #pragma unroll
         for (int v = 0; v < NV; ++v) acc[r][v] = (VEC)0.0f;
     // A k slice after the first (devices with a loop limit, see K slices in Matmul.swift):
-    // the fma chains go on from the accumulators the previous slice left in `carry`.
+    // the multiply-add chains go on from the accumulators the previous slice left in `carry`.
     if (kb > 0)
         for (int r = 0; r < ROWS && row0 + r < max_rows; ++r)
             for (int v = 0; v < NV; ++v)
@@ -767,7 +767,7 @@ __kernel void grouped_matmul_plain(__global const A_T* a, __global const int* as
 // ROWS rows (ROWS ≤ VW: the lanes of one VW-float vector, VW the device's float vector width on
 // CPU-class devices, 1 where work-items are lanes) × all N_w ≤ NW_MAX weight rows: per k, the
 // rows' activations gathered into one vector and one fma per weight row with its broadcast
-// weight. So each output element is, as in the packed kernels, one f32 fma chain over k in
+// weight. So each output element is, as in the packed kernels, one f32 multiply-add chain over k in
 // order 0, 1, ..., K-1, then bias, activation and scale in the same order: bit for bit what the
 // packed and work-group kernels give. Float weights only (not built with QFMT).
 #ifndef NW_MAX

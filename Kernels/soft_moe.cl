@@ -9,7 +9,7 @@
 //   slots X̃ = Dᵀ · X   (softmoe_mix with A = D read transposed, rows of x)
 //   y     = C · Ỹ      (softmoe_mix with A = C [B][T][n], rows of the expert outputs, optionally
 //                       read through the fixed routing's row map)
-// Every mixed output element is one f32 fma chain in k order, so it never depends on its tile.
+// Every mixed output element is one f32 multiply-add (SY_MAD) chain in k order, so it never depends on its tile.
 // Each softmax exponentiates an element once (stored, then divided by the sum in place).
 //
 // Defines: X_T/X_LOAD/X_DT the mixed rows' storage, Y_T/Y_STORE the output's; VW the float vector
@@ -151,7 +151,7 @@ inline int mix_row(int b, int k, int K, __global const int* row_of, int use_map,
 // element (m, k) at m·a_sm + k·a_sk (the combine's C [B][T][n]: a_sm = n, a_sk = 1; the dispatch
 // weights D [B][T][n] read transposed: a_sm = 1, a_sk = n), and x [rows][N] (CPU-class
 // devices): a work-item computes RA rows × one panel of PANEL columns (get_global_id(0) the row
-// tile, (1) the panel, (2) the batch), each element one fma chain over k in order. A panel past
+// tile, (1) the panel, (2) the batch), each element one multiply-add (SY_MAD) chain over k in order. A panel past
 // N's end takes the same chains element by element.
 __kernel void softmoe_mix(__global const float* a, int a_sm, int a_sk, __global const X_T* x, __global const int* row_of,
                           int use_map, int rows, __global Y_T* y, int M, int K, int N, int tiles) {

@@ -204,7 +204,7 @@ __kernel void merge_normalize(__global const K_T* keys, __global float* ka, __gl
 // Each A token's best B partner over the columns [col_begin, col_end) (col_begin a multiple of
 // PANEL), continuing the best so far unless `first`: a work-item takes TS tiles of RA A tokens of
 // batch get_global_id(1) and walks the range panel by panel (each panel, dk × PANEL keys, is
-// read once for its TS tiles, from cache), each similarity one f32 fma chain over the key in
+// read once for its TS tiles, from cache), each similarity one f32 multiply-add (SY_MAD) chain over the key in
 // order (so equal keys give bit-equal similarities wherever they sit). Each row keeps a best
 // value and column per vector lane (strictly greater replaces, so a lane keeps its lowest
 // column; columns past nb never count), branch-free; at the end the lanes meet (the highest
@@ -291,7 +291,7 @@ __kernel void merge_match(__global const float* ka, __global const float* kbt, _
 
 // merge_match where work-items are SIMD lanes: one work-group of GROUP lanes per A token i
 // (get_group_id(1)) of batch get_group_id(2); lane l takes the columns col_begin + l, + GROUP, ...
-// (consecutive lanes read consecutive B keys), each similarity one f32 fma chain over the key
+// (consecutive lanes read consecutive B keys), each similarity one f32 multiply-add (SY_MAD) chain over the key
 // in order, and keeps its strictly greater values; the lanes' bests meet in a fixed tree,
 // ties to the lower column, then continue the best of the earlier ranges. No loop nests: a
 // lane's loop count is (its columns) × (dk + 1), which the host keeps far below 65,535.
