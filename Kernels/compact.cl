@@ -77,3 +77,48 @@ __kernel void compact_emit(__global const KEEP_T* keep, __global const int2* cou
         }
     }
 }
+
+// The whole compaction of one sequence by one work-group, in one launch (grid [GROUP, B]), for
+// sequences of a few chunks: a first walk counts the kept positions (and checks the mask), a
+// second places them chunk by chunk with a running count, as compact_emit does.
+__kernel void compact_one(__global const KEEP_T* keep, __global int* kept, __global int* flags,
+                          __global int* positions, int length, int nchunks, float threshold) {
+    const int b = get_group_id(1);
+    const int lid = get_local_id(0);
+    __local int2 scratch[GROUP];
+    const size_t row = (size_t)b * (size_t)length;
+    int2 mine = (int2)(0, 0);
+    for (int c = 0; c < nchunks; ++c) {
+        int begin, end;
+        token_range(c, lid, length, &begin, &end);
+        for (int p = begin; p < end; ++p) {
+#ifdef MASK_I32
+            const int v = keep[row + p];
+            if (v != 0 && v != 1) flags[3] = 1;
+#endif
+            mine.x += is_kept(keep, row + p, threshold);
+        }
+    }
+    int2 total;
+    group_exclusive_scan2(mine, scratch, &total);
+    const int count = total.x;
+    if (lid == 0) kept[b] = count;
+    int base = 0;
+    for (int c = 0; c < nchunks; ++c) {
+        int begin, end;
+        token_range(c, lid, length, &begin, &end);
+        int2 chunk = (int2)(0, 0);
+        for (int p = begin; p < end; ++p) chunk.x += is_kept(keep, row + p, threshold);
+        int before = (group_exclusive_scan2(chunk, scratch, &total)).x + base;
+        base += total.x;
+        for (int p = begin; p < end; ++p) {
+            if (is_kept(keep, row + p, threshold)) {
+                if ((uint)before < (uint)length) positions[row + before] = p;
+                before += 1;
+            } else {
+                const int slot = count + (p - before);
+                if ((uint)slot < (uint)length) positions[row + slot] = -1;
+            }
+        }
+    }
+}

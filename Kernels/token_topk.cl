@@ -140,3 +140,99 @@ __kernel void token_topk_emit(__global const X_T* scores, __global const uint* s
         }
     }
 }
+
+// The whole selection of one sequence by one work-group, in one launch (grid [GROUP, B]), for
+// sequences of a few chunks: the same 4 radix passes (the group's histogram in local memory,
+// the digit found by a scan of the bins' sums), then the same stable compaction chunk by chunk
+// with a running count. The same key T, the same `take`, the same slots as the chunked kernels
+// above, without their 11 launches (which dominate at a few thousand positions).
+__kernel void token_topk_one(__global const X_T* scores, __global int* indices, __global X_T* weights, int length,
+                             int nchunks, int capacity, int sigmoid) {
+    const int b = get_group_id(1);
+    const int lid = get_local_id(0);
+    __local int bins[BINS];
+    __local int2 scratch[GROUP];
+    __local uint select_state[2];
+    const size_t row = (size_t)b * (size_t)length;
+    uint prefix = 0u;
+    int remaining = capacity;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = lid; i < BINS; i += GROUP) bins[i] = 0;
+        if (lid == 0) {  // (never kept: the bins always hold the remaining-th key)
+            select_state[0] = prefix | (255u << (uint)shift);
+            select_state[1] = (uint)remaining;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        const uint high = shift >= 24 ? 0u : ~((1u << (uint)(shift + 8)) - 1u);
+        for (int c = 0; c < nchunks; ++c) {
+            int begin, end;
+            token_range(c, lid, length, &begin, &end);
+            for (int p = begin; p < end; ++p) {
+                const uint key = descending_key(X_LOAD(scores, row + p));
+                if (((key ^ prefix) & high) == 0u) atomic_inc(&bins[(key >> (uint)shift) & 255u]);
+            }
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        // Each work-item sums BINS / GROUP consecutive bins; the one whose slice holds the
+        // remaining-th key walks it for the digit.
+        const int per = BINS / GROUP > 0 ? BINS / GROUP : 1;
+        const int first = min(lid * per, BINS);
+        const int last = min(first + per, BINS);
+        int sum = 0;
+        for (int i = first; i < last; ++i) sum += bins[i];
+        int2 total;
+        const int before = group_exclusive_scan2((int2)(sum, 0), scratch, &total).x;
+        if (before < remaining && remaining <= before + sum) {
+            int r = remaining - before;
+            for (int i = first; i < last; ++i) {
+                const int n = bins[i];
+                if (n < r) {
+                    r -= n;
+                } else {
+                    select_state[0] = prefix | ((uint)i << (uint)shift);
+                    select_state[1] = (uint)r;
+                    break;
+                }
+            }
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        prefix = select_state[0];
+        remaining = (int)select_state[1];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const uint threshold = prefix;
+    const int take = remaining;
+    const size_t out = (size_t)b * (size_t)capacity;
+    int2 base = (int2)(0, 0);
+    for (int c = 0; c < nchunks; ++c) {
+        int begin, end;
+        token_range(c, lid, length, &begin, &end);
+        int2 mine = (int2)(0, 0);
+        for (int p = begin; p < end; ++p) {
+            const uint key = descending_key(X_LOAD(scores, row + p));
+            mine.x += key < threshold;
+            mine.y += key == threshold;
+        }
+        int2 total;
+        const int2 before = group_exclusive_scan2(mine, scratch, &total) + base;
+        base += total;
+        int below = before.x;
+        int ties = before.y;
+        for (int p = begin; p < end; ++p) {
+            const float v = X_LOAD(scores, row + p);
+            const uint key = descending_key(v);
+            int slot = -1;
+            if (key < threshold) {
+                slot = below + min(ties, take);
+                below += 1;
+            } else if (key == threshold) {
+                if (ties < take) slot = below + ties;
+                ties += 1;
+            }
+            if (slot >= 0 && slot < capacity) {
+                indices[out + slot] = p;
+                X_STORE(weights, out + slot, sigmoid ? 1.0f / (1.0f + exp(-v)) : v);
+            }
+        }
+    }
+}

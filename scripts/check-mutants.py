@@ -117,6 +117,16 @@ MUTANTS = [
      "~((1u << (uint)(shift + 4)) - 1u)", r"^token_topk"),
     ("token top-k counts every tie before a chosen position", "token_topk.cl",
      "            slot = below + min(ties, take);", "            slot = below + ties;", r"^token_topk"),
+    # (register: where work-groups have 256 work-items, as lanes devices' do, each holds one bin
+    # and the walk never subtracts, so the mutation is equivalent there)
+    ("token top-k one-group rank off by one per digit (register)", "token_topk.cl", "                    r -= n;",
+     "                    r -= n - 1;", r"^token_topk"),
+    ("token top-k one-group count not carried across chunks", "token_topk.cl", "        base += total;",
+     "        base.x += total.x;", r"^token_topk"),
+    ("compact one-group count not carried across chunks", "compact.cl", "        base += total.x;",
+     "        base = total.x;", r"^compact"),
+    ("compact one-group drops the -1 fill", "compact.cl",
+     "                if ((uint)slot < (uint)length) positions[row + slot] = -1;", "                ;", r"^compact"),
     ("token chunk scan inclusive", "token_scan.h", "        counts[c] = running;", "        counts[c] = running + v;",
      r"^(token_topk|compact)"),
     ("compact drops the -1 fill", "compact.cl", "            if ((uint)slot < (uint)length) positions[row + slot] = -1;",

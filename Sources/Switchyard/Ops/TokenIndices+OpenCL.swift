@@ -11,6 +11,22 @@ extension OpenCLBackend {
     /// Positions per chunk (one work-group each).
     var tokenChunk: Int { tokenGroup * tokenPerItem }
 
+    /// Whether one work-group per sequence does a whole selection or compaction in one launch
+    /// (`token_topk_one`, `compact_one`) over `nchunks` chunks: up to 8 chunks (32,768
+    /// positions), where launches cost more than the lost parallelism across chunks, and within
+    /// the device's loop budget. `passes` is how many times a work-item walks its positions
+    /// (6 for the selection, 3 for the compaction); `phases` how many digit phases (bin loops
+    /// and a group scan each) it runs besides. Longer sequences, and sequences whose steps would
+    /// pass the loop budget, use the chunked kernels.
+    func oneGroupPerSequence(nchunks: Int, passes: Int, phases: Int) -> Bool {
+        guard nchunks <= 8 else { return false }
+        guard let budget = loopStepBudget else { return true }
+        let scanSteps = tokenGroup.trailingZeroBitCount + 2
+        let binSteps = 256 / tokenGroup + 1
+        let steps = nchunks * (passes * (tokenPerItem + 1) + 2 * scanSteps) + phases * (3 * binSteps + scanSteps) + 16
+        return steps <= budget
+    }
+
     /// The `-D` options of the chunked kernels.
     var tokenChunkDefines: [String: String] { ["GROUP": "\(tokenGroup)", "PER": "\(tokenPerItem)"] }
 

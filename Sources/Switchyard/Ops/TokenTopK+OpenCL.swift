@@ -14,6 +14,14 @@ extension OpenCLBackend {
         let group = tokenGroup
         let nchunks = (l + tokenChunk - 1) / tokenChunk
         let defines = scores.dtype.defines("X").merging(tokenChunkDefines) { a, _ in a }
+        if oneGroupPerSequence(nchunks: nchunks, passes: 6, phases: 4) {
+            try launch(
+                "token_topk.cl", "token_topk_one", defines: defines,
+                args: [.buffer(sb), .buffer(indices.buffer!), .buffer(weights.buffer!), .int(l), .int(nchunks), .int(c),
+                       .int(weighting == .sigmoid ? 1 : 0)],
+                global: [group, b], local: [group, 1])
+            return (indices.guarded(by: guards), weights.guarded(by: guards))
+        }
         let state = try tokenScratch([b, 2], .i32, "tokenTopK select state")
         let hist = try tokenScratch([b, 256], .i32, "tokenTopK histogram")
         let counts = try tokenScratch([b, nchunks, 2], .i32, "tokenTopK chunk counts")
