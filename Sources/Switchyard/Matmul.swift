@@ -295,7 +295,11 @@ extension OpenCLBackend {
         let fit = max(1, budget / tileBytes)
         let blocks = max(1, (4 * max(1, device.computeUnits) + panels - 1) / max(1, panels))
         let spread = max(1, tiles / blocks)
-        return max(1, min(cap, fit, spread))
+        let step = max(1, min(cap, fit, spread))
+        // The same number of work-items, each the same share (86 tiles in steps of 64 were items
+        // of 64 and 22: one panel's work-items finished at different times).
+        let items = (tiles + step - 1) / step
+        return (tiles + items - 1) / items
     }
 
     /// Loop steps one `grouped_matmul_narrow` lane may run (K × (2 + accumulators)): well
