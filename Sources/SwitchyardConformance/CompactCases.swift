@@ -42,8 +42,10 @@ enum CompactCases {
                 })
         }
         // Float scores against a threshold, NaN and infinities among them.
-        for (dtype, threshold) in [(DType.f32, Float(0.3)), (.f16, -0.5), (.bf16, 1.0)] {
-            let (b, l) = (4, 5000)
+        // (L = 40000: past the one-launch path's 8 chunks, the chunked kernels.)
+        for (dtype, threshold, b, l) in [
+            (DType.f32, Float(0.3), 4, 5000), (.f16, -0.5, 4, 5000), (.bf16, 1.0, 4, 5000), (.bf16, 0.0, 2, 40000),
+        ] {
             let shape = "B=\(b) L=\(l)"
             let options = "threshold=\(threshold)"
             let seed = Conformance.seed("compact \(shape) \(dtype) \(options)")

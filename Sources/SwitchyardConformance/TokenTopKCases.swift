@@ -41,6 +41,7 @@ enum TokenTopKCases {
         (8, 4096, .ratio(0.125), .normal, [.f32, .f16, .bf16], .score),
         (2, 32768, .count(4096), .normal, [.f32], .score),
         (2, 40000, .count(9000), .ties, [.f32], .score),
+        (1, 40000, .count(40000), .special, [.f32, .bf16], .sigmoid),
         (1, 32768, .count(32768), .ties, [.bf16], .score),
         (1, 32768, .count(12345), .special, [.f32], .score),
         (6, 1000, .count(300), .ties, [.f32], .score),
