@@ -296,8 +296,9 @@ extension OpenCLBackend {
         let blocks = max(1, (4 * max(1, device.computeUnits) + panels - 1) / max(1, panels))
         let spread = max(1, tiles / blocks)
         let step = max(1, min(cap, fit, spread))
-        // The same number of work-items, each the same share (86 tiles in steps of 64 were items
-        // of 64 and 22: one panel's work-items finished at different times).
+        // The same number of work-items, with shares as even as one step for all allows (the last
+        // is short by fewer tiles than there are work-items): 86 tiles in steps of 64 were
+        // work-items of 64 and 22 tiles, which finished far apart; now two of 43.
         let items = (tiles + step - 1) / step
         return (tiles + items - 1) / items
     }
