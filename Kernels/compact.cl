@@ -21,6 +21,39 @@ inline int is_kept(__global const KEEP_T* keep, size_t i, float threshold) {
 #endif
 }
 
+// Places positions [begin, end) of a sequence: kept p at slot (kept before p), dropped p at
+// slot count + (dropped before p), filled with -1; `before` is the kept count before `begin`.
+inline void compact_place_range(__global const KEEP_T* keep, size_t row, int begin, int end, float threshold,
+                                int before, int count, int length, __global int* positions) {
+    for (int p = begin; p < end; ++p) {
+        // Slots come from counts in buffers: checked before the store.
+        if (is_kept(keep, row + p, threshold)) {
+            if ((uint)before < (uint)length) positions[row + before] = p;
+            before += 1;
+        } else {
+            const int slot = count + (p - before);
+            if ((uint)slot < (uint)length) positions[row + slot] = -1;
+        }
+    }
+}
+
+// The kept positions among [begin, end). `flags` non-null: an i32 mask value other than 0 or 1
+// raises flags[3] (the first walk over the mask checks it).
+inline int compact_count_range(__global const KEEP_T* keep, size_t row, int begin, int end, float threshold,
+                               __global int* flags) {
+    int n = 0;
+    for (int p = begin; p < end; ++p) {
+#ifdef MASK_I32
+        const int v = keep[row + p];
+        if (flags && v != 0 && v != 1) flags[3] = 1;
+#else
+        (void)flags;
+#endif
+        n += is_kept(keep, row + p, threshold);
+    }
+    return n;
+}
+
 // Grid [nchunks * GROUP, B].
 __kernel void compact_count(__global const KEEP_T* keep, __global int2* counts, __global int* flags, int length,
                             int nchunks, float threshold) {
@@ -30,16 +63,8 @@ __kernel void compact_count(__global const KEEP_T* keep, __global int2* counts, 
     const size_t row = (size_t)b * (size_t)length;
     int begin, end;
     token_range(get_group_id(0), lid, length, &begin, &end);
-    int2 mine = (int2)(0, 0);
-    for (int p = begin; p < end; ++p) {
-#ifdef MASK_I32
-        const int v = keep[row + p];
-        if (v != 0 && v != 1) flags[3] = 1;
-#endif
-        mine.x += is_kept(keep, row + p, threshold);
-    }
     int2 total;
-    group_exclusive_scan2(mine, scratch, &total);
+    group_exclusive_scan2((int2)(compact_count_range(keep, row, begin, end, threshold, flags), 0), scratch, &total);
     if (lid == 0) counts[(size_t)b * nchunks + get_group_id(0)] = total;
 }
 
@@ -61,21 +86,11 @@ __kernel void compact_emit(__global const KEEP_T* keep, __global const int2* cou
     const size_t row = (size_t)b * (size_t)length;
     int begin, end;
     token_range(get_group_id(0), lid, length, &begin, &end);
-    int2 mine = (int2)(0, 0);
-    for (int p = begin; p < end; ++p) mine.x += is_kept(keep, row + p, threshold);
     int2 total;
-    int before = (group_exclusive_scan2(mine, scratch, &total) + counts[(size_t)b * nchunks + get_group_id(0)]).x;
-    const int count = kept[b];
-    for (int p = begin; p < end; ++p) {
-        // Slots come from counts in buffers: checked before the store.
-        if (is_kept(keep, row + p, threshold)) {
-            if ((uint)before < (uint)length) positions[row + before] = p;
-            before += 1;
-        } else {
-            const int slot = count + (p - before);
-            if ((uint)slot < (uint)length) positions[row + slot] = -1;
-        }
-    }
+    const int before = group_exclusive_scan2((int2)(compact_count_range(keep, row, begin, end, threshold, 0), 0), scratch,
+                                             &total).x +
+                       counts[(size_t)b * nchunks + get_group_id(0)].x;
+    compact_place_range(keep, row, begin, end, threshold, before, kept[b], length, positions);
 }
 
 // The whole compaction of one sequence by one work-group, in one launch (grid [GROUP, B]), for
@@ -87,38 +102,23 @@ __kernel void compact_one(__global const KEEP_T* keep, __global int* kept, __glo
     const int lid = get_local_id(0);
     __local int2 scratch[GROUP];
     const size_t row = (size_t)b * (size_t)length;
-    int2 mine = (int2)(0, 0);
+    int mine = 0;
     for (int c = 0; c < nchunks; ++c) {
         int begin, end;
         token_range(c, lid, length, &begin, &end);
-        for (int p = begin; p < end; ++p) {
-#ifdef MASK_I32
-            const int v = keep[row + p];
-            if (v != 0 && v != 1) flags[3] = 1;
-#endif
-            mine.x += is_kept(keep, row + p, threshold);
-        }
+        mine += compact_count_range(keep, row, begin, end, threshold, flags);
     }
     int2 total;
-    group_exclusive_scan2(mine, scratch, &total);
+    group_exclusive_scan2((int2)(mine, 0), scratch, &total);
     const int count = total.x;
     if (lid == 0) kept[b] = count;
-    int base = 0;
+    int base = 0;  // kept in the chunks before
     for (int c = 0; c < nchunks; ++c) {
         int begin, end;
         token_range(c, lid, length, &begin, &end);
-        int2 chunk = (int2)(0, 0);
-        for (int p = begin; p < end; ++p) chunk.x += is_kept(keep, row + p, threshold);
-        int before = (group_exclusive_scan2(chunk, scratch, &total)).x + base;
+        const int chunk = compact_count_range(keep, row, begin, end, threshold, 0);
+        const int before = group_exclusive_scan2((int2)(chunk, 0), scratch, &total).x + base;
         base += total.x;
-        for (int p = begin; p < end; ++p) {
-            if (is_kept(keep, row + p, threshold)) {
-                if ((uint)before < (uint)length) positions[row + before] = p;
-                before += 1;
-            } else {
-                const int slot = count + (p - before);
-                if ((uint)slot < (uint)length) positions[row + slot] = -1;
-            }
-        }
+        compact_place_range(keep, row, begin, end, threshold, before, count, length, positions);
     }
 }

@@ -13,6 +13,55 @@
 
 #define BINS 256
 
+// Adds the keys of positions [begin, end) of a sequence that match `prefix` above digit `shift`
+// to that digit's bin (local integer atomics).
+inline void topk_hist_range(__global const X_T* scores, size_t row, int begin, int end, uint prefix, int shift,
+                            __local int* bins) {
+    const uint high = shift >= 24 ? 0u : ~((1u << (uint)(shift + 8)) - 1u);
+    for (int p = begin; p < end; ++p) {
+        const uint key = descending_key(X_LOAD(scores, row + p));
+        if (((key ^ prefix) & high) == 0u) atomic_inc(&bins[(key >> (uint)shift) & 255u]);
+    }
+}
+
+// (keys below T, keys equal to T) among positions [begin, end).
+inline int2 topk_count_range(__global const X_T* scores, size_t row, int begin, int end, uint threshold) {
+    int2 mine = (int2)(0, 0);
+    for (int p = begin; p < end; ++p) {
+        const uint key = descending_key(X_LOAD(scores, row + p));
+        mine.x += key < threshold;
+        mine.y += key == threshold;
+    }
+    return mine;
+}
+
+// Writes the chosen positions of [begin, end) and their weights. A position's slot is the number
+// of chosen positions before it: the keys below T before it plus min(ties before it, take);
+// `before` counts both before `begin`.
+inline void topk_place_range(__global const X_T* scores, size_t row, int begin, int end, uint threshold, int take,
+                             int2 before, __global int* indices, __global X_T* weights, size_t out, int capacity,
+                             int sigmoid) {
+    int below = before.x;
+    int ties = before.y;
+    for (int p = begin; p < end; ++p) {
+        const float v = X_LOAD(scores, row + p);
+        const uint key = descending_key(v);
+        int slot = -1;
+        if (key < threshold) {
+            slot = below + min(ties, take);
+            below += 1;
+        } else if (key == threshold) {
+            if (ties < take) slot = below + ties;
+            ties += 1;
+        }
+        // Slots come from counts in buffers: checked before the store.
+        if (slot >= 0 && slot < capacity) {
+            indices[out + slot] = p;
+            X_STORE(weights, out + slot, sigmoid ? 1.0f / (1.0f + exp(-v)) : v);
+        }
+    }
+}
+
 __kernel void token_topk_init(__global uint* state, __global int* hist, int batch, int capacity) {
     const size_t i = get_global_id(0);
     if (i < (size_t)batch * BINS) hist[i] = 0;
@@ -30,15 +79,9 @@ __kernel void token_topk_hist(__global const X_T* scores, __global const uint* s
     __local int bins[BINS];
     for (int i = lid; i < BINS; i += GROUP) bins[i] = 0;
     barrier(CLK_LOCAL_MEM_FENCE);
-    const uint prefix = state[2 * b];
-    const uint high = shift >= 24 ? 0u : ~((1u << (uint)(shift + 8)) - 1u);
-    const size_t row = (size_t)b * (size_t)length;
     int begin, end;
     token_range(get_group_id(0), lid, length, &begin, &end);
-    for (int p = begin; p < end; ++p) {
-        const uint key = descending_key(X_LOAD(scores, row + p));
-        if (((key ^ prefix) & high) == 0u) atomic_inc(&bins[(key >> (uint)shift) & 255u]);
-    }
+    topk_hist_range(scores, (size_t)b * (size_t)length, begin, end, state[2 * b], shift, bins);
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int i = lid; i < BINS; i += GROUP) {
         const int h = bins[i];
@@ -77,16 +120,9 @@ __kernel void token_topk_count(__global const X_T* scores, __global const uint* 
     const int b = get_global_id(1);
     const int lid = get_local_id(0);
     __local int2 scratch[GROUP];
-    const uint threshold = state[2 * b];
-    const size_t row = (size_t)b * (size_t)length;
     int begin, end;
     token_range(get_group_id(0), lid, length, &begin, &end);
-    int2 mine = (int2)(0, 0);
-    for (int p = begin; p < end; ++p) {
-        const uint key = descending_key(X_LOAD(scores, row + p));
-        mine.x += key < threshold;
-        mine.y += key == threshold;
-    }
+    const int2 mine = topk_count_range(scores, (size_t)b * (size_t)length, begin, end, state[2 * b]);
     int2 total;
     group_exclusive_scan2(mine, scratch, &total);
     if (lid == 0) counts[(size_t)b * nchunks + get_group_id(0)] = total;
@@ -98,8 +134,7 @@ __kernel void token_topk_scan(__global int2* counts, int nchunks) {
     scan_chunks(counts + (size_t)get_group_id(1) * nchunks, nchunks, scratch);
 }
 
-// Grid [nchunks * GROUP, B]. A position's slot is the number of chosen positions before it:
-// the keys below T before it plus min(ties before it, take).
+// Grid [nchunks * GROUP, B]: each chunk's chosen positions, after the chunks before it.
 __kernel void token_topk_emit(__global const X_T* scores, __global const uint* state, __global const int2* counts,
                               __global int* indices, __global X_T* weights, int length, int nchunks, int capacity,
                               int sigmoid) {
@@ -107,38 +142,14 @@ __kernel void token_topk_emit(__global const X_T* scores, __global const uint* s
     const int lid = get_local_id(0);
     __local int2 scratch[GROUP];
     const uint threshold = state[2 * b];
-    const int take = (int)state[2 * b + 1];
     const size_t row = (size_t)b * (size_t)length;
     int begin, end;
     token_range(get_group_id(0), lid, length, &begin, &end);
-    int2 mine = (int2)(0, 0);
-    for (int p = begin; p < end; ++p) {
-        const uint key = descending_key(X_LOAD(scores, row + p));
-        mine.x += key < threshold;
-        mine.y += key == threshold;
-    }
     int2 total;
-    const int2 before = group_exclusive_scan2(mine, scratch, &total) + counts[(size_t)b * nchunks + get_group_id(0)];
-    int below = before.x;
-    int ties = before.y;
-    const size_t out = (size_t)b * (size_t)capacity;
-    for (int p = begin; p < end; ++p) {
-        const float v = X_LOAD(scores, row + p);
-        const uint key = descending_key(v);
-        int slot = -1;
-        if (key < threshold) {
-            slot = below + min(ties, take);
-            below += 1;
-        } else if (key == threshold) {
-            if (ties < take) slot = below + ties;
-            ties += 1;
-        }
-        // Slots come from counts in buffers: checked before the store.
-        if (slot >= 0 && slot < capacity) {
-            indices[out + slot] = p;
-            X_STORE(weights, out + slot, sigmoid ? 1.0f / (1.0f + exp(-v)) : v);
-        }
-    }
+    const int2 before = group_exclusive_scan2(topk_count_range(scores, row, begin, end, threshold), scratch, &total) +
+                        counts[(size_t)b * nchunks + get_group_id(0)];
+    topk_place_range(scores, row, begin, end, threshold, (int)state[2 * b + 1], before, indices, weights,
+                     (size_t)b * (size_t)capacity, capacity, sigmoid);
 }
 
 // The whole selection of one sequence by one work-group, in one launch (grid [GROUP, B]), for
@@ -163,14 +174,10 @@ __kernel void token_topk_one(__global const X_T* scores, __global int* indices, 
             select_state[1] = (uint)remaining;
         }
         barrier(CLK_LOCAL_MEM_FENCE);
-        const uint high = shift >= 24 ? 0u : ~((1u << (uint)(shift + 8)) - 1u);
         for (int c = 0; c < nchunks; ++c) {
             int begin, end;
             token_range(c, lid, length, &begin, &end);
-            for (int p = begin; p < end; ++p) {
-                const uint key = descending_key(X_LOAD(scores, row + p));
-                if (((key ^ prefix) & high) == 0u) atomic_inc(&bins[(key >> (uint)shift) & 255u]);
-            }
+            topk_hist_range(scores, row, begin, end, prefix, shift, bins);
         }
         barrier(CLK_LOCAL_MEM_FENCE);
         // Each work-item sums BINS / GROUP consecutive bins; the one whose slice holds the
@@ -200,39 +207,15 @@ __kernel void token_topk_one(__global const X_T* scores, __global int* indices, 
         remaining = (int)select_state[1];
         barrier(CLK_LOCAL_MEM_FENCE);
     }
-    const uint threshold = prefix;
-    const int take = remaining;
+    // The compaction, chunk by chunk: `base` counts the chunks before.
     const size_t out = (size_t)b * (size_t)capacity;
     int2 base = (int2)(0, 0);
     for (int c = 0; c < nchunks; ++c) {
         int begin, end;
         token_range(c, lid, length, &begin, &end);
-        int2 mine = (int2)(0, 0);
-        for (int p = begin; p < end; ++p) {
-            const uint key = descending_key(X_LOAD(scores, row + p));
-            mine.x += key < threshold;
-            mine.y += key == threshold;
-        }
         int2 total;
-        const int2 before = group_exclusive_scan2(mine, scratch, &total) + base;
+        const int2 before = group_exclusive_scan2(topk_count_range(scores, row, begin, end, prefix), scratch, &total) + base;
         base += total;
-        int below = before.x;
-        int ties = before.y;
-        for (int p = begin; p < end; ++p) {
-            const float v = X_LOAD(scores, row + p);
-            const uint key = descending_key(v);
-            int slot = -1;
-            if (key < threshold) {
-                slot = below + min(ties, take);
-                below += 1;
-            } else if (key == threshold) {
-                if (ties < take) slot = below + ties;
-                ties += 1;
-            }
-            if (slot >= 0 && slot < capacity) {
-                indices[out + slot] = p;
-                X_STORE(weights, out + slot, sigmoid ? 1.0f / (1.0f + exp(-v)) : v);
-            }
-        }
+        topk_place_range(scores, row, begin, end, prefix, remaining, before, indices, weights, out, capacity, sigmoid);
     }
 }

@@ -125,8 +125,6 @@ MUTANTS = [
      "        base.x += total.x;", r"^token_topk"),
     ("compact one-group count not carried across chunks", "compact.cl", "        base += total.x;",
      "        base = total.x;", r"^compact"),
-    ("compact one-group drops the -1 fill", "compact.cl",
-     "                if ((uint)slot < (uint)length) positions[row + slot] = -1;", "                ;", r"^compact"),
     ("token chunk scan inclusive", "token_scan.h", "        counts[c] = running;", "        counts[c] = running + v;",
      r"^(token_topk|compact)"),
     ("compact drops the -1 fill", "compact.cl", "            if ((uint)slot < (uint)length) positions[row + slot] = -1;",

@@ -14,16 +14,16 @@ extension OpenCLBackend {
         let nchunks = (l + tokenChunk - 1) / tokenChunk
         var defines = tokenChunkDefines
         if op.dtype == .i32 { defines["MASK_I32"] = "1" } else { defines.merge(op.dtype.defines("X")) { a, _ in a } }
+        let t = threshold ?? 0
         if nchunks > 0 && oneGroupPerSequence(nchunks: nchunks, passes: 3, phases: 1) {
             try launch(
                 "compact.cl", "compact_one", defines: defines,
                 args: [.buffer(kb), .buffer(counts.buffer!), .buffer(flags.buffer!), .buffer(positions.buffer!), .int(l),
-                       .int(nchunks), .float(threshold ?? 0)],
+                       .int(nchunks), .float(t)],
                 global: [group, b], local: [group, 1])
             return (positions.guarded(by: guards), counts.guarded(by: guards))
         }
         let chunkCounts = try tokenScratch([b, max(nchunks, 1), 2], .i32, "compact chunk counts")
-        let t = threshold ?? 0
         if nchunks > 0 {
             try launch(
                 "compact.cl", "compact_count", defines: defines,
