@@ -315,22 +315,43 @@ inline int tile_expert_of(int tile, int dense_rows, __global const int* tile_exp
 // Only the tile's rows up to its last real one are accumulated (`accumulate` with NR rows, a
 // constant after inlining: one k loop per row count): at decode an expert has a row or two in
 // a tile of ROWS, and the padding rows would cost ROWS / NR times the FMAs per weight byte.
-// Each row's multiply-add chain is the same whatever NR, so the result does not depend on it.
-static __attribute__((always_inline)) inline void accumulate(const int NR, VEC acc[ROWS][NV], __global const A_T** ap,
-                                                      __global const W_T* w, int e, int panel, int K, int panels,
-                                                      __global const SC_T* qscale, __global const uchar* qzero,
-                                                      int qgroup, int qgroups, int kb, int ke) {
+// A work-item takes PANEL_GROUP (1, 2 or 4) consecutive panels; the host sets it above 1 when
+// tiles are expected to hold a row or two (decode). A row or two of one panel is only NR · NV
+// multiply-add chains, each waiting on its previous FMA (AVX2 at one row: 2 chains, a quarter
+// of what two FMA units of latency 4 can take), so a tile with few rows runs 4 or 2 of its
+// panels in one k loop (NP, `SY_JOINT`) and the rest one after the other (NP = 1). Each
+// output's multiply-add chain is the same whatever NR and NP, so the result depends on neither.
+#ifndef PANEL_GROUP
+#define PANEL_GROUP 1
+#endif
+#ifndef JOINT_ACC
+#define JOINT_ACC 8
+#endif
+// NR rows run NP panels together when their accumulators fit the tile's and JOINT_ACC vectors
+// (the host: half the register file, the rest for weights, scales and the broadcast row).
+#define SY_JOINT(nr, np) ((nr) * (np) <= ROWS && (nr) * (np) * NV <= JOINT_ACC)
+// Rows a run of NP panels accumulates (rows from there on are padding, see SY_JOINT).
+#define SY_RUN_ROWS(np) ((np) == 1 ? ROWS : min(ROWS / (np), JOINT_ACC / ((np) * NV)))
+// acc: row r's vector v of the run's panel p at acc[(r · NP + p) · NV + v].
+static __attribute__((always_inline)) inline void accumulate(const int NR, const int NP, VEC* acc,
+                                                      __global const A_T** ap, __global const W_T* w, int e,
+                                                      int panel, int K, int panels, __global const SC_T* qscale,
+                                                      __global const uchar* qzero, int qgroup, int qgroups, int kb,
+                                                      int ke) {
 #if QFMT == 0
     __global const W_T* wp = w + ((size_t)e * (size_t)panels + (size_t)panel) * (size_t)K * PANEL;
+    const size_t wstride = (size_t)K * PANEL;
     for (int k = kb; k < ke; ++k) {
-        VEC wv[NV];
+        VEC wv[PANEL_GROUP * NV];  // (NP ≤ PANEL_GROUP: a size known to the compiler)
 #pragma unroll
-        for (int v = 0; v < NV; ++v) wv[v] = W_LOADV(wp, NV * k + v);
+        for (int p = 0; p < NP; ++p)
+#pragma unroll
+            for (int v = 0; v < NV; ++v) wv[p * NV + v] = W_LOADV(wp + p * wstride, NV * k + v);
 #pragma unroll
         for (int r = 0; r < NR; ++r) {
             const VEC av = (VEC)A_LOAD(ap[r], k);
 #pragma unroll
-            for (int v = 0; v < NV; ++v) acc[r][v] = SY_MAD(av, wv[v], acc[r][v]);
+            for (int x = 0; x < NP * NV; ++x) acc[r * NP * NV + x] = SY_MAD(av, wv[x], acc[r * NP * NV + x]);
         }
     }
 #else
@@ -338,69 +359,79 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, VEC a
     __global const uchar* wq = w + pq * (size_t)K * QROW;
     __global const SC_T* sq = qscale + pq * (size_t)qgroups * PANEL;
     __global const uchar* zq = qzero + pq * (size_t)qgroups * PANEL;
+    const size_t wstride = (size_t)K * QROW;
+    const size_t sstride = (size_t)qgroups * PANEL;
     for (int g = kb / qgroup; g < min(qgroups, (ke + qgroup - 1) / qgroup); ++g) {
-        VEC sv[NV];
+        VEC sv[PANEL_GROUP * NV];
 #if QFMT == 2
-        VEC zv[NV];
+        VEC zv[PANEL_GROUP * NV];
 #endif
 #pragma unroll
-        for (int v = 0; v < NV; ++v) {
-            const size_t at = (size_t)g * NV + v;
-#if QFMT == 1 || QFMT == 4
-            sv[v] = LOADB(sq, at);
-#elif QFMT == 2
-            sv[v] = SY_CAT(vload_half, VS)(at, sq);
-#if ZP
-            zv[v] = -CVT_FV(LOADB(zq, at)) * sv[v];
-#else
-            zv[v] = -8.0f * sv[v];
-#endif
-#else
-            sv[v] = DEC_E8M0(CVT_UV(LOADB(sq, at)), UV, AS_FV);
-#endif
-        }
-        const int k1 = min(ke, (g + 1) * qgroup);
-        for (int k = max(kb, g * qgroup); k < k1; ++k) {
-            VEC wv[NV];
-#if QFMT == 1
-#pragma unroll
-            for (int v = 0; v < NV; ++v) wv[v] = CVT_FV(LOADB((__global const char*)wq, (size_t)k * NV + v));
-#elif QFMT == 4
+        for (int p = 0; p < NP; ++p)
 #pragma unroll
             for (int v = 0; v < NV; ++v) {
-                const UV c = CVT_UV(LOADB(wq, (size_t)k * NV + v));
-                wv[v] = DEC_E4M3(c, UV, VEC, AS_FV, AS_UV) * sv[v];
+                const size_t at = (size_t)g * NV + v;
+                const int x = p * NV + v;
+#if QFMT == 1 || QFMT == 4
+                sv[x] = LOADB(sq + p * sstride, at);
+#elif QFMT == 2
+                sv[x] = SY_CAT(vload_half, VS)(at, sq + p * sstride);
+#if ZP
+                zv[x] = -CVT_FV(LOADB(zq + p * sstride, at)) * sv[x];
+#else
+                zv[x] = -8.0f * sv[x];
+#endif
+#else
+                sv[x] = DEC_E8M0(CVT_UV(LOADB(sq + p * sstride, at)), UV, AS_FV);
+#endif
             }
+        const int k1 = min(ke, (g + 1) * qgroup);
+        for (int k = max(kb, g * qgroup); k < k1; ++k) {
+            VEC wv[PANEL_GROUP * NV];  // (NP ≤ PANEL_GROUP: a size known to the compiler)
+#pragma unroll
+            for (int p = 0; p < NP; ++p) {
+                __global const uchar* wk = wq + p * wstride;
+#if QFMT == 1
+#pragma unroll
+                for (int v = 0; v < NV; ++v) wv[p * NV + v] = CVT_FV(LOADB((__global const char*)wk, (size_t)k * NV + v));
+#elif QFMT == 4
+#pragma unroll
+                for (int v = 0; v < NV; ++v) {
+                    const UV c = CVT_UV(LOADB(wk, (size_t)k * NV + v));
+                    wv[p * NV + v] = DEC_E4M3(c, UV, VEC, AS_FV, AS_UV) * sv[p * NV + v];
+                }
 #elif NV >= 2
 #pragma unroll
-            for (int v = 0; v < NV / 2; ++v) {
-                const UV b = CVT_UV(LOADB(wq, (size_t)k * (NV / 2) + v));
-                const UV lo = b & 15u;
-                const UV hi = b >> 4;
+                for (int v = 0; v < NV / 2; ++v) {
+                    const UV b = CVT_UV(LOADB(wk, (size_t)k * (NV / 2) + v));
+                    const UV lo = b & 15u;
+                    const UV hi = b >> 4;
+                    const int x = p * NV + v;
 #if QFMT == 2
-                wv[v] = SY_MAD(CVT_FV(lo), sv[v], zv[v]);
-                wv[v + NV / 2] = SY_MAD(CVT_FV(hi), sv[v + NV / 2], zv[v + NV / 2]);
+                    wv[x] = SY_MAD(CVT_FV(lo), sv[x], zv[x]);
+                    wv[x + NV / 2] = SY_MAD(CVT_FV(hi), sv[x + NV / 2], zv[x + NV / 2]);
 #else
-                wv[v] = DEC_E2M1(lo, UV, VEC, AS_FV, AS_UV) * sv[v];
-                wv[v + NV / 2] = DEC_E2M1(hi, UV, VEC, AS_FV, AS_UV) * sv[v + NV / 2];
+                    wv[x] = DEC_E2M1(lo, UV, VEC, AS_FV, AS_UV) * sv[x];
+                    wv[x + NV / 2] = DEC_E2M1(hi, UV, VEC, AS_FV, AS_UV) * sv[x + NV / 2];
+#endif
+                }
+#else
+                {  // one vector per row: its low half from the low nibbles, its high half from the high ones
+                    const UV b0 = HLOAD(wk, k);
+                    const UV c = (UV)(b0 & 15u, b0 >> 4);
+#if QFMT == 2
+                    wv[p] = SY_MAD(CVT_FV(c), sv[p], zv[p]);
+#else
+                    wv[p] = DEC_E2M1(c, UV, VEC, AS_FV, AS_UV) * sv[p];
+#endif
+                }
 #endif
             }
-#else
-            {  // one vector per row: its low half from the low nibbles, its high half from the high ones
-                const UV b0 = HLOAD(wq, k);
-                const UV c = (UV)(b0 & 15u, b0 >> 4);
-#if QFMT == 2
-                wv[0] = SY_MAD(CVT_FV(c), sv[0], zv[0]);
-#else
-                wv[0] = DEC_E2M1(c, UV, VEC, AS_FV, AS_UV) * sv[0];
-#endif
-            }
-#endif
 #pragma unroll
             for (int r = 0; r < NR; ++r) {
                 const VEC av = (VEC)A_LOAD(ap[r], k);
 #pragma unroll
-                for (int v = 0; v < NV; ++v) acc[r][v] = SY_MAD(av, wv[v], acc[r][v]);
+                for (int x = 0; x < NP * NV; ++x) acc[r * NP * NV + x] = SY_MAD(av, wv[x], acc[r * NP * NV + x]);
             }
         }
 #if QFMT == 1
@@ -410,27 +441,124 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, VEC a
 #pragma unroll
             for (int r = 0; r < NR; ++r)
 #pragma unroll
-                for (int v = 0; v < NV; ++v) acc[r][v] *= sv[v];
+                for (int x = 0; x < NP * NV; ++x) acc[r * NP * NV + x] *= sv[x];
 #endif
     }
 #endif
 }
 
+// Zeros for rows row0 ... of panels [panel0, panel0 + np) (a tile past the padded total or of
+// padding rows only: a cheap write, no weight read).
+inline void zero_tile(__global Y_T* y, int row0, int max_rows, int panel0, int np, int N) {
+    for (int r = 0; r < ROWS && row0 + r < max_rows; ++r)
+        for (int j = 0; j < np * PANEL_OUT; ++j) {
+            const int col = panel0 * PANEL_OUT + j;
+            if (col < N) Y_STORE(y, (size_t)(row0 + r) * (size_t)N + col, 0.0f);
+        }
+}
+
+// One run of NP panels from `panel` over the tile's rows (rows RT and up are padding when NP > 1:
+// the caller runs NP panels together only when SY_JOINT(nr, NP)): accumulate, then leave the
+// sums in `carry` (a k slice before the last) or store the outputs.
+static __attribute__((always_inline)) inline void panel_run(
+    const int NP, const int nr, __global const A_T** ap, const int* src, __global const W_T* w, int e, int panel,
+    int row0, __global Y_T* y, __global const float* scale, int scale_mode, __global const int* assignment_of,
+    int tokens_k, int K, int N, int panels, int max_rows, __global const SC_T* qscale, __global const uchar* qzero,
+    int qgroup, int qgroups, __global const float* bias, int kb, int ke, __global float* carry, int carry_width) {
+    const int RT = SY_RUN_ROWS(NP);
+    VEC acc[ROWS * NV];
+#pragma unroll
+    for (int x = 0; x < ROWS * NV; ++x) acc[x] = (VEC)0.0f;
+    // A k slice after the first (devices with a loop limit, see K slices in Matmul.swift):
+    // the multiply-add chains go on from the accumulators the previous slice left in `carry`.
+    if (kb > 0)
+#pragma unroll
+        for (int r = 0; r < RT; ++r) {
+            if (row0 + r >= max_rows) continue;
+#pragma unroll
+            for (int x = 0; x < NP * NV; ++x)
+                acc[r * NP * NV + x] =
+                    CARRY_LOADV(carry + (size_t)(row0 + r) * (size_t)carry_width + (size_t)panel * PANEL, x);
+        }
+#define SY_ACCUMULATE(n) \
+    accumulate((n), NP, acc, ap, w, e, panel, K, panels, qscale, qzero, qgroup, qgroups, kb, ke)
+#define SY_CASE(n) \
+    case n:        \
+        if ((n) < RT) SY_ACCUMULATE((n) < RT ? (n) : 1); \
+        break;
+    switch (nr) {
+    SY_CASE(1)
+#if ROWS >= 3
+    SY_CASE(2)
+#endif
+#if ROWS >= 4
+    SY_CASE(3)
+#endif
+#if ROWS >= 5
+    SY_CASE(4)
+#endif
+#if ROWS >= 6
+    SY_CASE(5)
+#endif
+#if ROWS >= 7
+    SY_CASE(6)
+#endif
+#if ROWS >= 8
+    SY_CASE(7)
+#endif
+    default: break;
+    }
+    if (nr >= RT) SY_ACCUMULATE(RT);
+#undef SY_CASE
+#undef SY_ACCUMULATE
+    if (ke < K) {  // not the last slice: leave the accumulators for the next one
+#pragma unroll
+        for (int r = 0; r < RT; ++r) {
+            if (row0 + r >= max_rows) continue;
+#pragma unroll
+            for (int x = 0; x < NP * NV; ++x)
+                VSTORE(acc[r * NP * NV + x], x, carry + (size_t)(row0 + r) * (size_t)carry_width + (size_t)panel * PANEL);
+        }
+        return;
+    }
+
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        const int row = row0 + r;
+        if (row >= max_rows) continue;
+        const int real = r < RT && src[r] >= 0;
+        const float s = real ? row_scale_of(row, scale_mode, scale, assignment_of, tokens_k) : 0.0f;
+        const size_t out = (size_t)row * (size_t)N;
+#pragma unroll
+        for (int p = 0; p < NP; ++p) {
+            float v[PANEL];
+#pragma unroll
+            for (int q = 0; q < NV; ++q) VSTORE(acc[(r < RT ? r * NP + p : 0) * NV + q], q, v);  // (rows from RT on: padding, not read)
+            for (int j = 0; j < PANEL_OUT; ++j) {
+                const int col = (panel + p) * PANEL_OUT + j;
+#if EPILOGUE == 4
+                if (col < N)
+                    Y_STORE(y, out + col, real ? glu(v[j] + BIAS(e, col), v[j + PANEL / 2] + BIAS(e, N + col)) * s : 0.0f);
+#else
+                if (col < N) Y_STORE(y, out + col, real ? activate(v[j] + BIAS(e, col)) * s : 0.0f);
+#endif
+            }
+        }
+    }
+}
+
 inline void packed_tile(__global const A_T* a, __global const int* assignment_of, int gather_k,
                         __global const W_T* w, __global const int* tile_expert, __global Y_T* y,
                         __global const float* scale, int scale_mode, int K, int N, int panels, int dense_rows,
-                        int tokens_k, int block, int max_rows, int experts, const int tile, const int panel,
+                        int tokens_k, int block, int max_rows, int experts, const int tile, const int panel0,
                         __global const SC_T* qscale, __global const uchar* qzero, int qgroup, int qgroups,
                         __global const float* bias, int kb, int ke, __global float* carry, int carry_width) {
     const int row0 = tile * ROWS;
     if (dense_rows > 0 && row0 >= dense_rows) return;
+    const int np = min(PANEL_GROUP, panels - panel0);
     const int e = tile_expert_of(tile, dense_rows, tile_expert, block, experts);
-    if (e < 0) {  // past the padded total: defined as zeros (a cheap write, no weight read)
-        for (int r = 0; r < ROWS && row0 + r < max_rows; ++r)
-            for (int j = 0; j < PANEL_OUT; ++j) {
-                const int col = panel * PANEL_OUT + j;
-                if (col < N) Y_STORE(y, (size_t)(row0 + r) * (size_t)N + col, 0.0f);
-            }
+    if (e < 0) {  // past the padded total: defined as zeros
+        zero_tile(y, row0, max_rows, panel0, np, N);
         return;
     }
 
@@ -446,85 +574,36 @@ inline void packed_tile(__global const A_T* a, __global const int* assignment_of
         if (src[r] >= 0) fallback = src[r];
         if (src[r] >= 0 && nr == 0) nr = r + 1;
     }
-    if (nr == 0) {  // a tile of padding rows only (decode: most of an expert's block): zeros, no weight read
-        for (int r = 0; r < ROWS && row0 + r < max_rows; ++r)
-            for (int j = 0; j < PANEL_OUT; ++j) {
-                const int col = panel * PANEL_OUT + j;
-                if (col < N) Y_STORE(y, (size_t)(row0 + r) * (size_t)N + col, 0.0f);
-            }
+    if (nr == 0) {  // a tile of padding rows only (decode: most of an expert's block)
+        zero_tile(y, row0, max_rows, panel0, np, N);
         return;
     }
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) ap[r] = a + (size_t)(src[r] >= 0 ? src[r] : fallback) * (size_t)K;
 
-    VEC acc[ROWS][NV];
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r)
-#pragma unroll
-        for (int v = 0; v < NV; ++v) acc[r][v] = (VEC)0.0f;
-    // A k slice after the first (devices with a loop limit, see K slices in Matmul.swift):
-    // the multiply-add chains go on from the accumulators the previous slice left in `carry`.
-    if (kb > 0)
-        for (int r = 0; r < ROWS && row0 + r < max_rows; ++r)
-            for (int v = 0; v < NV; ++v)
-                acc[r][v] = CARRY_LOADV(carry + (size_t)(row0 + r) * (size_t)carry_width + (size_t)panel * PANEL, v);
-#define SY_ACCUMULATE(n) accumulate((n), acc, ap, w, e, panel, K, panels, qscale, qzero, qgroup, qgroups, kb, ke)
-    switch (nr) {
-    case 1: SY_ACCUMULATE(1); break;
-#if ROWS >= 3
-    case 2: SY_ACCUMULATE(2); break;
-#endif
-#if ROWS >= 4
-    case 3: SY_ACCUMULATE(3); break;
-#endif
-#if ROWS >= 5
-    case 4: SY_ACCUMULATE(4); break;
-#endif
-#if ROWS >= 6
-    case 5: SY_ACCUMULATE(5); break;
-#endif
-#if ROWS >= 7
-    case 6: SY_ACCUMULATE(6); break;
-#endif
-#if ROWS >= 8
-    case 7: SY_ACCUMULATE(7); break;
-#endif
-    default: SY_ACCUMULATE(ROWS); break;
-    }
-#undef SY_ACCUMULATE
-    if (ke < K) {  // not the last slice: leave the accumulators for the next one
-        for (int r = 0; r < ROWS && row0 + r < max_rows; ++r)
-            for (int v = 0; v < NV; ++v)
-                VSTORE(acc[r][v], v, carry + (size_t)(row0 + r) * (size_t)carry_width + (size_t)panel * PANEL);
+#define SY_PANEL_RUN(np_, panel_)                                                                                    \
+    panel_run((np_), nr, ap, src, w, e, (panel_), row0, y, scale, scale_mode, assignment_of, tokens_k, K, N, panels, \
+              max_rows, qscale, qzero, qgroup, qgroups, bias, kb, ke, carry, carry_width)
+    int p = 0;
+#if PANEL_GROUP >= 4
+    if (np == 4 && SY_JOINT(nr, 4)) {
+        SY_PANEL_RUN(4, panel0);
         return;
     }
-
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-        const int row = row0 + r;
-        if (row >= max_rows) continue;
-        const float s = src[r] >= 0 ? row_scale_of(row, scale_mode, scale, assignment_of, tokens_k) : 0.0f;
-        float v[PANEL];
-#pragma unroll
-        for (int q = 0; q < NV; ++q) VSTORE(acc[r][q], q, v);
-        const size_t out = (size_t)row * (size_t)N;
-        const int real = src[r] >= 0;
-        for (int j = 0; j < PANEL_OUT; ++j) {
-            const int col = panel * PANEL_OUT + j;
-#if EPILOGUE == 4
-            if (col < N) Y_STORE(y, out + col, real ? glu(v[j] + BIAS(e, col), v[j + PANEL / 2] + BIAS(e, N + col)) * s : 0.0f);
-#else
-            if (col < N) Y_STORE(y, out + col, real ? activate(v[j] + BIAS(e, col)) * s : 0.0f);
 #endif
-        }
-    }
+#if PANEL_GROUP >= 2
+    if (SY_JOINT(nr, 2))
+        for (; p + 2 <= np; p += 2) SY_PANEL_RUN(2, panel0 + p);
+#endif
+    for (; p < np; ++p) SY_PANEL_RUN(1, panel0 + p);
+#undef SY_PANEL_RUN
 }
 
-// Each work-item computes TILE_STEP consecutive row tiles (a row block) of one panel: the
-// panel stays in cache across the block's tiles. Panels are dimension 0, so consecutive
-// work-groups run the same row block against the next panels and its activations stay in
-// cache across all of them (the host sizes TILE_STEP so the block fits the device's per-core
-// cache): each activation row is read from memory once per block, not once per panel.
+// Each work-item computes TILE_STEP consecutive row tiles (a row block) of its PANEL_GROUP
+// panels: the panels stay in cache across the block's tiles. Panel groups are dimension 0, so
+// consecutive work-groups run the same row block against the next panels and its activations
+// stay in cache across all of them (the host sizes TILE_STEP so the block fits the device's
+// per-core cache): each activation row is read from memory once per block, not once per panel.
 __kernel void grouped_matmul_packed(__global const A_T* a, __global const int* assignment_of, int gather_k,
                                     __global const W_T* w, __global const int* tile_expert, __global Y_T* y,
                                     __global const float* scale, int scale_mode, int K, int N, int panels,
@@ -533,14 +612,14 @@ __kernel void grouped_matmul_packed(__global const A_T* a, __global const int* a
                                     int qgroups, __global const float* bias, int kb, int ke, __global float* carry,
                                     int carry_width) {
     const int first = get_global_id(1) * TILE_STEP;
-    const int panel = get_global_id(0);
-    if (panel >= panels) return;
+    const int panel0 = get_global_id(0) * PANEL_GROUP;
+    if (panel0 >= panels) return;
     for (int step = 0; step < TILE_STEP; ++step) {
         const int tile = first + step;
         if (tile >= tiles) break;
         packed_tile(a, assignment_of, gather_k, w, tile_expert, y, scale, scale_mode, K, N, panels, dense_rows,
-                    tokens_k, block, max_rows, experts, tile, panel, qscale, qzero, qgroup, qgroups, bias, kb, ke, carry,
-                    carry_width);
+                    tokens_k, block, max_rows, experts, tile, panel0, qscale, qzero, qgroup, qgroups, bias, kb, ke,
+                    carry, carry_width);
     }
 }
 

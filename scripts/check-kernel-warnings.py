@@ -116,6 +116,9 @@ def variants(name, width):
                 out.append(merge(grid, dt("X", x), dt("Y", "f32"), dt("P", x), logit))
     elif name == "matmul.cl":
         rows, vw, panel = g["rows"], g["vw"], g["panel"]
+        # the decode launches' panel groups (Matmul.swift, panelGroupSize)
+        vectors = max(1, panel // max(1, vw))
+        group = {"PANEL_GROUP": str(min(4, max(1, 8 // vectors))), "JOINT_ACC": "16" if vw >= 16 else "8"}
         for a, y, w in [("f32", "f32", "f32"), ("f16", "f16", "f16"), ("bf16", "bf16", "bf16"), ("f32", "f16", "bf16")]:
             base = merge(dt("A", a), dt("Y", y), {"W_DT": dt("W", w)["W_DT"], "EPILOGUE": "0"})
             for extra in ({}, {"HAS_BIAS": "1", "EPILOGUE": "1"}, {"EPILOGUE": "2", "GLU_ACT": "1"}):
@@ -126,6 +129,7 @@ def variants(name, width):
                     out.append(merge(d, {"PANEL": "64", "TRM": "4", "TBK": "16", "ROWS": str(rows)}))
                 else:
                     out.append(merge(d, {"PANEL": str(panel), "VW": str(vw), "TILE_STEP": "1", "ROWS": str(rows)}))
+                    out.append(merge(d, group, {"PANEL": str(panel), "VW": str(vw), "TILE_STEP": "1", "ROWS": str(rows)}))
                 out.append(merge(d, {"ROWS": str(min(4, rows) if lanes else rows)}))  # plain
         for q in ("1", "2", "3", "4", "5"):
             for zp in ({}, {"ZP": "1"}) if q == "2" else ({},):
@@ -134,6 +138,7 @@ def variants(name, width):
                     out.append(merge(d, {"PANEL": "64", "TRM": "4", "TBK": "16", "ROWS": str(rows)}))
                 else:
                     out.append(merge(d, {"PANEL": str(panel), "VW": str(vw), "TILE_STEP": "1", "ROWS": str(max(1, rows - 2))}))
+                    out.append(merge(d, group, {"PANEL": str(panel), "VW": str(vw), "TILE_STEP": "1", "ROWS": str(rows)}))
         out += [{"W_DT": str(c), "PANEL": str(panel)} for c in (0, 1, 2)]  # pack_weights
     elif name == "quantized_weights.cl":
         out += [{"W_DT": str(c)} for c in (0, 1, 2)]

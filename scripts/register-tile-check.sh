@@ -21,7 +21,7 @@ import sys
 src = open('Kernels/matmul.cl').read().replace('#include "common.h"', open('Kernels/common.h').read())
 src = src.replace('#define W_LOADV(p, i) SY_CAT(vload, VW)((i), (p))',
                   '#define W_LOADV(p, i) (*(__global const VEC*)((p) + (size_t)(i) * VW))', 1)
-src = src.replace('acc[r][v] = fma(av, wv[v], acc[r][v]);', 'acc[r][v] = av * wv[v] + acc[r][v];')
+src = src.replace('#define SY_MAD(a, b, c) fma((a), (b), (c))', '#define SY_MAD(a, b, c) ((a) * (b) + (c))', 1)
 open(sys.argv[1], 'w').write(src)
 PY
 "$clang" -x cl -cl-std=CL1.2 -Xclang -finclude-default-header --target=x86_64-unknown-linux-gnu -march="$march" \

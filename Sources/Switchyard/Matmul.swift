@@ -307,6 +307,20 @@ extension OpenCLBackend {
     /// below llvmpipe's 65,535 per work-item.
     static let narrowLaneBudget = 32768
 
+    /// Panels one register-kernel work-item takes (`PANEL_GROUP`) when tiles are expected to hold
+    /// `expectedRows` rows: enough that one row has 8 independent multiply-add chains (two FMA
+    /// units of latency 4), at most 4 (AVX-512, 4 vectors a panel: 2; AVX2 or 4-wide, 2 vectors:
+    /// 4) and at most 2 for formats decoded per weight in the loop (int4, MXFP4, FP8: their scale
+    /// and offset vectors take registers too; measured on AVX2 at one row, hot weights, 2048 ×
+    /// 4096: 2 panels against 4 int4 28 against 28 G weights/s, MXFP4 10.1 against 9.3, FP8
+    /// unchanged), and 1 unless two panels of the expected rows fit `jointAccumulators` vectors
+    /// (decode; the kernel picks per tile how many panels run together, `SY_JOINT`).
+    func panelGroupSize(vectors: Int, expectedRows: Int, jointAccumulators: Int, format: WeightFormat?) -> Int {
+        let decodesPerWeight = format.map { $0.kernelCode > 1 } ?? false
+        let g = min(decodesPerWeight ? 2 : 4, max(1, 8 / max(1, vectors)))
+        return max(1, expectedRows) * 2 * vectors <= jointAccumulators ? g : 1
+    }
+
     /// The k ranges the panel and plain matmul kernels run in, one launch each. One range [0, K)
     /// on devices without a loop limit. On a device with one, K is cut into slices whose loop
     /// steps stay within `loopStepBudget` (half the limit: the rest is the work-item's other
@@ -531,14 +545,29 @@ extension OpenCLBackend {
                     panelBytes: weights.inFeatures * width * packed.dtype.size, panels: panels)
                 let items = (tiles + step - 1) / step
                 let group = device.workItemsAreLanes ? 16 : 1
+                let vectors = max(1, width / max(1, tuning.matmulVectorWidth))
+                // Few rows per tile (decode, or a dense matmul of a few rows): a work-item takes a
+                // group of panels and runs them in one k loop where the rows allow, so that a row
+                // or two has enough independent multiply-add chains (`panel_run`).
+                let fewRows = routing.map { r in
+                    (r.tokens * r.config.k + r.config.experts - 1) / max(1, r.config.experts)
+                } ?? rows
+                let jointAccumulators = Tuning.cpuRegisters(vectorWidth: tuning.matmulVectorWidth) / 2
+                let panelGroup = panelGroupSize(
+                    vectors: vectors, expectedRows: fewRows, jointAccumulators: jointAccumulators,
+                    format: weights.quantized?.format)
+                let groups = (panels + panelGroup - 1) / panelGroup
                 defines["VW"] = "\(tuning.matmulVectorWidth)"
                 defines["TILE_STEP"] = "\(step)"
-                // Panels in dimension 0: consecutive work-groups take one row block through every panel.
-                (kernel, global, local) = ("grouped_matmul_packed", [panels, (items + group - 1) / group * group], [1, group])
+                defines["PANEL_GROUP"] = "\(panelGroup)"
+                defines["JOINT_ACC"] = "\(jointAccumulators)"
+                // Panel groups in dimension 0: consecutive work-groups take one row block through every panel.
+                (kernel, global, local) = ("grouped_matmul_packed", [groups, (items + group - 1) / group * group], [1, group])
                 // per k (a loop of n counts n + 1 checks): the k loop, the weight vectors' load and
-                // dequantizing loops, the rows loop and each row's vectors
-                let vectors = max(1, width / max(1, tuning.matmulVectorWidth))
-                stepsPerK = step * (4 + (weights.quantized == nil ? 2 : 4) * (vectors + 1) + tileRows * (vectors + 2))
+                // dequantizing loops, the rows loop and each row's vectors; the group's panels one
+                // after the other at worst
+                stepsPerK = step * panelGroup
+                    * (4 + (weights.quantized == nil ? 2 : 4) * (vectors + 1) + tileRows * (vectors + 2))
             case .workGroup:
                 // Rows per work-group: a power of two dividing the block (and the tuning's).
                 var r = tuning.matmulRows

@@ -93,6 +93,10 @@ enum MatmulCases {
                      dtype: .bf16, packed: packed),
                 Spec(tokens: 5, k: 1, experts: 1, inFeatures: 20000, outFeatures: 72, block: 4, epilogue: .none,
                      dtype: .bf16, packed: packed, dense: true),
+                // two rows (a shared expert at decode): a work-item's panels run together (the
+                // register kernel's panel groups), through k slices, the last group short
+                Spec(tokens: 2, k: 1, experts: 1, inFeatures: 20000, outFeatures: 72, block: 4, epilogue: .none,
+                     dtype: .bf16, packed: packed, dense: true),
                 Spec(tokens: 61, k: 1, experts: 1, inFeatures: 37, outFeatures: 2, block: 4, epilogue: .silu,
                      dtype: .f16, packed: packed, dense: true),
                 Spec(tokens: 50, k: 2, experts: 4, inFeatures: 70, outFeatures: 2, block: 4, epilogue: .swiglu,

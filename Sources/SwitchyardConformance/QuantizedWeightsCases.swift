@@ -207,6 +207,9 @@ enum QuantizedWeightsCases {
                       epilogue: .swiglu, dtype: .bf16, kind: "hot"),
                 MSpec(format: f, tokens: 1, k: 2, experts: 16, inFeatures: 256, outFeatures: 128, block: 4,
                       epilogue: .swiglu, dtype: .bf16, fused: true),
+                // decode: 1-3 rows a tile, panels in groups (the last one short on every width)
+                MSpec(format: f, tokens: 3, k: 2, experts: 4, inFeatures: kIn, outFeatures: 150, block: 4,
+                      epilogue: .swiglu, dtype: .bf16),
                 MSpec(format: f, tokens: 0, k: 2, experts: 4, inFeatures: 64, outFeatures: 32, block: 4,
                       epilogue: .none, dtype: .f32),
                 MSpec(format: f, tokens: 33, k: 1, experts: 1, inFeatures: f == .fp8 ? 256 : 96, outFeatures: 8, block: 4,
