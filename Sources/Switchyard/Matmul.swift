@@ -310,14 +310,21 @@ extension OpenCLBackend {
     /// Panels one register-kernel work-item takes (`PANEL_GROUP`) when tiles are expected to hold
     /// `expectedRows` rows: enough that one row has 8 independent multiply-add chains (two FMA
     /// units of latency 4), at most 4 (AVX-512, 4 vectors a panel: 2; AVX2 or 4-wide, 2 vectors:
-    /// 4) and at most 2 for formats decoded per weight in the loop (int4, MXFP4, FP8: their scale
-    /// and offset vectors take registers too; measured on AVX2 at one row, hot weights, 2048 ×
-    /// 4096: 2 panels against 4 int4 28 against 28 G weights/s, MXFP4 10.1 against 9.3, FP8
-    /// unchanged), and 1 unless two panels of the expected rows fit `jointAccumulators` vectors
-    /// (decode; the kernel picks per tile how many panels run together, `SY_JOINT`).
+    /// 4), at most 2 for the 4-bit formats (int4, MXFP4: their scale and offset vectors take
+    /// registers too; measured on AVX2 at one row, hot weights, 2048 × 4096: 2 panels against 4
+    /// int4 28 against 28 G weights/s, MXFP4 10.1 against 9.3) and 1 for FP8 (bound by its
+    /// decode: 6.7 G weights/s with 1, 2 or 4; the decode layers at T = 16 measured 3.9 against
+    /// 4.3–4.6 GB/s with 2), and 1 unless two panels of the expected rows fit
+    /// `jointAccumulators` vectors (decode; the kernel picks per tile how many panels run
+    /// together, `SY_JOINT`).
     func panelGroupSize(vectors: Int, expectedRows: Int, jointAccumulators: Int, format: WeightFormat?) -> Int {
-        let decodesPerWeight = format.map { $0.kernelCode > 1 } ?? false
-        let g = min(decodesPerWeight ? 2 : 4, max(1, 8 / max(1, vectors)))
+        let most: Int
+        switch format {
+        case .int4, .mxfp4: most = 2
+        case .fp8: most = 1
+        default: most = 4
+        }
+        let g = min(most, max(1, 8 / max(1, vectors)))
         return max(1, expectedRows) * 2 * vectors <= jointAccumulators ? g : 1
     }
 
