@@ -330,8 +330,10 @@ inline int tile_expert_of(int tile, int dense_rows, __global const int* tile_exp
 // NR rows run NP panels together when their accumulators fit the tile's and JOINT_ACC vectors
 // (the host: half the register file, the rest for weights, scales and the broadcast row).
 #define SY_JOINT(nr, np) ((nr) * (np) <= ROWS && (nr) * (np) * NV <= JOINT_ACC)
-// Rows a run of NP panels accumulates (rows from there on are padding, see SY_JOINT).
-#define SY_RUN_ROWS(np) ((np) == 1 ? ROWS : min(ROWS / (np), JOINT_ACC / ((np) * NV)))
+// Rows a run of NP panels accumulates (rows from there on are padding, see SY_JOINT). A constant
+// expression (no builtin min()), so that the loops it bounds unroll.
+#define SY_RUN_ROWS(np) \
+    ((np) == 1 ? ROWS : (ROWS / (np) < JOINT_ACC / ((np) * NV) ? ROWS / (np) : JOINT_ACC / ((np) * NV)))
 // acc: row r's vector v of the run's panel p at acc[(r · NP + p) · NV + v].
 static __attribute__((always_inline)) inline void accumulate(const int NR, const int NP, VEC* acc,
                                                       __global const A_T** ap, __global const W_T* w, int e,
