@@ -456,6 +456,11 @@ extension OpenCLBackend {
         let y = try empty(shape: [rows, n], dtype: out, label: "matmul output")
         if rows == 0 { return y.guarded(by: routing.map { [$0.flags] } ?? []) }
         let tokensK = routing.map { $0.tokens * $0.config.k } ?? 0
+        // Rows a tile is expected to hold: an expert's average share of the routed rows, or a
+        // dense matmul's rows (decode: one or two).
+        let expectedRows = routing.map { r in
+            (r.tokens * r.config.k + r.config.experts - 1) / max(1, r.config.experts)
+        } ?? rows
         let ab = try deviceBuffer(a, "matmul activations")
         let assignment = try routing.map { try deviceBuffer($0.assignmentOf, "routing") } ?? y.buffer!
         let tileMap = try routing.map { try deviceBuffer($0.tileExpert, "routing") } ?? y.buffer!
@@ -497,10 +502,7 @@ extension OpenCLBackend {
             // registers; the rare full block may spill its scale vectors (L1 reloads), not a
             // pass over the weights. Prefill keeps the register-sized tile. (A row's sum is the
             // same chain whatever its tile: batch invariant.)
-            if let routing {
-                let perExpert = (routing.tokens * routing.config.k + routing.config.experts - 1) / routing.config.experts
-                if perExpert <= quantRows { quantRows = tuning.matmulRows }
-            }
+            if routing != nil && expectedRows <= quantRows { quantRows = tuning.matmulRows }
         }
         if let w = weights.weight, weights.quantized == nil,
             let rowsPerItem = narrowMatmulRows(
@@ -544,9 +546,7 @@ extension OpenCLBackend {
                 tiles = (rows + tileRows - 1) / tileRows
                 // Decode (experts average at most a tile of rows): one tile per work-item, as many
                 // work-items as tiles × panels; a row block has nothing to reuse there.
-                let decode = routing.map { r in
-                    (r.tokens * r.config.k + r.config.experts - 1) / max(1, r.config.experts) <= tileRows
-                } ?? false
+                let decode = routing != nil && expectedRows <= tileRows
                 let step = decode ? 1 : packedTileStep(
                     tiles: tiles, tileRows: tileRows, inFeatures: weights.inFeatures, activationBytes: a.dtype.size,
                     panelBytes: weights.inFeatures * width * packed.dtype.size, panels: panels)
@@ -556,12 +556,9 @@ extension OpenCLBackend {
                 // Few rows per tile (decode, or a dense matmul of a few rows): a work-item takes a
                 // group of panels and runs them in one k loop where the rows allow, so that a row
                 // or two has enough independent multiply-add chains (`panel_run`).
-                let fewRows = routing.map { r in
-                    (r.tokens * r.config.k + r.config.experts - 1) / max(1, r.config.experts)
-                } ?? rows
                 let jointAccumulators = Tuning.cpuRegisters(vectorWidth: tuning.matmulVectorWidth) / 2
                 let panelGroup = panelGroupSize(
-                    vectors: vectors, expectedRows: fewRows, jointAccumulators: jointAccumulators,
+                    vectors: vectors, expectedRows: expectedRows, jointAccumulators: jointAccumulators,
                     format: weights.quantized?.format)
                 let groups = (panels + panelGroup - 1) / panelGroup
                 defines["VW"] = "\(tuning.matmulVectorWidth)"
