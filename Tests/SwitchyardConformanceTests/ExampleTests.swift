@@ -251,8 +251,7 @@ struct ExampleTests {
 @Test func exampleCommands() throws {
     let device = 0
     try #require(!(try Device.all()).isEmpty)
-    let binary = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent().appendingPathComponent(".build/debug/switchyard").path
+    let binary = LoadMemoryTests.tool
     try #require(FileManager.default.isExecutableFile(atPath: binary), "build the switchyard tool first (swift build)")
     func run(_ arguments: [String]) throws -> (status: Int32, output: String) {
         let process = Process()

@@ -8,8 +8,7 @@ import Testing
 /// is bitwise right, and no OpenCL object is left once the backend is gone.
 @Test(arguments: Array((try? Device.all().indices) ?? 0..<0))
 func faultWalk(device: Int) throws {
-    let binary = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent().appendingPathComponent(".build/debug/switchyard").path
+    let binary = LoadMemoryTests.tool
     try #require(FileManager.default.isExecutableFile(atPath: binary), "build the switchyard tool first (swift build)")
     let process = Process()
     process.executableURL = URL(fileURLWithPath: binary)
