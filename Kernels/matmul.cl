@@ -201,6 +201,28 @@ inline float dequant1(__global const uchar* wq, __global const SC_T* sq, __globa
 #define H8 4
 #define H16 8
 #endif
+// VW-wide e2m1 decode of 4-bit codes c (UV lanes, each ≤ 15). Where the compiler targets an x86
+// CPU whose variable permute covers the table (AVX2 for 8 lanes, AVX-512 for 16), the lanes look
+// the value up in a vector of the values: clang turns a vector built from variable-index
+// elements of one vector into one permute (vpermps), about 3 operations a lane (AVX2: the 8
+// magnitudes, the sign or-ed in; AVX-512: the 16 signed values) against DEC_E2M1's 8. Elsewhere
+// (GPUs, other CPUs, narrower vectors, where that lowering is not known) DEC_E2M1. The values
+// are the same (exact; code 8 is −0), so the output does not depend on the path.
+#if QFMT == 3 && VW == 8 && defined(__x86_64__) && defined(__AVX2__)
+#define E2M1_TABLE (float8)(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f)
+#define E2M1_AT(t, i) (float8)(t[(i).s0], t[(i).s1], t[(i).s2], t[(i).s3], t[(i).s4], t[(i).s5], t[(i).s6], t[(i).s7])
+#define DEC_E2M1V(t, c) AS_FV(AS_UV(E2M1_AT(t, (c) & 7u)) | ((c) << 28 & 0x80000000u))
+#elif QFMT == 3 && VW == 16 && defined(__x86_64__) && defined(__AVX512F__)
+#define E2M1_TABLE \
+    (float16)(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f)
+#define E2M1_AT(t, i)                                                                                            \
+    (float16)(t[(i).s0], t[(i).s1], t[(i).s2], t[(i).s3], t[(i).s4], t[(i).s5], t[(i).s6], t[(i).s7], t[(i).s8], \
+              t[(i).s9], t[(i).sa], t[(i).sb], t[(i).sc], t[(i).sd], t[(i).se], t[(i).sf])
+#define DEC_E2M1V(t, c) E2M1_AT(t, (c) & 15u)
+#else
+#define E2M1_TABLE 0.0f
+#define DEC_E2M1V(t, c) DEC_E2M1(c, UV, VEC, AS_FV, AS_UV)
+#endif
 #endif
 
 inline float silu(float v) { return v / (1.0f + exp(-v)); }
@@ -363,6 +385,10 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, const
     __global const uchar* zq = qzero + pq * (size_t)qgroups * PANEL;
     const size_t wstride = (size_t)K * QROW;
     const size_t sstride = (size_t)qgroups * PANEL;
+#if QFMT == 3
+    const VEC e2m1 = E2M1_TABLE;
+    (void)e2m1;
+#endif
     for (int g = kb / qgroup; g < min(qgroups, (ke + qgroup - 1) / qgroup); ++g) {
         VEC sv[PANEL_GROUP * NV];
 #if QFMT == 2
@@ -413,8 +439,8 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, const
                     wv[x] = SY_MAD(CVT_FV(lo), sv[x], zv[x]);
                     wv[x + NV / 2] = SY_MAD(CVT_FV(hi), sv[x + NV / 2], zv[x + NV / 2]);
 #else
-                    wv[x] = DEC_E2M1(lo, UV, VEC, AS_FV, AS_UV) * sv[x];
-                    wv[x + NV / 2] = DEC_E2M1(hi, UV, VEC, AS_FV, AS_UV) * sv[x + NV / 2];
+                    wv[x] = DEC_E2M1V(e2m1, lo) * sv[x];
+                    wv[x + NV / 2] = DEC_E2M1V(e2m1, hi) * sv[x + NV / 2];
 #endif
                 }
 #else
@@ -424,7 +450,7 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, const
 #if QFMT == 2
                     wv[p] = SY_MAD(CVT_FV(c), sv[p], zv[p]);
 #else
-                    wv[p] = DEC_E2M1(c, UV, VEC, AS_FV, AS_UV) * sv[p];
+                    wv[p] = DEC_E2M1V(e2m1, c) * sv[p];
 #endif
                 }
 #endif

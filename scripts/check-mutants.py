@@ -12,7 +12,8 @@ import os, shutil, subprocess, sys, tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# (name, file, text, replacement, conformance filter)
+# (name, file, text, replacement, conformance filter[, environment: e.g. SWITCHYARD_VECTOR_WIDTH for
+# code one vector width runs, with "cpu flag" naming the /proc/cpuinfo flag its code needs])
 MUTANTS = [
     ("f16 store rounds toward zero", "common.h",
      "#define STORE_F16(p, i, v) vstore_half_rte((v), (i), (p))",
@@ -26,7 +27,16 @@ MUTANTS = [
      "                for (int x = 0; x < NP * NV; ++x) acc[r * NP * NV + x] *= sv[x];", "                ;",
      r"^quantized_matmul.*int8"),
     ("e2m1 code 1 decodes as 0.75 (the min's second form off)", "matmul.cl",
-     "(F)-1.0f)))", "(F)-0.5f)))", r"mxfp4"),
+     "(F)-1.0f)))", "(F)-0.5f)))", r"mxfp4", {"SWITCHYARD_VECTOR_WIDTH": "4"}),
+    ("e2m1 table: 3 decodes as 2.5 (AVX2 8-lane table)", "matmul.cl",
+     "(float8)(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f)", "(float8)(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 2.5f, 4.0f, 6.0f)",
+     r"mxfp4", {"SWITCHYARD_VECTOR_WIDTH": "8", "cpu flag": "avx2"}),
+    ("e2m1 table: the sign dropped (AVX2 8-lane table)", "matmul.cl",
+     "AS_UV(E2M1_AT(t, (c) & 7u)) | ((c) << 28 & 0x80000000u)", "AS_UV(E2M1_AT(t, (c) & 7u)) | ((c) << 28 & 0u)",
+     r"mxfp4", {"SWITCHYARD_VECTOR_WIDTH": "8", "cpu flag": "avx2"}),
+    ("e2m1 table: -6 decodes as -4 (AVX-512 16-lane table)", "matmul.cl",
+     "-2.0f, -3.0f, -4.0f, -6.0f)", "-2.0f, -3.0f, -4.0f, -4.0f)",
+     r"mxfp4", {"SWITCHYARD_VECTOR_WIDTH": "16", "cpu flag": "avx512f"}),
     ("e4m3 subnormals off (the min's second form off)", "matmul.cl",
      "(F)-0x1p-6f))", "(F)-0x1p-7f))", r"fp8"),
     ("matmul k loop stops one short", "matmul.cl",
@@ -237,6 +247,16 @@ def kernel_of(name):
     return None
 
 
+def cpu_flags():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, ".build/release/switchyard")
     if not os.access(binary, os.X_OK):
@@ -249,8 +269,15 @@ def main():
     failed = 0
     skipped = 0
     with tempfile.TemporaryDirectory() as work:
-        for name, file, text, replacement, filt in MUTANTS:
+        for name, file, text, replacement, filt, *extra in MUTANTS:
             if kernel_of(name) not in (None, kernel):
+                skipped += 1
+                continue
+            # a mutant of one vector width's code: that width (CPU-class devices; the
+            # register kernel), on a host CPU with the instructions that code is built for
+            extra_env = dict(extra[0]) if extra else {}
+            flag = extra_env.pop("cpu flag", None)
+            if extra_env and (kernel != "register" or (flag and flag not in cpu_flags())):
                 skipped += 1
                 continue
             # k slices run only on a device with a loop limit (llvmpipe): elsewhere K is one launch
@@ -267,7 +294,7 @@ def main():
                 failed += 1
                 continue
             open(path, "w").write(src.replace(text, replacement))
-            env = dict(os.environ, SWITCHYARD_KERNEL_DIR=kernels, SWITCHYARD_NO_TUNING="1")
+            env = dict(os.environ, SWITCHYARD_KERNEL_DIR=kernels, SWITCHYARD_NO_TUNING="1", **extra_env)
             out = subprocess.run([binary, "conformance", "--filter", filt], env=env, capture_output=True, text=True)
             lines = out.stdout.strip().splitlines()
             summary = lines[-1] if lines else out.stderr.strip()[-200:]
@@ -277,7 +304,8 @@ def main():
             else:
                 print(f"caught  {name} ({file}): {summary}")
     tried = len(MUTANTS) - skipped
-    print(f"{tried - failed} of {tried} mutations caught ({skipped} of another matmul kernel or k slices not tried)")
+    print(f"{tried - failed} of {tried} mutations caught ({skipped} not tried: of the other matmul kernel, of k slices, "
+          "or of a vector width this device or CPU does not run)")
     sys.exit(1 if failed else 0)
 
 
