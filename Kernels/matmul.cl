@@ -45,9 +45,6 @@
 #ifndef TBK
 #define TBK 16
 #endif
-#ifndef TILE_STEP
-#define TILE_STEP 1
-#endif
 
 #ifndef A_DT
 #define A_DT 0
@@ -627,22 +624,24 @@ inline void packed_tile(__global const A_T* a, __global const int* assignment_of
 #undef SY_PANEL_RUN
 }
 
-// Each work-item computes TILE_STEP consecutive row tiles (a row block) of its PANEL_GROUP
+// Each work-item computes `tile_step` consecutive row tiles (a row block) of its PANEL_GROUP
 // panels: the panels stay in cache across the block's tiles. Panel groups are dimension 0, so
 // consecutive work-groups run the same row block against the next panels and its activations
-// stay in cache across all of them (the host sizes TILE_STEP so the block fits the device's
+// stay in cache across all of them (the host sizes the step so the block fits the device's
 // per-core cache): each activation row is read from memory once per block, not once per panel.
+// The step is an argument, not a -D value: it follows the row count, and a program per row
+// count would be a driver compile for each new batch size.
 __kernel void grouped_matmul_packed(__global const A_T* a, __global const int* assignment_of, int gather_k,
                                     __global const W_T* w, __global const int* tile_expert, __global Y_T* y,
                                     __global const float* scale, int scale_mode, int K, int N, int panels,
-                                    int dense_rows, int tokens_k, int tiles, int block, int max_rows, int experts,
-                                    __global const SC_T* qscale, __global const uchar* qzero, int qgroup,
-                                    int qgroups, __global const float* bias, int kb, int ke, __global float* carry,
-                                    int carry_width) {
-    const int first = get_global_id(1) * TILE_STEP;
+                                    int dense_rows, int tokens_k, int tiles, int tile_step, int block,
+                                    int max_rows, int experts, __global const SC_T* qscale,
+                                    __global const uchar* qzero, int qgroup, int qgroups, __global const float* bias,
+                                    int kb, int ke, __global float* carry, int carry_width) {
+    const int first = get_global_id(1) * tile_step;
     const int panel0 = get_global_id(0) * PANEL_GROUP;
     if (panel0 >= panels) return;
-    for (int step = 0; step < TILE_STEP; ++step) {
+    for (int step = 0; step < tile_step; ++step) {
         const int tile = first + step;
         if (tile >= tiles) break;
         packed_tile(a, assignment_of, gather_k, w, tile_expert, y, scale, scale_mode, K, N, panels, dense_rows,

@@ -128,8 +128,8 @@ def variants(name, width):
                 if lanes:
                     out.append(merge(d, {"PANEL": "64", "TRM": "4", "TBK": "16", "ROWS": str(rows)}))
                 else:
-                    out.append(merge(d, {"PANEL": str(panel), "VW": str(vw), "TILE_STEP": "1", "ROWS": str(rows)}))
-                    out.append(merge(d, group, {"PANEL": str(panel), "VW": str(vw), "TILE_STEP": "1", "ROWS": str(rows)}))
+                    out.append(merge(d, {"PANEL": str(panel), "VW": str(vw), "ROWS": str(rows)}))
+                    out.append(merge(d, group, {"PANEL": str(panel), "VW": str(vw), "ROWS": str(rows)}))
                 out.append(merge(d, {"ROWS": str(min(4, rows) if lanes else rows)}))  # plain
         for q in ("1", "2", "3", "4", "5"):
             for zp in ({}, {"ZP": "1"}) if q == "2" else ({},):
@@ -137,8 +137,8 @@ def variants(name, width):
                 if lanes:
                     out.append(merge(d, {"PANEL": "64", "TRM": "4", "TBK": "16", "ROWS": str(rows)}))
                 else:
-                    out.append(merge(d, {"PANEL": str(panel), "VW": str(vw), "TILE_STEP": "1", "ROWS": str(max(1, rows - 2))}))
-                    out.append(merge(d, group, {"PANEL": str(panel), "VW": str(vw), "TILE_STEP": "1", "ROWS": str(rows)}))
+                    out.append(merge(d, {"PANEL": str(panel), "VW": str(vw), "ROWS": str(max(1, rows - 2))}))
+                    out.append(merge(d, group, {"PANEL": str(panel), "VW": str(vw), "ROWS": str(rows)}))
         out += [{"W_DT": str(c), "PANEL": str(panel)} for c in (0, 1, 2)]  # pack_weights
     elif name == "quantized_weights.cl":
         out += [{"W_DT": str(c)} for c in (0, 1, 2)]

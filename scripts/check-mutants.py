@@ -42,7 +42,7 @@ MUTANTS = [
     ("matmul k loop stops one short", "matmul.cl",
      "    for (int k = kb; k < ke; ++k) {", "    for (int k = kb; k < ke - 1; ++k) {", r"^grouped_matmul"),
     ("matmul row block skips its last tile", "matmul.cl",
-     "    for (int step = 0; step < TILE_STEP; ++step) {", "    for (int step = 0; step < TILE_STEP - 1; ++step) {",
+     "    for (int step = 0; step < tile_step; ++step) {", "    for (int step = 0; step < tile_step - 1; ++step) {",
      r"^grouped_matmul"),
     ("narrow matmul k loop stops one short", "matmul.cl",
      "    for (int k = 0; k < K; ++k) {\n        float av[VW];", "    for (int k = 0; k < K - 1; ++k) {\n        float av[VW];",

@@ -339,7 +339,11 @@ public final class Program: @unchecked Sendable {
             throw CLError(code: status == 0 ? CL_INVALID_VALUE : status, call: "clCreateProgramWithSource")
         }
         var deviceID: cl_device_id? = context.device.id
+        let start = DispatchTime.now().uptimeNanoseconds
         let buildStatus = clBuildProgram(program, 1, &deviceID, options, nil, nil)
+        Program.logBuild(
+            device: context.device.name, source: source, options: options,
+            seconds: Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
         let log = Program.log(program, context.device.id)
         if buildStatus != CL_SUCCESS {
             clReleaseProgram(program)
@@ -356,6 +360,27 @@ public final class Program: @unchecked Sendable {
     deinit {
         clReleaseProgram(handle)
         LiveObjects.released("program")
+    }
+
+    /// `SWITCHYARD_BUILD_LOG`: a file that gets one line per program build (device, a hash of
+    /// the source, its bytes, the options, the seconds `clBuildProgram` took), appended with one
+    /// `write` each, so concurrent builds and processes do not interleave lines. What a new
+    /// shape, dtype or geometry costs in driver compiles (PoCL compiles each kernel again at its
+    /// first launch, which this does not count).
+    public static let buildLogPath: String? = {
+        guard let path = ProcessInfo.processInfo.environment["SWITCHYARD_BUILD_LOG"], !path.isEmpty else { return nil }
+        return path
+    }()
+
+    static func logBuild(device: String, source: String, options: String, seconds: Double) {
+        guard let path = buildLogPath else { return }
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a
+        for byte in source.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        let line = "\(device)\t\(String(hash, radix: 16))\t\(source.utf8.count)\t\(options)\t\(seconds)\n"
+        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT, 0o644)
+        guard fd >= 0 else { return }
+        _ = line.withCString { write(fd, $0, strlen($0)) }
+        close(fd)
     }
 
     static func log(_ program: cl_program, _ device: cl_device_id) -> String {

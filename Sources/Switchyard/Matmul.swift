@@ -274,7 +274,7 @@ extension OpenCLBackend {
         return (1...max(1, min(limit, block))).last { block % $0 == 0 } ?? 1
     }
 
-    /// Row tiles one register-kernel work-item walks down one panel (`TILE_STEP`): a row block
+    /// Row tiles one register-kernel work-item walks down one panel (`tile_step`): a row block
     /// whose activations (`tileRows` rows × K) stay in the core's cache while the work-groups
     /// after it take the same block through the other panels, so each activation row is read
     /// from memory once per block rather than once per panel (an 8-wide device has 16-column
@@ -540,6 +540,7 @@ extension OpenCLBackend {
             let global: [Int]
             let local: [Int]
             let stepsPerK: Int
+            var tileArgs: [Arg]  // the register kernel's tile count and step, the work-group kernel's count
             switch tuning.matmulKernel {
             case .registers:
                 tileRows = matmulRows(block: routing?.blockSize, limit: quantRows)
@@ -562,11 +563,11 @@ extension OpenCLBackend {
                     format: weights.quantized?.format)
                 let groups = (panels + panelGroup - 1) / panelGroup
                 defines["VW"] = "\(tuning.matmulVectorWidth)"
-                defines["TILE_STEP"] = "\(step)"
                 defines["PANEL_GROUP"] = "\(panelGroup)"
                 defines["JOINT_ACC"] = "\(jointAccumulators)"
                 // Panel groups in dimension 0: consecutive work-groups take one row block through every panel.
                 (kernel, global, local) = ("grouped_matmul_packed", [groups, (items + group - 1) / group * group], [1, group])
+                tileArgs = [.int(tiles), .int(step)]
                 // per k (a loop of n counts n + 1 checks): the k loop, the weight vectors' load and
                 // dequantizing loops, the rows loop and each row's vectors; the group's panels one
                 // after the other at worst
@@ -586,6 +587,7 @@ extension OpenCLBackend {
                 let groupRows = tileRows / perItem
                 tiles = (rows + tileRows - 1) / tileRows
                 (kernel, global, local) = ("grouped_matmul_tiled", [panels * groupCols, tiles * groupRows], [groupCols, groupRows])
+                tileArgs = [.int(tiles)]
                 let items = max(1, groupCols * groupRows)
                 let staging = (tuning.matmulTileK * (tileRows + width) + items - 1) / items + 2
                 // per k: the staging loops' share, the k step loop, the 4 weights, the rows loop and
@@ -598,8 +600,8 @@ extension OpenCLBackend {
                 args: common + [
                     .buffer(wb), .buffer(tileMap), .buffer(y.buffer!), .buffer(scaleBuffer), .int(scaleMode),
                     .int(weights.inFeatures), .int(n), .int(panels), .int(routing == nil ? rows : 0), .int(tokensK),
-                    .int(tiles), .int(routing?.blockSize ?? tileRows), .int(rows), .int(experts),
-                ] + quantArgs + [.buffer(biasBuffer)],
+                ] + tileArgs + [.int(routing?.blockSize ?? tileRows), .int(rows), .int(experts)] + quantArgs
+                    + [.buffer(biasBuffer)],
                 global: global, local: local,
                 slices: kSlices(inFeatures: weights.inFeatures, stepsPerK: stepsPerK, group: weights.quantized?.group ?? 1),
                 carryFloats: (rows, panels * width), carryWidthArg: true, spare: y.buffer!)

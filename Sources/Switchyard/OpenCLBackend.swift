@@ -95,6 +95,16 @@ public struct Tuning: Sendable, Hashable, Codable {
     /// floats; OpenCL reports no register count, so 4-wide devices get the smaller budget.)
     public static func cpuRegisters(vectorWidth width: Int) -> Int { width >= 16 ? 32 : 16 }
 
+    /// The register-kernel vector widths `switchyard tune` tries on `device`: its float vector
+    /// width and the neighbours max(4, half) and min(16, twice) (only the first with `quick`).
+    /// A device where work-items are SIMD lanes (native width 1) gets 1, 2 and 4; an AVX2 CPU 4,
+    /// 8 and 16.
+    public static func registerVectorWidths(for device: Device, quick: Bool = false) -> [Int] {
+        let native = device.floatVectorWidth
+        if quick { return [native] }
+        return Array(Set([native, max(4, native / 2), min(16, native * 2)])).sorted(by: >)
+    }
+
     /// Refuses a `SWITCHYARD_VECTOR_WIDTH` that is set but not 1, 2, 4, 8 or 16 (the testing
     /// override of `Device.floatVectorWidth`, e.g. 8 with PoCL's `POCL_KERNELLIB_NAME=avx2` as an
     /// AVX2 proxy on an AVX-512 host), naming it, rather than deriving a geometry it did not ask for.

@@ -519,9 +519,7 @@ struct Tune: ParsableCommand {
     /// vector width around the native one (with some spill allowed), and work-group tiles.
     func candidates(base: Tuning, device: Device) -> [Tuning] {
         var out: [Tuning] = []
-        let native = device.floatVectorWidth
-        let widths = quick ? [native] : Array(Set([native, max(4, native / 2), min(16, native * 2)])).sorted(by: >)
-        for width in widths {
+        for width in Tuning.registerVectorWidths(for: device, quick: quick) {
             let registers = Tuning.cpuRegisters(vectorWidth: width)
             for vectors in [1, 2, 4] {
                 for rows in [2, 4, 6, 8] where rows * vectors + vectors + 2 <= registers + (quick ? 0 : 4) {
