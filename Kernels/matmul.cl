@@ -150,7 +150,8 @@
 
 #if QFMT > 0
 // The weight at (k, panel column j) of a panel's codes `wq`, scales `sq`, zeros `zq` (int8: the
-// code; the row's scale multiplies the sum).
+// code, the row's scale multiplies the sum; MXFP4: the e2m1 value, its group's scale multiplies
+// the group's sum).
 inline float dequant1(__global const uchar* wq, __global const SC_T* sq, __global const uchar* zq, int k, int j,
                       int qgroup) {
     const size_t gj = (size_t)(k / qgroup) * PANEL + j;
@@ -172,7 +173,8 @@ inline float dequant1(__global const uchar* wq, __global const SC_T* sq, __globa
 #endif
     return SY_MAD((float)c, s, zs);
 #else
-    return DEC_E2M1(c, uint, float, as_float, as_uint) * DEC_E8M0((uint)sq[gj], uint, as_float);
+    (void)gj;
+    return DEC_E2M1(c, uint, float, as_float, as_uint);
 #endif
 #endif
 }
@@ -206,10 +208,17 @@ inline float dequant1(__global const uchar* wq, __global const SC_T* sq, __globa
 // (GPUs, other CPUs, narrower vectors, where that lowering is not known) DEC_E2M1. The values
 // are the same (exact; code 8 is −0), so the output does not depend on the path.
 #if QFMT == 3 && VW == 8 && defined(__x86_64__) && defined(__AVX2__)
-#define E2M1_TABLE (float8)(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f)
-#define E2M1_AT(t, i) (float8)(t[(i).s0], t[(i).s1], t[(i).s2], t[(i).s3], t[(i).s4], t[(i).s5], t[(i).s6], t[(i).s7])
-#define DEC_E2M1V(t, c) AS_FV(AS_UV(E2M1_AT(t, (c) & 7u)) | ((c) << 28 & 0x80000000u))
+// AVX2: vpermd reads an index's low 3 bits only, so the low nibble needs no mask. Entry i holds
+// the magnitude's bits xor i << 28, so that xor-ing the code shifted to the top (bits 0-2 at
+// 28-30, the sign bit 3 at 31) restores the magnitude and sets the sign: a lookup, a shift and
+// a xor a lane.
+#define E2M1_T int8
+#define E2M1_TABLE \
+    (int8)(0, 0x2F000000, 0x1F800000, 0x0FC00000, 0x00000000, 0x10400000, 0x20800000, 0x30C00000)
+#define DEC_E2M1_LO(t, b) AS_FV(as_uint8(__builtin_ia32_permvarsi256((t), as_int8(b))) ^ ((b) << 28))
+#define DEC_E2M1V(t, c) DEC_E2M1_LO(t, c)
 #elif QFMT == 3 && VW == 16 && defined(__x86_64__) && defined(__AVX512F__)
+#define E2M1_T float16
 #define E2M1_TABLE \
     (float16)(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f)
 #define E2M1_AT(t, i)                                                                                            \
@@ -217,9 +226,15 @@ inline float dequant1(__global const uchar* wq, __global const SC_T* sq, __globa
               t[(i).s9], t[(i).sa], t[(i).sb], t[(i).sc], t[(i).sd], t[(i).se], t[(i).sf])
 #define DEC_E2M1V(t, c) E2M1_AT(t, (c) & 15u)
 #else
+#define E2M1_T float
 #define E2M1_TABLE 0.0f
 #define DEC_E2M1V(t, c) DEC_E2M1(c, UV, VEC, AS_FV, AS_UV)
 #endif
+// The low and high nibbles of bytes b (UV lanes, each ≤ 255).
+#ifndef DEC_E2M1_LO
+#define DEC_E2M1_LO(t, b) DEC_E2M1V(t, (b) & 15u)
+#endif
+#define DEC_E2M1_HI(t, b) DEC_E2M1V(t, (b) >> 4)
 #endif
 
 inline float silu(float v) { return v / (1.0f + exp(-v)); }
@@ -383,7 +398,7 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, const
     const size_t wstride = (size_t)K * QROW;
     const size_t sstride = (size_t)qgroups * PANEL;
 #if QFMT == 3
-    const VEC e2m1 = E2M1_TABLE;
+    const E2M1_T e2m1 = E2M1_TABLE;
     (void)e2m1;
 #endif
     for (int g = kb / qgroup; g < min(qgroups, (ke + qgroup - 1) / qgroup); ++g) {
@@ -411,6 +426,17 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, const
 #endif
             }
         const int k1 = min(ke, (g + 1) * qgroup);
+#if QFMT == 3
+        // MXFP4: each group's products summed unscaled, then the group's scale (a power of two)
+        // applied to that sum once, instead of to each weight: a multiply a weight fewer. (K slices
+        // are multiples of 128, so a group never spans two.)
+        VEC gacc[ROWS * NV];
+#pragma unroll
+        for (int x = 0; x < NR * NP * NV; ++x) gacc[x] = (VEC)0.0f;
+#define QACC gacc
+#else
+#define QACC acc
+#endif
         for (int k = max(kb, g * qgroup); k < k1; ++k) {
             VEC wv[PANEL_GROUP * NV];  // (NP ≤ PANEL_GROUP: a size known to the compiler)
 #pragma unroll
@@ -429,15 +455,13 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, const
 #pragma unroll
                 for (int v = 0; v < NV / 2; ++v) {
                     const UV b = CVT_UV(LOADB(wk, (size_t)k * (NV / 2) + v));
-                    const UV lo = b & 15u;
-                    const UV hi = b >> 4;
                     const int x = p * NV + v;
 #if QFMT == 2
-                    wv[x] = SY_MAD(CVT_FV(lo), sv[x], zv[x]);
-                    wv[x + NV / 2] = SY_MAD(CVT_FV(hi), sv[x + NV / 2], zv[x + NV / 2]);
+                    wv[x] = SY_MAD(CVT_FV(b & 15u), sv[x], zv[x]);
+                    wv[x + NV / 2] = SY_MAD(CVT_FV(b >> 4), sv[x + NV / 2], zv[x + NV / 2]);
 #else
-                    wv[x] = DEC_E2M1V(e2m1, lo) * sv[x];
-                    wv[x + NV / 2] = DEC_E2M1V(e2m1, hi) * sv[x + NV / 2];
+                    wv[x] = DEC_E2M1_LO(e2m1, b);
+                    wv[x + NV / 2] = DEC_E2M1_HI(e2m1, b);
 #endif
                 }
 #else
@@ -447,7 +471,7 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, const
 #if QFMT == 2
                     wv[p] = SY_MAD(CVT_FV(c), sv[p], zv[p]);
 #else
-                    wv[p] = DEC_E2M1V(e2m1, c) * sv[p];
+                    wv[p] = DEC_E2M1V(e2m1, c);
 #endif
                 }
 #endif
@@ -456,9 +480,17 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, const
             for (int r = 0; r < NR; ++r) {
                 const VEC av = (VEC)A_LOAD(ap[r], k);
 #pragma unroll
-                for (int x = 0; x < NP * NV; ++x) acc[r * NP * NV + x] = SY_MAD(av, wv[x], acc[r * NP * NV + x]);
+                for (int x = 0; x < NP * NV; ++x) QACC[r * NP * NV + x] = SY_MAD(av, wv[x], QACC[r * NP * NV + x]);
             }
         }
+#undef QACC
+#if QFMT == 3
+#pragma unroll
+        for (int r = 0; r < NR; ++r)
+#pragma unroll
+            for (int x = 0; x < NP * NV; ++x)
+                acc[r * NP * NV + x] = SY_MAD(gacc[r * NP * NV + x], sv[x], acc[r * NP * NV + x]);
+#endif
 #if QFMT == 1
         // int8: one group (the row's scale), applied once to the chain of codes, by the k slice
         // that ends it (K slices carry the unscaled sum).
@@ -711,6 +743,12 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
     __global const SC_T* sq = qscale + pq * (size_t)qgroups * PANEL;
     __global const uchar* zq = qzero + pq * (size_t)qgroups * PANEL;
 #endif
+#if QFMT == 3
+    float gacc[TRM][4];  // MXFP4: the group's unscaled sums, as in the register kernel
+    for (int i = 0; i < TRM; ++i)
+        for (int j = 0; j < 4; ++j) gacc[i][j] = 0.0f;
+    int gend = min(K, (kb / qgroup + 1) * qgroup);  // the k after the current group's last
+#endif
     for (int k0 = kb; k0 < ke; k0 += TBK) {
         const int kn = min(TBK, ke - k0);
         for (int idx = lid; idx < TBK * ROWS; idx += TNT) {
@@ -733,8 +771,25 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
             for (int j = 0; j < 4; ++j) wv[j] = ws[kk][tx + j * TN];
             for (int i = 0; i < TRM; ++i) {
                 const float av = as[kk][ty + i * TM];
+#if QFMT == 3
+                for (int j = 0; j < 4; ++j) gacc[i][j] = SY_MAD(av, wv[j], gacc[i][j]);
+#else
                 for (int j = 0; j < 4; ++j) acc[i][j] = SY_MAD(av, wv[j], acc[i][j]);
+#endif
             }
+#if QFMT == 3
+            if (k0 + kk + 1 == gend) {  // the group's last k: its scale, once
+                for (int j = 0; j < 4; ++j) {
+                    const size_t at = (size_t)((gend - 1) / qgroup) * PANEL + tx + j * TN;
+                    const float s = DEC_E8M0((uint)sq[at], uint, as_float);
+                    for (int i = 0; i < TRM; ++i) {
+                        acc[i][j] = SY_MAD(gacc[i][j], s, acc[i][j]);
+                        gacc[i][j] = 0.0f;
+                    }
+                }
+                gend = min(K, gend + qgroup);
+            }
+#endif
         }
         barrier(CLK_LOCAL_MEM_FENCE);
     }
