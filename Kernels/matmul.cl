@@ -110,11 +110,15 @@
 // Kernels/quantized_weights.cl): the packed kernels read codes `w` (bytes) and per-panel group
 // scales `qscale` (SC_T: f32, f16, e8m0 byte, f32), and for int4 with ZP a zero per group
 // (`qzero`), and dequantize in registers to exact f32 weights: int4 (q − z)·s as SY_MAD(q, s, −z·s)
-// (exact: s is an f16), MXFP4 e2m1 · 2^(e − 127), FP8 e4m3 · s; the multiply-add chain over k is then the
-// float kernel's. int8 (one scale per weight row: a single group along K) sums q · a over k and
-// multiplies by the row's scale once at the end, in both kernels (the same chain, so the
-// geometry still never changes an output): one multiply per output instead of per weight.
-// Formats decode with integer operations (no extension).
+// (exact: s is an f16), FP8 e4m3 · s; the multiply-add chain over k is then the float kernel's.
+// int8 (one scale per weight row: a single group along K) sums q · a over k and multiplies by the
+// row's scale once at the end; MXFP4 sums each group's e2m1 · a (32 along k) and adds that sum
+// times the group's scale 2^(e − 127) to the accumulator, one fma per group. Both kernels build
+// the same chains, so the geometry still never changes an output; one multiply per output or
+// group instead of per weight. (Where a weight e2m1 · 2^(e − 127) is past f32's range, e8m0 253
+// and 254 with the larger codes, the group's scaled sum may still be finite, as the exact value
+// is; a weight dequantized to f32 first would be infinite.) Formats decode with integer
+// operations (no extension).
 #if QFMT == 2
 #define SC_T half
 #elif QFMT == 3
@@ -200,13 +204,14 @@ inline float dequant1(__global const uchar* wq, __global const SC_T* sq, __globa
 #define H8 4
 #define H16 8
 #endif
-// VW-wide e2m1 decode of 4-bit codes c (UV lanes, each ≤ 15). Where the compiler targets an x86
-// CPU whose variable permute covers the table (AVX2 for 8 lanes, AVX-512 for 16), the lanes look
-// the value up in a vector of the values: clang turns a vector built from variable-index
-// elements of one vector into one permute (vpermps), about 3 operations a lane (AVX2: the 8
-// magnitudes, the sign or-ed in; AVX-512: the 16 signed values) against DEC_E2M1's 8. Elsewhere
-// (GPUs, other CPUs, narrower vectors, where that lowering is not known) DEC_E2M1. The values
-// are the same (exact; code 8 is −0), so the output does not depend on the path.
+// VW-wide e2m1 decode: DEC_E2M1V of 4-bit codes c (UV lanes, each ≤ 15), DEC_E2M1_LO and
+// DEC_E2M1_HI of a byte's low and high nibble. Where the compiler targets an x86 CPU whose
+// variable permute covers the table (AVX2 for 8 lanes, AVX-512 for 16), the lanes look the value
+// up in a vector: AVX-512 the 16 signed values, a vector built from variable-index elements of
+// one vector, which clang turns into one vpermps; AVX2 vpermd itself (below), a lookup, a shift
+// and a xor a lane, against DEC_E2M1's 8. Elsewhere (GPUs, other CPUs, narrower vectors, where
+// that lowering is not known) DEC_E2M1. The values are the same (exact; code 8 is −0), so the
+// output does not depend on the path.
 #if QFMT == 3 && VW == 8 && defined(__x86_64__) && defined(__AVX2__)
 // AVX2: vpermd reads an index's low 3 bits only, so the low nibble needs no mask. Entry i holds
 // the magnitude's bits xor i << 28, so that xor-ing the code shifted to the top (bits 0-2 at
@@ -778,7 +783,9 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
 #endif
             }
 #if QFMT == 3
-            if (k0 + kk + 1 == gend) {  // the group's last k: its scale, once
+            // the group's last k (or the slice's: slices are multiples of 128, so that is a group's
+            // end too; were it not, the partial sum is scaled as the register kernel scales it)
+            if (k0 + kk + 1 == gend || k0 + kk + 1 == ke) {
                 for (int j = 0; j < 4; ++j) {
                     const size_t at = (size_t)((gend - 1) / qgroup) * PANEL + tx + j * TN;
                     const float s = DEC_E8M0((uint)sq[at], uint, as_float);

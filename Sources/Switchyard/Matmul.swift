@@ -540,7 +540,7 @@ extension OpenCLBackend {
             let global: [Int]
             let local: [Int]
             let stepsPerK: Int
-            var tileArgs: [Arg]  // the register kernel's tile count and step, the work-group kernel's count
+            let tileArgs: [Arg]  // the register kernel's tile count and step, the work-group kernel's count
             switch tuning.matmulKernel {
             case .registers:
                 tileRows = matmulRows(block: routing?.blockSize, limit: quantRows)
