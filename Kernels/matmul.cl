@@ -364,18 +364,22 @@ inline int tile_expert_of(int tile, int dense_rows, __global const int* tile_exp
 #define PANEL_GROUP 1
 #endif
 // Activations in chunks (quantized loop, 16-bit activations, two rows or more): each chunk of
-// ACH k steps first converts the rows' f16 or bf16 activations to f32 in `af` (stage_rows), so
-// that a k step broadcasts a row's value from memory (a load) instead of converting it again
-// for each step and panel run. On AVX2 that conversion and broadcast took the shuffle ports the
-// weights' decode needs: MXFP4 2048 × 4096, hot, 4 rows 7.8 -> 9.3 G weights/s, 6 rows 5.7 ->
-// 7.3 (one launch of each alternated, medians of 300; the gain varied from 5 to 27 % between
-// runs on a noisy VM). One row keeps its per-step conversion: the chunk's copy measured 6 %
-// slower there. The same bits either way (LOADW_ and A_LOAD convert alike).
+// ACH k steps first converts the rows' f16 or bf16 activations to f32 in `af` (stage_rows), with
+// SY_CALL_W-wide loads, so that a k step broadcasts a row's value from memory (a load) where it
+// converted one scalar and broadcast it from a register (on AVX2: vmovd and vpbroadcastd, on
+// the shuffle ports the weights' decode needs). Each panel run still converts its rows once per
+// k: the saving is the vector conversion and the load-port broadcast. MXFP4 2048 × 4096, hot:
+// 4 rows 7.8 -> 9.3 G weights/s, 6 rows 5.7 -> 7.3 (one launch of each alternated, medians of
+// 300; the gain varied from 5 to 27 % between runs on a noisy VM). One row keeps its per-step
+// conversion (the chunk's copy measured 6 % slower there) and its group as one chunk, which
+// stage_rows must then not fill (kn may exceed ACH). The same bits either way (LOADW_ and
+// A_LOAD convert alike). Lane-style devices run this kernel only where tune picked it for them
+// (there `af` is private scratch memory; not measured).
 #define ACH 32
 #if A_DT != 0
 static __attribute__((always_inline)) inline void stage_rows(float* af, const int NR, __global const A_T** ap, int kc,
                                                               int kn) {
-    if (NR < 2) return;
+    if (NR < 2) return;  // (the caller's chunk is then the whole group: kn may exceed ACH)
     if (kn == ACH) {
 #pragma unroll
         for (int r = 0; r < NR; ++r)
