@@ -368,9 +368,10 @@ inline int tile_expert_of(int tile, int dense_rows, __global const int* tile_exp
 // SY_CALL_W-wide loads, so that a k step broadcasts a row's value from memory (a load) where it
 // converted one scalar and broadcast it from a register (on AVX2: vmovd and vpbroadcastd, on
 // the shuffle ports the weights' decode needs). Each panel run still converts its rows once per
-// k: the saving is the vector conversion and the load-port broadcast. MXFP4 2048 × 4096, hot:
-// 4 rows 7.8 -> 9.3 G weights/s, 6 rows 5.7 -> 7.3 (one launch of each alternated, medians of
-// 300; the gain varied from 5 to 27 % between runs on a noisy VM). One row keeps its per-step
+// k: the saving is the vector conversion and the load-port broadcast. MXFP4 2048 × 4096, hot,
+// AVX2 (old and new launches alternated, 300 each, medians): 4 rows +4 to +19 % in each of 8
+// runs (e.g. 7.4 -> 7.8 and 7.5 -> 8.9 G weights/s), 6 rows +5 to +25 % in 3 runs of 4 (one
+// -5 %), 2 rows no clear change (a noisy VM: whole runs moved 30 %). One row keeps its per-step
 // conversion (the chunk's copy measured 6 % slower there) and its group as one chunk, which
 // stage_rows must then not fill (kn may exceed ACH). The same bits either way (LOADW_ and
 // A_LOAD convert alike). Lane-style devices run this kernel only where tune picked it for them
