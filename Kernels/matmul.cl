@@ -372,15 +372,17 @@ inline int tile_expert_of(int tile, int dense_rows, __global const int* tile_exp
 // AVX2 (old and new launches alternated, 300 each, medians): 4 rows +4 to +19 % in each of 8
 // runs (e.g. 7.4 -> 7.8 and 7.5 -> 8.9 G weights/s), 6 rows +5 to +25 % in 3 runs of 4 (one
 // -5 %), 2 rows no clear change (a noisy VM: whole runs moved 30 %). One row keeps its per-step
-// conversion (the chunk's copy measured 6 % slower there) and its group as one chunk, which
-// stage_rows must then not fill (kn may exceed ACH). The same bits either way (LOADW_ and
+// conversion (the chunk's copy measured 6 % slower there) and its group as one chunk
+// (SY_STAGED says which). The same bits either way (LOADW_ and
 // A_LOAD convert alike). Lane-style devices run this kernel only where tune picked it for them
 // (there `af` is private scratch memory; not measured).
 #define ACH 32
+// Whether a run of NR rows stages its activations (the k loop then runs in chunks of ACH).
+#define SY_STAGED(nr) (A_DT != 0 && (nr) >= 2)
 #if A_DT != 0
+// (Called only where SY_STAGED: kn ≤ ACH.)
 static __attribute__((always_inline)) inline void stage_rows(float* af, const int NR, __global const A_T** ap, int kc,
                                                               int kn) {
-    if (NR < 2) return;  // (the caller's chunk is then the whole group: kn may exceed ACH)
     if (kn == ACH) {
 #pragma unroll
         for (int r = 0; r < NR; ++r)
@@ -473,12 +475,12 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, const
 #define QACC acc
 #endif
         // The group's k steps in chunks (see stage_rows; one row: the group in one chunk).
-        const int kstep = A_DT != 0 && NR >= 2 ? ACH : qgroup;
+        const int kstep = SY_STAGED(NR) ? ACH : qgroup;
         for (int kc = max(kb, g * qgroup); kc < k1; kc += kstep) {
             const int kn = min(kstep, k1 - kc);
 #if A_DT != 0
             float af[ROWS * ACH];
-            stage_rows(af, NR, ap, kc, kn);
+            if (SY_STAGED(NR)) stage_rows(af, NR, ap, kc, kn);
 #endif
             for (int k = kc; k < kc + kn; ++k) {
                 VEC wv[PANEL_GROUP * NV];  // (NP ≤ PANEL_GROUP: a size known to the compiler)
@@ -522,7 +524,7 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, const
 #pragma unroll
                 for (int r = 0; r < NR; ++r) {
 #if A_DT != 0
-                    const VEC av = NR < 2 ? (VEC)A_LOAD(ap[r], k) : (VEC)af[r * ACH + (k - kc)];
+                    const VEC av = SY_STAGED(NR) ? (VEC)af[r * ACH + (k - kc)] : (VEC)A_LOAD(ap[r], k);
 #else
                     const VEC av = (VEC)A_LOAD(ap[r], k);
 #endif
