@@ -116,22 +116,36 @@ public struct Tuning: Sendable, Hashable, Codable {
                 + "(the float vector width CPU-class devices derive their geometry from), or unset")
     }
 
+    /// The largest power of two ≤ `n` (1 for `n` < 2). Device limits need not be powers of two
+    /// (NVIDIA reports 48 KiB of local memory; some devices a maximum work-group size of 192 or
+    /// 768), where the fields derived from them must be.
+    public static func floorPowerOfTwo(_ n: Int) -> Int {
+        n < 2 ? 1 : 1 << (Int.bitWidth - 1 - n.leadingZeroBitCount)
+    }
+
+    /// The keys top-k sorts in local memory: a power of two, at most 16384, whose 8-byte keys
+    /// take at most half of `localMemoryBytes` (at least 2). 48 KiB (NVIDIA) gives 2048, where
+    /// bytes / 16 = 3072 would not be a power of two; 64 KiB gives 4096, 32 KiB 2048.
+    public static func topKLocalKeys(localMemoryBytes: Int) -> Int {
+        max(2, min(16384, floorPowerOfTwo(localMemoryBytes / 16)))
+    }
+
     /// Defaults derived from the device: CPU-class devices (one work-item per core, several
     /// floats per register) run the register kernel with a tile sized to the native vector width
     /// and register file; GPUs and lane-style implementations run the work-group kernel.
     public static func defaults(for device: Device) -> Tuning {
         if device.workItemsAreLanes {
-            let group = min(256, max(1, device.maxWorkGroupSize))
+            let group = floorPowerOfTwo(min(256, device.maxWorkGroupSize))
             // 32-row × 64-column tiles, 4 × 4 outputs per work-item: 128 work-items.
             let rows = device.maxWorkGroupSize >= 128 ? 32 : 16
             return Tuning(
-                rowGroup: group, topKLocalKeys: min(16384, max(2, device.localMemoryBytes / 16)), matmulRows: rows,
+                rowGroup: group, topKLocalKeys: topKLocalKeys(localMemoryBytes: device.localMemoryBytes), matmulRows: rows,
                 matmulKernel: .workGroup, matmulPanel: 64, matmulVectorWidth: 1, matmulRowsPerItem: 4, matmulTileK: 16)
         }
         let width = device.floatVectorWidth
         let tile = registerTile(vectorWidth: width, registers: cpuRegisters(vectorWidth: width))
         return Tuning(
-            rowGroup: 16, topKLocalKeys: min(16384, max(2, device.localMemoryBytes / 16)), matmulRows: tile.rows,
+            rowGroup: 16, topKLocalKeys: topKLocalKeys(localMemoryBytes: device.localMemoryBytes), matmulRows: tile.rows,
             matmulTileStep: 64, rowsPerGroup: 16, copyGroup: 1, matmulKernel: .registers, matmulPanel: tile.vectors * width,
             matmulVectorWidth: width, matmulRowsPerItem: 1, matmulTileK: 16)
     }

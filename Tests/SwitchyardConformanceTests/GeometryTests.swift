@@ -24,6 +24,24 @@ struct GeometryTests {
                                                                matmulRowsPerItem: 2, matmulTileK: 5)),
     ]
 
+    /// Device limits that are not powers of two (NVIDIA's 48 KiB of local memory, a maximum
+    /// work-group size of 192 or 768) still give power-of-two defaults: on an H200 the defaults
+    /// derived 3072 top-k keys from 48 KiB, which `validate` refused, so no backend could be made.
+    @Test func derivedFieldsArePowersOfTwoForAnyDeviceLimits() {
+        #expect(Tuning.topKLocalKeys(localMemoryBytes: 49152) == 2048)
+        #expect(Tuning.topKLocalKeys(localMemoryBytes: 65536) == 4096)
+        #expect(Tuning.topKLocalKeys(localMemoryBytes: 32768) == 2048)
+        #expect(Tuning.topKLocalKeys(localMemoryBytes: 1 << 30) == 16384)
+        #expect(Tuning.topKLocalKeys(localMemoryBytes: 0) == 2)
+        for bytes in [0, 16, 100, 1000, 12288, 49152, 65535, 65536, 98304, 1 << 20] {
+            let keys = Tuning.topKLocalKeys(localMemoryBytes: bytes)
+            #expect(keys >= 2 && keys & (keys - 1) == 0 && (keys * 8 <= max(16, bytes)), "\(bytes) B: \(keys) keys")
+        }
+        for (n, floor) in [(0, 1), (1, 1), (2, 2), (3, 2), (192, 128), (256, 256), (768, 512), (1024, 1024)] {
+            #expect(Tuning.floorPowerOfTwo(n) == floor, "floorPowerOfTwo(\(n))")
+        }
+    }
+
     /// The grouped matmul and layer cases each geometry runs: all of them but the elementwise
     /// epilogues (SiLU, GELU, sigmoid) in f16 and bf16 and in the plain kernel. Those apply the
     /// same per-element code to an output whatever the tile, and run in every dtype and both
