@@ -7,11 +7,16 @@ Weights in the checkpoint layouts Switchyard uses (gate|up [E, 2*ffn, hidden] wi
 first, down [E, hidden, ffn], router [E, hidden]), seeded random values, f32.
 
     python3 torch_moe.py TOKENS HIDDEN FFN EXPERTS K [--threads N] [--copies C] [--runs R]
-                         [--warmup W] [--seconds S]
+                         [--warmup W] [--seconds S] [--device cpu|cuda] [--dtype f32|f16|bf16]
 
 `--copies C` rotates over C copies of the layer's weights (decode: so the last-level cache does
 not hold them, as the benchmark does for Switchyard). Prints one JSON object on stdout:
-median_ms, samples_ms, runs, threads, torch version. Only switchyard-bench runs this, and only
+median_ms, samples_ms, runs, threads, torch version, device, dtype.
+
+`--device cuda` runs the layer on the GPU (weights made on the host with the same generator, then
+moved), in `--dtype` (bf16 for the bf16 rows); each sample is one forward on the wall clock from
+a synchronized start to `torch.cuda.synchronize()`, launches and the per-expert counts' copy to the
+host included, as an eager engine pays them. Only switchyard-bench runs this, and only
 when `python3 -c 'import torch'` works; it is never a test dependency.
 """
 
@@ -34,6 +39,8 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=10, help="timed runs, at least")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--seconds", type=float, default=2.0, help="keep timing until this much time (max 10 x runs)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--dtype", choices=["f32", "f16", "bf16"], default="f32")
     a = p.parse_args()
 
     import torch
@@ -43,16 +50,26 @@ def main() -> int:
     g = torch.Generator().manual_seed(1234)
     t, h, f, e, k = a.tokens, a.hidden, a.ffn, a.experts, a.k
 
+    device = torch.device(a.device)
+    dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[a.dtype]
+    if a.device == "cuda" and not torch.cuda.is_available():
+        print("torch.cuda.is_available() is False", file=sys.stderr)
+        return 2
+
     def layer():
         # nn.Linear's default scale, so activations stay O(1) through the FFN.
         return {
-            "router": torch.randn(e, h, generator=g) / h**0.5,
-            "gate_up": torch.randn(e, 2 * f, h, generator=g) / h**0.5,
-            "down": torch.randn(e, h, f, generator=g) / f**0.5,
+            "router": (torch.randn(e, h, generator=g) / h**0.5).to(device, dtype),
+            "gate_up": (torch.randn(e, 2 * f, h, generator=g) / h**0.5).to(device, dtype),
+            "down": (torch.randn(e, h, f, generator=g) / f**0.5).to(device, dtype),
         }
 
     layers = [layer() for _ in range(max(1, a.copies))]
-    x = torch.randn(t, h, generator=g)
+    x = torch.randn(t, h, generator=g).to(device, dtype)
+
+    def sync():
+        if a.device == "cuda":
+            torch.cuda.synchronize()
 
     def forward(w, x):
         logits = F.linear(x, w["router"])                               # [T, E]
@@ -73,18 +90,20 @@ def main() -> int:
             gate, up = gu.split(f, dim=-1)
             outs.append(F.linear(F.silu(gate) * up, w["down"][j]))      # [c, h]
             start += c
-        ys = torch.cat(outs) * weights.reshape(-1).index_select(0, order).unsqueeze(1)
+        ys = torch.cat(outs) * weights.reshape(-1).index_select(0, order).unsqueeze(1).to(x.dtype)
         return torch.zeros_like(x).index_add_(0, token, ys)
 
     samples = []
     with torch.inference_mode():
         for i in range(a.warmup):
             forward(layers[i % len(layers)], x)
+        sync()
         began = time.perf_counter()
         i = 0
         while True:
             start = time.perf_counter()
             forward(layers[i % len(layers)], x)
+            sync()
             samples.append(time.perf_counter() - start)
             i += 1
             if len(samples) >= a.runs and (time.perf_counter() - began >= a.seconds or len(samples) >= 10 * a.runs):
@@ -95,6 +114,8 @@ def main() -> int:
         "runs": len(samples),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu",
+        "dtype": a.dtype,
     }, sys.stdout)
     print()
     return 0

@@ -2,7 +2,7 @@ import COpenBLAS
 import Foundation
 
 /// One line naming the MoE-layer peers and how they run.
-func peerSummary(threads: Int, skip: Set<String>) -> String {
+func peerSummary(threads: Int, skip: Set<String>, torchOnGPU: Bool = false) -> String {
     var parts: [String] = []
     if !skip.contains("openblas") {
         let config = openblas_get_config().map { String(cString: $0) } ?? "OpenBLAS"
@@ -13,11 +13,15 @@ func peerSummary(threads: Int, skip: Set<String>) -> String {
     if !skip.contains("torch") {
         if let why = TorchPeer.unavailable {
             parts.append("PyTorch eager: skipped (\(why))")
+        } else if torchOnGPU {
+            parts.append("PyTorch \(TorchPeer.version) eager on \(TorchPeer.cudaDevice ?? "the GPU") (CUDA, each unquantized layer in its dtype, "
+                + "wall clock to torch.cuda.synchronize())")
         } else {
             parts.append("PyTorch \(TorchPeer.version) eager (\(threads) threads; the faster of OpenMP's default and PASSIVE wait policies)")
         }
     }
-    return "MoE-layer peers (f32 layers): " + (parts.isEmpty ? "none" : parts.joined(separator: "; "))
+    let scope = torchOnGPU && !skip.contains("torch") ? "f32 layers; PyTorch on the GPU: every unquantized layer" : "f32 layers"
+    return "MoE-layer peers (\(scope)): " + (parts.isEmpty ? "none" : parts.joined(separator: "; "))
 }
 
 private func median(_ timing: PeerTiming?) -> Double? {

@@ -133,11 +133,21 @@ func layerItems(filter: String?, quick: Bool, coldBytes: Int, peers peerOptions:
                 peers.append(CLBlastExpertLoop(shape: loop, info: info, policy: PeerPolicy(
                     warmups: 1, minRuns: 1, maxRuns: quick ? 1 : peerOptions.clblastRuns, seconds: 30, followsBudget: false)))
             }
-            if !peerOptions.skip.contains("torch") {
+            if !peerOptions.skip.contains("torch") && !peerOptions.torchOnGPU {
                 peers.append(TorchPeer(
                     tokens: s.tokens, hidden: c.hidden, ffn: c.ffn, experts: c.experts, k: c.router.k, copies: copies,
                     threads: peerOptions.threads, runs: quick ? 5 : peerOptions.minRuns, seconds: quick ? 0.5 : 2))
             }
+        }
+        // On a GPU, torch runs there, in the layer's dtype, beside every unquantized layer
+        // (torch_moe.py is the plain SwiGLU block: not the gpt-oss one).
+        if peerOptions.torchOnGPU && !peerOptions.skip.contains("torch") && s.quantize == .none && !s.fp8
+            && !c.expertBias
+        {
+            peers.append(TorchPeer(
+                tokens: s.tokens, hidden: c.hidden, ffn: c.ffn, experts: c.experts, k: c.router.k, copies: copies,
+                threads: peerOptions.threads, runs: quick ? 5 : peerOptions.minRuns, seconds: quick ? 0.5 : 2,
+                gpu: true, dtype: s.dtype))
         }
         var item = BenchItem(
             name: name, op: "moe_layer", shape: shape, dtype: s.dtype.rawValue, options: options, flops: flops,
@@ -193,6 +203,9 @@ struct LayerPeerOptions {
     var clblastRuns = 3
     /// Timed runs, at least, of the OpenBLAS loop and PyTorch.
     var minRuns = 10
+    /// PyTorch runs on the GPU it sees, in each layer's dtype (the benchmark's device is a GPU
+    /// and `TorchPeer.cudaDevice` names one), rather than on the host in f32.
+    var torchOnGPU = false
 }
 
 /// FNV-1a of `text`: the same seed on every run and machine.

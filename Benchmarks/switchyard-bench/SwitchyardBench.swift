@@ -95,10 +95,11 @@ struct SwitchyardBench: ParsableCommand {
         // OpenBLAS first: it may restart the process to pick the right core for this CPU.
         let threads = peerThreads ?? ProcessInfo.processInfo.activeProcessorCount
         configureOpenBLAS(threads: threads)
-        let peerOptions = LayerPeerOptions(
+        var peerOptions = LayerPeerOptions(
             threads: threads, skip: Set(skipPeers), clblastRuns: clblastRuns, minRuns: runs)
         let (backend, items) = try failing {
             let device = try Device.select(device)
+            peerOptions.torchOnGPU = device.kind == .gpu && !skipPeers.contains("torch") && TorchPeer.cudaDevice != nil
             var items = try conformanceItems(filter: filter, quick: quick)
             items += try routingItems(filter: filter, quick: quick)
             items += try loadItems(filter: filter)
@@ -128,7 +129,7 @@ struct SwitchyardBench: ParsableCommand {
         let gemm = noGemm ? nil : measureGemmCeiling(quick: quick)
         progress.clear()
         print(ceilingTable(BenchCeilings(device: before, gemm: gemm), hostPeersShareDevice: d.kind == .cpu))
-        if items.contains(where: { $0.groupedMatmul != nil }) { print(peerSummary(threads: threads, skip: Set(skipPeers))) }
+        if items.contains(where: { $0.groupedMatmul != nil }) { print(peerSummary(threads: threads, skip: Set(skipPeers), torchOnGPU: peerOptions.torchOnGPU)) }
         print("")
 
         var policy = quick ? RunPolicy.quick(runs: runs) : RunPolicy.standard(runs: runs)
@@ -141,7 +142,12 @@ struct SwitchyardBench: ParsableCommand {
         var measured: [Measured] = []
         for (i, item) in items.enumerated() {
             progress.show("[\(i + 1)/\(items.count)] \(item.name)")
-            measured.append(try failing { try measure(item, on: backend, policy: policy, peerBudget: peerBudget) })
+            let began = now()
+            let m = try failing { try measure(item, on: backend, policy: policy, peerBudget: peerBudget) }
+            measured.append(m)
+            progress.log(String(
+                format: "[%d/%d] %@: median %.4f ms, first %.1f ms (%.1f s)", i + 1, items.count, item.name,
+                m.device.median * 1e3, m.firstSeconds * 1e3, now() - began))
         }
         var scaling: [ScalingPoint] = []
         if !noLayers && !noScaling && (filter ?? "").isEmpty {
@@ -206,13 +212,21 @@ func failing<T>(_ body: () throws -> T) throws -> T {
     }
 }
 
-/// A one-line progress indicator on stderr, only when stderr is a terminal.
+/// Progress on stderr: on a terminal, one line rewritten in place; otherwise (a log file, a
+/// remote run cut off by a time limit) a line per case as it finishes, with its median, so a run
+/// stopped part-way still says what it measured (the tables come only at the end).
 struct Progress {
     let enabled = isatty(STDERR_FILENO) != 0
 
     func show(_ text: String) {
         guard enabled else { return }
         FileHandle.standardError.write(Data("\r\u{1B}[K\(text)".utf8))
+    }
+
+    func log(_ text: String) {
+        guard !enabled else { return }
+        fflush(nil)  // what stdout holds (the ceilings) first, also when it is a file or pipe
+        FileHandle.standardError.write(Data("\(text)\n".utf8))
     }
 
     func clear() {

@@ -1,10 +1,16 @@
 import Foundation
+import Switchyard
 
 /// PyTorch eager running the same MoE layer (router linear → softmax → top-k → renormalize →
 /// per-expert SwiGLU FFN → weighted sum), f32, on `threads` threads: `Benchmarks/peers/torch_moe.py`
 /// run by `python3` in a process of its own, which times itself (warm-up, then the median of its
 /// runs on the wall clock) and prints JSON. Skipped when `python3 -c 'import torch'` fails: torch
 /// is never a dependency of the package or its tests.
+///
+/// With `gpu` (the benchmark's device is a GPU and torch sees a CUDA device: NVIDIA, or AMD under
+/// ROCm) it runs on that GPU in the layer's dtype instead, each sample one forward from a
+/// synchronized start to `torch.cuda.synchronize()`: a host peer beside a GPU device would
+/// measure the wrong machine.
 struct TorchPeer: Peer {
     let tokens: Int
     let hidden: Int
@@ -15,6 +21,9 @@ struct TorchPeer: Peer {
     let threads: Int
     let runs: Int
     let seconds: Double
+    /// On the GPU torch sees (`cuda`), in `dtype` (f32, f16 or bf16); else on the host in f32.
+    var gpu = false
+    var dtype: DType = .f32
 
     var name: String { "torch" }
     func estimatedSeconds() -> Double? { nil }
@@ -25,17 +34,19 @@ struct TorchPeer: Peer {
             return .skipped("Benchmarks/peers/torch_moe.py not found (set SWITCHYARD_TORCH_SCRIPT)")
         }
         if let why = TorchPeer.unavailable { return .skipped(why) }
-        let arguments = [
+        if gpu, TorchPeer.cudaDevice == nil { return .skipped("torch sees no CUDA device") }
+        var arguments = [
             script, "\(tokens)", "\(hidden)", "\(ffn)", "\(experts)", "\(k)", "--threads", "\(threads)",
             "--copies", "\(copies)", "--runs", "\(runs)", "--seconds", "\(seconds)",
         ]
+        if gpu { arguments += ["--device", "cuda", "--dtype", dtype.rawValue] }
         // Twice: with OpenMP's default wait policy (threads spin between ops) and with PASSIVE
         // (they sleep). On an idle machine the two are close; when another process holds a core,
         // spinning threads wait on a descheduled one and the default ran 20–60× slower here
         // (mixtral-small decode 110–340 ms against 6 ms). The faster run is torch at its best.
         var best: Stats?
         var failure: PeerTiming?
-        for policy in ["default", "PASSIVE"] {
+        for policy in gpu ? ["default"] : ["default", "PASSIVE"] {
             var environment = ["OMP_NUM_THREADS": "\(threads)"]
             if policy != "default" { environment["OMP_WAIT_POLICY"] = policy }
             let result = runProcess("python3", arguments, environment: environment, timeout: 600)
@@ -51,7 +62,7 @@ struct TorchPeer: Peer {
                 continue
             }
             // Same thread count as the other host peers, or the comparison is not fair.
-            if let used = object["threads"] as? Int, used != threads {
+            if !gpu, let used = object["threads"] as? Int, used != threads {
                 return .failed("torch ran on \(used) threads, not the \(threads) asked for")
             }
             let stats = Stats(samples.map { $0 * 1e-3 })
@@ -84,6 +95,16 @@ struct TorchPeer: Peer {
     }()
 
     nonisolated(unsafe) static var version = ""
+
+    /// The name of the CUDA device torch sees (nil when torch cannot import or sees none); asked once.
+    static let cudaDevice: String? = {
+        guard unavailable == nil else { return nil }
+        let result = runProcess(
+            "python3", ["-c", "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else '')"],
+            environment: [:], timeout: 120)
+        let name = result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        return result.status == 0 && !name.isEmpty ? name : nil
+    }()
 }
 
 /// Runs `executable` (looked up on PATH) with `arguments` and extra `environment`; its exit
