@@ -24,6 +24,24 @@
 // batch, or which of them and which geometry computed it (batch invariance). (The unpacked
 // `grouped_matmul_plain` sums float8 partial dot products: its own fixed order.)
 
+// MATMUL_ONLY (set by the host for every program it builds from this file): the one kernel the
+// program is for, 1 packed (register), 2 tiled (work-group), 3 plain, 4 narrow, 5 pack_weights;
+// the others are left out. A driver compiles every kernel of a program when it builds it, and
+// the register kernel fully unrolled for a work-group program's 32-row tile (one `accumulate`
+// per row count, 128 float16 accumulators where VW falls back to SY_CALL_W) is code no launch
+// of that program runs: clang-15's nvptx64 output for the bf16 SwiGLU work-group program
+// (ROWS 32) is 31,362 PTX lines with every kernel, 2,705 with the work-group kernel alone.
+// Unset (tools and scripts that compile this file): every kernel.
+#ifndef MATMUL_ONLY
+#define MATMUL_ONLY 0
+#endif
+#define MATMUL_PACKED 1
+#define MATMUL_TILED 2
+#define MATMUL_PLAIN 3
+#define MATMUL_NARROW 4
+#define MATMUL_PACK_WEIGHTS 5
+#define MATMUL_BUILDS(k) (MATMUL_ONLY == 0 || MATMUL_ONLY == (k))
+
 #ifndef ROWS
 #define ROWS 4
 #endif
@@ -343,6 +361,10 @@ inline int tile_expert_of(int tile, int dense_rows, __global const int* tile_exp
 #define BIAS(e, c) 0.0f
 #endif
 
+#if MATMUL_BUILDS(MATMUL_PACKED)
+#if MATMUL_ONLY == MATMUL_PACKED && ROWS > 8
+#error "the register kernel takes at most 8 rows a tile (panel_run has a case per row count up to 7)"
+#endif
 // Register kernel (CPU-class devices, where one work-item runs on one SIMD core).
 // Packed weights: per expert, panels of PANEL output columns, each stored k-major
 // ([panel][k][PANEL]), so one k step reads PANEL consecutive weights (NV loads of VW floats)
@@ -731,7 +753,9 @@ __kernel void grouped_matmul_packed(__global const A_T* a, __global const int* a
                     carry, carry_width);
     }
 }
+#endif  // MATMUL_BUILDS(MATMUL_PACKED)
 
+#if MATMUL_BUILDS(MATMUL_TILED)
 // Work-group kernel (GPUs, and implementations such as llvmpipe that run work-items as SIMD
 // lanes). One work-group computes one tile of ROWS rows × one packed panel of PANEL columns:
 // PANEL/4 × ROWS/TRM work-items, each TRM rows × 4 columns (columns tx, tx + PANEL/4, ...,
@@ -880,7 +904,9 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
 #endif
     }
 }
+#endif  // MATMUL_BUILDS(MATMUL_TILED)
 
+#if MATMUL_BUILDS(MATMUL_PLAIN)
 // Unpacked weights in the checkpoint layout [E, N_w, K] (N_w = N, or 2N for SwiGLU with the
 // gate rows first): each work-item computes ROWS rows × 8 output columns as dot products along
 // k (float8 partial sums, then their lanes in a fixed order, then the k tail).
@@ -974,6 +1000,7 @@ __kernel void grouped_matmul_plain(__global const A_T* a, __global const int* as
         }
     }
 }
+#endif  // MATMUL_BUILDS(MATMUL_PLAIN)
 
 // Narrow outputs (a router's one score per token, a few columns): the unpacked weights
 // [E, N_w, K] read as rows, so no panel of columns is computed for one. A work-item computes
@@ -986,7 +1013,7 @@ __kernel void grouped_matmul_plain(__global const A_T* a, __global const int* as
 #ifndef NW_MAX
 #define NW_MAX 8
 #endif
-#if QFMT == 0
+#if QFMT == 0 && MATMUL_BUILDS(MATMUL_NARROW)
 __kernel void grouped_matmul_narrow(__global const A_T* a, __global const int* assignment_of, int gather_k,
                                     __global const W_T* w, __global const int* tile_expert, __global Y_T* y,
                                     __global const float* scale, int scale_mode, int K, int N, int dense_rows,
@@ -1055,8 +1082,9 @@ __kernel void grouped_matmul_narrow(__global const A_T* a, __global const int* a
         }
     }
 }
-#endif
+#endif  // QFMT == 0 && MATMUL_BUILDS(MATMUL_NARROW)
 
+#if MATMUL_BUILDS(MATMUL_PACK_WEIGHTS)
 // One-time repack of [E, N_w, K] weights into the panel layout above (bits copied, so the
 // packed weights keep their storage type). One work-item per (k, panel, expert).
 __kernel void pack_weights(__global const W_RAW* w, __global W_RAW* packed, int K, int N, int panels, int swiglu) {
@@ -1079,3 +1107,4 @@ __kernel void pack_weights(__global const W_RAW* w, __global W_RAW* packed, int 
         out[j] = src >= 0 ? we[(size_t)src * (size_t)K + k] : (W_RAW)0;
     }
 }
+#endif  // MATMUL_BUILDS(MATMUL_PACK_WEIGHTS)
