@@ -118,16 +118,21 @@ func runConformance(device selector: String?, filter: String?, json: String?, fu
                     ? "a multiply and an add (\(Device.softFMAVariable)=1)"
                     : "a multiply and an add (no hardware FMA: fma() would run in software)"))
     let terminal = isatty(STDERR_FILENO) != 0
+    let watchdog = CaseWatchdog()
     var results: [CaseResult] = []
     for (i, c) in cases.enumerated() {
         if terminal {
             FileHandle.standardError.write(Data("\r\u{1B}[K[\(i + 1)/\(cases.count)] \(c.name)".utf8))
         }
+        watchdog.begin(c.name)
         let r = runner.run(c)
+        watchdog.end()
         results.append(r)
         if terminal { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
         let error = r.error.isNaN ? "-" : String(format: "%.2e", r.error)
-        let status = r.passed ? "pass" : "FAIL"
+        // A case's time (program builds included) where it is long: on a GPU driver that
+        // compiles each program cold, this tells a slow compile from a slow kernel.
+        let status = (r.passed ? "pass" : "FAIL") + (r.seconds >= 2 ? String(format: "  (%.1f s)", r.seconds) : "")
         let line = [c.op, c.shape, c.dtype.rawValue, c.options, "err=\(error)", status]
             .filter { !$0.isEmpty }.joined(separator: "  ")
         print(r.passed ? line : "\(line)  \(r.detail)")
@@ -151,6 +156,41 @@ func runConformance(device selector: String?, filter: String?, json: String?, fu
     }
     print("\(results.count - failed) passed, \(failed) failed")
     return failed == 0
+}
+
+/// Says on stderr which case is still running, once a minute after its first minute: a kernel
+/// that never returns (or a driver compile that takes minutes) then names itself in a log that a
+/// time limit cuts off, where the per-case lines stop without saying why.
+final class CaseWatchdog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var current: (name: String, began: Double, said: Int)?
+
+    init() {
+        let thread = Thread { [weak self] in
+            while true {
+                Thread.sleep(forTimeInterval: 5)
+                guard let self else { return }
+                self.check()
+            }
+        }
+        thread.start()
+    }
+
+    func begin(_ name: String) { lock.withLock { current = (name, now(), 0) } }
+    func end() { lock.withLock { current = nil } }
+
+    private func check() {
+        let line: String? = lock.withLock {
+            guard let c = current else { return nil }
+            let minutes = Int((now() - c.began) / 60)
+            guard minutes > c.said else { return nil }
+            current!.said = minutes
+            return "note: \(c.name) still running after \(minutes) min\n"
+        }
+        if let line { FileHandle.standardError.write(Data(line.utf8)) }
+    }
+
+    private func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) * 1e-9 }
 }
 
 struct Run: ParsableCommand {
