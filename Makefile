@@ -8,7 +8,7 @@ SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := ocl-icd-opencl-dev opencl-headers pocl-opencl-icd mesa-opencl-icd pkg-config clinfo libopenblas-dev libclblast-dev python3 python3-numpy python3-pip libopenmpi-dev openmpi-bin
 
-.PHONY: run test deps build bench check-mutants check-kernels fuzz fault-walk check-large check-load check-leaks docs fma-peak
+.PHONY: run test deps build bench bundle check-mutants check-kernels fuzz fault-walk check-large check-load check-leaks docs fma-peak
 
 deps:
 	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -37,6 +37,11 @@ test: deps
 bench: deps
 	$(SWIFT) build -c release --product switchyard-bench
 	.build/release/switchyard-bench --quick
+
+# switchyard and switchyard-bench with the libraries they load, for a machine without Swift
+# (README.md, "On a machine without Swift"). Not part of `make test`.
+bundle: deps
+	SWIFT=$(SWIFT) scripts/bundle.sh switchyard-bundle.tar.xz
 
 # Kernel mutations (store rounding, off-by-one bounds, padding writes, ties, epilogue constants):
 # each must make conformance fail. Not part of `make test`.
