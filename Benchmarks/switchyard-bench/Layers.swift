@@ -23,9 +23,10 @@ import SwitchyardConformance
 /// for the f32 layers, OpenBLAS and CLBlast SGEMM once per expert over the same per-expert row
 /// counts (set against the grouped matmul stages, which each run also reports), and PyTorch
 /// eager running the whole layer in its own process (when `python3` can import torch).
-func layerItems(filter: String?, quick: Bool, coldBytes: Int, peers peerOptions: LayerPeerOptions = LayerPeerOptions())
-    throws -> [BenchItem]
-{
+func layerItems(
+    filter: String?, quick: Bool, coldBytes: Int, peers peerOptions: LayerPeerOptions = LayerPeerOptions(),
+    modelSizes: Bool = false
+) throws -> [BenchItem] {
     struct Spec {
         let name: String
         let config: MoEConfig
@@ -77,6 +78,21 @@ func layerItems(filter: String?, quick: Bool, coldBytes: Int, peers peerOptions:
         }
         specs.append(Spec(name: "gpt-oss-small", config: .gptOssSmall, tokens: 512, dtype: .bf16, decode: false,
                           quantize: .mxfp4))
+    }
+    if modelSizes {
+        // One layer of the models people run (`--model-sizes`): a T 1 decode reads 0.2-0.7 GB of
+        // expert weights, against 1-25 MB at the benchmark shapes, where a GPU's launches
+        // (microseconds each) would be most of the time.
+        let mixtral = MoEConfig(hidden: 4096, ffn: 14336, router: .mixtral(experts: 8, k: 2))
+        let gptOss = MoEConfig.gptOss(hidden: 2880, ffn: 2880, experts: 32, k: 4)
+        for tokens in [1, 16] {
+            for q in [WeightQuantization.none, .int8, .int4(group: 128, zeroPoint: false), .mxfp4] {
+                specs.append(Spec(name: "mixtral-8x7b", config: mixtral, tokens: tokens, dtype: .bf16, decode: true, quantize: q))
+            }
+            for q in [WeightQuantization.none, .mxfp4] {
+                specs.append(Spec(name: "gpt-oss-20b", config: gptOss, tokens: tokens, dtype: .bf16, decode: true, quantize: q))
+            }
+        }
     }
     let regex = try filter.flatMap { $0.isEmpty ? nil : try Regex($0) }
     return specs.compactMap { s in

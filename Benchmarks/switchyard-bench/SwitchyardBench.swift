@@ -50,6 +50,11 @@ struct SwitchyardBench: ParsableCommand {
     @Flag(help: "Leave out the MoE layers at the benchmark shapes (mixtral-small, deepseek-like; prefill and decode).")
     var noLayers = false
 
+    @Flag(help: """
+        Add decode layers at full model sizes (Mixtral-8x7B: hidden 4096, ffn 14336, 8 experts, top-2;         gpt-oss-20b: hidden and ffn 2880, 32 experts, top-4), T 1 and 16, bf16 and quantized: GB of         weights each, so that a GPU's decode time is its weight reads, not its launches.
+        """)
+    var modelSizes = false
+
     @Option(name: .customLong("cold-mib"), help: "Weight bytes, in MiB, a decode layer reads before it reads an expert's weights again (copies of the layer and rotating inputs; default 512: about twice the last-level cache of the machines measured).")
     var coldMiB: Int = 512
 
@@ -110,7 +115,8 @@ struct SwitchyardBench: ParsableCommand {
             items += try exampleItems(filter: filter, quick: quick, device: device)
             items += try depthItems(filter: filter, quick: quick)
             if !noLayers {
-                items += try layerItems(filter: filter, quick: quick, coldBytes: coldMiB << 20, peers: peerOptions)
+                items += try layerItems(
+                    filter: filter, quick: quick, coldBytes: coldMiB << 20, peers: peerOptions, modelSizes: modelSizes)
             }
             return (try OpenCLBackend(device: device), items)
         }
