@@ -763,9 +763,17 @@ __kernel void grouped_matmul_packed(__global const A_T* a, __global const int* a
 // the work-group stages the tile's activations and the panel's TBK × PANEL weights (one
 // contiguous, coalesced block of the packed layout) in local memory. No loop runs longer than
 // K / TBK iterations.
+//
+// A work-item's TRM rows are consecutive (TROW), and one whose rows are all padding skips the
+// multiply-adds: at decode a tile holds an expert's row or few, padded to ROWS, and a SIMD group
+// whose rows are all padding then runs no FMA. With the defaults (ROWS 32, PANEL 64, TRM 4) an
+// NVIDIA warp of 32 work-items holds two row groups, rows 0-7: a tile with one real row runs 8
+// rows' FMAs a weight, not 32 (an int4 weight, half a byte: 32 flops a byte, not 128). The real
+// rows' chains are the same whichever work-item runs them. (Not yet timed on a GPU.)
 #define TN (PANEL >= 4 ? PANEL / 4 : 1)
 #define TM (ROWS >= TRM ? ROWS / TRM : 1)
 #define TNT (TN * TM)
+#define TROW(i) (ty * TRM + (i))
 __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_tiled(
     __global const A_T* a, __global const int* assignment_of, int gather_k, __global const W_T* w,
     __global const int* tile_expert, __global Y_T* y, __global const float* scale, int scale_mode, int K, int N,
@@ -786,7 +794,7 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
     const int e = tile_expert_of(tile, dense_rows, tile_expert, block, experts);
     if (e < 0) {
         for (int i = 0; i < TRM; ++i) {
-            const int row = row0 + ty + i * TM;
+            const int row = row0 + TROW(i);
             if (row >= max_rows) continue;
             for (int j = 0; j < 4; ++j) {
                 const int p = tx + j * TN;
@@ -799,12 +807,14 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
     for (int r = lid; r < ROWS; r += TNT)
         srcs[r] = row0 + r < max_rows ? source_row(row0 + r, dense_rows, assignment_of, gather_k, tokens_k) : -1;
     barrier(CLK_LOCAL_MEM_FENCE);
+    int mine = 0;  // whether any of this work-item's rows is real
+    for (int i = 0; i < TRM; ++i) mine |= srcs[TROW(i)] >= 0;
 
     float acc[TRM][4];
     for (int i = 0; i < TRM; ++i)
         for (int j = 0; j < 4; ++j) {
             // a later k slice goes on from the accumulators the previous one left in `carry`
-            const int row = row0 + ty + i * TM;
+            const int row = row0 + TROW(i);
             acc[i][j] = kb > 0 && row < max_rows
                             ? carry[(size_t)row * (size_t)carry_width + (size_t)panel * PANEL + tx + j * TN]
                             : 0.0f;
@@ -840,11 +850,11 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
 #endif
         }
         barrier(CLK_LOCAL_MEM_FENCE);
-        for (int kk = 0; kk < kn; ++kk) {
+        for (int kk = 0; mine && kk < kn; ++kk) {  // (no barrier inside: the skip may diverge)
             float wv[4];
             for (int j = 0; j < 4; ++j) wv[j] = ws[kk][tx + j * TN];
             for (int i = 0; i < TRM; ++i) {
-                const float av = as[kk][ty + i * TM];
+                const float av = as[kk][TROW(i)];
 #if QFMT == 3
                 for (int j = 0; j < 4; ++j) gacc[i][j] = SY_MAD(av, wv[j], gacc[i][j]);
 #else
@@ -871,7 +881,7 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
     }
     if (ke < K) {  // not the last slice: leave the accumulators for the next one
         for (int i = 0; i < TRM; ++i) {
-            const int row = row0 + ty + i * TM;
+            const int row = row0 + TROW(i);
             if (row >= max_rows) continue;
             for (int j = 0; j < 4; ++j)
                 carry[(size_t)row * (size_t)carry_width + (size_t)panel * PANEL + tx + j * TN] = acc[i][j];
@@ -886,9 +896,9 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
     }
 #endif
     for (int i = 0; i < TRM; ++i) {
-        const int row = row0 + ty + i * TM;
+        const int row = row0 + TROW(i);
         if (row >= max_rows) continue;
-        const int real = srcs[ty + i * TM] >= 0;
+        const int real = srcs[TROW(i)] >= 0;
         const float s = real ? row_scale_of(row, scale_mode, scale, assignment_of, tokens_k) : 0.0f;
         const size_t out = (size_t)row * (size_t)N;
 #if EPILOGUE == 4
