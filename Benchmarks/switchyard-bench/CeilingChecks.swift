@@ -41,12 +41,17 @@ struct CeilingExcess {
 /// Memory-bound conformance cases are left out: a small one runs from cache, above any memory
 /// ceiling, and that says nothing about the ceiling. The host peers (OpenBLAS, PyTorch) are
 /// set against the device's ceilings only when the device is a CPU (`hostPeersShareDevice`):
-/// beside a GPU they run on other hardware.
-func ceilingExcesses(_ c: BenchCeilings, results: [ItemResult], hostPeersShareDevice: Bool) -> [CeilingExcess] {
+/// beside a GPU they run on other hardware, except PyTorch when it runs on the GPU itself
+/// (`torchSharesDevice`: `LayerPeerOptions.torchOnGPU`).
+func ceilingExcesses(_ c: BenchCeilings, results: [ItemResult], hostPeersShareDevice: Bool, torchSharesDevice: Bool = false)
+    -> [CeilingExcess]
+{
     let d = c.device
     var out: [CeilingExcess] = []
     let hostPeers: Set<String> = ["openblas", "torch", "gemm (peer)"]
-    func counts(_ by: String) -> Bool { hostPeersShareDevice || !hostPeers.contains(by) }
+    func counts(_ by: String) -> Bool {
+        hostPeersShareDevice || !hostPeers.contains(by) || (by == "torch" && torchSharesDevice)
+    }
     if let gemm = c.gemm, gemm.gflops > d.fmaGFlops, counts("gemm (peer)") {
         out.append(CeilingExcess(
             ceiling: "fma", ceilingRate: d.fmaGFlops, by: "gemm (peer)", item: "", what: gemm.name,

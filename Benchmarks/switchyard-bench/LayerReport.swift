@@ -14,13 +14,13 @@ func peerSummary(threads: Int, skip: Set<String>, torchOnGPU: Bool = false) -> S
         if let why = TorchPeer.unavailable {
             parts.append("PyTorch eager: skipped (\(why))")
         } else if torchOnGPU {
-            parts.append("PyTorch \(TorchPeer.version) eager on \(TorchPeer.cudaDevice ?? "the GPU") (CUDA, each unquantized layer in its dtype, "
+            parts.append("PyTorch \(TorchPeer.version) eager on \(TorchPeer.cudaDevice ?? "the GPU") (CUDA, each unquantized plain-SwiGLU layer in its dtype, "
                 + "wall clock to torch.cuda.synchronize())")
         } else {
             parts.append("PyTorch \(TorchPeer.version) eager (\(threads) threads; the faster of OpenMP's default and PASSIVE wait policies)")
         }
     }
-    let scope = torchOnGPU && !skip.contains("torch") ? "f32 layers; PyTorch on the GPU: every unquantized layer" : "f32 layers"
+    let scope = torchOnGPU && !skip.contains("torch") ? "f32 layers; PyTorch on the GPU: unquantized plain-SwiGLU layers" : "f32 layers"
     return "MoE-layer peers (\(scope)): " + (parts.isEmpty ? "none" : parts.joined(separator: "; "))
 }
 
@@ -40,7 +40,7 @@ private func peerText(_ timing: PeerTiming?) -> String {
 
 /// The MoE layers beside their peers, or nil when no layer has any: the grouped expert matmul
 /// against SGEMM once per expert (OpenBLAS, CLBlast), and the whole layer against PyTorch eager.
-func layerPeerTables(_ results: [ItemResult]) -> String? {
+func layerPeerTables(_ results: [ItemResult], torchOnGPU: Bool = false) -> String? {
     let layers = results.filter { $0.item.groupedMatmul != nil && $0.profile != nil }
     let withPeers = layers.filter { r in r.item.peers.contains { $0.scope == .groupedMatmul || $0.name == "torch" } }
     guard !withPeers.isEmpty else { return nil }
@@ -50,7 +50,8 @@ func layerPeerTables(_ results: [ItemResult]) -> String? {
         "layer", "dtype", "rows/expert", "gate|up ms", "down ms", "grouped ms", "GFLOP/s", "OpenBLAS ms", "GFLOP/s",
         "SY/OpenBLAS", "CLBlast ms", "GFLOP/s", "SY/CLBlast",
     ]]
-    for r in withPeers {
+    // (Layers whose only peer is PyTorch, on a GPU, have no per-expert GEMM row.)
+    for r in withPeers where r.item.peers.contains(where: { $0.scope == .groupedMatmul }) {
         guard let part = r.item.groupedMatmul, let profile = r.profile, let grouped = profile.median(of: part.stages)
         else { continue }
         let counts = part.info.counts
@@ -89,7 +90,10 @@ func layerPeerTables(_ results: [ItemResult]) -> String? {
     out.append(table(rows, rightAligned: Set(2...5)))
     out.append(
         "whole layer: device ms = sum of its launches' events; wall ms = forward + synchronize on the host clock; "
-            + "torch: PyTorch eager, same layer and threads, wall clock; SY/torch: torch ms / wall ms")
+            + (torchOnGPU
+                ? "torch: PyTorch eager, same layer on the GPU in its dtype, wall clock to torch.cuda.synchronize(); "
+                : "torch: PyTorch eager, same layer and threads, wall clock; ")
+            + "SY/torch: torch ms / wall ms")
     return out.joined(separator: "\n")
 }
 

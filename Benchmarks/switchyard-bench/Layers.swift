@@ -38,6 +38,9 @@ func layerItems(
         /// Experts' weights as a DeepSeek-V3 FP8 checkpoint holds them (e4m3 codes, 128 × 128
         /// block scales), prepared by `MoELayer` from `MoEWeights.fp8`.
         var fp8 = false
+        /// A layer at full model size (`--model-sizes`): no reference peer (GB of f32 weights on
+        /// the host), and its weights drawn once for all its formats (`ModelSizeWeights`).
+        var modelSize = false
     }
     var specs = [
         Spec(name: "mixtral-small", config: .mixtralSmall, tokens: 2048, dtype: .f32, decode: false),
@@ -83,18 +86,26 @@ func layerItems(
         // One layer of the models people run (`--model-sizes`): a T 1 decode reads 0.2-0.7 GB of
         // expert weights, against 1-25 MB at the benchmark shapes, where a GPU's launches
         // (microseconds each) would be most of the time.
+        // In this order, the formats of one shape and T follow each other and share their weights.
         let mixtral = MoEConfig(hidden: 4096, ffn: 14336, router: .mixtral(experts: 8, k: 2))
         let gptOss = MoEConfig.gptOss(hidden: 2880, ffn: 2880, experts: 32, k: 4)
         for tokens in [1, 16] {
             for q in [WeightQuantization.none, .int8, .int4(group: 128, zeroPoint: false), .mxfp4] {
-                specs.append(Spec(name: "mixtral-8x7b", config: mixtral, tokens: tokens, dtype: .bf16, decode: true, quantize: q))
+                specs.append(Spec(
+                    name: "mixtral-8x7b", config: mixtral, tokens: tokens, dtype: .bf16, decode: true, quantize: q,
+                    modelSize: true))
             }
+        }
+        for tokens in [1, 16] {
             for q in [WeightQuantization.none, .mxfp4] {
-                specs.append(Spec(name: "gpt-oss-20b", config: gptOss, tokens: tokens, dtype: .bf16, decode: true, quantize: q))
+                specs.append(Spec(
+                    name: "gpt-oss-20b", config: gptOss, tokens: tokens, dtype: .bf16, decode: true, quantize: q,
+                    modelSize: true))
             }
         }
     }
     let regex = try filter.flatMap { $0.isEmpty ? nil : try Regex($0) }
+    let modelSizeWeights = ModelSizeWeights()
     return specs.compactMap { s in
         let c = s.config
         let format = s.fp8 ? WeightFormat.fp8 : s.quantize.format(for: s.dtype)
@@ -137,7 +148,7 @@ func layerItems(
         }
         let info = LayerRunInfo()
         // (The reference dequantizes every forward: no peer for quantized layers.)
-        var peers: [any Peer] = s.quantize == .none && !s.fp8 ? [reference] : []
+        var peers: [any Peer] = s.quantize == .none && !s.fp8 && !s.modelSize ? [reference] : []
         // The per-expert GEMM peers and PyTorch run f32, so they stand beside the f32 layers.
         if s.dtype == .f32 {
             let loop = ExpertLoopShape(hidden: c.hidden, ffn: c.ffn, experts: c.experts, copies: copies, seed: seed)
@@ -158,7 +169,7 @@ func layerItems(
         // On a GPU, torch runs there, in the layer's dtype, beside every unquantized layer
         // (torch_moe.py is the plain SwiGLU block: not the gpt-oss one).
         if peerOptions.torchOnGPU && !peerOptions.skip.contains("torch") && s.quantize == .none && !s.fp8
-            && !c.expertBias
+            && torchRunsTheSameBlock(c)
         {
             peers.append(TorchPeer(
                 tokens: s.tokens, hidden: c.hidden, ffn: c.ffn, experts: c.experts, k: c.router.k, copies: copies,
@@ -169,7 +180,11 @@ func layerItems(
             name: name, op: "moe_layer", shape: shape, dtype: s.dtype.rawValue, options: options, flops: flops,
             bytes: bytes, bound: s.decode ? .copy : nil, peers: peers
         ) { backend in
-            var weights = try MoEWeights.random(config: c, backend: backend, dtype: s.dtype, seed: seed)
+            var weights = s.modelSize
+                ? try modelSizeWeights.weights(seed: seed, backend: backend) {
+                    try MoEWeights.random(config: c, backend: backend, dtype: s.dtype, seed: seed)
+                }
+                : try MoEWeights.random(config: c, backend: backend, dtype: s.dtype, seed: seed)
             if s.fp8 { weights = try fp8Experts(weights, config: c, backend: backend, seed: seed) }
             var layers = [try MoELayer(backend: backend, config: c, weights: weights, pack: true, quantize: s.quantize)]
             for _ in 1..<copies {
@@ -207,6 +222,32 @@ func layerItems(
         item.groupedMatmul = GroupedMatmulPart(stages: ["gate|up+SwiGLU", "down"], flops: routedFlops, info: info)
         return item
     }
+}
+
+/// The full-size layers' weights (`--model-sizes`), kept from one item to the next while the seed
+/// (shape, T and dtype) is the same: drawing 1.4 G values on the host takes far longer than the
+/// item's timing, and the formats of one shape read the same weights. One set at a time: a new
+/// seed releases the last before drawing.
+final class ModelSizeWeights: @unchecked Sendable {
+    private var kept: (seed: UInt64, backend: ObjectIdentifier, weights: MoEWeights)?
+
+    func weights(seed: UInt64, backend: any ComputeBackend, draw: () throws -> MoEWeights) throws -> MoEWeights {
+        let id = ObjectIdentifier(backend as AnyObject)
+        if let kept, kept.seed == seed, kept.backend == id { return kept.weights }
+        kept = nil
+        let w = try draw()
+        kept = (seed, id, w)
+        return w
+    }
+}
+
+/// Whether `Benchmarks/peers/torch_moe.py` computes `c`'s block: softmax router without bias,
+/// top-k renormalized and unscaled, no expert groups or capacity, plain SwiGLU experts without
+/// biases, no shared expert.
+func torchRunsTheSameBlock(_ c: MoEConfig) -> Bool {
+    let r = c.router
+    return c.sharedFFN == 0 && !c.routerLinearBias && !c.expertBias && c.glu == .swiglu && r.scoring == .softmax
+        && r.renormalize && r.routedScale == 1 && r.expertGroups == 1 && r.capacityFactor == nil
 }
 
 /// Which MoE-layer peers run, and how.

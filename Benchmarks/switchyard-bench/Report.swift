@@ -93,11 +93,13 @@ func resultTable(_ results: [ItemResult]) -> String {
         + "% ceil: B of the best bandwidth ceiling, F of the FMA ceiling, C of the copy ceiling, R of the read-only ceiling; × ref: reference time / device time"
 }
 
-func jsonReport(device: Device, ceilings: BenchCeilings, results: [ItemResult], quick: Bool, scaling: [ScalingPoint] = [])
-    throws -> Data
-{
+func jsonReport(
+    device: Device, ceilings: BenchCeilings, results: [ItemResult], quick: Bool, scaling: [ScalingPoint] = [],
+    torchOnGPU: Bool = false
+) throws -> Data {
     let d = ceilings.device
-    let excesses = ceilingExcesses(ceilings, results: results, hostPeersShareDevice: device.kind == .cpu)
+    let excesses = ceilingExcesses(
+        ceilings, results: results, hostPeersShareDevice: device.kind == .cpu, torchSharesDevice: torchOnGPU)
     func number(_ x: Double?) -> Any { x.map { $0.isFinite ? $0 as Any : NSNull() } ?? NSNull() }
     let items: [[String: Any]] = results.map { r in
         var peers: [String: Any] = [:]
@@ -126,8 +128,13 @@ func jsonReport(device: Device, ceilings: BenchCeilings, results: [ItemResult], 
         item.merge(layerPeerJSON(r)) { _, new in new }
         return item
     }
+    // Where the "torch" peer figures come from: the GPU torch sees, in each layer's dtype, or
+    // the host in f32 (on the benchmark's thread count).
+    let torchPeer: [String: String] = torchOnGPU
+        ? ["device": TorchPeer.cudaDevice ?? "cuda", "dtype": "layer"] : ["device": "host", "dtype": "f32"]
     let document: [String: Any] = [
         "device": device.name, "driver": device.driverVersion, "platform": device.platformName, "quick": quick,
+        "torch_peer": torchPeer,
         "ceilings": [
             "copy_gbps": d.copyGBps, "stream_gbps": d.streamGBps, "stream_nt_gbps": d.streamNTGBps,
             "non_temporal_stores": d.nonTemporalStores, "bandwidth_gbps": d.bandwidthGBps,

@@ -50,9 +50,10 @@ struct SwitchyardBench: ParsableCommand {
     @Flag(help: "Leave out the MoE layers at the benchmark shapes (mixtral-small, deepseek-like; prefill and decode).")
     var noLayers = false
 
-    @Flag(help: """
-        Add decode layers at full model sizes (Mixtral-8x7B: hidden 4096, ffn 14336, 8 experts, top-2;         gpt-oss-20b: hidden and ffn 2880, 32 experts, top-4), T 1 and 16, bf16 and quantized: GB of         weights each, so that a GPU's decode time is its weight reads, not its launches.
-        """)
+    @Flag(help: ArgumentHelp(
+        "Add decode layers at full model sizes (Mixtral-8x7B: hidden 4096, ffn 14336, 8 experts, top-2; "
+            + "gpt-oss-20b: hidden and ffn 2880, 32 experts, top-4), T 1 and 16, bf16 and quantized: GB of weights "
+            + "each, so that a GPU's decode time is its weight reads, not its launches."))
     var modelSizes = false
 
     @Option(name: .customLong("cold-mib"), help: "Weight bytes, in MiB, a decode layer reads before it reads an expert's weights again (copies of the layer and rotating inputs; default 512: about twice the last-level cache of the machines measured).")
@@ -176,10 +177,11 @@ struct SwitchyardBench: ParsableCommand {
         }
         let results = measured.map { $0.result(against: ceilings) }
         print(resultTable(results))
-        if let peers = layerPeerTables(results) { print("\n" + peers) }
+        if let peers = layerPeerTables(results, torchOnGPU: peerOptions.torchOnGPU) { print("\n" + peers) }
         if let stages = stageTable(results) { print("\n" + stages) }
         // A ceiling that a peer (or Switchyard) beats in the same run is a wrong ceiling.
-        let excesses = ceilingExcesses(ceilings, results: results, hostPeersShareDevice: d.kind == .cpu)
+        let excesses = ceilingExcesses(
+            ceilings, results: results, hostPeersShareDevice: d.kind == .cpu, torchSharesDevice: peerOptions.torchOnGPU)
         if excesses.isEmpty {
             print("\nceiling check: no rate of this run (peers' or Switchyard's) is above the FMA or read-only ceiling")
         } else {
@@ -193,7 +195,9 @@ struct SwitchyardBench: ParsableCommand {
 
         if let json {
             try failing {
-                try jsonReport(device: d, ceilings: ceilings, results: results, quick: quick, scaling: scaling)
+                try jsonReport(
+                    device: d, ceilings: ceilings, results: results, quick: quick, scaling: scaling,
+                    torchOnGPU: peerOptions.torchOnGPU)
                     .write(to: URL(fileURLWithPath: json))
             }
         }
