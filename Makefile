@@ -41,7 +41,7 @@ bench: deps
 # switchyard and switchyard-bench with the libraries they load, for a machine without Swift
 # (README.md, "On a machine without Swift"). Not part of `make test`.
 bundle: deps
-	SWIFT=$(SWIFT) scripts/bundle.sh switchyard-bundle.tar.xz
+	SWIFT=$(SWIFT) scripts/bundle.sh switchyard-bundle.tar.gz
 
 # Kernel mutations (store rounding, off-by-one bounds, padding writes, ties, epilogue constants):
 # each must make conformance fail. Not part of `make test`.

@@ -4,15 +4,15 @@
 # loader, OpenBLAS, CLBlast, Open MPI and what those load), into one tarball that runs on an x86-64
 # Linux machine without a Swift toolchain, whose glibc and libstdc++ are at least this machine's:
 #
-#   scripts/bundle.sh switchyard-bundle.tar.xz
+#   scripts/bundle.sh switchyard-bundle.tar.gz
 #   # on the other machine (its OpenCL driver registered under /etc/OpenCL/vendors, or in the
 #   # folder OCL_ICD_VENDORS names):
-#   mkdir sy && tar xJf switchyard-bundle.tar.xz -C sy && sy/run switchyard conformance
+#   mkdir sy && tar xzf switchyard-bundle.tar.gz -C sy && sy/run switchyard conformance
 #
 # `run NAME ARGS...` starts bin/NAME with lib/ first on the library path. The benchmark's PyTorch
 # peer is Benchmarks/peers/torch_moe.py: run the bench from a checkout, or set SWITCHYARD_TORCH_SCRIPT.
 set -euo pipefail
-out=$(realpath -m "${1:?usage: scripts/bundle.sh OUT.tar.xz}")
+out=$(realpath -m "${1:?usage: scripts/bundle.sh OUT.tar.gz}")
 cd "$(dirname "$0")/.."
 swift=${SWIFT:-$(command -v swift || echo /opt/swift/usr/bin/swift)}
 "$swift" build -c release --product switchyard
@@ -42,10 +42,12 @@ name=$1; shift
 LD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$here/bin/$name" "$@"
 RUN
 chmod +x "$stage/run"
-# The bundle must start with only its own libraries and glibc's: check it here, Swift's folder hidden.
+# Check that, with only the bundle on the library path, nothing resolves into the toolchain or is missing.
+toolchain=$(dirname "$(dirname "$(readlink -f "$swift")")")
 for b in switchyard switchyard-bench; do
-    missing=$(env -i LD_LIBRARY_PATH="$stage/lib" ldd "$stage/bin/$b" | grep -v '^\s*/' | awk '$3 ~ /^\/opt\/swift/ || /not found/' || true)
+    listing=$(env -i LD_LIBRARY_PATH="$stage/lib" ldd "$stage/bin/$b")
+    missing=$(awk -v t="$toolchain/" 'index($3, t) == 1 || /not found/' <<<"$listing")
     if [ -n "$missing" ]; then echo "bundle: $b still loads from outside the bundle:" >&2; echo "$missing" >&2; exit 1; fi
 done
-tar cJf "$out" -C "$stage" bin lib run
+tar czf "$out" -C "$stage" bin lib run
 echo "$out: $(du -h "$out" | cut -f1) ($(ls "$stage/lib" | wc -l) libraries)"

@@ -179,13 +179,16 @@ final class CaseWatchdog: @unchecked Sendable {
     func begin(_ name: String) { lock.withLock { current = (name, now(), 0) } }
     func end() { lock.withLock { current = nil } }
 
+    /// On a terminal, the note replaces the progress line (which the next case writes again).
+    private let terminal = isatty(STDERR_FILENO) != 0
+
     private func check() {
         let line: String? = lock.withLock {
             guard let c = current else { return nil }
             let minutes = Int((now() - c.began) / 60)
             guard minutes > c.said else { return nil }
             current!.said = minutes
-            return "note: \(c.name) still running after \(minutes) min\n"
+            return (terminal ? "\r\u{1B}[K" : "") + "note: \(c.name) still running after \(minutes) min\n"
         }
         if let line { FileHandle.standardError.write(Data(line.utf8)) }
     }
