@@ -117,8 +117,8 @@ public struct Tuning: Sendable, Hashable, Codable {
     }
 
     /// The largest power of two ≤ `n` (1 for `n` < 2). Device limits need not be powers of two
-    /// (NVIDIA reports 48 KiB of local memory; some devices a maximum work-group size of 192 or
-    /// 768), where the fields derived from them must be.
+    /// (NVIDIA reports 48 KiB of local memory, and nothing in OpenCL makes the maximum work-group
+    /// size one), where the fields derived from them must be.
     public static func floorPowerOfTwo(_ n: Int) -> Int {
         n < 2 ? 1 : 1 << (Int.bitWidth - 1 - n.leadingZeroBitCount)
     }

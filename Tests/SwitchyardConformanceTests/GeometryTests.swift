@@ -24,9 +24,10 @@ struct GeometryTests {
                                                                matmulRowsPerItem: 2, matmulTileK: 5)),
     ]
 
-    /// Device limits that are not powers of two (NVIDIA's 48 KiB of local memory, a maximum
-    /// work-group size of 192 or 768) still give power-of-two defaults: on an H200 the defaults
-    /// derived 3072 top-k keys from 48 KiB, which `validate` refused, so no backend could be made.
+    /// Device limits that are not powers of two (NVIDIA's 48 KiB of local memory; a maximum
+    /// work-group size such as 192 or 768, which OpenCL allows) still give power-of-two defaults:
+    /// on an H200 the defaults derived 3072 top-k keys from 48 KiB, which `validate` refused, so no
+    /// backend could be made.
     @Test func derivedFieldsArePowersOfTwoForAnyDeviceLimits() {
         #expect(Tuning.topKLocalKeys(localMemoryBytes: 49152) == 2048)
         #expect(Tuning.topKLocalKeys(localMemoryBytes: 65536) == 4096)
