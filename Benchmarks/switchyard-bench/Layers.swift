@@ -149,7 +149,7 @@ func layerItems(
         let info = LayerRunInfo()
         // (The reference dequantizes every forward: no peer for quantized layers.)
         var peers: [any Peer] = s.quantize == .none && !s.fp8 && !s.modelSize ? [reference] : []
-        // The per-expert GEMM peers and PyTorch run f32, so they stand beside the f32 layers.
+        // The per-expert GEMM peers run f32, so they stand beside the f32 layers.
         if s.dtype == .f32 {
             let loop = ExpertLoopShape(hidden: c.hidden, ffn: c.ffn, experts: c.experts, copies: copies, seed: seed)
             if !peerOptions.skip.contains("openblas") {
@@ -160,28 +160,24 @@ func layerItems(
                 peers.append(CLBlastExpertLoop(shape: loop, info: info, policy: PeerPolicy(
                     warmups: 1, minRuns: 1, maxRuns: quick ? 1 : peerOptions.clblastRuns, seconds: 30, followsBudget: false)))
             }
-            if !peerOptions.skip.contains("torch") && !peerOptions.torchOnGPU {
-                peers.append(TorchPeer(
-                    tokens: s.tokens, hidden: c.hidden, ffn: c.ffn, experts: c.experts, k: c.router.k, copies: copies,
-                    threads: peerOptions.threads, runs: quick ? 5 : peerOptions.minRuns, seconds: quick ? 0.5 : 2))
-            }
         }
-        // On a GPU, torch runs there, in the layer's dtype, beside every unquantized layer
-        // (torch_moe.py is the plain SwiGLU block: not the gpt-oss one).
-        if peerOptions.torchOnGPU && !peerOptions.skip.contains("torch") && s.quantize == .none && !s.fp8
-            && torchRunsTheSameBlock(c)
+        // PyTorch: on the host in f32 beside the f32 layers; on a GPU, there, in the layer's dtype,
+        // beside every unquantized layer whose block torch_moe.py computes (not gpt-oss's).
+        let gpu = peerOptions.torchOnGPU
+        if !peerOptions.skip.contains("torch")
+            && (gpu ? s.quantize == .none && !s.fp8 && torchRunsTheSameBlock(c) : s.dtype == .f32)
         {
             peers.append(TorchPeer(
                 tokens: s.tokens, hidden: c.hidden, ffn: c.ffn, experts: c.experts, k: c.router.k, copies: copies,
                 threads: peerOptions.threads, runs: quick ? 5 : peerOptions.minRuns, seconds: quick ? 0.5 : 2,
-                gpu: true, dtype: s.dtype))
+                gpu: gpu, dtype: gpu ? s.dtype : .f32))
         }
         var item = BenchItem(
             name: name, op: "moe_layer", shape: shape, dtype: s.dtype.rawValue, options: options, flops: flops,
             bytes: bytes, bound: s.decode ? .copy : nil, peers: peers
         ) { backend in
             var weights = s.modelSize
-                ? try modelSizeWeights.weights(seed: seed, backend: backend) {
+                ? try modelSizeWeights.weights(seed: seed) {
                     try MoEWeights.random(config: c, backend: backend, dtype: s.dtype, seed: seed)
                 }
                 : try MoEWeights.random(config: c, backend: backend, dtype: s.dtype, seed: seed)
@@ -227,16 +223,15 @@ func layerItems(
 /// The full-size layers' weights (`--model-sizes`), kept from one item to the next while the seed
 /// (shape, T and dtype) is the same: drawing 1.4 G values on the host takes far longer than the
 /// item's timing, and the formats of one shape read the same weights. One set at a time: a new
-/// seed releases the last before drawing.
+/// seed releases the last before drawing. (A run's items all run on its one backend.)
 final class ModelSizeWeights: @unchecked Sendable {
-    private var kept: (seed: UInt64, backend: ObjectIdentifier, weights: MoEWeights)?
+    private var kept: (seed: UInt64, weights: MoEWeights)?
 
-    func weights(seed: UInt64, backend: any ComputeBackend, draw: () throws -> MoEWeights) throws -> MoEWeights {
-        let id = ObjectIdentifier(backend as AnyObject)
-        if let kept, kept.seed == seed, kept.backend == id { return kept.weights }
+    func weights(seed: UInt64, draw: () throws -> MoEWeights) throws -> MoEWeights {
+        if let kept, kept.seed == seed { return kept.weights }
         kept = nil
         let w = try draw()
-        kept = (seed, id, w)
+        kept = (seed, w)
         return w
     }
 }

@@ -105,7 +105,9 @@ struct SwitchyardBench: ParsableCommand {
             threads: threads, skip: Set(skipPeers), clblastRuns: clblastRuns, minRuns: runs)
         let (backend, items) = try failing {
             let device = try Device.select(device)
-            peerOptions.torchOnGPU = device.kind == .gpu && !skipPeers.contains("torch") && TorchPeer.cudaDevice != nil
+            // (Asking torch starts python3 and CUDA: only for a GPU run with its layers.)
+            peerOptions.torchOnGPU =
+                !noLayers && device.kind == .gpu && !skipPeers.contains("torch") && TorchPeer.cudaDevice != nil
             var items = try conformanceItems(filter: filter, quick: quick)
             items += try routingItems(filter: filter, quick: quick)
             items += try loadItems(filter: filter)

@@ -34,7 +34,6 @@ struct TorchPeer: Peer {
             return .skipped("Benchmarks/peers/torch_moe.py not found (set SWITCHYARD_TORCH_SCRIPT)")
         }
         if let why = TorchPeer.unavailable { return .skipped(why) }
-        if gpu, TorchPeer.cudaDevice == nil { return .skipped("torch sees no CUDA device") }
         var arguments = [
             script, "\(tokens)", "\(hidden)", "\(ffn)", "\(experts)", "\(k)", "--threads", "\(threads)",
             "--copies", "\(copies)", "--runs", "\(runs)", "--seconds", "\(seconds)",

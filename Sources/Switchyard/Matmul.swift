@@ -369,26 +369,30 @@ extension OpenCLBackend {
         for slice in slices {
             var sliceArgs = args + [.int(slice.lowerBound), .int(slice.upperBound), .buffer(carry)]
             if carryWidthArg { sliceArgs.append(.int(carryFloats.width)) }
-            last = try launch(
-                "matmul.cl", kernel, defines: Self.matmulOnly(kernel, defines), args: sliceArgs, global: global, local: local)
+            last = try launchMatmul(kernel, defines: defines, args: sliceArgs, global: global, local: local)
         }
         if slices.count > 1, let last { holdScratch([carry], until: last) }
     }
 
-    /// `defines` with `MATMUL_ONLY` naming `kernel` (matmul.cl): its program builds that kernel
-    /// alone. Each program of matmul.cl serves one kernel already (their defines differ), so this
-    /// adds no program; a driver that compiles every kernel at build time is spared the others
-    /// (the register kernel unrolled for a work-group program's 32-row tile, above all).
-    static func matmulOnly(_ kernel: String, _ defines: [String: String]) -> [String: String] {
-        let codes = [
-            "grouped_matmul_packed": "1", "grouped_matmul_tiled": "2", "grouped_matmul_plain": "3",
-            "grouped_matmul_narrow": "4", "pack_weights": "5",
-        ]
-        guard let code = codes[kernel] else { return defines }
+    /// Launches a kernel of matmul.cl with `MATMUL_ONLY` naming it, so that its program builds
+    /// that kernel alone. Each program of matmul.cl serves one kernel already (their defines
+    /// differ), so this adds no program; a driver that compiles every kernel at build time is
+    /// spared the others (the register kernel unrolled for a work-group program's 32-row tile,
+    /// above all).
+    @discardableResult
+    func launchMatmul(_ kernel: String, defines: [String: String], args: [Arg], global: [Int], local: [Int])
+        throws -> Event
+    {
         var d = defines
-        d["MATMUL_ONLY"] = code
-        return d
+        d["MATMUL_ONLY"] = Self.matmulKernelCodes[kernel]
+        return try launch("matmul.cl", kernel, defines: d, args: args, global: global, local: local)
     }
+
+    /// `MATMUL_ONLY` of each matmul.cl kernel.
+    static let matmulKernelCodes = [
+        "grouped_matmul_packed": "1", "grouped_matmul_tiled": "2", "grouped_matmul_plain": "3",
+        "grouped_matmul_narrow": "4", "pack_weights": "5",
+    ]
 
     /// Weight rows the narrow matmul holds accumulators for (`NW_MAX` in matmul.cl).
     static let narrowWeightRows = 8
@@ -441,8 +445,8 @@ extension OpenCLBackend {
         let width = tuning.matmulPanel
         let panels = ExpertWeights.panels(outFeatures: plain.outFeatures, width: width, swiglu: swiglu)
         let packed = try empty(shape: [e, panels, k, width], dtype: w.dtype, label: "packed weights")
-        try launch(
-            "matmul.cl", "pack_weights", defines: Self.matmulOnly("pack_weights", ["W_DT": "\(w.dtype.kernelCode)", "PANEL": "\(width)"]),
+        try launchMatmul(
+            "pack_weights", defines: ["W_DT": "\(w.dtype.kernelCode)", "PANEL": "\(width)"],
             args: [.buffer(try deviceBuffer(w, "expert weights")), .buffer(packed.buffer!), .int(k),
                    .int(plain.outFeatures), .int(panels), .int(swiglu ? 1 : 0)],
             global: [k, panels, e], local: [1, 1, 1])
@@ -530,8 +534,8 @@ extension OpenCLBackend {
             defines["ROWS"] = "\(rowsPerItem)"
             defines["VW"] = "\(device.workItemsAreLanes ? 1 : device.floatVectorWidth)"
             defines["NW_MAX"] = "\(narrowAccumulators(weightRows: weights.weightRows))"
-            try launch(
-                "matmul.cl", "grouped_matmul_narrow", defines: Self.matmulOnly("grouped_matmul_narrow", defines),
+            try launchMatmul(
+                "grouped_matmul_narrow", defines: defines,
                 args: common + [
                     .buffer(try deviceBuffer(w, "expert weights")), .buffer(tileMap), .buffer(y.buffer!),
                     .buffer(scaleBuffer), .int(scaleMode), .int(weights.inFeatures), .int(n),

@@ -118,7 +118,7 @@ func runConformance(device selector: String?, filter: String?, json: String?, fu
                     ? "a multiply and an add (\(Device.softFMAVariable)=1)"
                     : "a multiply and an add (no hardware FMA: fma() would run in software)"))
     let terminal = isatty(STDERR_FILENO) != 0
-    let watchdog = CaseWatchdog()
+    let watchdog = CaseWatchdog(terminal: terminal)
     var results: [CaseResult] = []
     for (i, c) in cases.enumerated() {
         if terminal {
@@ -165,7 +165,11 @@ final class CaseWatchdog: @unchecked Sendable {
     private let lock = NSLock()
     private var current: (name: String, began: Double, said: Int)?
 
-    init() {
+    /// On a terminal, the note replaces the progress line (which the next case writes again).
+    private let terminal: Bool
+
+    init(terminal: Bool) {
+        self.terminal = terminal
         let thread = Thread { [weak self] in
             while true {
                 Thread.sleep(forTimeInterval: 5)
@@ -178,9 +182,6 @@ final class CaseWatchdog: @unchecked Sendable {
 
     func begin(_ name: String) { lock.withLock { current = (name, now(), 0) } }
     func end() { lock.withLock { current = nil } }
-
-    /// On a terminal, the note replaces the progress line (which the next case writes again).
-    private let terminal = isatty(STDERR_FILENO) != 0
 
     private func check() {
         let line: String? = lock.withLock {
