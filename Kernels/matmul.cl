@@ -18,14 +18,22 @@
 // absent by default (plain SwiGLU). HAS_BIAS: a per-expert output bias `bias [E, N_w]` (f32,
 // gate columns first when gated) is added to the product before the activation.
 //
-// In the packed, work-group and narrow kernels every output element is one f32 multiply-add
-// chain over k (SY_MAD, common.h: fma, or a multiply and an add on a device without a hardware
-// FMA) in order 0, 1, ..., K-1, so a row's result never depends on its tile, its expert's load, the
-// batch, or which of them and which geometry computed it (batch invariance). (The unpacked
-// `grouped_matmul_plain` sums float8 partial dot products: its own fixed order.)
+// In the packed, work-group, split-k and narrow kernels every output element is summed in one
+// order (the chain order): k is cut into chains of SY_KCHAIN steps from k = 0 (the last one
+// shorter when K is not a multiple); each chain is one f32 multiply-add chain over its k in order
+// (SY_MAD, common.h: fma, or a multiply and an add on a device without a hardware FMA), started
+// from 0; the chains' sums are added in order to a total that starts from 0. So a row's result
+// never depends on its tile, its expert's load, the batch, or which of them, which kernel and
+// which geometry computed it (batch invariance). The chains are fixed by K alone, not by the row
+// count or the device: they let a kernel for a row or few (decode on GPUs,
+// `grouped_matmul_splitk`) run an output's chains in parallel and fold them after, and give the
+// same bits as a kernel that runs them one after the other. (The unpacked `grouped_matmul_plain`
+// sums float8 partial dot products: its own fixed order.)
+#define SY_KCHAIN 256
 
 // MATMUL_ONLY (set by the host for every program it builds from this file): the one kernel the
-// program is for, 1 packed (register), 2 tiled (work-group), 3 plain, 4 narrow, 5 pack_weights;
+// program is for, 1 packed (register), 2 tiled (work-group), 3 plain, 4 narrow, 5 pack_weights,
+// 6 split-k, 7 its fold;
 // the others are left out. A driver compiles every kernel of a program when it builds it, and
 // the register kernel fully unrolled for a work-group program's 32-row tile (one `accumulate`
 // per row count, 128 float16 accumulators where VW falls back to SY_CALL_W) is code no launch
@@ -40,6 +48,8 @@
 #define MATMUL_PLAIN 3
 #define MATMUL_NARROW 4
 #define MATMUL_PACK_WEIGHTS 5
+#define MATMUL_SPLITK 6
+#define MATMUL_FOLD 7
 #define MATMUL_BUILDS(k) (MATMUL_ONLY == 0 || MATMUL_ONLY == (k))
 
 #ifndef ROWS
@@ -563,15 +573,6 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, const
             for (int x = 0; x < NP * NV; ++x)
                 acc[r * NP * NV + x] = SY_MAD(gacc[r * NP * NV + x], sv[x], acc[r * NP * NV + x]);
 #endif
-#if QFMT == 1
-        // int8: one group (the row's scale), applied once to the chain of codes, by the k slice
-        // that ends it (K slices carry the unscaled sum).
-        if (min(K, (g + 1) * qgroup) <= ke)
-#pragma unroll
-            for (int r = 0; r < NR; ++r)
-#pragma unroll
-                for (int x = 0; x < NP * NV; ++x) acc[r * NP * NV + x] *= sv[x];
-#endif
     }
 #endif
 }
@@ -595,22 +596,28 @@ static __attribute__((always_inline)) inline void panel_run(
     int tokens_k, int K, int N, int panels, int max_rows, __global const SC_T* qscale, __global const uchar* qzero,
     int qgroup, int qgroups, __global const float* bias, int kb, int ke, __global float* carry, int carry_width) {
     const int RT = SY_RUN_ROWS(NP);
-    VEC acc[ROWS * NV];
+    // The chains' total (see SY_KCHAIN). A k slice after the first (devices with a loop limit,
+    // see K slices in Matmul.swift) goes on from the total the previous slice left in `carry`
+    // (slices are whole chains).
+    VEC tot[ROWS * NV];
 #pragma unroll
-    for (int x = 0; x < ROWS * NV; ++x) acc[x] = (VEC)0.0f;
-    // A k slice after the first (devices with a loop limit, see K slices in Matmul.swift):
-    // the multiply-add chains go on from the accumulators the previous slice left in `carry`.
+    for (int x = 0; x < ROWS * NV; ++x) tot[x] = (VEC)0.0f;
     if (kb > 0)
 #pragma unroll
         for (int r = 0; r < RT; ++r) {
             if (row0 + r >= max_rows) continue;
 #pragma unroll
             for (int x = 0; x < NP * NV; ++x)
-                acc[r * NP * NV + x] =
+                tot[r * NP * NV + x] =
                     CARRY_LOADV(carry + (size_t)(row0 + r) * (size_t)carry_width + (size_t)panel * PANEL, x);
         }
+    VEC acc[ROWS * NV];
+    for (int c0 = kb; c0 < ke; c0 += SY_KCHAIN) {
+        const int c1 = min(ke, c0 + SY_KCHAIN);
+#pragma unroll
+        for (int x = 0; x < ROWS * NV; ++x) acc[x] = (VEC)0.0f;
 #define SY_ACCUMULATE(n) \
-    accumulate((n), NP, acc, ap, w, e, panel, K, panels, qscale, qzero, qgroup, qgroups, kb, ke)
+    accumulate((n), NP, acc, ap, w, e, panel, K, panels, qscale, qzero, qgroup, qgroups, c0, c1)
 #define SY_CASE(n) \
     case n:        \
         if ((n) < RT) SY_ACCUMULATE((n) < RT ? (n) : 1); \
@@ -640,16 +647,32 @@ static __attribute__((always_inline)) inline void panel_run(
     if (nr >= RT) SY_ACCUMULATE(RT);
 #undef SY_CASE
 #undef SY_ACCUMULATE
-    if (ke < K) {  // not the last slice: leave the accumulators for the next one
+#pragma unroll
+        for (int x = 0; x < RT * NP * NV; ++x) tot[x] = tot[x] + acc[x];
+    }
+    if (ke < K) {  // not the last slice: leave the total for the next one
 #pragma unroll
         for (int r = 0; r < RT; ++r) {
             if (row0 + r >= max_rows) continue;
 #pragma unroll
             for (int x = 0; x < NP * NV; ++x)
-                VSTORE(acc[r * NP * NV + x], x, carry + (size_t)(row0 + r) * (size_t)carry_width + (size_t)panel * PANEL);
+                VSTORE(tot[r * NP * NV + x], x, carry + (size_t)(row0 + r) * (size_t)carry_width + (size_t)panel * PANEL);
         }
         return;
     }
+#if QFMT == 1
+    {  // int8: one group along K (the row's scale), applied once to the total of the codes' chains
+        __global const SC_T* sq = qscale + ((size_t)e * (size_t)panels + (size_t)panel) * (size_t)qgroups * PANEL;
+#pragma unroll
+        for (int p = 0; p < NP; ++p)
+#pragma unroll
+            for (int v = 0; v < NV; ++v) {
+                const VEC sv = LOADB(sq + p * (size_t)qgroups * PANEL, v);
+#pragma unroll
+                for (int r = 0; r < RT; ++r) tot[(r * NP + p) * NV + v] *= sv;
+            }
+    }
+#endif
 
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
@@ -662,7 +685,7 @@ static __attribute__((always_inline)) inline void panel_run(
         for (int p = 0; p < NP; ++p) {
             float v[PANEL];
 #pragma unroll
-            for (int q = 0; q < NV; ++q) VSTORE(acc[(r < RT ? r * NP + p : 0) * NV + q], q, v);  // (rows from RT on: padding, not read)
+            for (int q = 0; q < NV; ++q) VSTORE(tot[(r < RT ? r * NP + p : 0) * NV + q], q, v);  // (rows from RT on: padding, not read)
             for (int j = 0; j < PANEL_OUT; ++j) {
                 const int col = (panel + p) * PANEL_OUT + j;
 #if EPILOGUE == 4
@@ -810,15 +833,19 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
     int mine = 0;  // whether any of this work-item's rows is real
     for (int i = 0; i < TRM; ++i) mine |= srcs[TROW(i)] >= 0;
 
+    // acc: the current chain's sums; tot: the chains' total (see SY_KCHAIN), which a later k
+    // slice takes up from `carry`, where the previous one left it
     float acc[TRM][4];
+    float tot[TRM][4];
     for (int i = 0; i < TRM; ++i)
         for (int j = 0; j < 4; ++j) {
-            // a later k slice goes on from the accumulators the previous one left in `carry`
             const int row = row0 + TROW(i);
-            acc[i][j] = kb > 0 && row < max_rows
+            acc[i][j] = 0.0f;
+            tot[i][j] = kb > 0 && row < max_rows
                             ? carry[(size_t)row * (size_t)carry_width + (size_t)panel * PANEL + tx + j * TN]
                             : 0.0f;
         }
+    int cend = min(ke, kb + SY_KCHAIN);  // the k after the current chain's last
 #if QFMT == 0
     __global const W_T* wp = w + ((size_t)e * (size_t)panels + (size_t)panel) * (size_t)K * PANEL;
 #else
@@ -876,15 +903,23 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
                 gend = min(K, gend + qgroup);
             }
 #endif
+            if (k0 + kk + 1 == cend) {  // the chain's last k: its sums go to the total
+                for (int i = 0; i < TRM; ++i)
+                    for (int j = 0; j < 4; ++j) {
+                        tot[i][j] = tot[i][j] + acc[i][j];
+                        acc[i][j] = 0.0f;
+                    }
+                cend = min(ke, cend + SY_KCHAIN);
+            }
         }
         barrier(CLK_LOCAL_MEM_FENCE);
     }
-    if (ke < K) {  // not the last slice: leave the accumulators for the next one
+    if (ke < K) {  // not the last slice: leave the total for the next one
         for (int i = 0; i < TRM; ++i) {
             const int row = row0 + TROW(i);
             if (row >= max_rows) continue;
             for (int j = 0; j < 4; ++j)
-                carry[(size_t)row * (size_t)carry_width + (size_t)panel * PANEL + tx + j * TN] = acc[i][j];
+                carry[(size_t)row * (size_t)carry_width + (size_t)panel * PANEL + tx + j * TN] = tot[i][j];
         }
         return;
     }
@@ -892,7 +927,7 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
 #if QFMT == 1
     for (int j = 0; j < 4; ++j) {  // int8: the column's scale (one group), as the register kernel applies it
         const float s = sq[tx + j * TN];
-        for (int i = 0; i < TRM; ++i) acc[i][j] *= s;
+        for (int i = 0; i < TRM; ++i) tot[i][j] *= s;
     }
 #endif
     for (int i = 0; i < TRM; ++i) {
@@ -904,17 +939,255 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
 #if EPILOGUE == 4
         for (int j = 0; j < 2; ++j) {
             const int col = panel * PANEL_OUT + tx + j * TN;
-            if (col < N) Y_STORE(y, out + col, real ? glu(acc[i][j] + BIAS(e, col), acc[i][j + 2] + BIAS(e, N + col)) * s : 0.0f);
+            if (col < N) Y_STORE(y, out + col, real ? glu(tot[i][j] + BIAS(e, col), tot[i][j + 2] + BIAS(e, N + col)) * s : 0.0f);
         }
 #else
         for (int j = 0; j < 4; ++j) {
             const int col = panel * PANEL_OUT + tx + j * TN;
-            if (col < N) Y_STORE(y, out + col, real ? activate(acc[i][j] + BIAS(e, col)) * s : 0.0f);
+            if (col < N) Y_STORE(y, out + col, real ? activate(tot[i][j] + BIAS(e, col)) * s : 0.0f);
         }
 #endif
     }
 }
 #endif  // MATMUL_BUILDS(MATMUL_TILED)
+
+#if MATMUL_BUILDS(MATMUL_SPLITK)
+// Split-k kernel (decode on GPUs and other lane-style devices: a row or few per expert). The
+// work-group kernel gives each output to one work-item, which runs all of K: at decode that is
+// a few thousand long chains, too few loads in flight to stream the weights at a GPU's
+// bandwidth, and at most 32 rows' FMAs a weight on a tile of one real row. Here a work-item runs
+// ONE chain (SY_KCHAIN k steps) of CPI output columns for the tile's real rows, SK_R rows a
+// pass over the chain's weights (the rows' loop stops at the last real row, so a tile of one row
+// costs one row's FMAs), and leaves the chain's sums in `part` [prow, chain, packed column]; the
+// fold kernel adds each output's chains in order and applies the epilogue. An output's chains,
+// and the order they are added in, are the other kernels' (SY_KCHAIN): the same bits.
+//
+// A work-item's columns are one 4-byte load a k step of its panel's k-major layout: float4,
+// half4 or bf16 ushort4 (4 columns), int8 or FP8 (4), int4 or MXFP4 (8: the 4 bytes' low nibbles
+// are columns 4q...4q+3, their high ones PANEL/2 + 4q ...). Consecutive work-items take
+// consecutive loads of one k row, so a SIMD group reads whole rows of the panel. MXFP4 values
+// come from a 16-entry table in local memory (exact; the same values DEC_E2M1 computes).
+// Grid: [panels × PANEL / CPI (rounded to the work-group), chains, tiles].
+#if QFMT == 2 || QFMT == 3
+#define SK_CPI 8
+#else
+#define SK_CPI 4
+#endif
+#ifndef SK_R
+#define SK_R 4
+#endif
+__kernel void grouped_matmul_splitk(__global const A_T* a, __global const int* assignment_of, int gather_k,
+                                    __global const W_T* w, __global const int* tile_expert, __global float* part,
+                                    int K, int panels, int dense_rows, int tokens_k, int tiles, int block,
+                                    int max_rows, int experts, __global const SC_T* qscale,
+                                    __global const uchar* qzero, int qgroup, int qgroups) {
+#if QFMT == 3
+    __local float e2m1[16];
+    if (get_local_id(0) < 16) {
+        const uint c = get_local_id(0);
+        e2m1[c] = DEC_E2M1(c, uint, float, as_float, as_uint);
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);  // (before any return: every work-item reaches it)
+#endif
+    const int item = get_global_id(0);
+    const int chain = get_global_id(1);
+    const int tile = get_global_id(2);
+    const int panel = item / (PANEL / SK_CPI);
+    const int q = item % (PANEL / SK_CPI);
+    const int c0 = chain * SY_KCHAIN;
+    if (panel >= panels || tile >= tiles || c0 >= K) return;
+    const int row0 = tile * ROWS;
+    if (dense_rows > 0 && row0 >= dense_rows) return;
+    const int e = tile_expert_of(tile, dense_rows, tile_expert, block, experts);
+    if (e < 0) return;  // past the padded total: the fold writes its zeros
+    const int c1 = min(K, c0 + SY_KCHAIN);
+    const int chains = (K + SY_KCHAIN - 1) / SY_KCHAIN;
+    const size_t width = (size_t)panels * PANEL;
+    // The tile's rows: source row and the row's place in `part` (its assignment, or its row when dense).
+    int src[ROWS];
+    int prow[ROWS];
+    int nr = 0;
+    for (int r = 0; r < ROWS; ++r) {
+        const int row = row0 + r;
+        src[r] = row < max_rows ? source_row(row, dense_rows, assignment_of, gather_k, tokens_k) : -1;
+        prow[r] = src[r] < 0 ? -1 : (dense_rows > 0 ? row : assignment_of[row]);
+        if (src[r] >= 0) nr = r + 1;
+    }
+    // column of this work-item's value v (0 ... SK_CPI - 1) in the panel
+#if SK_CPI == 8
+#define SK_COL(v) ((v) < 4 ? 4 * q + (v) : PANEL / 2 + 4 * q + (v) - 4)
+#else
+#define SK_COL(v) (4 * q + (v))
+#endif
+#if QFMT == 0
+    __global const W_T* wp = w + ((size_t)e * (size_t)panels + (size_t)panel) * (size_t)K * PANEL + 4 * q;
+#else
+    const size_t pq = (size_t)e * (size_t)panels + (size_t)panel;
+    __global const uchar* wq = w + pq * (size_t)K * QROW + 4 * q;
+    __global const SC_T* sq = qscale + pq * (size_t)qgroups * PANEL;
+    __global const uchar* zq = qzero + pq * (size_t)qgroups * PANEL;
+#endif
+    for (int r0 = 0; r0 < nr; r0 += SK_R) {
+        __global const A_T* ap[SK_R];
+        int live[SK_R];
+        for (int r = 0; r < SK_R; ++r) {
+            live[r] = r0 + r < nr && src[r0 + r] >= 0;
+            ap[r] = a + (size_t)(live[r] ? src[r0 + r] : src[nr - 1]) * (size_t)K;
+        }
+        float acc[SK_R][SK_CPI];
+        for (int r = 0; r < SK_R; ++r)
+            for (int v = 0; v < SK_CPI; ++v) acc[r][v] = 0.0f;
+#if QFMT == 3
+        float gacc[SK_R][SK_CPI];  // the group's unscaled sums, as in the other kernels
+        for (int r = 0; r < SK_R; ++r)
+            for (int v = 0; v < SK_CPI; ++v) gacc[r][v] = 0.0f;
+        int gend = min(c1, (c0 / qgroup + 1) * qgroup);
+#elif QFMT == 2 || QFMT == 4
+        float sv[SK_CPI];
+#if QFMT == 2
+        float zv[SK_CPI];
+#endif
+        int gnext = c0;  // the k where the next group's scales are due
+#endif
+        for (int k = c0; k < c1; ++k) {
+            float wv[SK_CPI];
+#if QFMT == 0
+#if W_DT == 0
+            vstore4(vload4(0, wp + (size_t)k * PANEL), 0, wv);
+#elif W_DT == 1
+            vstore4(vload_half4(0, wp + (size_t)k * PANEL), 0, wv);
+#else
+            vstore4(as_float4(convert_uint4(vload4(0, wp + (size_t)k * PANEL)) << 16), 0, wv);
+#endif
+#elif QFMT == 1
+            vstore4(convert_float4(vload4(0, (__global const char*)wq + (size_t)k * PANEL)), 0, wv);
+#else
+#if QFMT == 2 || QFMT == 4
+            if (k == gnext) {  // a new group: its scales (and zeros)
+                const size_t g = (size_t)(k / qgroup) * PANEL;
+                for (int v = 0; v < SK_CPI; ++v) {
+#if QFMT == 2
+                    sv[v] = vload_half(g + SK_COL(v), sq);
+#if ZP
+                    zv[v] = -(float)zq[g + SK_COL(v)] * sv[v];
+#else
+                    zv[v] = -8.0f * sv[v];
+#endif
+#else
+                    sv[v] = sq[g + SK_COL(v)];
+#endif
+                }
+                gnext = (k / qgroup + 1) * qgroup;
+            }
+#endif
+#if QFMT == 4
+            const uint4 b = convert_uint4(vload4(0, wq + (size_t)k * PANEL));
+            vstore4(DEC_E4M3(b, uint4, float4, as_float4, as_uint4) * vload4(0, sv), 0, wv);
+#else
+            const uint4 b = convert_uint4(vload4(0, wq + (size_t)k * (PANEL / 2)));
+#if QFMT == 2
+            vstore4(SY_MAD(convert_float4(b & 15u), vload4(0, sv), vload4(0, zv)), 0, wv);
+            vstore4(SY_MAD(convert_float4(b >> 4), vload4(1, sv), vload4(1, zv)), 1, wv);
+#else
+            const uint4 lo = b & 15u;
+            const uint4 hi = b >> 4;
+            wv[0] = e2m1[lo.s0];
+            wv[1] = e2m1[lo.s1];
+            wv[2] = e2m1[lo.s2];
+            wv[3] = e2m1[lo.s3];
+            wv[4] = e2m1[hi.s0];
+            wv[5] = e2m1[hi.s1];
+            wv[6] = e2m1[hi.s2];
+            wv[7] = e2m1[hi.s3];
+#endif
+#endif
+#endif
+            for (int r = 0; r < SK_R; ++r) {
+                if (!live[r]) continue;
+                const float av = A_LOAD(ap[r], k);
+#if QFMT == 3
+                for (int v = 0; v < SK_CPI; ++v) gacc[r][v] = SY_MAD(av, wv[v], gacc[r][v]);
+#else
+                for (int v = 0; v < SK_CPI; ++v) acc[r][v] = SY_MAD(av, wv[v], acc[r][v]);
+#endif
+            }
+#if QFMT == 3
+            if (k + 1 == gend) {  // the group's last k: its sums times its scale 2^(s − 127)
+                const size_t g = (size_t)(k / qgroup) * PANEL;
+                for (int v = 0; v < SK_CPI; ++v) {
+                    const float s = DEC_E8M0((uint)sq[g + SK_COL(v)], uint, as_float);
+                    for (int r = 0; r < SK_R; ++r) {
+                        acc[r][v] = SY_MAD(gacc[r][v], s, acc[r][v]);
+                        gacc[r][v] = 0.0f;
+                    }
+                }
+                gend = min(c1, gend + qgroup);
+            }
+#endif
+        }
+        for (int r = 0; r < SK_R; ++r) {
+            if (!live[r]) continue;
+            __global float* out = part + ((size_t)prow[r0 + r] * (size_t)chains + (size_t)chain) * width + (size_t)panel * PANEL;
+            for (int v = 0; v < SK_CPI; ++v) out[SK_COL(v)] = acc[r][v];
+        }
+    }
+#undef SK_COL
+}
+#endif  // MATMUL_BUILDS(MATMUL_SPLITK)
+
+#if MATMUL_BUILDS(MATMUL_FOLD)
+// The split-k kernel's second half: output (row, col) is the total of its chains' sums in chain
+// order (from 0), then int8's row scale, bias, activation and row scale as the other kernels
+// apply them; padding rows and tiles past the padded total are zeros. Grid: [N, rows].
+__kernel void grouped_matmul_fold(__global const float* part, __global const int* assignment_of, int gather_k,
+                                  __global const int* tile_expert, __global Y_T* y, __global const float* scale,
+                                  int scale_mode, int K, int N, int panels, int dense_rows, int tokens_k, int block,
+                                  int max_rows, int experts, __global const SC_T* qscale, int qgroups,
+                                  __global const float* bias) {
+    const int col = get_global_id(0);
+    const int row = get_global_id(1);
+    if (col >= N || row >= max_rows) return;
+    const size_t out = (size_t)row * (size_t)N + col;
+    const int src = source_row(row, dense_rows, assignment_of, gather_k, tokens_k);
+    int e = 0;
+    if (dense_rows == 0 && src >= 0) {
+        e = tile_expert[row / block];
+        if (e >= experts) e = -1;
+    }
+    if (src < 0 || e < 0) {
+        Y_STORE(y, out, 0.0f);
+        return;
+    }
+    const int prow = dense_rows > 0 ? row : assignment_of[row];
+    const int chains = (K + SY_KCHAIN - 1) / SY_KCHAIN;
+    const size_t width = (size_t)panels * PANEL;
+    // the packed column of output col (SwiGLU: its gate column; its up column is PANEL / 2 on)
+    const int panel = col / PANEL_OUT;
+    const int j = col % PANEL_OUT;
+    __global const float* pp = part + (size_t)prow * (size_t)chains * width + (size_t)panel * PANEL + j;
+    float t = 0.0f;
+    for (int c = 0; c < chains; ++c) t = t + pp[(size_t)c * width];
+#if EPILOGUE == 4
+    float u = 0.0f;
+    for (int c = 0; c < chains; ++c) u = u + pp[(size_t)c * width + PANEL / 2];
+#endif
+#if QFMT == 1
+    {  // int8: the column's scale (one group along K)
+        __global const SC_T* sq = qscale + ((size_t)e * (size_t)panels + (size_t)panel) * (size_t)qgroups * PANEL;
+        t *= sq[j];
+#if EPILOGUE == 4
+        u *= sq[j + PANEL / 2];
+#endif
+    }
+#endif
+    const float s = row_scale_of(row, scale_mode, scale, assignment_of, tokens_k);
+#if EPILOGUE == 4
+    Y_STORE(y, out, glu(t + BIAS(e, col), u + BIAS(e, N + col)) * s);
+#else
+    Y_STORE(y, out, activate(t + BIAS(e, col)) * s);
+#endif
+}
+#endif  // MATMUL_BUILDS(MATMUL_FOLD)
 
 #if MATMUL_BUILDS(MATMUL_PLAIN)
 // Unpacked weights in the checkpoint layout [E, N_w, K] (N_w = N, or 2N for SwiGLU with the
@@ -1017,9 +1290,9 @@ __kernel void grouped_matmul_plain(__global const A_T* a, __global const int* as
 // ROWS rows (ROWS ≤ VW: the lanes of one VW-float vector, VW the device's float vector width on
 // CPU-class devices, 1 where work-items are lanes) × all N_w ≤ NW_MAX weight rows: per k, the
 // rows' activations gathered into one vector and one fma per weight row with its broadcast
-// weight. So each output element is, as in the packed kernels, one f32 multiply-add chain over k in
-// order 0, 1, ..., K-1, then bias, activation and scale in the same order: bit for bit what the
-// packed and work-group kernels give. Float weights only (not built with QFMT).
+// weight. So each output element is, as in the packed kernels, summed in the chain order
+// (SY_KCHAIN), then bias, activation and scale in the same order: bit for bit what the packed and
+// work-group kernels give. Float weights only (not built with QFMT).
 #ifndef NW_MAX
 #define NW_MAX 8
 #endif
@@ -1052,29 +1325,36 @@ __kernel void grouped_matmul_narrow(__global const A_T* a, __global const int* a
     for (int r = 0; r < VW; ++r) ap[r] = a + (size_t)(src[r] >= 0 ? src[r] : fallback) * (size_t)K;
     const int nw = WROWS_OF(N);
     __global const W_T* we = w + (size_t)e * (size_t)nw * (size_t)K;
-    VEC acc[NW_MAX];
+    VEC tot[NW_MAX];  // the chains' total (SY_KCHAIN)
 #pragma unroll
-    for (int c = 0; c < NW_MAX; ++c) acc[c] = (VEC)0.0f;
-    for (int k = 0; k < K; ++k) {
-        float av[VW];
+    for (int c = 0; c < NW_MAX; ++c) tot[c] = (VEC)0.0f;
+    for (int c0 = 0; c0 < K; c0 += SY_KCHAIN) {
+        VEC acc[NW_MAX];
 #pragma unroll
-        for (int r = 0; r < VW; ++r) av[r] = A_LOAD(ap[r], k);
+        for (int c = 0; c < NW_MAX; ++c) acc[c] = (VEC)0.0f;
+        for (int k = c0; k < min(K, c0 + SY_KCHAIN); ++k) {
+            float av[VW];
+#pragma unroll
+            for (int r = 0; r < VW; ++r) av[r] = A_LOAD(ap[r], k);
 #if VW == 1
-        const VEC ak = av[0];
+            const VEC ak = av[0];
 #else
-        const VEC ak = SY_CAT(vload, VW)(0, av);
+            const VEC ak = SY_CAT(vload, VW)(0, av);
 #endif
 #pragma unroll
-        for (int c = 0; c < NW_MAX; ++c)
-            if (c < nw) acc[c] = SY_MAD(ak, (VEC)W_LOAD1(we, (size_t)c * (size_t)K + k), acc[c]);
+            for (int c = 0; c < NW_MAX; ++c)
+                if (c < nw) acc[c] = SY_MAD(ak, (VEC)W_LOAD1(we, (size_t)c * (size_t)K + k), acc[c]);
+        }
+#pragma unroll
+        for (int c = 0; c < NW_MAX; ++c) tot[c] = tot[c] + acc[c];
     }
     float v[NW_MAX][VW];
 #pragma unroll
     for (int c = 0; c < NW_MAX; ++c) {
 #if VW == 1
-        v[c][0] = acc[c];
+        v[c][0] = tot[c];
 #else
-        SY_CAT(vstore, VW)(acc[c], 0, v[c]);
+        SY_CAT(vstore, VW)(tot[c], 0, v[c]);
 #endif
     }
     for (int r = 0; r < ROWS; ++r) {

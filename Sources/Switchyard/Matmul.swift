@@ -303,6 +303,12 @@ extension OpenCLBackend {
         return (tiles + items - 1) / items
     }
 
+    /// The k steps of one multiply-add chain (`SY_KCHAIN` in matmul.cl): every packed, split-k and
+    /// narrow kernel sums an output as chains of this many k from k = 0, each from 0, added in
+    /// order to a total from 0. Fixed by K alone, so the order never depends on the row count or
+    /// the device.
+    static let chainLength = 256
+
     /// Loop steps one `grouped_matmul_narrow` lane may run (K × (2 + accumulators)): well
     /// below llvmpipe's 65,535 per work-item.
     static let narrowLaneBudget = 32768
@@ -335,13 +341,13 @@ extension OpenCLBackend {
     /// llvmpipe), counting `stepsPerK` steps per k (the kernel's inner loops over rows and
     /// vectors as if none were unrolled: a compiler may not unroll them);
     /// each slice after the first goes on from the f32 accumulators the previous one stored,
-    /// so every output is the same fma chain over k, bit for bit, as in one launch. Slices are
-    /// multiples of 128 (and of the quantization group where it is a power of two up to K), so
-    /// a vector step or a group never straddles two slices.
+    /// so every output is summed in the same order, bit for bit, as in one launch. Slices are
+    /// multiples of `chainLength` (and of the quantization group where it is a power of two up to
+    /// K), so a chain, a vector step or a group never straddles two slices.
     func kSlices(inFeatures k: Int, stepsPerK: Int, group: Int = 1) -> [Range<Int>] {
         guard let budget = loopStepBudget, k > 0 else { return [0..<k] }
-        var align = 128
-        if group > 128 && group < k && group & (group - 1) == 0 { align = group }
+        var align = Self.chainLength
+        if group > align && group < k && group & (group - 1) == 0 { align = group }
         let length = max(align, budget / max(1, stepsPerK) / align * align)
         if length >= k { return [0..<k] }
         return stride(from: 0, to: k, by: length).map { $0..<min(k, $0 + length) }
@@ -374,6 +380,82 @@ extension OpenCLBackend {
         if slices.count > 1, let last { holdScratch([carry], until: last) }
     }
 
+    /// Split-k for decode on lane-style devices (`grouped_matmul_splitk`, then
+    /// `grouped_matmul_fold`): each work-item runs one `chainLength`-step chain of 4 columns (8
+    /// for 4-bit codes: one 4-byte load a k step) for a tile's real rows and stores its sums; the
+    /// fold adds each output's chains in order and applies the epilogue. The work-group kernel
+    /// gives each output to one work-item running all of K, so at decode (a row or few an expert)
+    /// a GPU has a few thousand long chains and too few loads in flight for its bandwidth; here
+    /// K / 256 times as many, each a 256-step loop. The chains and their order are every packed
+    /// kernel's, so the output is bit for bit the work-group kernel's: the choice by row count
+    /// changes speed only. Tiles of up to 8 rows dividing the routing block, 4 rows a pass over a
+    /// chain's weights (a tile's rows past its last real one cost nothing). False (nothing
+    /// launched) where the chains' sums, rows × chains × packed columns of f32, would not fit one
+    /// allocation: the work-group kernel then runs.
+    func splitKMatmul(
+        defines base: [String: String], common: [Arg], packed wb: Buffer, weights: ExpertWeights, tileMap: Buffer,
+        y: Tensor, rows: Int, routing: Routing?, tokensK: Int, scaleMode: Int, scaleBuffer: Buffer, bias: Buffer,
+        quantArgs: [Arg]
+    ) throws -> Bool {
+        let width = tuning.matmulPanel
+        let k = weights.inFeatures
+        let n = weights.outFeatures
+        let panels = weights.panels
+        let chains = (k + Self.chainLength - 1) / Self.chainLength
+        // The chains' sums: one row per routed assignment (or dense row), chains × packed columns.
+        let partRows = routing == nil ? rows : tokensK
+        let (columns, o1) = panels.multipliedReportingOverflow(by: width)
+        let (perRow, o2) = columns.multipliedReportingOverflow(by: chains)
+        let (floats, o3) = perRow.multipliedReportingOverflow(by: max(1, partRows))
+        let (bytes, o4) = floats.multipliedReportingOverflow(by: 4)
+        guard !o1, !o2, !o3, !o4, bytes <= device.maxAllocationBytes, k > 0 else { return false }
+        // Tile rows: a power of two ≤ 8 dividing the block.
+        var tileRows = Tuning.floorPowerOfTwo(min(8, tuning.matmulRows))
+        if let block = routing?.blockSize {
+            while tileRows > 1 && block % tileRows != 0 { tileRows /= 2 }
+        }
+        let tiles = (rows + tileRows - 1) / tileRows
+        let block = routing?.blockSize ?? tileRows
+        // Each kernel gets only the -D values it reads, so that its programs are shared: the
+        // chains' kernel by every epilogue and output type, the fold by every activation type,
+        // weight type and format (int8 apart: its fold applies the row scale). Every distinct
+        // option string is a driver compile.
+        var defines = base.filter { key, _ in
+            key.hasPrefix("A_") || ["W_DT", "QFMT", "ZP", "PANEL"].contains(key)
+        }
+        defines["ROWS"] = "\(tileRows)"
+        var foldDefines = base.filter { key, _ in
+            key.hasPrefix("Y_") || key.hasPrefix("GLU_")
+                || ["EPILOGUE", "GATE_LIMIT", "UP_LIMIT", "UP_OFFSET", "HAS_BIAS", "PANEL"].contains(key)
+        }
+        if base["QFMT"] == "1" { foldDefines["QFMT"] = "1" }
+        let fourBit: Bool
+        switch weights.quantized?.format {
+        case .int4, .mxfp4: fourBit = true
+        default: fourBit = false
+        }
+        let items = panels * (width / (fourBit ? 8 : 4))
+        let group = min(64, Tuning.floorPowerOfTwo(max(1, device.maxWorkGroupSize)))
+        let part = try scratch(byteCount: max(4, bytes), label: "split-k chain sums")
+        let denseRows = routing == nil ? rows : 0
+        let gatherK: Arg = common[2]
+        try launchMatmul(
+            "grouped_matmul_splitk", defines: defines,
+            args: [common[0], common[1], gatherK, .buffer(wb), .buffer(tileMap), .buffer(part), .int(k), .int(panels),
+                   .int(denseRows), .int(tokensK), .int(tiles), .int(block), .int(rows), .int(weights.experts)]
+                + quantArgs,
+            global: [roundUp(items, group), chains, tiles], local: [group, 1, 1])
+        let foldGroup = min(64, Tuning.floorPowerOfTwo(max(1, device.maxWorkGroupSize)))
+        let last = try launchMatmul(
+            "grouped_matmul_fold", defines: foldDefines,
+            args: [.buffer(part), common[1], gatherK, .buffer(tileMap), .buffer(y.buffer!), .buffer(scaleBuffer),
+                   .int(scaleMode), .int(k), .int(n), .int(panels), .int(denseRows), .int(tokensK), .int(block), .int(rows),
+                   .int(weights.experts), quantArgs[0], quantArgs[3], .buffer(bias)],
+            global: [roundUp(n, foldGroup), rows], local: [foldGroup, 1])
+        holdScratch([part], until: last)
+        return true
+    }
+
     /// Launches a kernel of matmul.cl with `MATMUL_ONLY` naming it, so that its program builds
     /// that kernel alone. Each program of matmul.cl serves one kernel already (their defines
     /// differ), so this adds no program; a driver that compiles every kernel at build time is
@@ -391,7 +473,7 @@ extension OpenCLBackend {
     /// `MATMUL_ONLY` of each matmul.cl kernel.
     static let matmulKernelCodes = [
         "grouped_matmul_packed": "1", "grouped_matmul_tiled": "2", "grouped_matmul_plain": "3",
-        "grouped_matmul_narrow": "4", "pack_weights": "5",
+        "grouped_matmul_narrow": "4", "pack_weights": "5", "grouped_matmul_splitk": "6", "grouped_matmul_fold": "7",
     ]
 
     /// Weight rows the narrow matmul holds accumulators for (`NW_MAX` in matmul.cl).
@@ -553,6 +635,14 @@ extension OpenCLBackend {
             let panels = weights.panels
             let wb = try deviceBuffer(packed, weights.quantized == nil ? "packed weights" : "quantized weight codes")
             defines["PANEL"] = "\(width)"
+            if expectedRows <= tuning.splitKRows,
+                try splitKMatmul(
+                    defines: defines, common: common, packed: wb, weights: weights, tileMap: tileMap, y: y, rows: rows,
+                    routing: routing, tokensK: tokensK, scaleMode: scaleMode, scaleBuffer: scaleBuffer, bias: biasBuffer,
+                    quantArgs: quantArgs)
+            {
+                return y.guarded(by: routing.map { [$0.flags] } ?? [])
+            }
             // Per kernel: its tile rows, its -D values and its grid; the arguments are shared.
             let tileRows: Int
             let tiles: Int

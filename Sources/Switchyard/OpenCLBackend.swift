@@ -44,12 +44,25 @@ public struct Tuning: Sendable, Hashable, Codable {
     public var matmulRowsPerItem: Int
     /// k step staged in local memory by the work-group kernel.
     public var matmulTileK: Int
+    /// With the work-group kernel: the most rows an expert is expected to get (decode) for which
+    /// the packed matmul runs split-k instead (`grouped_matmul_splitk`: a work-item per
+    /// 256-step chain of a few columns, then a fold), which gives the same bits. 0: never; nil
+    /// (also in a tuning file written before this field): `splitKRows`' default, 8 with the
+    /// work-group kernel. The register kernel never runs split-k.
+    public var matmulSplitRows: Int?
+
+    /// The rows at or below which packed matmuls run split-k (`matmulSplitRows`, or its default).
+    public var splitKRows: Int {
+        guard matmulKernel == .workGroup else { return 0 }
+        return matmulSplitRows ?? 8
+    }
 
     public init(
         rowGroup: Int, topKLocalKeys: Int = 4096, matmulRows: Int = 4, matmulTileStep: Int = 1, rowsPerGroup: Int = 1,
         copyGroup: Int? = nil, matmulKernel: MatmulKernel = .registers, matmulPanel: Int = 64,
-        matmulVectorWidth: Int = 16, matmulRowsPerItem: Int = 4, matmulTileK: Int = 16
+        matmulVectorWidth: Int = 16, matmulRowsPerItem: Int = 4, matmulTileK: Int = 16, matmulSplitRows: Int? = nil
     ) {
+        self.matmulSplitRows = matmulSplitRows
         self.copyGroup = copyGroup ?? rowGroup
         self.matmulTileStep = matmulTileStep
         self.rowsPerGroup = rowsPerGroup
@@ -169,6 +182,7 @@ public struct Tuning: Sendable, Hashable, Codable {
         if !(1...4096).contains(rowsPerGroup) { try fail("rowsPerGroup", rowsPerGroup, "1...4096") }
         if !(1...64).contains(matmulTileStep) { try fail("matmulTileStep", matmulTileStep, "1...64") }
         if !(1...16).contains(matmulTileK) { try fail("matmulTileK", matmulTileK, "1...16") }
+        if let v = matmulSplitRows, !(0...4096).contains(v) { try fail("matmulSplitRows", v, "0...4096") }
         switch matmulKernel {
         case .registers:
             if ![1, 2, 4, 8, 16].contains(matmulVectorWidth) {
@@ -262,6 +276,7 @@ public struct Tuning: Sendable, Hashable, Codable {
         case .workGroup:
             "work-group kernel, \(matmulRows) × \(matmulPanel) tile, \(matmulPanel / 4) × \(matmulRows / matmulRowsPerItem)"
                 + " work-items of \(matmulRowsPerItem) × 4, k step \(matmulTileK)"
+                + (splitKRows > 0 ? "; split-k up to \(splitKRows) rows an expert" : "")
         }
     }
 }

@@ -91,7 +91,9 @@ enum MatmulCases {
                 // a long k (Mixtral's down projection): devices with a loop limit run it in k slices
                 Spec(tokens: 9, k: 2, experts: 4, inFeatures: 14336, outFeatures: 40, block: 4, epilogue: .swiglu,
                      dtype: .bf16, packed: packed),
-                Spec(tokens: 5, k: 1, experts: 1, inFeatures: 20000, outFeatures: 72, block: 4, epilogue: .none,
+                // (13 rows: more than split-k takes, so that lanes devices run the work-group
+                // kernel's k slices; the row or few of the other long-k cases run split-k there)
+                Spec(tokens: 13, k: 1, experts: 1, inFeatures: 20000, outFeatures: 72, block: 4, epilogue: .none,
                      dtype: .bf16, packed: packed, dense: true),
                 // two rows (a shared expert at decode): a work-item's panels run together (the
                 // register kernel's panel groups), through k slices, the last group short

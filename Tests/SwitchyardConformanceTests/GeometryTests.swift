@@ -22,6 +22,9 @@ struct GeometryTests {
         ("work-group 16×32, 2 rows per item, k step 5", Tuning(rowGroup: 16, matmulRows: 16, matmulKernel: .workGroup,
                                                                matmulPanel: 32, matmulVectorWidth: 1,
                                                                matmulRowsPerItem: 2, matmulTileK: 5)),
+        ("work-group 32×64, no split-k", Tuning(rowGroup: 16, matmulRows: 32, matmulKernel: .workGroup,
+                                               matmulPanel: 64, matmulVectorWidth: 1, matmulRowsPerItem: 4,
+                                               matmulSplitRows: 0)),
     ]
 
     /// Device limits that are not powers of two (NVIDIA's 48 KiB of local memory; a maximum
@@ -76,7 +79,9 @@ struct GeometryTests {
             || Tuning.registerVectorWidths(for: device).contains(tuning.matmulVectorWidth)
     }
 
-    @Test(arguments: geometries.indices)
+    /// (Not the last geometry, the work-group kernel without split-k: `geometriesAgreeBitwise`
+    /// checks that it gives the bits of the one with it.)
+    @Test(arguments: geometries.indices.dropLast())
     func matmulCasesPass(_ index: Int) throws {
         let (name, tuning) = Self.geometries[index]
         let cases = try Self.geometryCases(index)
@@ -115,9 +120,13 @@ struct GeometryTests {
         }
     }
 
-    /// Every geometry computes each output as the same f32 fma chain over k, so all of them give
-    /// bitwise the same layer output: with float weights, and with 4-bit ones, whose chains sum
-    /// each group before its scale (MXFP4) or dequantize each weight (int4 with zero points).
+    /// Every geometry sums each output in the same order (256-step f32 fma chains over k, added
+    /// in order), so all of them give bitwise the same layer output: with float weights, and with
+    /// 4-bit ones, whose chains sum each group before its scale (MXFP4) or dequantize each
+    /// weight (int4 with zero points). deepseek-tiny at 61 tokens has about 8 rows an expert, so
+    /// the work-group geometries run split-k for the routed experts (the last geometry, without
+    /// split-k, the work-group kernel) and the work-group kernel for the shared expert. (K is 128
+    /// and 64 here, one chain: `longKTokenAloneIsBitwiseInBatch` takes several.)
     @Test(arguments: [WeightQuantization.none, .mxfp4, .int4(group: 32, zeroPoint: true)])
     func geometriesAgreeBitwise(_ quantize: WeightQuantization) throws {
         for device in try Device.all() {
@@ -134,6 +143,46 @@ struct GeometryTests {
                     #expect(y == first.y, "\(device.name), \(quantize): \(name) differs from \(first.name)")
                 } else {
                     first = (name, y)
+                }
+            }
+        }
+    }
+
+    /// Over several chains of k (hidden 544 = 2 × 256 + 32, ffn 320 = 256 + 64), a token's output
+    /// is bitwise the same alone (decode: split-k where the work-group kernel runs) and in a batch
+    /// of 40 (the work-group or register kernel), for float and quantized experts (int8's row
+    /// scale multiplies the chains' total), on every device with its default geometry; on
+    /// CPU-class devices the work-group geometry too, whose batch must also match the register
+    /// kernel's bit for bit.
+    @Test(arguments: [WeightQuantization.none, .mxfp4, .int8, .int4(group: 128, zeroPoint: false)])
+    func longKTokenAloneIsBitwiseInBatch(_ quantize: WeightQuantization) throws {
+        let config = MoEConfig(hidden: 544, ffn: 320, router: .mixtral(experts: 8, k: 2))
+        for device in try Device.all() {
+            var tunings: [(String, Tuning?)] = [("defaults", nil)]
+            if !device.workItemsAreLanes { tunings.append((Self.geometries[4].0, Self.geometries[4].1)) }
+            var first: (name: String, y: [UInt32])?
+            for (name, tuning) in tunings {
+                let backend = try OpenCLBackend(device: device, tuning: tuning)
+                let weights = try MoEWeights.random(config: config, backend: backend, dtype: .bf16, seed: 8)
+                let layer = try MoELayer(backend: backend, config: config, weights: weights, quantize: quantize)
+                var g = SeededGenerator(seed: 9)
+                let h = config.hidden
+                let x = g.normals(40 * h)
+                let all = try backend.floats(layer.forward(try backend.tensor(x, shape: [40, h], dtype: .bf16)).y)
+                    .map(\.bitPattern)
+                #expect(all.count == 40 * h)
+                for token in [0, 23] {
+                    let one = try backend.floats(
+                        layer.forward(try backend.tensor(Array(x[(token * h)..<((token + 1) * h)]), shape: [1, h], dtype: .bf16)).y)
+                    let differ = (0..<min(h, one.count)).filter { one[$0].bitPattern != all[token * h + $0] }.count
+                    #expect(
+                        one.count == h && differ == 0,
+                        "\(device.name), \(name), \(quantize): token \(token) alone differs from the batch in \(differ) of \(h)")
+                }
+                if let first {
+                    #expect(all == first.y, "\(device.name), \(quantize): \(name) differs from \(first.name)")
+                } else {
+                    first = (name, all)
                 }
             }
         }
