@@ -294,7 +294,7 @@ MUTANTS = [
 def kernel_of(name):
     if name.startswith("work-group matmul") or "(lanes)" in name:
         return "work-group"
-    if name.startswith("matmul") or "(register)" in name:
+    if name.startswith("matmul") or "(register" in name:
         return "register"
     return None
 

@@ -66,6 +66,10 @@ enum MatmulCases {
                      dtype: .f32, packed: packed, kind: "empty"),
                 Spec(tokens: 40, k: 8, experts: 8, inFeatures: 16, outFeatures: 17, block: 8, epilogue: .none,
                      dtype: .f32, packed: packed, kind: "uniform"),
+                // expert 0 with one row, row 0 (read from source row 0), padded: a tile whose only
+                // real row is 0, among enough rows an expert that no decode path takes them
+                Spec(tokens: 40, k: 2, experts: 4, inFeatures: 64, outFeatures: 64, block: 4, epilogue: .none,
+                     dtype: .f32, packed: packed, kind: "lone"),
                 // decode: a handful of tokens, 1-6 rows per expert
                 Spec(tokens: 3, k: 2, experts: 8, inFeatures: 256, outFeatures: 128, block: 4, epilogue: .swiglu,
                      dtype: .bf16, packed: packed, fused: true),

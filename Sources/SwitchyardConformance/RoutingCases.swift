@@ -73,12 +73,14 @@ enum RoutingCases {
     }
 
     /// Random expert ids `[T·k]` (distinct within a token) with a distribution: uniform, skewed
-    /// (a few experts get most), one expert taking everything possible, or expert 0 left empty.
+    /// (a few experts get most), one expert taking everything possible, expert 0 left empty, or
+    /// expert 0 given token 0's first choice alone ("lone": the first row of the expert order is
+    /// row 0, read from source row 0, with padding after it).
     static func ids(tokens: Int, k: Int, experts: Int, kind: String, seed: UInt64) -> [Int32] {
         var g = SeededGenerator(seed: seed)
         var out = [Int32]()
         out.reserveCapacity(tokens * k)
-        for _ in 0..<tokens {
+        for t in 0..<tokens {
             var chosen: [Int32] = []
             while chosen.count < k {
                 var e: Int
@@ -86,10 +88,12 @@ enum RoutingCases {
                 case "skewed": e = Int(Double(experts) * pow(g.unit(), 3))
                 case "hot": e = chosen.isEmpty ? 1 % experts : Int(g.next() % UInt64(experts))
                 case "empty": e = experts == 1 ? 0 : 1 + Int(g.next() % UInt64(experts - 1))
+                case "lone":
+                    e = (t == 0 && chosen.isEmpty) || experts == 1 ? 0 : 1 + Int(g.next() % UInt64(experts - 1))
                 default: e = Int(g.next() % UInt64(experts))
                 }
                 e = min(e, experts - 1)
-                if kind == "empty" && k >= experts { e = Int(g.next() % UInt64(experts)) }
+                if (kind == "empty" || kind == "lone") && k >= experts { e = Int(g.next() % UInt64(experts)) }
                 if !chosen.contains(Int32(e)) { chosen.append(Int32(e)) }
             }
             out += chosen
