@@ -30,6 +30,10 @@
 // same bits as a kernel that runs them one after the other. (The unpacked `grouped_matmul_plain`
 // sums float8 partial dot products: its own fixed order.)
 #define SY_KCHAIN 256
+// No contraction of a multiply and an add into an fma in this file (every wanted fma is
+// SY_MAD): a compiler that fused, say, int8's scaled total and the bias in one kernel but not in
+// another would make their bits differ.
+#pragma OPENCL FP_CONTRACT OFF
 
 // MATMUL_ONLY (set by the host for every program it builds from this file): the one kernel the
 // program is for, 1 packed (register), 2 tiled (work-group), 3 plain, 4 narrow, 5 pack_weights,
@@ -497,8 +501,8 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, const
         const int k1 = min(ke, (g + 1) * qgroup);
 #if QFMT == 3
         // MXFP4: each group's products summed unscaled, then the group's scale (a power of two)
-        // applied to that sum once, instead of to each weight: a multiply a weight fewer. (K slices
-        // are multiples of 128, so a group never spans two.)
+        // applied to that sum once, instead of to each weight: a multiply a weight fewer. (Chains
+        // and K slices are multiples of 256, so a group of 32 never spans two.)
         VEC gacc[ROWS * NV];
 #pragma unroll
         for (int x = 0; x < NR * NP * NV; ++x) gacc[x] = (VEC)0.0f;
@@ -889,9 +893,10 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
 #endif
             }
 #if QFMT == 3
-            // the group's last k (or the slice's: slices are multiples of 128, so that is a group's
-            // end too; were it not, the partial sum is scaled as the register kernel scales it)
-            if (k0 + kk + 1 == gend || k0 + kk + 1 == ke) {
+            // the group's last k, or the chain's (chains are 256 k, so that is a group's end too
+            // with MXFP4's 32; were it not, the partial sum is scaled there, as the register and
+            // split-k kernels scale it, and the group goes on in the next chain)
+            if (k0 + kk + 1 == gend || k0 + kk + 1 == cend) {
                 for (int j = 0; j < 4; ++j) {
                     const size_t at = (size_t)((gend - 1) / qgroup) * PANEL + tx + j * TN;
                     const float s = DEC_E8M0((uint)sq[at], uint, as_float);
@@ -900,7 +905,7 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
                         gacc[i][j] = 0.0f;
                     }
                 }
-                gend = min(K, gend + qgroup);
+                if (k0 + kk + 1 == gend) gend = min(K, gend + qgroup);
             }
 #endif
             if (k0 + kk + 1 == cend) {  // the chain's last k: its sums go to the total
@@ -983,10 +988,7 @@ __kernel void grouped_matmul_splitk(__global const A_T* a, __global const int* a
                                     __global const uchar* qzero, int qgroup, int qgroups) {
 #if QFMT == 3
     __local float e2m1[16];
-    if (get_local_id(0) < 16) {
-        const uint c = get_local_id(0);
-        e2m1[c] = DEC_E2M1(c, uint, float, as_float, as_uint);
-    }
+    for (uint c = get_local_id(0); c < 16u; c += get_local_size(0)) e2m1[c] = DEC_E2M1(c, uint, float, as_float, as_uint);
     barrier(CLK_LOCAL_MEM_FENCE);  // (before any return: every work-item reaches it)
 #endif
     const int item = get_global_id(0);
@@ -1030,6 +1032,7 @@ __kernel void grouped_matmul_splitk(__global const A_T* a, __global const int* a
     for (int r0 = 0; r0 < nr; r0 += SK_R) {
         __global const A_T* ap[SK_R];
         int live[SK_R];
+#pragma unroll
         for (int r = 0; r < SK_R; ++r) {
             live[r] = r0 + r < nr && src[r0 + r] >= 0;
             ap[r] = a + (size_t)(live[r] ? src[r0 + r] : src[nr - 1]) * (size_t)K;
@@ -1102,12 +1105,15 @@ __kernel void grouped_matmul_splitk(__global const A_T* a, __global const int* a
 #endif
 #endif
 #endif
+#pragma unroll
             for (int r = 0; r < SK_R; ++r) {
                 if (!live[r]) continue;
                 const float av = A_LOAD(ap[r], k);
 #if QFMT == 3
+#pragma unroll
                 for (int v = 0; v < SK_CPI; ++v) gacc[r][v] = SY_MAD(av, wv[v], gacc[r][v]);
 #else
+#pragma unroll
                 for (int v = 0; v < SK_CPI; ++v) acc[r][v] = SY_MAD(av, wv[v], acc[r][v]);
 #endif
             }

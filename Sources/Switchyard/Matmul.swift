@@ -439,12 +439,13 @@ extension OpenCLBackend {
         let part = try scratch(byteCount: max(4, bytes), label: "split-k chain sums")
         let denseRows = routing == nil ? rows : 0
         let gatherK: Arg = common[2]
-        try launchMatmul(
+        let first = try launchMatmul(
             "grouped_matmul_splitk", defines: defines,
             args: [common[0], common[1], gatherK, .buffer(wb), .buffer(tileMap), .buffer(part), .int(k), .int(panels),
                    .int(denseRows), .int(tokensK), .int(tiles), .int(block), .int(rows), .int(weights.experts)]
                 + quantArgs,
             global: [roundUp(items, group), chains, tiles], local: [group, 1, 1])
+        holdScratch([part], until: first)  // (held from here: the fold's launch may throw)
         let foldGroup = min(64, Tuning.floorPowerOfTwo(max(1, device.maxWorkGroupSize)))
         let last = try launchMatmul(
             "grouped_matmul_fold", defines: foldDefines,
@@ -485,7 +486,7 @@ extension OpenCLBackend {
     /// devices (AVX-512 64: N ≤ 8; AVX2 16: N ≤ 4), where a panel of N columns would be mostly
     /// padding, or a sixteenth where work-items are lanes (64: N ≤ 4), a lane per row whose loops
     /// stay within `narrowLaneBudget` (a router's K ≤ 10,922). Its results are bit for bit the panel
-    /// kernels' (one fma chain over k per element), so the choice changes speed only. Nil: the
+    /// kernels' (the same chains over k, `chainLength`), so the choice changes speed only. Nil: the
     /// panel kernels.
     func narrowMatmulRows(outFeatures n: Int, weightRows: Int, inFeatures k: Int, block: Int?) -> Int? {
         let lanes = device.workItemsAreLanes
@@ -658,19 +659,30 @@ extension OpenCLBackend {
                 // Decode (experts average at most a tile of rows): one tile per work-item, as many
                 // work-items as tiles × panels; a row block has nothing to reuse there.
                 let decode = routing != nil && expectedRows <= tileRows
-                let step = decode ? 1 : packedTileStep(
+                var step = decode ? 1 : packedTileStep(
                     tiles: tiles, tileRows: tileRows, inFeatures: weights.inFeatures, activationBytes: a.dtype.size,
                     panelBytes: weights.inFeatures * width * packed.dtype.size, panels: panels)
-                let items = (tiles + step - 1) / step
                 let group = device.workItemsAreLanes ? 16 : 1
                 let vectors = max(1, width / max(1, tuning.matmulVectorWidth))
                 // Few rows per tile (decode, or a dense matmul of a few rows): a work-item takes a
                 // group of panels and runs them in one k loop where the rows allow, so that a row
                 // or two has enough independent multiply-add chains (`panel_run`).
                 let jointAccumulators = Tuning.cpuRegisters(vectorWidth: tuning.matmulVectorWidth) / 2
-                let panelGroup = panelGroupSize(
+                var panelGroup = panelGroupSize(
                     vectors: vectors, expectedRows: expectedRows, jointAccumulators: jointAccumulators,
                     format: weights.quantized?.format)
+                // per k (a loop of n counts n + 1 checks): the k loop, the weight vectors' load and
+                // dequantizing loops, the rows loop and each row's vectors; the group's panels one
+                // after the other at worst
+                let perK = 4 + (weights.quantized == nil ? 2 : 4) * (vectors + 1) + tileRows * (vectors + 2)
+                if let budget = loopStepBudget {
+                    // K slices are whole chains (`chainLength` k): on a device with a loop limit a
+                    // chain's steps, for every tile and panel of a work-item, must fit one slice
+                    let fit = max(1, budget / max(1, Self.chainLength * perK))
+                    panelGroup = Tuning.floorPowerOfTwo(min(panelGroup, fit))
+                    step = max(1, min(step, fit / panelGroup))
+                }
+                let items = (tiles + step - 1) / step
                 let groups = (panels + panelGroup - 1) / panelGroup
                 defines["VW"] = "\(tuning.matmulVectorWidth)"
                 defines["PANEL_GROUP"] = "\(panelGroup)"
@@ -678,11 +690,7 @@ extension OpenCLBackend {
                 // Panel groups in dimension 0: consecutive work-groups take one row block through every panel.
                 (kernel, global, local) = ("grouped_matmul_packed", [groups, (items + group - 1) / group * group], [1, group])
                 tileArgs = [.int(tiles), .int(step)]
-                // per k (a loop of n counts n + 1 checks): the k loop, the weight vectors' load and
-                // dequantizing loops, the rows loop and each row's vectors; the group's panels one
-                // after the other at worst
-                stepsPerK = step * panelGroup
-                    * (4 + (weights.quantized == nil ? 2 : 4) * (vectors + 1) + tileRows * (vectors + 2))
+                stepsPerK = step * panelGroup * perK
             case .workGroup:
                 // Rows per work-group: a power of two dividing the block (and the tuning's).
                 var r = tuning.matmulRows

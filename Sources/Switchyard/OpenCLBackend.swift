@@ -182,7 +182,9 @@ public struct Tuning: Sendable, Hashable, Codable {
         if !(1...4096).contains(rowsPerGroup) { try fail("rowsPerGroup", rowsPerGroup, "1...4096") }
         if !(1...64).contains(matmulTileStep) { try fail("matmulTileStep", matmulTileStep, "1...64") }
         if !(1...16).contains(matmulTileK) { try fail("matmulTileK", matmulTileK, "1...16") }
-        if let v = matmulSplitRows, !(0...4096).contains(v) { try fail("matmulSplitRows", v, "0...4096") }
+        // (at most 64: split-k's grids keep their rows and tiles below 65,536, which some drivers
+        // cap a grid's second and third dimensions at)
+        if let v = matmulSplitRows, !(0...64).contains(v) { try fail("matmulSplitRows", v, "0...64") }
         switch matmulKernel {
         case .registers:
             if ![1, 2, 4, 8, 16].contains(matmulVectorWidth) {

@@ -148,15 +148,31 @@ struct GeometryTests {
         }
     }
 
-    /// Over several chains of k (hidden 544 = 2 × 256 + 32, ffn 320 = 256 + 64), a token's output
-    /// is bitwise the same alone (decode: split-k where the work-group kernel runs) and in a batch
-    /// of 40 (the work-group or register kernel), for float and quantized experts (int8's row
-    /// scale multiplies the chains' total), on every device with its default geometry; on
-    /// CPU-class devices the work-group geometry too, whose batch must also match the register
-    /// kernel's bit for bit.
-    @Test(arguments: [WeightQuantization.none, .mxfp4, .int8, .int4(group: 128, zeroPoint: false)])
-    func longKTokenAloneIsBitwiseInBatch(_ quantize: WeightQuantization) throws {
-        let config = MoEConfig(hidden: 544, ffn: 320, router: .mixtral(experts: 8, k: 2))
+    /// The layers of `longKTokenAloneIsBitwiseInBatch`: hidden 544 = 2 × 256 + 32 and ffn 320 =
+    /// 256 + 64 (several chains of k, the last short), Mixtral-style in float and every
+    /// quantization; a Qwen-style layer whose shared expert (a dense matmul of the token's row:
+    /// split-k's dense mode) is gated, in int4 with zero points; gpt-oss's biases and clamped
+    /// gated epilogue in MXFP4.
+    static let longKLayers: [(String, MoEConfig, WeightQuantization)] = {
+        let mixtral = MoEConfig(hidden: 544, ffn: 320, router: .mixtral(experts: 8, k: 2))
+        let qwen = MoEConfig(
+            hidden: 544, ffn: 320, router: .qwenMoE(experts: 8, k: 2, renormalize: false), sharedFFN: 320, sharedGate: true)
+        return [
+            ("mixtral", mixtral, .none), ("mixtral", mixtral, .mxfp4), ("mixtral", mixtral, .int8),
+            ("mixtral", mixtral, .int4(group: 128, zeroPoint: false)),
+            ("qwen, gated shared expert", qwen, .int4(group: 32, zeroPoint: true)),
+            ("gpt-oss", MoEConfig.gptOss(hidden: 544, ffn: 320, experts: 8, k: 2), .mxfp4),
+        ]
+    }()
+
+    /// Over several chains of k, a token's output is bitwise the same alone (decode: split-k
+    /// where the work-group kernel runs) and in a batch of 40 (the work-group or register
+    /// kernel), for float and quantized experts (int8's row scale multiplies the chains' total),
+    /// on every device with its default geometry; on CPU-class devices the work-group geometry
+    /// too, whose batch must also match the register kernel's bit for bit.
+    @Test(arguments: longKLayers.indices)
+    func longKTokenAloneIsBitwiseInBatch(_ index: Int) throws {
+        let (layerName, config, quantize) = Self.longKLayers[index]
         for device in try Device.all() {
             var tunings: [(String, Tuning?)] = [("defaults", nil)]
             if !device.workItemsAreLanes { tunings.append((Self.geometries[4].0, Self.geometries[4].1)) }
@@ -177,10 +193,10 @@ struct GeometryTests {
                     let differ = (0..<min(h, one.count)).filter { one[$0].bitPattern != all[token * h + $0] }.count
                     #expect(
                         one.count == h && differ == 0,
-                        "\(device.name), \(name), \(quantize): token \(token) alone differs from the batch in \(differ) of \(h)")
+                        "\(device.name), \(name), \(layerName) \(quantize): token \(token) alone differs from the batch in \(differ) of \(h)")
                 }
                 if let first {
-                    #expect(all == first.y, "\(device.name), \(quantize): \(name) differs from \(first.name)")
+                    #expect(all == first.y, "\(device.name), \(layerName) \(quantize): \(name) differs from \(first.name)")
                 } else {
                     first = (name, all)
                 }
