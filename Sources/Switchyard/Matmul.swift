@@ -446,13 +446,12 @@ extension OpenCLBackend {
                 + quantArgs,
             global: [roundUp(items, group), chains, tiles], local: [group, 1, 1])
         holdScratch([part], until: first)  // (held from here: the fold's launch may throw)
-        let foldGroup = min(64, Tuning.floorPowerOfTwo(max(1, device.maxWorkGroupSize)))
         let last = try launchMatmul(
             "grouped_matmul_fold", defines: foldDefines,
             args: [.buffer(part), common[1], gatherK, .buffer(tileMap), .buffer(y.buffer!), .buffer(scaleBuffer),
                    .int(scaleMode), .int(k), .int(n), .int(panels), .int(denseRows), .int(tokensK), .int(block), .int(rows),
                    .int(weights.experts), quantArgs[0], quantArgs[3], .buffer(bias)],
-            global: [roundUp(n, foldGroup), rows], local: [foldGroup, 1])
+            global: [roundUp(n, group), rows], local: [group, 1])
         holdScratch([part], until: last)
         return true
     }
