@@ -470,22 +470,30 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, const
     __global const uchar* zq = qzero + pq * (size_t)qgroups * PANEL;
     const size_t wstride = (size_t)K * QROW;
     const size_t sstride = (size_t)qgroups * PANEL;
+#if QFMT == 1
+    (void)sq;
+    (void)sstride;
+#endif
 #if QFMT == 3
     const E2M1_T e2m1 = E2M1_TABLE;
     (void)e2m1;
 #endif
     for (int g = kb / qgroup; g < min(qgroups, (ke + qgroup - 1) / qgroup); ++g) {
+        // (int8 loads no scales here: the row's scale multiplies the chains' total, panel_run)
+#if QFMT != 1
         VEC sv[PANEL_GROUP * NV];
+#endif
 #if QFMT == 2
         VEC zv[PANEL_GROUP * NV];
 #endif
+#if QFMT != 1
 #pragma unroll
         for (int p = 0; p < NP; ++p)
 #pragma unroll
             for (int v = 0; v < NV; ++v) {
                 const size_t at = (size_t)g * NV + v;
                 const int x = p * NV + v;
-#if QFMT == 1 || QFMT == 4
+#if QFMT == 4
                 sv[x] = LOADB(sq + p * sstride, at);
 #elif QFMT == 2
                 sv[x] = SY_CAT(vload_half, VS)(at, sq + p * sstride);
@@ -498,6 +506,7 @@ static __attribute__((always_inline)) inline void accumulate(const int NR, const
                 sv[x] = DEC_E8M0(CVT_UV(LOADB(sq + p * sstride, at)), UV, AS_FV);
 #endif
             }
+#endif
         const int k1 = min(ke, (g + 1) * qgroup);
 #if QFMT == 3
         // MXFP4: each group's products summed unscaled, then the group's scale (a power of two)
