@@ -976,11 +976,27 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
 // fold kernel adds each output's chains in order and applies the epilogue. An output's chains,
 // and the order they are added in, are the other kernels' (SY_KCHAIN): the same bits.
 //
-// A work-item's columns are one 4-byte load a k step of its panel's k-major layout: float4,
-// half4 or bf16 ushort4 (4 columns), int8 or FP8 (4), int4 or MXFP4 (8: the 4 bytes' low nibbles
-// are columns 4q...4q+3, their high ones PANEL/2 + 4q ...). Consecutive work-items take
-// consecutive loads of one k row, so a SIMD group reads whole rows of the panel. MXFP4 values
-// come from a 16-entry table in local memory (exact; the same values DEC_E2M1 computes).
+// A work-item's columns are one aligned load a k step of its panel's k-major layout: a float4
+// (f32), a ushort4 of f16 or bf16 bits (4 columns), or the 4 code bytes as a uint: int8 or FP8
+// (4 columns), int4 or MXFP4 (8: the bytes' low nibbles are columns 4q...4q+3, their high ones
+// PANEL/2 + 4q ...). Consecutive work-items take consecutive loads of one k row, so a SIMD group
+// reads whole rows of the panel. MXFP4 values come from a 16-entry table in local memory (exact;
+// the same values DEC_E2M1 computes; 16 words in 16 banks, so lanes never conflict).
+//
+// What a GPU needs from this loop (its decode streams every weight once):
+// - loads in flight: a work-item loads SK_U k steps' weights (64 bytes) before it uses any, and
+//   the k steps of a scale group run as one loop (no test a step). At T = 1 the whole grid holds
+//   only (bytes of a k row) × chains × tiles bytes per load round, e.g. 0.2 MB for Mixtral-8x7B's
+//   int4 down projection, so a latency of a few hundred ns needs a dozen loads in flight each;
+// - one load instruction a step: typed, aligned vector loads (vload4 of bytes, halves or floats
+//   may only assume the element's alignment: clang's NVPTX output issues 4 scalar loads a step
+//   for them); panels are 8...128 columns, so every step's address is a multiple of its load;
+// - no int -> float conversion instruction: NVIDIA issues them at 16 a clock per SM against
+//   64-128 FP32 FMAs (CUDA programming guide, arithmetic instruction throughput). int4 needs one
+//   a weight: 16 × 132 SMs × ~1.8 GHz is 3.8 T conversions a second, 1.9 TB/s of int4 codes,
+//   about 40 % of an H200's bandwidth. Codes become floats by or-ing them into the mantissa of
+//   2^23 (or adding them to 1.5 · 2^23's bits, signed) and subtracting that power: exact, the
+//   same value as a conversion, with integer and add operations.
 // Grid: [panels × PANEL / CPI (rounded to the work-group), chains, tiles].
 #if QFMT == 2 || QFMT == 3
 #define SK_CPI 8
@@ -990,6 +1006,173 @@ __kernel __attribute__((reqd_work_group_size(TN, TM, 1))) void grouped_matmul_ti
 #ifndef SK_R
 #define SK_R 4
 #endif
+#if SK_R < 1 || SK_R > 4
+#error "split-k runs passes of 1 to 4 rows (a case of its switch per row count)"
+#endif
+// One k step's weights as loaded (SK_WT), and k steps loaded before any is used (SK_U, 64 bytes).
+#if QFMT == 0 && W_DT == 0
+#define SK_WT float4
+#define SK_U 4
+#elif QFMT == 0
+#define SK_WT ushort4
+#define SK_U 8
+#else
+#define SK_WT uint
+#define SK_U 16
+#endif
+// Small integers to exact floats without a conversion instruction (see above): u < 2^23, |c| < 2^22.
+#define SY_U2F4(u) (as_float4((u) | (uint4)0x4B000000u) - (float4)0x1p23f)
+#define SY_I2F4(c) (as_float4((c) + (int4)0x4B400000) - (float4)0x1.8p23f)
+
+// One k step's SK_CPI weights from its load `raw` (scales sv and zero terms zv of the step's
+// group where the format has them; MXFP4's group scale comes after the group's sum).
+static __attribute__((always_inline)) inline void sk_decode(SK_WT raw, float* wv, const float* sv, const float* zv,
+                                                            __local const float* e2m1) {
+    (void)sv;
+    (void)zv;
+    (void)e2m1;
+#if QFMT == 0 && W_DT == 0
+    vstore4(raw, 0, wv);
+#elif QFMT == 0 && W_DT == 1
+    vstore4(vload_half4(0, (const __private half*)&raw), 0, wv);
+#elif QFMT == 0
+    vstore4(as_float4(convert_uint4(raw) << 16), 0, wv);
+#elif QFMT == 1
+    vstore4(SY_I2F4(convert_int4(as_char4(raw))), 0, wv);
+#else
+    const uint4 b = convert_uint4(as_uchar4(raw));
+#if QFMT == 4
+    vstore4(DEC_E4M3(b, uint4, float4, as_float4, as_uint4) * vload4(0, sv), 0, wv);
+#elif QFMT == 2
+    vstore4(SY_MAD(SY_U2F4(b & 15u), vload4(0, sv), vload4(0, zv)), 0, wv);
+    vstore4(SY_MAD(SY_U2F4(b >> 4), vload4(1, sv), vload4(1, zv)), 1, wv);
+#else
+    wv[0] = e2m1[b.s0 & 15u];
+    wv[1] = e2m1[b.s1 & 15u];
+    wv[2] = e2m1[b.s2 & 15u];
+    wv[3] = e2m1[b.s3 & 15u];
+    wv[4] = e2m1[b.s0 >> 4];
+    wv[5] = e2m1[b.s1 >> 4];
+    wv[6] = e2m1[b.s2 >> 4];
+    wv[7] = e2m1[b.s3 >> 4];
+#endif
+#endif
+}
+
+// One k step for a pass's first NR rows: acc[r][v] += a[r][k] · wv[v], one fma chain an output.
+static __attribute__((always_inline)) inline void sk_step(const int NR, float* acc, const float* wv,
+                                                          __global const A_T** ap, int k) {
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+        const float av = A_LOAD(ap[r], k);
+#pragma unroll
+        for (int v = 0; v < SK_CPI; ++v) acc[r * SK_CPI + v] = SY_MAD(av, wv[v], acc[r * SK_CPI + v]);
+    }
+}
+
+// column of a work-item's value v (0 ... SK_CPI - 1) in its panel (q: its place in the panel)
+#if SK_CPI == 8
+#define SK_COL(v) ((v) < 4 ? 4 * q + (v) : PANEL / 2 + 4 * q + (v) - 4)
+#else
+#define SK_COL(v) (4 * q + (v))
+#endif
+
+// A pass's chain [c0, c1) for its first NR rows (a constant after inlining: one loop per row
+// count, no test a row a step), stored at out + prow · row_stride (rows whose prow is -1 are not
+// stored). Row r reads activation row src.s<r>. The k steps run a scale group at a time (int4,
+// MXFP4, FP8: groups along K, each within one chain; f32/f16/bf16 and int8: the chain at once).
+// wl: the work-item's weights, k step k at wl[k · stride]; sq, zq: its panel's scales and zeros.
+// The sums stay in this function from zero to store: with them in the caller's array, passed in
+// by pointer, rusticl/llvmpipe ran the quantized kernels 3-4× slower (T = 16 int4-g128 layer:
+// 524 against 123 ms), its compiler keeping the array in memory.
+static __attribute__((always_inline)) inline void sk_chain(const int NR, __global const A_T* a, int K, int4 src,
+                                                           int4 prow, __global float* out, size_t row_stride,
+                                                           __global const SK_WT* wl, int stride, int c0, int c1,
+                                                           int q, __global const SC_T* sq, __global const uchar* zq,
+                                                           int qgroup, __local const float* e2m1) {
+    (void)q;
+    (void)sq;
+    (void)zq;
+    (void)qgroup;
+    __global const A_T* ap[SK_R];
+    const int srcs[4] = {src.s0, src.s1, src.s2, src.s3};
+#pragma unroll
+    for (int r = 0; r < SK_R; ++r) ap[r] = a + (size_t)srcs[r] * (size_t)K;
+    float acc[SK_R * SK_CPI];
+#pragma unroll
+    for (int x = 0; x < SK_R * SK_CPI; ++x) acc[x] = 0.0f;
+    for (int kg = c0; kg < c1;) {
+#if QFMT == 2 || QFMT == 3 || QFMT == 4
+        const int ge = min(c1, (kg / qgroup + 1) * qgroup);
+        const size_t g = (size_t)(kg / qgroup) * PANEL;
+#else
+        const int ge = c1;
+#endif
+        float sv[SK_CPI];
+        float zv[SK_CPI];
+#if QFMT == 2 || QFMT == 4
+#pragma unroll
+        for (int v = 0; v < SK_CPI; ++v) {  // the group's scales (and zeros)
+#if QFMT == 2
+            sv[v] = vload_half(g + SK_COL(v), sq);
+#if ZP
+            zv[v] = -(float)zq[g + SK_COL(v)] * sv[v];
+#else
+            zv[v] = -8.0f * sv[v];
+#endif
+#else
+            sv[v] = sq[g + SK_COL(v)];
+#endif
+        }
+#endif
+#if QFMT == 3
+        // MXFP4: the group's products summed unscaled, then times its scale, as the other kernels do
+        float gacc[SK_R * SK_CPI];
+#pragma unroll
+        for (int x = 0; x < SK_R * SK_CPI; ++x) gacc[x] = 0.0f;
+#define SK_ACC gacc
+#else
+#define SK_ACC acc
+#endif
+        int k = kg;
+        for (; k + SK_U <= ge; k += SK_U) {
+            __global const SK_WT* wk = wl + (size_t)k * stride;
+            SK_WT raw[SK_U];
+#pragma unroll
+            for (int u = 0; u < SK_U; ++u) raw[u] = wk[u * stride];
+#pragma unroll
+            for (int u = 0; u < SK_U; ++u) {
+                float wv[SK_CPI];
+                sk_decode(raw[u], wv, sv, zv, e2m1);
+                sk_step(NR, SK_ACC, wv, ap, k + u);
+            }
+        }
+        for (; k < ge; ++k) {
+            float wv[SK_CPI];
+            sk_decode(wl[(size_t)k * stride], wv, sv, zv, e2m1);
+            sk_step(NR, SK_ACC, wv, ap, k);
+        }
+#undef SK_ACC
+#if QFMT == 3
+#pragma unroll
+        for (int v = 0; v < SK_CPI; ++v) {  // the group's sums times its scale 2^(s − 127)
+            const float s = DEC_E8M0((uint)sq[g + SK_COL(v)], uint, as_float);
+#pragma unroll
+            for (int r = 0; r < NR; ++r) acc[r * SK_CPI + v] = SY_MAD(gacc[r * SK_CPI + v], s, acc[r * SK_CPI + v]);
+        }
+#endif
+        kg = ge;
+    }
+    const int prows[4] = {prow.s0, prow.s1, prow.s2, prow.s3};
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+        if (prows[r] < 0) continue;
+        __global float* o = out + (size_t)prows[r] * row_stride;
+#pragma unroll
+        for (int v = 0; v < SK_CPI; ++v) o[SK_COL(v)] = acc[r * SK_CPI + v];
+    }
+}
+
 __kernel void grouped_matmul_splitk(__global const A_T* a, __global const int* assignment_of, int gather_k,
                                     __global const W_T* w, __global const int* tile_expert, __global float* part,
                                     int K, int panels, int dense_rows, int tokens_k, int tiles, int block,
@@ -999,6 +1182,8 @@ __kernel void grouped_matmul_splitk(__global const A_T* a, __global const int* a
     __local float e2m1[16];
     for (uint c = get_local_id(0); c < 16u; c += get_local_size(0)) e2m1[c] = DEC_E2M1(c, uint, float, as_float, as_uint);
     barrier(CLK_LOCAL_MEM_FENCE);  // (before any return: every work-item reaches it)
+#else
+    __local const float* e2m1 = 0;
 #endif
     const int item = get_global_id(0);
     const int chain = get_global_id(1);
@@ -1024,130 +1209,58 @@ __kernel void grouped_matmul_splitk(__global const A_T* a, __global const int* a
         prow[r] = src[r] < 0 ? -1 : (dense_rows > 0 ? row : assignment_of[row]);
         if (src[r] >= 0) nr = r + 1;
     }
-    // column of this work-item's value v (0 ... SK_CPI - 1) in the panel
-#if SK_CPI == 8
-#define SK_COL(v) ((v) < 4 ? 4 * q + (v) : PANEL / 2 + 4 * q + (v) - 4)
-#else
-#define SK_COL(v) (4 * q + (v))
-#endif
+    // The work-item's weights: k step k is wl[k · stride] (SK_WT loads).
 #if QFMT == 0
-    __global const W_T* wp = w + ((size_t)e * (size_t)panels + (size_t)panel) * (size_t)K * PANEL + 4 * q;
+    __global const SK_WT* wl = (__global const SK_WT*)(w + ((size_t)e * (size_t)panels + (size_t)panel) * (size_t)K * PANEL) + q;
+    const int stride = PANEL / 4;
+    __global const SC_T* sq = 0;
+    __global const uchar* zq = 0;
 #else
     const size_t pq = (size_t)e * (size_t)panels + (size_t)panel;
-    __global const uchar* wq = w + pq * (size_t)K * QROW + 4 * q;
+    __global const SK_WT* wl = (__global const SK_WT*)(w + pq * (size_t)K * QROW) + q;
+    const int stride = QROW / 4;
     __global const SC_T* sq = qscale + pq * (size_t)qgroups * PANEL;
     __global const uchar* zq = qzero + pq * (size_t)qgroups * PANEL;
 #endif
+    // Passes of SK_R rows. A tile's real rows come first (an expert's rows, then its block's
+    // padding), so a pass's rows up to the last real one are real; a row that is not (none
+    // expected) reads the last real row's activations and is not stored.
     for (int r0 = 0; r0 < nr; r0 += SK_R) {
-        __global const A_T* ap[SK_R];
-        int live[SK_R];
-#pragma unroll
-        for (int r = 0; r < SK_R; ++r) {
-            live[r] = r0 + r < nr && src[r0 + r] >= 0;
-            ap[r] = a + (size_t)(live[r] ? src[r0 + r] : src[nr - 1]) * (size_t)K;
+        int4 ps = (int4)(src[nr - 1]);
+        int4 pr = (int4)(-1);
+#define SK_ROW(i, c)                                                       \
+        if (r0 + (i) < nr && src[r0 + (i)] >= 0) {                         \
+            ps.c = src[r0 + (i)];                                          \
+            pr.c = prow[r0 + (i)];                                         \
         }
-        float acc[SK_R][SK_CPI];
-        for (int r = 0; r < SK_R; ++r)
-            for (int v = 0; v < SK_CPI; ++v) acc[r][v] = 0.0f;
-#if QFMT == 3
-        float gacc[SK_R][SK_CPI];  // the group's unscaled sums, as in the other kernels
-        for (int r = 0; r < SK_R; ++r)
-            for (int v = 0; v < SK_CPI; ++v) gacc[r][v] = 0.0f;
-        int gend = min(c1, (c0 / qgroup + 1) * qgroup);
-#elif QFMT == 2 || QFMT == 4
-        float sv[SK_CPI];
-#if QFMT == 2
-        float zv[SK_CPI];
+        SK_ROW(0, s0)
+        SK_ROW(1, s1)
+        SK_ROW(2, s2)
+        SK_ROW(3, s3)
+#undef SK_ROW
+        __global float* out = part + (size_t)chain * width + (size_t)panel * PANEL;
+        const size_t row_stride = (size_t)chains * width;
+#define SK_PASS(n)                                                                                          \
+    case n:                                                                                                 \
+        sk_chain((n), a, K, ps, pr, out, row_stride, wl, stride, c0, c1, q, sq, zq, qgroup, e2m1);         \
+        break;
+        switch (min(SK_R, nr - r0)) {
+        SK_PASS(1)
+#if SK_R >= 2
+        SK_PASS(2)
 #endif
-        int gnext = c0;  // the k where the next group's scales are due
+#if SK_R >= 3
+        SK_PASS(3)
 #endif
-        for (int k = c0; k < c1; ++k) {
-            float wv[SK_CPI];
-#if QFMT == 0
-#if W_DT == 0
-            vstore4(vload4(0, wp + (size_t)k * PANEL), 0, wv);
-#elif W_DT == 1
-            vstore4(vload_half4(0, wp + (size_t)k * PANEL), 0, wv);
-#else
-            vstore4(as_float4(convert_uint4(vload4(0, wp + (size_t)k * PANEL)) << 16), 0, wv);
-#endif
-#elif QFMT == 1
-            vstore4(convert_float4(vload4(0, (__global const char*)wq + (size_t)k * PANEL)), 0, wv);
-#else
-#if QFMT == 2 || QFMT == 4
-            if (k == gnext) {  // a new group: its scales (and zeros)
-                const size_t g = (size_t)(k / qgroup) * PANEL;
-                for (int v = 0; v < SK_CPI; ++v) {
-#if QFMT == 2
-                    sv[v] = vload_half(g + SK_COL(v), sq);
-#if ZP
-                    zv[v] = -(float)zq[g + SK_COL(v)] * sv[v];
-#else
-                    zv[v] = -8.0f * sv[v];
-#endif
-#else
-                    sv[v] = sq[g + SK_COL(v)];
-#endif
-                }
-                gnext = (k / qgroup + 1) * qgroup;
-            }
-#endif
-#if QFMT == 4
-            const uint4 b = convert_uint4(vload4(0, wq + (size_t)k * PANEL));
-            vstore4(DEC_E4M3(b, uint4, float4, as_float4, as_uint4) * vload4(0, sv), 0, wv);
-#else
-            const uint4 b = convert_uint4(vload4(0, wq + (size_t)k * (PANEL / 2)));
-#if QFMT == 2
-            vstore4(SY_MAD(convert_float4(b & 15u), vload4(0, sv), vload4(0, zv)), 0, wv);
-            vstore4(SY_MAD(convert_float4(b >> 4), vload4(1, sv), vload4(1, zv)), 1, wv);
-#else
-            const uint4 lo = b & 15u;
-            const uint4 hi = b >> 4;
-            wv[0] = e2m1[lo.s0];
-            wv[1] = e2m1[lo.s1];
-            wv[2] = e2m1[lo.s2];
-            wv[3] = e2m1[lo.s3];
-            wv[4] = e2m1[hi.s0];
-            wv[5] = e2m1[hi.s1];
-            wv[6] = e2m1[hi.s2];
-            wv[7] = e2m1[hi.s3];
-#endif
-#endif
-#endif
-#pragma unroll
-            for (int r = 0; r < SK_R; ++r) {
-                if (!live[r]) continue;
-                const float av = A_LOAD(ap[r], k);
-#if QFMT == 3
-#pragma unroll
-                for (int v = 0; v < SK_CPI; ++v) gacc[r][v] = SY_MAD(av, wv[v], gacc[r][v]);
-#else
-#pragma unroll
-                for (int v = 0; v < SK_CPI; ++v) acc[r][v] = SY_MAD(av, wv[v], acc[r][v]);
-#endif
-            }
-#if QFMT == 3
-            if (k + 1 == gend) {  // the group's last k: its sums times its scale 2^(s − 127)
-                const size_t g = (size_t)(k / qgroup) * PANEL;
-                for (int v = 0; v < SK_CPI; ++v) {
-                    const float s = DEC_E8M0((uint)sq[g + SK_COL(v)], uint, as_float);
-                    for (int r = 0; r < SK_R; ++r) {
-                        acc[r][v] = SY_MAD(gacc[r][v], s, acc[r][v]);
-                        gacc[r][v] = 0.0f;
-                    }
-                }
-                gend = min(c1, gend + qgroup);
-            }
+#if SK_R >= 4
+        SK_PASS(4)
 #endif
         }
-        for (int r = 0; r < SK_R; ++r) {
-            if (!live[r]) continue;
-            __global float* out = part + ((size_t)prow[r0 + r] * (size_t)chains + (size_t)chain) * width + (size_t)panel * PANEL;
-            for (int v = 0; v < SK_CPI; ++v) out[SK_COL(v)] = acc[r][v];
-        }
+#undef SK_PASS
     }
-#undef SK_COL
 }
+#undef SK_COL
+
 #endif  // MATMUL_BUILDS(MATMUL_SPLITK)
 
 #if MATMUL_BUILDS(MATMUL_FOLD)
