@@ -1080,7 +1080,8 @@ static __attribute__((always_inline)) inline void sk_step(const int NR, float* a
 // A pass's chain [c0, c1) for its first NR rows (a constant after inlining: one loop per row
 // count, no test a row a step), stored at out + prow · row_stride (rows whose prow is -1 are not
 // stored). Row r reads activation row src.s<r>. The k steps run a scale group at a time (int4,
-// MXFP4, FP8: groups along K, each within one chain; f32/f16/bf16 and int8: the chain at once).
+// MXFP4, FP8: groups along K, a group that spans a chain's end cut there, as in the other kernels;
+// f32/f16/bf16 and int8: the chain at once).
 // wl: the work-item's weights, k step k at wl[k · stride]; sq, zq: its panel's scales and zeros.
 // The sums stay in this function from zero to store: with them in the caller's array, passed in
 // by pointer, rusticl/llvmpipe ran the quantized kernels 3-4× slower (T = 16 int4-g128 layer:
