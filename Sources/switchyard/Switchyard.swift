@@ -579,19 +579,19 @@ struct Tune: ParsableCommand {
 
     /// The work-group geometry's split-k threshold (`matmulSplitRows`), chosen on a decode
     /// objective (`measureDecode`): never, and up to 1, 2 and 8 rows an expert (the objective's
-    /// launches expect about 0.1, 0.25, 1.5 and 4 rows an expert, so larger thresholds time the
-    /// same). Split-k gives the same bits, so no reference check. Kept as `tuning` has it unless
+    /// launches expect 1 row an expert at T = 1 and 2 or 4 at T = 16, rounded up as the matmul
+    /// does, so larger thresholds time the same). Split-k gives the same bits, so no reference check. Kept as `tuning` has it unless
     /// another is at least 3 % faster.
     func tuneSplitRows(_ tuning: Tuning, on dev: Device) throws -> Tuning {
-        say("split-k threshold  decode (T = 1 and 16) of mixtral-small and deepseek-like, bf16 and int4-g128")
+        say("split-k threshold  decode forwards (T = 1 and 16, wall clock) of mixtral-small and deepseek-like, bf16 and int4-g128")
         var timed: [(Tuning, Double)] = []
         for rows in [tuning.splitKRows, 0, 1, 2, 8] where !timed.contains(where: { $0.0.splitKRows == rows }) {
             var t = tuning
             if rows != tuning.splitKRows { t.matmulSplitRows = rows }
             let seconds = try measureDecode(t, on: dev)
             timed.append((t, seconds))
-            say(String(format: "  %9.2f ms  split-k up to %d rows an expert%@", seconds * 1e3, rows,
-                       rows == tuning.splitKRows ? "  (current)" : ""))
+            say(String(format: "  %9.2f ms  split-k %@%@", seconds * 1e3,
+                       rows == 0 ? "never" : "up to \(rows) rows an expert", rows == tuning.splitKRows ? "  (current)" : ""))
         }
         guard let best = timed.min(by: { $0.1 < $1.1 }), best.0 != tuning else {
             say("split-k threshold  kept at \(tuning.splitKRows)")
@@ -605,22 +605,27 @@ struct Tune: ParsableCommand {
         return best.0
     }
 
-    /// The device time of one forward's `stages`, or the forward's wall clock where the device's
+    /// One forward's time: the device time of its `stages`, or its wall clock where the device's
     /// kernel events are implausible (all stages together under 2 % of the wall clock: rusticl on
     /// llvmpipe reports near-zero durations, and a search on them picks noise), as
-    /// switchyard-bench falls back to the host clock.
-    func forwardSeconds(_ layer: MoELayer, _ x: Tensor, stages: Set<String>) throws -> Double {
+    /// switchyard-bench falls back to the host clock. `wallClock` nil: decided by this forward
+    /// (the caller decides once, on a warm-up, so that a search never mixes the two clocks).
+    func forwardSeconds(_ layer: MoELayer, _ x: Tensor, stages: Set<String>, wallClock: Bool?) throws
+        -> (seconds: Double, wallClock: Bool)
+    {
         let start = DispatchTime.now().uptimeNanoseconds
         let out = try layer.forward(x, profile: true)  // (waits for each stage)
         let wall = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
-        let all = out.stages.reduce(0) { $0 + $1.seconds }
-        guard all >= 0.02 * wall else { return wall }
-        return out.stages.filter { stages.contains($0.stage) }.reduce(0) { $0 + $1.seconds }
+        let useWall = wallClock ?? (out.stages.reduce(0) { $0 + $1.seconds } < 0.02 * wall)
+        if useWall { return (wall, true) }
+        return (out.stages.filter { stages.contains($0.stage) }.reduce(0) { $0 + $1.seconds }, false)
     }
 
-    /// Median device time of the expert matmuls (gate|up, down and a shared expert's) of decode
-    /// forwards, T = 1 and 16, of mixtral-small and deepseek-like in bf16 and int4-g128, under
-    /// `tuning`.
+    /// Median wall clock of decode forwards (T = 1 and 16) of mixtral-small and deepseek-like in
+    /// bf16 and int4-g128 under `tuning`, each forward waited for by reading its output back. The
+    /// wall clock, not kernel events: split-k adds a launch (its fold) to every matmul, and the
+    /// launches and gaps between kernels are a real share of a decode matmul's few microseconds
+    /// on a GPU; kernel durations alone would favour it.
     func measureDecode(_ tuning: Tuning, on device: Device) throws -> Double {
         let backend = try OpenCLBackend(device: device, tuning: tuning)
         var total = 0.0
@@ -632,10 +637,12 @@ struct Tune: ParsableCommand {
                     var g = SeededGenerator(seed: 5)
                     let x = try backend.tensor(
                         g.normals(tokens * config.hidden), shape: [tokens, config.hidden], dtype: .bf16)
-                    _ = try layer.forward(x)
+                    _ = try backend.floats(try layer.forward(x).y)
                     var runs: [Double] = []
                     for _ in 0..<5 {
-                        runs.append(try forwardSeconds(layer, x, stages: ["gate|up+SwiGLU", "down", "shared expert"]))
+                        let start = DispatchTime.now().uptimeNanoseconds
+                        _ = try backend.floats(try layer.forward(x).y)
+                        runs.append(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
                     }
                     total += median(runs)
                 }
@@ -726,7 +733,7 @@ struct Tune: ParsableCommand {
     }
 
     /// Median device time of the grouped matmuls of the built-in shapes under `tuning`
-    /// (`forwardSeconds`: the forward's wall clock on a device with implausible events).
+    /// (`forwardSeconds`: forwards' wall clock on a device with implausible events).
     func measure(_ tuning: Tuning, on device: Device) throws -> Double {
         let backend = try OpenCLBackend(device: device, tuning: tuning)
         var total = 0.0
@@ -737,9 +744,11 @@ struct Tune: ParsableCommand {
                     weights: try MoEWeights.random(config: config, backend: backend, dtype: dtype, seed: 3))
                 var g = SeededGenerator(seed: 4)
                 let x = try backend.tensor(g.normals(tokens * config.hidden), shape: [tokens, config.hidden], dtype: dtype)
-                _ = try layer.forward(x)
+                let wallClock = try forwardSeconds(layer, x, stages: [], wallClock: nil).wallClock  // (warm-up)
                 var runs: [Double] = []
-                for _ in 0..<5 { runs.append(try forwardSeconds(layer, x, stages: ["gate|up+SwiGLU", "down"])) }
+                for _ in 0..<5 {
+                    runs.append(try forwardSeconds(layer, x, stages: ["gate|up+SwiGLU", "down"], wallClock: wallClock).seconds)
+                }
                 total += median(runs)
             }
         }
