@@ -580,8 +580,8 @@ struct Tune: ParsableCommand {
     /// The work-group geometry's split-k threshold (`matmulSplitRows`), chosen on a decode
     /// objective (`measureDecode`): never, and up to 1, 2 and 8 rows an expert (the objective's
     /// launches expect 1 row an expert at T = 1 and 2 or 4 at T = 16, rounded up as the matmul
-    /// does, so larger thresholds time the same). Split-k gives the same bits, so no reference check. Kept as `tuning` has it unless
-    /// another is at least 3 % faster.
+    /// does, so larger thresholds time the same). Split-k gives the same bits, so no reference
+    /// check. Kept as `tuning` has it unless another is at least 3 % faster.
     func tuneSplitRows(_ tuning: Tuning, on dev: Device) throws -> Tuning {
         say("split-k threshold  decode forwards (T = 1 and 16, wall clock) of mixtral-small and deepseek-like, bf16 and int4-g128")
         var timed: [(Tuning, Double)] = []
@@ -621,8 +621,9 @@ struct Tune: ParsableCommand {
         return (out.stages.filter { stages.contains($0.stage) }.reduce(0) { $0 + $1.seconds }, false)
     }
 
-    /// Median wall clock of decode forwards (T = 1 and 16) of mixtral-small and deepseek-like in
-    /// bf16 and int4-g128 under `tuning`, each forward waited for by reading its output back. The
+    /// The sum of median wall clocks of decode forwards (T = 1 and 16) of mixtral-small and
+    /// deepseek-like in bf16 and int4-g128 under `tuning`, each forward waited for by reading its
+    /// output back. The
     /// wall clock, not kernel events: split-k adds a launch (its fold) to every matmul, and the
     /// launches and gaps between kernels are a real share of a decode matmul's few microseconds
     /// on a GPU; kernel durations alone would favour it.
@@ -638,11 +639,16 @@ struct Tune: ParsableCommand {
                     let x = try backend.tensor(
                         g.normals(tokens * config.hidden), shape: [tokens, config.hidden], dtype: .bf16)
                     _ = try backend.floats(try layer.forward(x).y)
+                    // At least 5 forwards, more (up to 100) until 50 ms are spent: a GPU's decode
+                    // forward takes tens of microseconds, where 5 wall-clock runs are thin.
                     var runs: [Double] = []
-                    for _ in 0..<5 {
+                    var spent = 0.0
+                    while runs.count < 5 || (spent < 0.05 && runs.count < 100) {
                         let start = DispatchTime.now().uptimeNanoseconds
                         _ = try backend.floats(try layer.forward(x).y)
-                        runs.append(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
+                        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+                        runs.append(seconds)
+                        spent += seconds
                     }
                     total += median(runs)
                 }
