@@ -613,9 +613,7 @@ struct Tune: ParsableCommand {
     func forwardSeconds(_ layer: MoELayer, _ x: Tensor, stages: Set<String>, wallClock: Bool?) throws
         -> (seconds: Double, wallClock: Bool)
     {
-        let start = DispatchTime.now().uptimeNanoseconds
-        let out = try layer.forward(x, profile: true)  // (waits for each stage)
-        let wall = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+        let (out, wall) = try wallSeconds { try layer.forward(x, profile: true) }  // (waits for each stage)
         let useWall = wallClock ?? (out.stages.reduce(0) { $0 + $1.seconds } < 0.02 * wall)
         if useWall { return (wall, true) }
         return (out.stages.filter { stages.contains($0.stage) }.reduce(0) { $0 + $1.seconds }, false)
@@ -623,10 +621,9 @@ struct Tune: ParsableCommand {
 
     /// The sum of median wall clocks of decode forwards (T = 1 and 16) of mixtral-small and
     /// deepseek-like in bf16 and int4-g128 under `tuning`, each forward waited for by reading its
-    /// output back. The
-    /// wall clock, not kernel events: split-k adds a launch (its fold) to every matmul, and the
-    /// launches and gaps between kernels are a real share of a decode matmul's few microseconds
-    /// on a GPU; kernel durations alone would favour it.
+    /// output back. The wall clock, not kernel events: split-k adds a launch (its fold) to every
+    /// matmul, and the launches and gaps between kernels are a real share of a decode matmul's few
+    /// microseconds on a GPU; kernel durations alone would favour it.
     func measureDecode(_ tuning: Tuning, on device: Device) throws -> Double {
         let backend = try OpenCLBackend(device: device, tuning: tuning)
         var total = 0.0
@@ -644,9 +641,7 @@ struct Tune: ParsableCommand {
                     var runs: [Double] = []
                     var spent = 0.0
                     while runs.count < 5 || (spent < 0.05 && runs.count < 100) {
-                        let start = DispatchTime.now().uptimeNanoseconds
-                        _ = try backend.floats(try layer.forward(x).y)
-                        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+                        let seconds = try wallSeconds { try backend.floats(try layer.forward(x).y) }.seconds
                         runs.append(seconds)
                         spent += seconds
                     }
@@ -760,6 +755,13 @@ struct Tune: ParsableCommand {
         }
         return total
     }
+}
+
+/// `body`'s value and the seconds it took on the host's monotonic clock.
+func wallSeconds<T>(_ body: () throws -> T) rethrows -> (value: T, seconds: Double) {
+    let start = DispatchTime.now().uptimeNanoseconds
+    let value = try body()
+    return (value, Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
 }
 
 /// Writes a line to standard output at once (unbuffered even into a pipe or file), so a long
