@@ -86,7 +86,8 @@ extension HFCheckpoint {
         if let fmt = q["fmt"], (fmt as? String) != "e4m3" {
             throw CheckpointError("\(at): quantization_config.fmt is \(json(fmt)); only \"e4m3\" (float8_e4m3fn) is supported")
         }
-        let block = (q["weight_block_size"] as? [Any])?.compactMap { ($0 as? Int) ?? ($0 as? Double).flatMap { Int(exactly: $0) } }
+        // (map, not compactMap: an entry that is not an integer is refused, not dropped)
+        let block = (q["weight_block_size"] as? [Any])?.map { ($0 as? Int) ?? ($0 as? Double).flatMap { Int(exactly: $0) } }
         guard let block, block == [Self.fp8Block, Self.fp8Block] else {
             throw CheckpointError(
                 "\(at): quantization_config.weight_block_size is \(json(q["weight_block_size"])); Switchyard's FP8 path "
@@ -163,7 +164,7 @@ extension HFCheckpoint {
         let e = try file.entry(name)
         let stored = file.entries[name]!.dtype == Self.fp8DType ? DType.u8 : try file.dtype(of: name)
         let raw = try file.bytes(name, elements: elements)
-        if stored == target { return raw }
+        if stored == target || elements.isEmpty { return raw }
         guard let to = target.floatStorage else {
             throw CheckpointError("'\(name)' (\(e.dtype)) does not load as \(target)")
         }
@@ -235,6 +236,11 @@ extension HFCheckpoint {
             return try loadLayer(
                 layer, backend: backend, pack: pack, weightType: weightType, stagingBytes: stagingBytes, progress: progress)
         }
+        // The quantization against the layer's row lengths, before anything is read or allocated.
+        let c = try moeConfig(layer: layer)
+        for k in [c.hidden, c.ffn] + (c.sharedFFN > 0 ? [c.sharedFFN] : []) {
+            try Self.checkQuantization(quantize, k: k)
+        }
         if modelType == "gpt_oss" {
             // Fused expert tensors (not one per expert): loaded whole, then quantized whole (MXFP4 as stored is refused).
             let weights = try loadWeights(
@@ -244,6 +250,27 @@ extension HFCheckpoint {
         return try loadByExpert(
             layer, backend: backend, pack: pack, weightType: weightType, quantize: quantize, stagingBytes: stagingBytes,
             progress: progress)
+    }
+
+    /// Whether `quantize` can quantize weight rows of length `k`: int4 groups and int8 rows in
+    /// 1...`QuantizeWeights.maxGroup`, MXFP4 rows a multiple of 32.
+    static func checkQuantization(_ quantize: WeightQuantization, k: Int) throws {
+        let most = QuantizeWeights.maxGroup
+        switch quantize {
+        case .none: return
+        case .int8:
+            guard k <= most else {
+                throw CheckpointError("quantization int8: a weight row of \(k) values is longer than int8's \(most) (its single group)")
+            }
+        case .int4(let group, _):
+            guard (1...most).contains(group) else {
+                throw CheckpointError("quantization int4: group \(group) is out of range 1...\(most)")
+            }
+        case .mxfp4:
+            guard k % 32 == 0 else {
+                throw CheckpointError("quantization mxfp4: a weight row of \(k) values is not a multiple of 32 (MXFP4's block)")
+            }
+        }
     }
 
     /// Whether layer `layer`'s routed experts are stored as FP8 (expert 0's gate is F8_E4M3).

@@ -136,18 +136,22 @@ extension HFCheckpoint {
 
         switch storage {
         case .mxfp4:
-            func load(_ name: String, _ shape: [Int], _ label: String) throws -> Tensor {
+            func load(_ name: String, _ shape: [Int], _ label: String, scales: Bool = false) throws -> Tensor {
                 let perExpert = shape.dropFirst().reduce(1, *)
                 let t = try loader.allocate([list.count] + Array(shape.dropFirst()), .u8, label)
                 for (i, e) in list.enumerated() {
-                    try copyElements(name, e * perExpert..<(e + 1) * perExpert, into: t, at: i * perExpert, loader)
+                    try copyElements(
+                        name, e * perExpert..<(e + 1) * perExpert, into: t, at: i * perExpert, loader,
+                        refusingNaNScales: scales ? shape : nil)
                 }
                 return t
             }
             weights.gateUp = try load(n.experts + "gate_up_proj_blocks", [c.experts, 2 * f, h / 32, 16], "expert gate|up MXFP4 blocks")
-            weights.gateUpScales = try load(n.experts + "gate_up_proj_scales", [c.experts, 2 * f, h / 32], "expert gate|up MXFP4 scales")
+            weights.gateUpScales = try load(
+                n.experts + "gate_up_proj_scales", [c.experts, 2 * f, h / 32], "expert gate|up MXFP4 scales", scales: true)
             weights.down = try load(n.experts + "down_proj_blocks", [c.experts, h, f / 32, 16], "expert down MXFP4 blocks")
-            weights.downScales = try load(n.experts + "down_proj_scales", [c.experts, h, f / 32], "expert down MXFP4 scales")
+            weights.downScales = try load(
+                n.experts + "down_proj_scales", [c.experts, h, f / 32], "expert down MXFP4 scales", scales: true)
             weights.gateUpInterleaved = true
         case .dense:
             let gu = n.experts + "gate_up_proj"
@@ -183,13 +187,26 @@ extension HFCheckpoint {
 
     /// Copies elements `range` of tensor `name` (stored type = the tensor's, MXFP4 bytes) into
     /// `tensor` from element `offset`, in pieces of the loader's staging size.
-    func copyElements(_ name: String, _ range: Range<Int>, into tensor: Tensor, at offset: Int, _ loader: Loader) throws {
+    /// `refusingNaNScales`: the tensor is e8m0 scales of this shape `[E, rows, blocks]`, and a
+    /// byte 0xFF (e8m0's NaN: its whole block of 32 weights NaN, every token routed to the expert
+    /// NaN) is a corrupt file, refused by position, as the FP8 path refuses NaN codes.
+    func copyElements(
+        _ name: String, _ range: Range<Int>, into tensor: Tensor, at offset: Int, _ loader: Loader,
+        refusingNaNScales shape: [Int]? = nil
+    ) throws {
         let size = tensor.dtype.size
         let step = max(1, loader.staging.capacity / size)
         var start = range.lowerBound
         while start < range.upperBound {
             let end = min(range.upperBound, start + step)
             let bytes = try file(for: name).bytes(name, elements: start..<end)
+            if let shape, shape.count == 3, let i = bytes.firstIndex(of: 0xFF) {
+                let at = start + i
+                let (blocks, rows) = (max(shape[2], 1), max(shape[1], 1))
+                throw CheckpointError(
+                    "'\(name)': the scale of expert \(at / blocks / rows), row \(at / blocks % rows), block \(at % blocks) "
+                        + "is 0xFF, e8m0's NaN (a corrupt file: its 32 weights would be NaN)")
+            }
             try bytes.withUnsafeBytes { try loader.backend.write($0, into: tensor, atElement: offset + start - range.lowerBound) }
             loader.state.writtenBytes += bytes.count
             loader.progress?(loader.state)

@@ -26,7 +26,7 @@ public final class HFCheckpoint: @unchecked Sendable {
     public init(folder: String) throws {
         self.folder = folder
         let url = URL(fileURLWithPath: folder)
-        guard let data = try? Data(contentsOf: url.appendingPathComponent("config.json")) else {
+        guard let data = try SafeTensorsFile.readSmallFile(url.appendingPathComponent("config.json").path) else {
             throw CheckpointError("\(folder): no config.json")
         }
         guard let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
@@ -42,7 +42,7 @@ public final class HFCheckpoint: @unchecked Sendable {
         }
         modelType = type
         let index = url.appendingPathComponent("model.safetensors.index.json")
-        if let indexData = try? Data(contentsOf: index) {
+        if let indexData = try SafeTensorsFile.readSmallFile(index.path) {
             guard let indexJSON = try? JSONSerialization.jsonObject(with: indexData) as? [String: Any],
                 let map = indexJSON["weight_map"] as? [String: String]
             else { throw CheckpointError("\(index.path) has no weight_map") }
@@ -136,8 +136,33 @@ public final class HFCheckpoint: @unchecked Sendable {
         modelType == "mixtral" ? "model.layers.\(layer).block_sparse_moe." : "model.layers.\(layer).mlp."
     }
 
-    /// The sizes and routing of layer `layer`'s MoE block; a clear error if that layer is dense.
+    /// The sizes and routing of layer `layer`'s MoE block; a clear error if that layer is dense,
+    /// or if config.json's sizes, routing or activation are ones this layer cannot compute as the
+    /// model does (checked here, before any weight is read).
     public func moeConfig(layer: Int) throws -> MoEConfig {
+        let c = try storedMoEConfig(layer: layer)
+        guard c.hidden >= 1, c.ffn >= 1, c.experts >= 1, (1...c.experts).contains(c.router.k) else {
+            throw CheckpointError(
+                "config.json (\(modelType)): hidden size \(c.hidden), expert width \(c.ffn), \(c.experts) experts, "
+                    + "k = \(c.router.k): expected positive sizes and 1 ≤ k ≤ experts")
+        }
+        do {
+            try c.router.validate(experts: c.experts)
+        } catch {
+            throw CheckpointError("config.json (\(modelType)): the routing it gives is invalid: \(error)")
+        }
+        if modelType != "gpt_oss", let act = config["hidden_act"] {
+            // Every model type but gpt_oss gates its experts with act(gate) · up, act from
+            // hidden_act; this layer computes SiLU there ("swish" is SiLU in transformers too).
+            guard let name = act as? String, ["silu", "swish"].contains(name) else {
+                throw CheckpointError(
+                    "config.json: hidden_act '\(act)' is not supported for \(modelType) experts (only silu)")
+            }
+        }
+        return c
+    }
+
+    private func storedMoEConfig(layer: Int) throws -> MoEConfig {
         let hidden = try int("hidden_size")
         let layers = try int("num_hidden_layers", default: Self.maxConfigValue)
         guard layer >= 0 && layer < layers else {
@@ -156,7 +181,9 @@ public final class HFCheckpoint: @unchecked Sendable {
                 throw CheckpointError(
                     "layer \(layer) of this \(modelType) model is dense (mlp_only_layers \(mlpOnly), decoder_sparse_step \(step)): it has no MoE block")
             }
-            let shared = modelType == "qwen2_moe" ? try int("shared_expert_intermediate_size", default: 0) : 0
+            // (transformers' Qwen2MoeConfig defaults the shared expert's width to 5632, and its
+            // block always has one)
+            let shared = modelType == "qwen2_moe" ? try int("shared_expert_intermediate_size", default: 5632) : 0
             return MoEConfig(
                 hidden: hidden, ffn: try int("moe_intermediate_size"),
                 router: .qwenMoE(experts: experts, k: try int("num_experts_per_tok"),
@@ -359,6 +386,9 @@ public final class HFCheckpoint: @unchecked Sendable {
         return weights
     }
 
+    /// The most regions `verify` compares a tensor in.
+    public static let maxVerifyRegions = 1024
+
     /// Compares loaded weights with the file, bitwise: for every tensor of layer `layer`, up to
     /// `regions` runs of `run` elements (its head, tail and evenly spaced ones between) read back
     /// from `backend` against the stored bytes (converted to the loaded type where it differs).
@@ -366,6 +396,9 @@ public final class HFCheckpoint: @unchecked Sendable {
     public func verify(
         _ weights: MoEWeights, layer: Int, backend: any ComputeBackend, regions: Int = 3, run: Int = 4096
     ) throws -> Int {
+        guard run >= 1, (1...Self.maxVerifyRegions).contains(regions) else {
+            throw CheckpointError("verify: run \(run), regions \(regions): expected run ≥ 1 and 1...\(Self.maxVerifyRegions) regions")
+        }
         if modelType == "gpt_oss" { return try gptOssVerify(weights, layer: layer, backend: backend, regions: regions, run: run) }
         let c = try moeConfig(layer: layer)
         let p = prefix(layer)
@@ -423,6 +456,12 @@ public final class HFCheckpoint: @unchecked Sendable {
         init(checkpoint: HFCheckpoint, backend: any ComputeBackend, stagingBytes: Int, progress: ((LoadProgress) -> Void)?) throws {
             self.checkpoint = checkpoint
             self.backend = backend
+            // A piece converted on the way (FP8 or bf16 to f32) takes up to 4× the staging size.
+            guard stagingBytes <= StagingBuffer.maxCapacity / 4 else {
+                throw CheckpointError(
+                    "staging size \(stagingBytes) bytes: expected at most \(StagingBuffer.maxCapacity / 4) (a piece converted to "
+                        + "f32 on the way takes up to 4× as much)")
+            }
             self.staging = try StagingBuffer(capacity: stagingBytes)
             self.progress = progress
         }

@@ -136,6 +136,27 @@ public final class SafeTensorsFile: @unchecked Sendable {
 
     /// `count` bytes at `offset`, or an error when the file is shorter (it may have shrunk since
     /// it was opened).
+    /// The bytes of a small JSON file beside the weights (config.json, the shard index): nil when
+    /// it does not exist; an error when it is not a regular file (a FIFO would block the open, a
+    /// link to /dev/zero would never end) or is larger than `limit` bytes.
+    static func readSmallFile(_ path: String, limit: Int = maxHeaderBytes) throws -> Data? {
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else {
+            if errno == ENOENT { return nil }
+            throw CheckpointError("cannot open \(path): \(String(cString: strerror(errno)))")
+        }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw CheckpointError("cannot stat \(path)") }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            throw CheckpointError("\(path) is not a regular file (a FIFO, device or folder)")
+        }
+        guard info.st_size >= 0, info.st_size <= limit else {
+            throw CheckpointError("\(path) has \(info.st_size) bytes; the limit is \(limit)")
+        }
+        return Data(try read(fd, path, offset: 0, count: Int(info.st_size)))
+    }
+
     static func read(_ fd: Int32, _ path: String, offset: Int, count: Int) throws -> [UInt8] {
         var out = [UInt8](repeating: 0, count: count)
         try out.withUnsafeMutableBytes { try read(fd, path, offset: offset, into: $0) }

@@ -166,7 +166,7 @@ struct Load: ParsableCommand {
                 guard let d = DType(rawValue: name), d.isFloatingPoint else { throw ValidationError("--weight-type: f32, f16 or bf16") }
                 return d
             }
-            guard (1...4096).contains(stagingMib) else { throw ValidationError("--staging-mib: 1...4096") }
+            guard (1...1024).contains(stagingMib) else { throw ValidationError("--staging-mib: 1...1024") }
             let staging = stagingMib << 20
             let sampler = try MemorySampler()
             let backend = try OpenCLBackend(device: try Device.select(device))

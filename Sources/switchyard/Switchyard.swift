@@ -273,6 +273,11 @@ struct Run: ParsableCommand {
         }
         if batch != nil { throw ValidationError("--batch applies to the example stacks (\(ConditionalExample.named.keys.sorted()))") }
         if ep {
+            // (the expert-parallel layer runs the float weights: a quantization asked for would
+            // otherwise be silently ignored)
+            guard quantize == "none" else {
+                throw ValidationError("--quantize \(quantize) does not apply with --ep: expert-parallel layers run float weights")
+            }
             try failing { try runExpertParallel() }
             return
         }

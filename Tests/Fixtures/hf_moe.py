@@ -11,7 +11,7 @@ output computed independently in float64 numpy from the stored weights (y_ref.sa
 gpt_oss: f32/bf16 write the dequantized layout (experts.gate_up_proj [E, hidden, 2*ffn],
 experts.down_proj [E, ffn, hidden]); mxfp4 writes *_blocks/*_scales (e2m1 pairs, low nibble
 first, e8m0 scales, quantized here) with bf16 router and biases. HOSTILE breaks one tensor:
-scales-short, blocks-15, blocks-f32, bias-shape, router-bias-missing, untransposed (f32/bf16).
+scales-short, blocks-15, blocks-f32, bias-shape, router-bias-missing, scale-nan, untransposed (f32/bf16).
 """
 import json
 import os
@@ -259,6 +259,11 @@ def make_gpt_oss(folder, dt, layout, seed, hostile):
     elif hostile == "bias-shape":
         a, d = tensors[p + "experts.gate_up_proj_bias"]
         tensors[p + "experts.gate_up_proj_bias"] = (a[:, :F], d)
+    elif hostile == "scale-nan":  # one e8m0 scale 0xFF (NaN): expert 5, row 7, block 2 of gate|up
+        a, d = tensors[p + "experts.gate_up_proj_scales"]
+        a = a.copy()
+        a[5, 7, 2] = 255
+        tensors[p + "experts.gate_up_proj_scales"] = (a, d)
     elif hostile == "router-bias-missing":
         del tensors[p + "router.bias"]
     elif hostile == "untransposed":

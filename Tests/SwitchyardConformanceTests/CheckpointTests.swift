@@ -148,6 +148,54 @@ struct CheckpointTests {
         }
     }
 
+    /// config.json values this layer cannot compute as the model does are refused by
+    /// `moeConfig`, naming them, before any weight is read: zero sizes, k of 0 or above the
+    /// experts, a routing `RouterConfig.validate` refuses, an activation other than SiLU. A
+    /// config.json or index that is a FIFO is refused (not waited on). A qwen2_moe config without
+    /// the shared expert's width takes transformers' default, 5632.
+    @Test func configsTheLayerCannotComputeAreRefused() throws {
+        let (qwen, layer) = try makeFolder("qwen2_moe", "f32", "single")
+        defer { try? FileManager.default.removeItem(atPath: qwen) }
+        let configURL = URL(fileURLWithPath: qwen + "/config.json")
+        let original = try JSONSerialization.jsonObject(with: Data(contentsOf: configURL)) as! [String: Any]
+        func config(_ change: ([String: Any]) -> [String: Any]) throws -> HFCheckpoint {
+            try JSONSerialization.data(withJSONObject: change(original)).write(to: configURL)
+            return try HFCheckpoint(folder: qwen)
+        }
+        let experts = original["num_experts"] as! Int
+        let refused: [(String, Any?, String)] = [
+            ("moe_intermediate_size", 0, "expert width 0"), ("num_experts_per_tok", 0, "k = 0"),
+            ("num_experts_per_tok", experts + 1, "k = \(experts + 1)"), ("hidden_act", "gelu", "hidden_act 'gelu'"),
+            ("hidden_size", 0, "hidden size 0"),
+        ]
+        for (key, value, words) in refused {
+            let checkpoint = try config { var c = $0; c[key] = value; return c }
+            do {
+                _ = try checkpoint.moeConfig(layer: layer)
+                Issue.record("\(key) = \(String(describing: value)) was accepted")
+            } catch let error as CheckpointError {
+                #expect(error.message.contains(words), "\(key): \(error.message)")
+            }
+        }
+        #expect(try config { var c = $0; c["hidden_act"] = "silu"; return c }.moeConfig(layer: layer).ffn > 0)
+        let defaulted = try config { var c = $0; c["shared_expert_intermediate_size"] = nil; return c }.moeConfig(layer: layer)
+        #expect(defaulted.sharedFFN == 5632 && defaulted.sharedGate)
+        try JSONSerialization.data(withJSONObject: original).write(to: configURL)
+        // A FIFO where a JSON file belongs: an error, at once.
+        for name in ["model.safetensors.index.json", "config.json"] {
+            let path = qwen + "/" + name
+            try? FileManager.default.removeItem(atPath: path)
+            #expect(mkfifo(path, 0o600) == 0)
+            do {
+                _ = try HFCheckpoint(folder: qwen)
+                Issue.record("\(name) as a FIFO opened")
+            } catch let error as CheckpointError {
+                #expect(error.message.contains("not a regular file"), "\(error.message)")
+            }
+            try FileManager.default.removeItem(atPath: path)
+        }
+    }
+
     @Test func safetensorsRoundTrip() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("rt-\(getpid()).safetensors").path
         defer { try? FileManager.default.removeItem(atPath: path) }

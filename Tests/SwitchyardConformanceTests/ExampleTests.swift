@@ -295,4 +295,8 @@ struct ExampleTests {
     // Options of the MoE layer are refused for a stack, not ignored.
     let refused = try run(["run", "--config", "mod-tiny", "--quantize", "int8", "--device", "\(device)"])
     #expect(refused.status != 0 && refused.output.contains("--quantize"), "\(refused.output)")
+    // The expert-parallel layer runs float weights: a quantization is refused there, not ignored.
+    let epRefused = try run(["run", "--config", "mixtral-tiny", "--ep", "--quantize", "int4", "--device", "\(device)"])
+    #expect(epRefused.status != 0 && epRefused.output.contains("--quantize int4") && epRefused.output.contains("--ep"),
+            "\(epRefused.output)")
 }

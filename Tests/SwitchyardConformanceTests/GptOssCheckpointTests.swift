@@ -106,6 +106,23 @@ struct GptOssCheckpointTests {
         }
     }
 
+    /// An e8m0 scale byte 0xFF (NaN) in a checkpoint is a corrupt file: refused while loading,
+    /// by tensor and position, on both backends (not NaN outputs for every token routed there).
+    @Test func nanScaleIsRefusedByPosition() throws {
+        let (folder, layer) = try makeGptOssFolder("mxfp4", "single", hostile: "scale-nan")
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let checkpoint = try HFCheckpoint(folder: folder)
+        for backend in [try OpenCLBackend() as any ComputeBackend, ReferenceBackend()] {
+            do {
+                _ = try checkpoint.loadLayer(layer, backend: backend)
+                Issue.record("\(backend.name): a NaN scale loaded")
+            } catch let error as CheckpointError {
+                #expect(error.message.contains("gate_up_proj_scales"), "\(error.message)")
+                #expect(error.message.contains("expert 5, row 7, block 2"), "\(error.message)")
+            }
+        }
+    }
+
     /// A file cut short (its last blocks missing) is refused when opened; a config with a NaN-free
     /// but negative swiglu_limit is refused by name.
     @Test func truncatedFileAndBadConfig() throws {
