@@ -70,14 +70,11 @@ inline float round_f16(float v, ushort* bits) {
     return vload_half(0, (const half*)h);
 }
 
-// Scales (and zeros) of every (group, row): one work-item each, one pass over the group.
-// MODE 0: int8 (group = K, f32 scale), 1: int4 symmetric, 2: int4 with a zero point.
-__kernel void quantize_scales(__global const W_T* w, __global float* scales_f32, __global ushort* scales_f16,
-                              __global uchar* zeros, int rows, int K, int group, int groups, int mode) {
-    const int g = get_global_id(0);
-    const int r = get_global_id(1);
-    if (g >= groups || r >= rows) return;
-    __global const W_T* p = w + (size_t)r * (size_t)K;
+// One (group, row) of quantize_scales.
+inline void quantize_group(__global const W_T* w, __global float* scales_f32, __global ushort* scales_f16,
+                           __global uchar* zeros, __global int* status, size_t r, int K, int group, int groups,
+                           int g, int mode) {
+    __global const W_T* p = w + r * (size_t)K;
     const int k0 = g * group;
     const int k1 = min(K, k0 + group);
     float amax = 0.0f, lo = 0.0f, hi = 0.0f;
@@ -89,26 +86,39 @@ __kernel void quantize_scales(__global const W_T* w, __global float* scales_f32,
         lo = fmin(lo, v);
         hi = fmax(hi, v);
     }
-    const size_t j = (size_t)r * (size_t)groups + g;
+    const size_t j = r * (size_t)groups + g;
     if (mode == 0) {
         scales_f32[j] = finite ? amax * INV127 : as_float(0x7FC00000u);
         return;
     }
     ushort bits;
     const float s = round_f16(mode == 1 ? amax * INV7 : (hi - lo) * INV15, &bits);
+    if (finite && !isfinite(s)) status[0] = 1;  // (every writer writes 1)
     scales_f16[j] = finite ? bits : (ushort)0x7E00;
     if (mode == 2) zeros[j] = (finite && s > 0.0f && isfinite(s)) ? (uchar)rounded_quotient(-lo, s, 0, 15) : (uchar)0;
 }
 
-// Codes: one work-item per weight (k, row), after quantize_scales.
-__kernel void quantize_codes(__global const W_T* w, __global const float* scales_f32,
-                             __global const ushort* scales_f16, __global const uchar* zeros, __global uchar* codes,
-                             int rows, int K, int group, int groups, int mode) {
-    const int k = get_global_id(0);
-    const int r = get_global_id(1);
-    if (k >= K || r >= rows) return;
-    const size_t i = (size_t)r * (size_t)K + k;
-    const size_t j = (size_t)r * (size_t)groups + k / group;
+// Scales (and zeros) of every (group, row): one work-item each, one pass over the group; rows
+// strided over the grid's second dimension (the host caps it: some drivers cap a grid's second
+// and third dimensions at 65,535 work-groups, and a whole stacked layer has more rows).
+// MODE 0: int8 (group = K, f32 scale), 1: int4 symmetric, 2: int4 with a zero point.
+// status[0] set to 1 where a group of finite weights has no finite f16 scale (its largest |w|
+// from about 7 · 65520 on, or its range from about 15 · 65520 on): the host refuses the weights.
+__kernel void quantize_scales(__global const W_T* w, __global float* scales_f32, __global ushort* scales_f16,
+                              __global uchar* zeros, __global int* status, int rows, int K, int group, int groups,
+                              int mode) {
+    const int g = get_global_id(0);
+    if (g >= groups) return;
+    for (size_t r = get_global_id(1); r < (size_t)rows; r += get_global_size(1))
+        quantize_group(w, scales_f32, scales_f16, zeros, status, r, K, group, groups, g, mode);
+}
+
+// One (k, row) of quantize_codes.
+inline void quantize_code(__global const W_T* w, __global const float* scales_f32, __global const ushort* scales_f16,
+                          __global const uchar* zeros, __global uchar* codes, size_t r, int K, int group, int groups,
+                          int k, int mode) {
+    const size_t i = r * (size_t)K + k;
+    const size_t j = r * (size_t)groups + k / group;
     const float v = W_LOAD1(w, i);
     const float s = mode == 0 ? scales_f32[j] : vload_half(j, (__global const half*)scales_f16);
     const int ok = s > 0.0f && isfinite(s);  // false for NaN
@@ -120,6 +130,17 @@ __kernel void quantize_codes(__global const W_T* w, __global const float* scales
         const int z = zeros[j];
         codes[i] = ok ? (uchar)clamp(rounded_quotient(v, s, -15, 15) + z, 0, 15) : (uchar)0;
     }
+}
+
+// Codes: one work-item per weight (k, row), after quantize_scales.
+// Rows strided over the grid's second dimension, as in quantize_scales.
+__kernel void quantize_codes(__global const W_T* w, __global const float* scales_f32,
+                             __global const ushort* scales_f16, __global const uchar* zeros, __global uchar* codes,
+                             int rows, int K, int group, int groups, int mode) {
+    const int k = get_global_id(0);
+    if (k >= K) return;
+    for (size_t r = get_global_id(1); r < (size_t)rows; r += get_global_size(1))
+        quantize_code(w, scales_f32, scales_f16, zeros, codes, r, K, group, groups, k, mode);
 }
 
 // Weight row of panel position j (−1 past the last column). For SwiGLU a panel holds PANEL/2

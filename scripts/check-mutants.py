@@ -15,6 +15,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (name, file, text, replacement, conformance filter[, environment: e.g. SWITCHYARD_VECTOR_WIDTH for
 # code one vector width runs, with "cpu flag" naming the /proc/cpuinfo flag its code needs])
 MUTANTS = [
+    ("quantize_codes skips every other stride of rows", "quantized_weights.cl",
+     "r += get_global_size(1))\n        quantize_code(", "r += 2 * get_global_size(1))\n        quantize_code(",
+     r"^quantize_weights.*rows=(400000|800001)"),
+    ("quantize_scales skips every other stride of rows", "quantized_weights.cl",
+     "r += get_global_size(1))\n        quantize_group(", "r += 2 * get_global_size(1))\n        quantize_group(",
+     r"^quantize_weights.*rows=(400000|800001)"),
+    ("int4 scale past f16 not flagged", "quantized_weights.cl",
+     "    if (finite && !isfinite(s)) status[0] = 1;", "    ;", r"^quantize_weights.*past f16"),
     ("f16 store rounds toward zero", "common.h",
      "#define STORE_F16(p, i, v) vstore_half_rte((v), (i), (p))",
      "#define STORE_F16(p, i, v) vstore_half_rtz((v), (i), (p))", r"^softmax.*f16|^grouped_matmul.*f16"),

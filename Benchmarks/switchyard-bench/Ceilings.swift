@@ -38,8 +38,8 @@ public struct CeilingMeasurement: Sendable, Hashable {
     /// Seconds of every timed run.
     public var seconds: [Double]
     /// How the runs were timed: "device events", or "wall clock" where the device's profiling
-    /// events were implausible (durations under 2 % of the wall clock: rusticl on llvmpipe
-    /// reports next to nothing).
+    /// events were implausible (`ProfilingEvents.plausible`: rusticl on llvmpipe reports next
+    /// to nothing).
     public var clock: String = "device events"
 }
 
@@ -145,8 +145,8 @@ extension OpenCLBackend {
                 wall.append(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
                 seconds.append(try event.seconds())
             }
-            // Events that say a run took under 2 % of its wall clock are not the device's time.
-            let plausible = zip(seconds, wall).allSatisfy { $0 >= 0.02 * $1 }
+            // Events that say a run took a sliver of its wall clock are not the device's time.
+            let plausible = zip(seconds, wall).allSatisfy { ProfilingEvents.plausible(eventSeconds: $0, wallSeconds: $1) }
             let used = plausible ? seconds : wall
             let rates = used.map { amount / max($0, 1e-12) }.sorted()
             return CeilingMeasurement(

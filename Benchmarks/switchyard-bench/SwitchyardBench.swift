@@ -145,7 +145,7 @@ struct SwitchyardBench: ParsableCommand {
         // A device whose kernel events the ceilings found implausible is timed on the host clock.
         policy.wallClock = before.measurements.contains { $0.name.hasPrefix("ceilings_") && $0.clock != "device events" }
         if policy.wallClock {
-            print("note: this device's profiling events are implausible (kernel durations under 2 % of the wall clock): "
+            print("note: this device's profiling events are implausible (kernel durations under \(Int(ProfilingEvents.minimumShare * 100)) % of the wall clock): "
                 + "every case is timed on the host clock (run + synchronize), and the layers' stage times are left out\n")
         }
         var measured: [Measured] = []

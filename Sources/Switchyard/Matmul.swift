@@ -117,6 +117,7 @@ public struct PrepareWeights: OpDescriptor, Hashable {
         if s[0] < 1 || s[1] < 1 || s[2] < 1 {
             throw SwitchyardError.shape(argument: "expert weights", expected: "non-empty [experts, out, in]", actual: s)
         }
+        try checkKernelSizes(rows: s[1], k: s[2], "expert weights")
         self.init(experts: s[0], weightRows: s[1], inFeatures: s[2], swiglu: swiglu, dtype: w.dtype)
     }
 

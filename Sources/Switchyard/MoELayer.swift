@@ -56,6 +56,18 @@ public struct MoEConfig: Sendable, Hashable {
     public static let gptOssSmall = MoEConfig.gptOss(hidden: 1024, ffn: 1024, experts: 32, k: 4)
     /// A gpt-oss block: router linear with bias, top-k over the logits and softmax over the k
     /// chosen (= softmax, top-k, renormalize), experts with biases and the clamped SwiGLU.
+    /// The sizes in range before any shape is computed from them: hidden and ffn in
+    /// 1...Int32.max, sharedFFN in 0...Int32.max (the kernels take them as 32-bit ints; 2·ffn
+    /// then cannot overflow). Routing is checked by `RouterConfig.validate`.
+    func checkSizes() throws {
+        let most = Int(Int32.max)
+        for (name, value, least) in [("hidden", hidden, 1), ("ffn", ffn, 1), ("sharedFFN", sharedFFN, 0)] {
+            guard (least...most).contains(value) else {
+                throw SwitchyardError.outOfRange(argument: "MoEConfig.\(name)", value: value, range: "\(least)...\(most)")
+            }
+        }
+    }
+
     public static func gptOss(hidden: Int, ffn: Int, experts: Int, k: Int, alpha: Float = 1.702, limit: Float = 7)
         -> MoEConfig
     {
@@ -148,6 +160,22 @@ public struct StageTime: Sendable {
     }
 }
 
+/// Whether a device's kernel profiling events measure its time. Events that together cover under
+/// `minimumShare` of the wall clock around them do not: rusticl over llvmpipe reports kernels
+/// that take seconds as taking microseconds, and a comparison on such figures picks noise. On a
+/// real device the kernels of even a small launch sequence cover far more (the launch gaps of a
+/// GPU decode forward are a few microseconds each). One rule for every timer: the benchmark's
+/// ceilings and rows, `switchyard tune`, and the example stacks' speedups.
+public enum ProfilingEvents {
+    /// The least share of the wall clock plausible events cover.
+    public static let minimumShare = 0.01
+
+    /// Whether `eventSeconds` of kernel events within `wallSeconds` of host time are plausible.
+    public static func plausible(eventSeconds: Double, wallSeconds: Double) -> Bool {
+        eventSeconds >= minimumShare * wallSeconds
+    }
+}
+
 /// A Mixture-of-Experts block: router linear → gating → permute → grouped gate|up with SwiGLU
 /// (gather fused into its loads) → grouped down → weighted combine, plus optional shared
 /// experts; on either backend behind one API. A forward makes no host read until its output.
@@ -181,6 +209,7 @@ public final class MoELayer: @unchecked Sendable {
     ) throws {
         self.backend = backend
         self.config = c
+        try c.checkSizes()
         let h = c.hidden
         func expect(_ t: Tensor?, _ shape: [Int], _ name: String) throws {
             guard let t else { throw SwitchyardError.unsupported("\(name) is required by this config") }
@@ -262,6 +291,7 @@ public final class MoELayer: @unchecked Sendable {
         down: ExpertWeights, sharedGateUp: ExpertWeights?, sharedDown: ExpertWeights?, sharedGate: ExpertWeights?,
         packSeconds: Double
     ) throws {
+        try c.checkSizes()
         let h = c.hidden
         func expect(_ w: ExpertWeights?, _ shape: [Int], _ name: String) throws {
             guard let w else { throw SwitchyardError.unsupported("\(name) is required by this config") }

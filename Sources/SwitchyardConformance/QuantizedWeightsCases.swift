@@ -7,9 +7,12 @@ import SwitchyardReference
 /// (exact f32 values, so the float matmul's NMSE applies).
 enum QuantizedWeightsCases {
     /// Float weights `[E, rows, K]` of a kind: "normal", "special" (an all-zero row/group, a
-    /// tiny one, a huge one — f16 scale overflow for int4 —, one holding NaN), "grid"
-    /// (quarters up to ±`range`, so quotients hit ties).
-    static func floatWeights(_ count: Int, k: Int, kind: String, seed: UInt64, range: Float = 63.5) -> [Float] {
+    /// tiny one, a huge one (× `huge`), one holding NaN), "grid" (quarters up to ±`range`, so
+    /// quotients hit ties). int4's f16 scale holds groups up to about 7 × 65520: its cases take
+    /// `huge` 1e5 (scales near 10^4); groups past that are refused (the "refused" cases).
+    static func floatWeights(
+        _ count: Int, k: Int, kind: String, seed: UInt64, range: Float = 63.5, huge: Float = 1e7
+    ) -> [Float] {
         var g = SeededGenerator(seed: seed)
         var w = g.normals(count, scale: 0.2)
         let rows = count / max(1, k)
@@ -20,7 +23,7 @@ enum QuantizedWeightsCases {
                 switch r % 6 {
                 case 1: for i in row { w[i] = 0 }
                 case 2: for i in row { w[i] *= 1e-9 }  // f16 scales subnormal or zero
-                case 3: for i in row { w[i] *= 1e7 }  // int4: f16 scale overflows to inf
+                case 3: for i in row { w[i] *= huge }
                 case 4: w[row.lowerBound + Int(g.next() % UInt64(k))] = .nan
                 case 5: for i in row.prefix(33) { w[i] = 0 }  // an all-zero first group
                 default: break
@@ -66,6 +69,12 @@ enum QuantizedWeightsCases {
                 QSpec(experts: 1, rows: 16, k: 96, dtype: .f32, q: q, kind: "grid"),
             ]
         }
+        // More rows than the kernels' grids hold (quantize_codes 49,152 in its second dimension,
+        // quantize_scales 16 × 49,152): the rows strided over the grid.
+        specs += [
+            QSpec(experts: 2, rows: 400_000, k: 1, dtype: .f32, q: .int4(group: 32, zeroPoint: true)),
+            QSpec(experts: 1, rows: 800_001, k: 2, dtype: .bf16, q: .int8),
+        ]
         var cases = specs.map { s in
             let shape = "E=\(s.experts) rows=\(s.rows) K=\(s.k)"
             let options = [s.q.description, s.kind == "normal" ? "" : s.kind].filter { !$0.isEmpty }.joined(separator: " ")
@@ -80,8 +89,9 @@ enum QuantizedWeightsCases {
                 case .int4(_, true): 3.75
                 default: 63.5
                 }
+                let huge: Float = s.q == .int8 ? 1e7 : 1e5
                 let w = try backend.tensor(
-                    floatWeights(s.experts * s.rows * s.k, k: s.k, kind: s.kind, seed: seed, range: range),
+                    floatWeights(s.experts * s.rows * s.k, k: s.k, kind: s.kind, seed: seed, range: range, huge: huge),
                     shape: [s.experts, s.rows, s.k], dtype: s.dtype)
                 return {
                     let c = try backend.quantizeWeights(w, s.q)
@@ -110,6 +120,21 @@ enum QuantizedWeightsCases {
                 _ = try b.quantizeWeights(
                     try b.tensor([Float](repeating: 1, count: 16), shape: [1, 2, 8], dtype: .f32),
                     .int4(group: 0, zeroPoint: false))
+            },
+            // A group of finite weights whose int4 scale rounds past f16's range: refused (it
+            // would be an infinite scale, and every output reading the group NaN).
+            refused("E=2 rows=3 K=64", "int4 scale past f16") { b in
+                var w = [Float](repeating: 0.5, count: 2 * 3 * 64)
+                w[(1 * 3 + 2) * 64 + 40] = 5e5  // expert 1, row 2, group 1 of 32: 5e5 / 7 rounds to f16's infinity
+                _ = try b.quantizeWeights(try b.tensor(w, shape: [2, 3, 64], dtype: .f32), .int4(group: 32, zeroPoint: false))
+            },
+            refused("E=1 rows=2 K=64", "int4-zp range past f16") { b in
+                var w = [Float](repeating: 0.5, count: 2 * 64)
+                w[64 + 3] = 6e5
+                w[64 + 4] = -6e5  // a range of 1.2e6: (1.2e6) / 15 = 8e4, past f16's largest finite
+                _ = try b.prepareWeights(
+                    try b.tensor(w, shape: [1, 2, 64], dtype: .f32), swiglu: false, pack: true,
+                    quantize: .int4(group: 128, zeroPoint: true))
             },
             refused("E=1 rows=1 K=40000", "int8 row past 32768") { b in
                 _ = try b.quantizeWeights(
@@ -269,7 +294,10 @@ enum QuantizedWeightsCases {
                 scaleInv: try backend.tensor(scales, shape: [s.experts, bn, bk], dtype: .f32), swiglu: swiglu)
         default:
             var w = g.normals(s.experts * wrows * s.inFeatures, scale: 0.2)
-            if extreme { w = floatWeights(w.count, k: s.inFeatures, kind: "special", seed: g.next()) }
+            if extreme {
+                let huge: Float = s.format.quantization == .int8 ? 1e7 : 1e5
+                w = floatWeights(w.count, k: s.inFeatures, kind: "special", seed: g.next(), huge: huge)
+            }
             return try backend.prepareWeights(
                 try backend.tensor(w, shape: [s.experts, wrows, s.inFeatures], dtype: s.dtype), swiglu: swiglu, pack: true,
                 quantize: s.format.quantization!)

@@ -265,13 +265,14 @@ public struct ExampleReport: Sendable {
     /// The reference check, when asked for.
     public var check: ExampleCheck?
 
-    /// Whether the device's kernel events gave plausible times: some, and at least 1 % of the
-    /// enqueue-to-completion wall time (rusticl 22.3 over llvmpipe reports kernels of seconds as
-    /// taking microseconds). Otherwise the medians are wall times.
+    /// Whether the device's kernel events gave plausible times: some, and medians that
+    /// `ProfilingEvents.plausible` accepts against the enqueue-to-completion wall time (rusticl
+    /// 22.3 over llvmpipe reports kernels of seconds as taking microseconds). Otherwise the
+    /// medians are wall times.
     public var hasDeviceTimes: Bool {
         guard !denseSeconds.isEmpty, !dynamicSeconds.isEmpty else { return false }
-        return median(denseSeconds) >= 0.01 * median(denseWallSeconds)
-            && median(dynamicSeconds) >= 0.01 * median(dynamicWallSeconds)
+        return ProfilingEvents.plausible(eventSeconds: median(denseSeconds), wallSeconds: median(denseWallSeconds))
+            && ProfilingEvents.plausible(eventSeconds: median(dynamicSeconds), wallSeconds: median(dynamicWallSeconds))
     }
     /// Median time of the dense forward: device time, or wall time where the events give none.
     public var denseMedian: Double { median(hasDeviceTimes ? denseSeconds : denseWallSeconds) }

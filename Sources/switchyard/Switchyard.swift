@@ -551,7 +551,8 @@ struct Tune: ParsableCommand {
                 // (a one-off timing is noisy), the best of each kept.
                 let gain = try confirmedGain(of: best.0, over: base) { try measure($0, on: dev) }
                 if gain < 1.03 {
-                    say("the defaults are within 3 % of the best: the defaults' geometry kept")
+                    say("the best measured \(String(format: "%.2f", gain))× the defaults when timed again (under 1.03×): "
+                        + "the defaults' geometry kept")
                 } else {
                     chosen = best.0
                 }
@@ -604,22 +605,24 @@ struct Tune: ParsableCommand {
         }
         let gain = try confirmedGain(of: best.0, over: tuning) { try measureDecode($0, on: dev) }
         if gain < 1.03 {
-            say("split-k threshold  kept at \(tuning.splitKRows) (within 3 % of the best)")
+            say("split-k threshold  kept at \(tuning.splitKRows == 0 ? "never" : "\(tuning.splitKRows) rows") (the best measured \(String(format: "%.2f", gain))× it "
+                + "when timed again: under 1.03×)")
             return tuning
         }
         return best.0
     }
 
     /// One forward's time: the device time of its `stages`, or its wall clock where the device's
-    /// kernel events are implausible (all stages together under 2 % of the wall clock: rusticl on
-    /// llvmpipe reports near-zero durations, and a search on them picks noise), as
+    /// kernel events are implausible (`ProfilingEvents.plausible` of all stages together: rusticl
+    /// on llvmpipe reports near-zero durations, and a search on them picks noise), as
     /// switchyard-bench falls back to the host clock. `wallClock` nil: decided by this forward
     /// (the caller decides once, on a warm-up, so that a search never mixes the two clocks).
     func forwardSeconds(_ layer: MoELayer, _ x: Tensor, stages: Set<String>, wallClock: Bool?) throws
         -> (seconds: Double, wallClock: Bool)
     {
         let (out, wall) = try wallSeconds { try layer.forward(x, profile: true) }  // (waits for each stage)
-        let useWall = wallClock ?? (out.stages.reduce(0) { $0 + $1.seconds } < 0.02 * wall)
+        let useWall = wallClock
+            ?? !ProfilingEvents.plausible(eventSeconds: out.stages.reduce(0) { $0 + $1.seconds }, wallSeconds: wall)
         if useWall { return (wall, true) }
         return (out.stages.filter { stages.contains($0.stage) }.reduce(0) { $0 + $1.seconds }, false)
     }

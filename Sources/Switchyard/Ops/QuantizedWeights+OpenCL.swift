@@ -33,14 +33,26 @@ extension OpenCLBackend {
         let sb = scales.buffer!
         let zb = zeros?.buffer ?? codes.buffer!
         let common: [Arg] = [.int(op.rows), .int(op.inFeatures), .int(op.group), .int(op.groups), .int(mode)]
+        // Set by quantize_scales where a group of finite weights has no finite f16 scale.
+        let flag = try tensor(codes: [0, 0, 0, 0], shape: [4])
+        // Rows are strided over the grids' second dimension, capped at `rowGroups` work-groups
+        // (some drivers cap a grid's second and third dimensions at 65,535 work-groups; a whole
+        // stacked layer has more rows than that).
+        let rowGroups = 49152
         try launch(
             "quantized_weights.cl", "quantize_scales", defines: defines,
-            args: [.buffer(wb), .buffer(sb), .buffer(sb), .buffer(zb)] + common,
-            global: rounded([op.groups, op.rows], [1, 16]), local: [1, 16])
+            args: [.buffer(wb), .buffer(sb), .buffer(sb), .buffer(zb), .buffer(flag.buffer!)] + common,
+            global: [op.groups, min(rounded([op.rows], [16])[0], 16 * rowGroups)], local: [1, 16])
         try launch(
             "quantized_weights.cl", "quantize_codes", defines: defines,
             args: [.buffer(wb), .buffer(sb), .buffer(sb), .buffer(zb), .buffer(codes.buffer!)] + common,
-            global: rounded([op.inFeatures, op.rows], [16, 1]), local: [16, 1])
+            global: [rounded([op.inFeatures], [16])[0], min(op.rows, rowGroups)], local: [16, 1])
+        if try self.codes(flag) != [0, 0, 0, 0] {
+            throw SwitchyardError.invalidValues(
+                argument: "expert weights",
+                detail: "a group of finite weights too large for \(q)'s f16 scale (its largest |w| from about 7 × 65520 on, "
+                    + "or with a zero point its range from about 15 × 65520 on): the group cannot be quantized")
+        }
         return QuantizedCodes(codes: codes, scales: scales, zeros: zeros)
     }
 

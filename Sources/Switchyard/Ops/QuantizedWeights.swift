@@ -6,7 +6,7 @@ public enum WeightQuantization: Sendable, Hashable, CustomStringConvertible {
     case none
     /// int8, one f32 scale per output row (symmetric).
     case int8
-    /// int4 in groups of `group` values along K (32 or 128 usually; any group in 1...K works), one
+    /// int4 in groups of `group` values along K (32 or 128 usually; any group in 1...32768 works; a group of K or more is one group a row), one
     /// f16 scale per group, and with `zeroPoint` a 4-bit zero per group (asymmetric).
     case int4(group: Int, zeroPoint: Bool)
     /// MXFP4 (K a multiple of 32), converted on the host by `Quantization.quantizeMXFP4` (the
@@ -93,7 +93,8 @@ public enum WeightFormat: Sendable, Hashable, CustomStringConvertible {
     /// Bytes of `rows` weight rows of `k` values: codes, scales and zeros.
     public func bytes(rows: Int, k: Int) -> Double {
         let r = Double(rows)
-        let groups = Double(group(k: k).map { (k + $0 - 1) / $0 } ?? 0)
+        // (a group below 1, which validation refuses, counts as one group a row: no division by 0)
+        let groups = Double(group(k: k).map { $0 >= 1 ? (k + $0 - 1) / $0 : 1 } ?? 0)
         switch self {
         case .float(let d): return r * Double(k * d.size)
         case .int8: return r * Double(k) + r * 4
@@ -192,12 +193,13 @@ public struct QuantizeWeights: OpDescriptor, Hashable {
                 throw SwitchyardError.outOfRange(argument: "int4 group", value: g, range: "1...\(Self.maxGroup)")
             }
         }
+        try checkKernelSizes(rows: p.experts * p.weightRows, k: p.inFeatures, "expert weights")
         self.init(experts: p.experts, weightRows: p.weightRows, inFeatures: p.inFeatures, dtype: w.dtype, quantization: q)
     }
 
     public var rows: Int { experts * weightRows }
     public var group: Int { quantization.format(for: dtype).group(k: inFeatures) ?? inFeatures }
-    public var groups: Int { (inFeatures + group - 1) / group }
+    public var groups: Int { group >= 1 ? (inFeatures + group - 1) / group : 1 }  // (group < 1: refused by validation)
     public var zeroPoint: Bool {
         if case .int4(_, true) = quantization { return true }
         return false
@@ -240,6 +242,7 @@ public struct PrepareMXFP4: OpDescriptor, Hashable {
         weightRows = b[1]
         inFeatures = try Tensor.checkedCount([b[2], 32], dtype: .u8, "MXFP4 blocks")
         self.swiglu = swiglu
+        try checkKernelSizes(rows: weightRows, k: inFeatures, "MXFP4 blocks")
     }
 
     public var outputs: [TensorSpec] { [] }
@@ -276,6 +279,7 @@ public struct PrepareFP8: OpDescriptor, Hashable {
         weightRows = s[1]
         inFeatures = s[2]
         self.swiglu = swiglu
+        try checkKernelSizes(rows: weightRows, k: inFeatures, "FP8 weights")
     }
 
     public var outputs: [TensorSpec] { [] }
@@ -332,6 +336,16 @@ extension ReferenceBackend {
                 scales: Tensor(shape: scaleShape, dtype: .f32, storage: .host(.floats(r.scales))), zeros: nil)
         case .int4(let g, let z):
             let r = Quantization.quantizeInt4(values, rows: op.rows, k: op.inFeatures, group: g, zeroPoint: z)
+            // A group of finite weights whose scale rounded to f16's infinity (non-finite groups
+            // get NaN, 0x7E00): refused, as the OpenCL backend refuses it.
+            if let i = r.scales.firstIndex(of: 0x7C00) {
+                let (row, group) = (i / op.groups, i % op.groups)
+                throw SwitchyardError.invalidValues(
+                    argument: "expert weights",
+                    detail: "expert \(row / op.weightRows) row \(row % op.weightRows) group \(group): finite weights too large "
+                        + "for \(q)'s f16 scale (its largest |w| from about 7 × 65520 on, or with a zero point its range from "
+                        + "about 15 × 65520 on): the group cannot be quantized")
+            }
             return QuantizedCodes(
                 codes: try tensor(codes: r.codes, shape: w.shape),
                 scales: Tensor(shape: scaleShape, dtype: .f16, storage: .host(.floats(r.scales.map(FloatBits.fromF16)))),
@@ -414,5 +428,19 @@ extension ReferenceBackend {
                 codes: try hostBytes(q.codes, "FP8 codes"), scales: try hostFloats(q.scales, "FP8 scales"),
                 experts: weights.experts, n: weights.weightRows, k: k, gateRows: weights.swiglu ? weights.outFeatures : nil)
         }
+    }
+}
+
+/// The quantization and matmul kernels index a weight row's values, a group's end and a chain's
+/// end with 32-bit ints (k + group, k + 256 past K): K stays `maxKernelK` or below, and a
+/// tensor's rows (fused gate|up rows, all experts' rows) within Int32.
+let maxKernelK = Int(Int32.max) - (1 << 20)
+
+func checkKernelSizes(rows: Int, k: Int, _ argument: String) throws {
+    guard k <= maxKernelK else {
+        throw SwitchyardError.outOfRange(argument: "\(argument) row length (K)", value: k, range: "1...\(maxKernelK)")
+    }
+    guard rows <= Int(Int32.max) else {
+        throw SwitchyardError.outOfRange(argument: "\(argument) rows", value: rows, range: "1...\(Int32.max)")
     }
 }
