@@ -163,12 +163,9 @@ __kernel void gating_prepare(__global const X_T* logits, __global const float* b
 // Step 2: one work-item per (expert, token): the expert's rank among the token's kept experts
 // (keys are unique: value, then index); ranks below k write slot `rank`. Each work-item loops
 // over E experts, however large k is.
-__kernel void gating_rank(__global const X_T* logits, __global const float* bias, __global const float* row_stats,
-                          __global const ulong* row_groups, __global int* ids, __global float* weights, int tokens,
-                          int experts, int k, int sigmoid, int has_bias, int groups) {
-    const int e = get_global_id(0);
-    const int t = get_global_id(1);
-    if (e >= experts || t >= tokens) return;
+inline void gating_rank_one(__global const X_T* logits, __global const float* bias, __global const float* row_stats,
+                            __global const ulong* row_groups, __global int* ids, __global float* weights, int t,
+                            int e, int experts, int k, int sigmoid, int has_bias, int groups) {
     const int gs = experts / max(groups, 1);
     const ulong keep = row_groups[t];
     if (groups > 1 && !((keep >> (uint)(e / gs)) & 1)) return;
@@ -188,6 +185,17 @@ __kernel void gating_rank(__global const X_T* logits, __global const float* bias
         ids[out] = e;
         weights[out] = router_score(v, m, denom, sigmoid);
     }
+}
+
+// Tokens strided over the grid's second dimension (the host caps it: some drivers cap a grid's
+// second dimension at 65,535 work-groups, and a prefill may route more tokens).
+__kernel void gating_rank(__global const X_T* logits, __global const float* bias, __global const float* row_stats,
+                          __global const ulong* row_groups, __global int* ids, __global float* weights, int tokens,
+                          int experts, int k, int sigmoid, int has_bias, int groups) {
+    const int e = get_global_id(0);
+    if (e >= experts) return;
+    for (int t = get_global_id(1); t < tokens; t += get_global_size(1))
+        gating_rank_one(logits, bias, row_stats, row_groups, ids, weights, t, e, experts, k, sigmoid, has_bias, groups);
 }
 
 // Step 3: per token, the weights renormalized and scaled.

@@ -21,6 +21,8 @@ MUTANTS = [
     ("quantize_scales skips every other stride of rows", "quantized_weights.cl",
      "r += get_global_size(1))\n        quantize_group(", "r += 2 * get_global_size(1))\n        quantize_group(",
      r"^quantize_weights.*rows=(400000|800001)"),
+    ("gating_rank skips every other stride of tokens", "routing.cl",
+     "t += get_global_size(1))", "t += 2 * get_global_size(1))", r"^gating.*T=50000"),
     ("int4 scale past f16 not flagged", "quantized_weights.cl",
      "    if (finite && !isfinite(s)) status[0] = 1;", "    ;", r"^quantize_weights.*past f16"),
     ("f16 store rounds toward zero", "common.h",

@@ -64,7 +64,9 @@ extension OpenCLBackend {
                 args: [.buffer(lb), .buffer(biasBuffer), .buffer(rowStats), .buffer(rowGroups), .buffer(ids.buffer!),
                        .buffer(weights.buffer!), .int(tokens), .int(experts), .int(c.k), .int(sigmoid), .int(hasBias),
                        .int(c.expertGroups)],
-                global: [roundUp(experts, group), tokens], local: [group, 1])
+                // (tokens strided over at most 49,152 rows of work-groups: some drivers cap a
+                // grid's second dimension at 65,535 work-groups)
+                global: [roundUp(experts, group), min(tokens, 49152)], local: [group, 1])
             holdScratch([rowStats, rowGroups], until: try launch(
                 "routing.cl", "gating_finish",
                 args: [.buffer(weights.buffer!), .int(tokens), .int(c.k), .int(c.renormalize ? 1 : 0),

@@ -134,6 +134,9 @@ enum RoutingCases {
             (0, .mixtral(), false, "normal", .f32),
             (1, .mixtral(), false, "normal", .f32),
             (65536, RouterConfig(experts: 64, k: 6, renormalize: false), false, "normal", .f32),
+            // k > 64 ranks every expert (gating_rank), tokens strided over its grid's second
+            // dimension past 49,152
+            (50_000, RouterConfig(experts: 72, k: 72, scoring: .sigmoid, renormalize: true), true, "normal", .f32),
             (16384, RouterConfig(experts: 64, k: 6, renormalize: false), false, "normal", .bf16),
             (4096, .mixtral(), false, "normal", .f16),
             (4096, .mixtral(), false, "normal", .bf16),
