@@ -81,11 +81,19 @@ struct SwitchyardBench: ParsableCommand {
     var ep = false
 
     func validate() throws {
-        if runs < 1 { throw ValidationError("--runs must be at least 1") }
-        if let m = ceilingMiB, m < 1 { throw ValidationError("--ceiling-mib must be at least 1") }
-        if coldMiB < 1 { throw ValidationError("--cold-mib must be at least 1") }
-        if clblastRuns < 1 { throw ValidationError("--clblast-runs must be at least 1") }
-        if let t = peerThreads, t < 1 { throw ValidationError("--peer-threads must be at least 1") }
+        // Upper bounds too: a count past them would run for ever, a size past them would wrap
+        // when shifted to bytes.
+        if !(1...100_000).contains(runs) { throw ValidationError("--runs must be in 1...100000") }
+        if let m = ceilingMiB, !(1...(1 << 20)).contains(m) { throw ValidationError("--ceiling-mib must be in 1...1048576") }
+        if !(1...(1 << 20)).contains(coldMiB) { throw ValidationError("--cold-mib must be in 1...1048576") }
+        if !(1...100_000).contains(clblastRuns) { throw ValidationError("--clblast-runs must be in 1...100000") }
+        if let t = peerThreads, !(1...4096).contains(t) { throw ValidationError("--peer-threads must be in 1...4096") }
+        if !(peerBudget > 0 && peerBudget.isFinite) { throw ValidationError("--peer-budget must be a positive number of seconds") }
+        if let filter, !filter.isEmpty {
+            do { _ = try Regex(filter) } catch {
+                throw ValidationError("--filter '\(filter)' is not a regular expression: \(error)")
+            }
+        }
         for p in skipPeers where !["openblas", "clblast", "torch"].contains(p) {
             throw ValidationError("--skip-peer takes openblas, clblast or torch, not \(p)")
         }

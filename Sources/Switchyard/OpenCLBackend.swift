@@ -176,7 +176,7 @@ public struct Tuning: Sendable, Hashable, Codable {
         if !powerOfTwo(copyGroup) || copyGroup > maxGroup {
             try fail("copyGroup", copyGroup, "a power of two in 1...\(maxGroup)")
         }
-        if !powerOfTwo(topKLocalKeys) || topKLocalKeys < 2 || topKLocalKeys * 8 > max(16, device.localMemoryBytes) {
+        if !powerOfTwo(topKLocalKeys) || topKLocalKeys < 2 || topKLocalKeys > max(16, device.localMemoryBytes) / 8 {
             try fail("topKLocalKeys", topKLocalKeys, "a power of two ≥ 2 whose 8-byte keys fit local memory")
         }
         if !(1...4096).contains(rowsPerGroup) { try fail("rowsPerGroup", rowsPerGroup, "1...4096") }

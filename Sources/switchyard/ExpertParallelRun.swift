@@ -43,7 +43,11 @@ extension Run {
             guard let dt = DType(rawValue: dtype), dt.isFloatingPoint else {
                 throw ValidationError("dtype must be f32, f16 or bf16")
             }
-            guard tokens >= 0, tokens <= 1 << 22 else { throw ValidationError("--tokens must be in 0...\(1 << 22)") }
+            // (the whole batch is drawn on the host, f32: bounded by its hidden size, as without --ep)
+            let most = min(1 << 22, (1 << 32) / (4 * named.hidden))
+            guard tokens >= 0, tokens <= most else {
+                throw ValidationError("--tokens must be in 0...\(most) for \(config) (hidden \(named.hidden))")
+            }
             c = named
             d = dt
             if let input {
@@ -101,7 +105,7 @@ extension Run {
         var split = (0..<p).map { r in (r + 1) * globalTokens / p - r * globalTokens / p }
         if let tokenSplit {
             split = try tokenSplit.split(separator: ",").map { part -> Int in
-                guard let n = Int(part.trimmingCharacters(in: .whitespaces)), n >= 0 else {
+                guard let n = Int(part.trimmingCharacters(in: .whitespaces)), (0...globalTokens).contains(n) else {
                     throw ValidationError("--token-split: '\(part)' is not a token count")
                 }
                 return n

@@ -86,7 +86,7 @@ struct Conformance: ParsableCommand {
     var seed: UInt64 = 1
 
     func run() throws {
-        if let fuzz, fuzz < 1 { throw ValidationError("--fuzz must be at least 1") }
+        if let fuzz, !(1...1_000_000).contains(fuzz) { throw ValidationError("--fuzz must be in 1...1000000") }
         let passed = try runConformance(
             device: device, filter: filter, json: json, fuzz: fuzz.map { (count: $0, seed: seed) })
         if !passed { throw ExitCode(1) }
@@ -101,9 +101,14 @@ func runConformance(device selector: String?, filter: String?, json: String?, fu
         let device = try Device.select(selector)
         // The user's stored tuning, when there is one, is what their runs use: check that.
         let tuning = try Tuning.stored(for: device)
+        let regex: Regex<AnyRegexOutput>?
+        do {
+            regex = try filter.flatMap { $0.isEmpty ? nil : try Regex($0) }
+        } catch {
+            throw ValidationError("--filter '\(filter ?? "")' is not a regular expression: \(error)")
+        }
         var cases = try SwitchyardConformance.Conformance.cases(matching: filter)
         if let fuzz {
-            let regex = try filter.flatMap { $0.isEmpty ? nil : try Regex($0) }
             cases = Fuzz.cases(count: fuzz.count, seed: fuzz.seed).filter { c in regex.map { c.name.contains($0) } ?? true }
         }
         return (try ConformanceRunner(device: device, tuning: tuning), cases, tuning != nil)
@@ -267,11 +272,18 @@ struct Run: ParsableCommand {
     var dropPriority = "token"
 
     func run() throws {
+        // (with --ep, 0: the one checked forward only, no timed ones)
+        guard ((ep ? 0 : 1)...100_000).contains(iterations) else {
+            throw ValidationError("--iterations must be in \(ep ? 0 : 1)...100000")
+        }
         if let example = ConditionalExample.named[config] {
             try runExample(example)
             return
         }
         if batch != nil { throw ValidationError("--batch applies to the example stacks (\(ConditionalExample.named.keys.sorted()))") }
+        guard ["token", "weight"].contains(dropPriority) else {
+            throw ValidationError("--drop-priority takes token or weight, not \(dropPriority)")
+        }
         if ep {
             // (the expert-parallel layer runs the float weights: a quantization asked for would
             // otherwise be silently ignored)
@@ -402,7 +414,7 @@ struct Run: ParsableCommand {
         var walls: [Double] = []
         var profiles: [[StageTime]] = []
         var result: MoELayer.Output?
-        for _ in 0..<max(1, iterations) {
+        for _ in 0..<iterations {
             let start = Date()
             let out = try layer.forward(x)
             try backend.synchronize()
@@ -505,6 +517,7 @@ struct Tune: ParsableCommand {
     var quick = false
 
     func run() throws {
+        guard (1...65536).contains(tokens) else { throw ValidationError("--tokens must be in 1...65536") }
         try failing {
             let dev = try Device.select(device)
             try Tuning.checkVectorWidthOverride()
