@@ -42,6 +42,7 @@ name=$1; shift
 LD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$here/bin/$name" "$@"
 RUN
 chmod +x "$stage/run"
+cp scripts/device-check.sh "$stage/check"  # the device checks in one run (see that script)
 # Check that, with only the bundle on the library path, nothing resolves into the toolchain or is missing.
 toolchain=$(dirname "$(dirname "$(readlink -f "$swift")")")
 for b in switchyard switchyard-bench; do
@@ -49,5 +50,5 @@ for b in switchyard switchyard-bench; do
     missing=$(awk -v t="$toolchain/" 'index($3, t) == 1 || /not found/' <<<"$listing")
     if [ -n "$missing" ]; then echo "bundle: $b still loads from outside the bundle:" >&2; echo "$missing" >&2; exit 1; fi
 done
-tar czf "$out" -C "$stage" bin lib run
+tar czf "$out" -C "$stage" bin lib run check
 echo "$out: $(du -h "$out" | cut -f1) ($(ls "$stage/lib" | wc -l) libraries)"

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import OpenCLHost
 import Switchyard
+import SwitchyardConformance
 
 /// The device's ceilings and, beside them, the dense-GEMM figure of the peer library (nil when
 /// not measured).
@@ -89,6 +90,9 @@ struct SwitchyardBench: ParsableCommand {
         if !(1...100_000).contains(clblastRuns) { throw ValidationError("--clblast-runs must be in 1...100000") }
         if let t = peerThreads, !(1...4096).contains(t) { throw ValidationError("--peer-threads must be in 1...4096") }
         if !(peerBudget > 0 && peerBudget.isFinite) { throw ValidationError("--peer-budget must be a positive number of seconds") }
+        for (flag, path) in [("--json", json), ("--svg", svg)] {
+            if let path, let problem = outputPathProblem(path) { throw ValidationError("\(flag) \(path): \(problem)") }
+        }
         if let filter, !filter.isEmpty {
             do { _ = try Regex(filter) } catch {
                 throw ValidationError("--filter '\(filter)' is not a regular expression: \(error)")

@@ -324,6 +324,11 @@ public struct Device: @unchecked Sendable, CustomStringConvertible {
     /// accelerator, then CPU.
     public static func select(_ selector: String? = nil) throws -> Device {
         let devices = try all()
+        // A selector given but blank (`--device ''`) names no device: refused, not the default.
+        // (SWITCHYARD_DEVICE set to nothing is taken as unset.)
+        if let selector, selector.trimmingCharacters(in: .whitespaces).isEmpty {
+            throw OpenCLHostError.noSuchDevice(selector: selector, available: devices.map(\.description))
+        }
         let chosen = selector ?? ProcessInfo.processInfo.environment["SWITCHYARD_DEVICE"]
         if let chosen, !chosen.trimmingCharacters(in: .whitespaces).isEmpty {
             let trimmed = chosen.trimmingCharacters(in: .whitespaces)

@@ -221,6 +221,9 @@ public final class MoELayer: @unchecked Sendable {
             guard let gs = w.gateUpScales, let ds = w.downScales else {
                 throw SwitchyardError.unsupported("MXFP4 experts need both gateUpScales and downScales")
             }
+            guard w.fp8 == nil else {
+                throw SwitchyardError.unsupported("expert weights with both MXFP4 scales and FP8 block scales: one format only")
+            }
             guard h % 32 == 0, c.ffn % 32 == 0 else {
                 throw SwitchyardError.shape(
                     argument: "MXFP4 expert weights", expected: "hidden and ffn multiples of 32", actual: [h, c.ffn])

@@ -87,6 +87,7 @@ struct Conformance: ParsableCommand {
 
     func run() throws {
         if let fuzz, !(1...1_000_000).contains(fuzz) { throw ValidationError("--fuzz must be in 1...1000000") }
+        if let json, let problem = outputPathProblem(json) { throw ValidationError("--json \(json): \(problem)") }
         let passed = try runConformance(
             device: device, filter: filter, json: json, fuzz: fuzz.map { (count: $0, seed: seed) })
         if !passed { throw ExitCode(1) }
@@ -284,6 +285,14 @@ struct Run: ParsableCommand {
         guard ["token", "weight"].contains(dropPriority) else {
             throw ValidationError("--drop-priority takes token or weight, not \(dropPriority)")
         }
+        // Options that do not apply are refused, not ignored: with --model the input file gives
+        // the tokens, the checkpoint the sizes and storage; without it there is no layer to read.
+        if model != nil, !ep, tokensOption != nil || config != "mixtral-tiny" || dtype != "f32" {
+            throw ValidationError("--tokens, --config and --dtype do not apply with --model (the input and the checkpoint decide them)")
+        }
+        if model == nil, !ep, layer != nil || input != nil {
+            throw ValidationError("--layer and --input need --model")
+        }
         if ep {
             // (the expert-parallel layer runs the float weights: a quantization asked for would
             // otherwise be silently ignored)
@@ -297,15 +306,8 @@ struct Run: ParsableCommand {
             throw ValidationError("--placement, --token-split and --capacity-factor need --ep")
         }
         try failing {
-            if let output {
-                // Refuse an output path that cannot be written before computing anything.
-                let folder = (output as NSString).deletingLastPathComponent
-                let dir = folder.isEmpty ? "." : folder
-                var isDir: ObjCBool = false
-                guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue,
-                    FileManager.default.isWritableFile(atPath: dir)
-                else { throw ValidationError("--output \(output): the folder \(dir) does not exist or is not writable") }
-            }
+            // Refuse an output path that cannot be written before computing anything.
+            if let output, let problem = outputPathProblem(output) { throw ValidationError("--output \(output): \(problem)") }
             let backend = try OpenCLBackend(device: try Device.select(device))
             let dev = backend.device
             print("device  \(dev.name) (\(dev.kind.rawValue), \(dev.platformName), driver \(dev.driverVersion))")
@@ -318,7 +320,7 @@ struct Run: ParsableCommand {
             var makeUnquantized: (() throws -> MoELayer)?
             let name: String
             guard let quantization = WeightQuantization(quantize) else {
-                throw ValidationError("--quantize \(quantize): expected none, int8, int4, int4-gN, int4-gN-zp or mxfp4")
+                throw ValidationError("--quantize \(quantize): expected none, int8, int4, int4-gN, int4-gN-zp (N in 1...32768) or mxfp4")
             }
             if let model {
                 guard let index = self.layer else { throw ValidationError("--model needs --layer N") }

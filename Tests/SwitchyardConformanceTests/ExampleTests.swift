@@ -299,4 +299,22 @@ struct ExampleTests {
     let epRefused = try run(["run", "--config", "mixtral-tiny", "--ep", "--quantize", "int4", "--device", "\(device)"])
     #expect(epRefused.status != 0 && epRefused.output.contains("--quantize int4") && epRefused.output.contains("--ep"),
             "\(epRefused.output)")
+    // Hostile or inapplicable flag values: refused by name before any work (they trapped, hung,
+    // allocated without bound, or were ignored).
+    let folder = FileManager.default.temporaryDirectory.path
+    for (arguments, words) in [
+        (["run", "--device", ""], "No OpenCL device matches ''"),
+        (["run", "--layer", "1"], "--layer and --input need --model"),
+        (["run", "--iterations", "0"], "--iterations must be in 1...100000"),
+        (["run", "--iterations", "9223372036854775807"], "--iterations must be in 1...100000"),
+        (["run", "--drop-priority", "bogus"], "--drop-priority"),
+        (["run", "--output", folder], "a folder, not a file"),
+        (["conformance", "--json", folder, "--filter", "^$"], "a folder, not a file"),
+        (["conformance", "--fuzz", "9223372036854775807"], "--fuzz must be in 1...1000000"),
+        (["conformance", "--filter", "("], "--filter '(' is not a regular expression"),
+        (["tune", "--dry-run", "--tokens", "9223372036854775807"], "--tokens must be in 1...65536"),
+    ] {
+        let (status, output) = try run(arguments)
+        #expect(status != 0 && output.contains(words), "\(arguments): \(output)")
+    }
 }

@@ -24,6 +24,7 @@ public enum WeightQuantization: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// Parses "none", "int8", "int4" (group 128, symmetric), "int4-g32", "int4-g128-zp", ...
+    /// (a group in 1...32768, each part at most once).
     public init?(_ text: String) {
         let parts = text.lowercased().split(separator: "-").map(String.init)
         switch parts.first {
@@ -31,18 +32,18 @@ public enum WeightQuantization: Sendable, Hashable, CustomStringConvertible {
         case "int8" where parts.count == 1: self = .int8
         case "mxfp4" where parts.count == 1: self = .mxfp4
         case "int4":
-            var group = 128
+            var group: Int?
             var zero = false
             for p in parts.dropFirst() {
-                if p == "zp" {
+                if p == "zp", !zero {
                     zero = true
-                } else if p.hasPrefix("g"), let g = Int(p.dropFirst()), g >= 1 {
+                } else if p.hasPrefix("g"), group == nil, let g = Int(p.dropFirst()), (1...QuantizeWeights.maxGroup).contains(g) {
                     group = g
                 } else {
                     return nil
                 }
             }
-            self = .int4(group: group, zeroPoint: zero)
+            self = .int4(group: group ?? 128, zeroPoint: zero)
         default: return nil
         }
     }
