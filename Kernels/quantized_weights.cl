@@ -93,7 +93,7 @@ inline void quantize_group(__global const W_T* w, __global float* scales_f32, __
     }
     ushort bits;
     const float s = round_f16(mode == 1 ? amax * INV7 : (hi - lo) * INV15, &bits);
-    if (finite && !isfinite(s)) status[0] = 1;  // (every writer writes 1)
+    if (finite && !isfinite(s)) atomic_min(status, (int)r);  // the first such row (rows fit an int)
     scales_f16[j] = finite ? bits : (ushort)0x7E00;
     if (mode == 2) zeros[j] = (finite && s > 0.0f && isfinite(s)) ? (uchar)rounded_quotient(-lo, s, 0, 15) : (uchar)0;
 }
@@ -102,8 +102,9 @@ inline void quantize_group(__global const W_T* w, __global float* scales_f32, __
 // strided over the grid's second dimension (the host caps it: some drivers cap a grid's second
 // and third dimensions at 65,535 work-groups, and a whole stacked layer has more rows).
 // MODE 0: int8 (group = K, f32 scale), 1: int4 symmetric, 2: int4 with a zero point.
-// status[0] set to 1 where a group of finite weights has no finite f16 scale (its largest |w|
-// from about 7 · 65520 on, or its range from about 15 · 65520 on): the host refuses the weights.
+// status[0] (INT_MAX before) lowered to the row of a group of finite weights that has no finite
+// f16 scale (its largest |w| from about 7 · 65520 on, or its range from about 15 · 65520 on): the
+// host refuses the weights, naming the first such row.
 __kernel void quantize_scales(__global const W_T* w, __global float* scales_f32, __global ushort* scales_f16,
                               __global uchar* zeros, __global int* status, int rows, int K, int group, int groups,
                               int mode) {

@@ -24,7 +24,7 @@ MUTANTS = [
     ("gating_rank skips every other stride of tokens", "routing.cl",
      "t += get_global_size(1))", "t += 2 * get_global_size(1))", r"^gating.*T=50000"),
     ("int4 scale past f16 not flagged", "quantized_weights.cl",
-     "    if (finite && !isfinite(s)) status[0] = 1;", "    ;", r"^quantize_weights.*past f16"),
+     "    if (finite && !isfinite(s)) atomic_min(status, (int)r);", "    ;", r"^quantize_weights.*past f16"),
     ("f16 store rounds toward zero", "common.h",
      "#define STORE_F16(p, i, v) vstore_half_rte((v), (i), (p))",
      "#define STORE_F16(p, i, v) vstore_half_rtz((v), (i), (p))", r"^softmax.*f16|^grouped_matmul.*f16"),

@@ -20,8 +20,10 @@ conformance_s=${2:-240}
 bench_s=${3:-240}
 tune_s=${4:-120}
 mkdir -p "$out"
-if ! grep -qs nvidia /etc/OpenCL/vendors/*.icd "${OCL_ICD_VENDORS:-/nonexistent}"/*.icd 2>/dev/null; then
-    lib=$(ldconfig -p 2>/dev/null | awk '/libnvidia-opencl\.so\.1/ {print $NF; exit}')
+# (with OCL_ICD_VENDORS set, the ICD loader reads that folder only)
+vendors=${OCL_ICD_VENDORS:-/etc/OpenCL/vendors}
+if ! grep -qs nvidia "$vendors"/*.icd 2>/dev/null; then
+    lib=$(ldconfig -p 2>/dev/null | awk '/libnvidia-opencl\.so\.1 .*x86-64/ {print $NF; exit}')
     for d in /usr/local/nvidia/lib64 /usr/lib/x86_64-linux-gnu /usr/lib64; do
         [ -z "$lib" ] && [ -e "$d/libnvidia-opencl.so.1" ] && lib="$d/libnvidia-opencl.so.1"
     done
@@ -40,7 +42,10 @@ step() {  # step NAME SECONDS COMMAND...: the command's output line-buffered int
     local rc=$?
     echo "check: $name exit $rc after $((SECONDS - start)) s; last lines:"
     tail -n 5 "$out/$name.log"
+    [ "$rc" -gt "$worst" ] && worst=$rc
+    return 0
 }
+worst=0
 step devices 60 "$here/run" switchyard devices
 SWITCHYARD_BUILD_LOG="$out/builds.tsv" step conformance "$conformance_s" \
     "$here/run" switchyard conformance --json "$out/conformance.json"
@@ -52,4 +57,5 @@ step bench "$bench_s" "$here/run" switchyard-bench \
     --filter 'moe_layer (mixtral-small|deepseek-like) T=(1|16) bf16 (packed|int8|int4-g128|mxfp4) decode' --no-gemm \
     --no-scaling --skip-peer openblas --skip-peer clblast --json "$out/bench.json"
 step tune "$tune_s" "$here/run" switchyard tune --quick --dry-run
-echo "check: done; files in $out"
+echo "check: done; files in $out; worst exit status $worst"
+exit "$worst"

@@ -464,7 +464,14 @@ extension HFCheckpoint.Loader {
                 try copyScales(names(e), into: scales, expert: 0)
                 piece = try backend.prepareFP8(codes: scratch, scaleInv: scales, swiglu: swiglu)
             } else {
-                piece = try backend.prepareWeights(scratch, swiglu: swiglu, pack: true, quantize: q)
+                do {
+                    piece = try backend.prepareWeights(scratch, swiglu: swiglu, pack: true, quantize: q)
+                } catch SwitchyardError.invalidValues(_, let detail) {
+                    // (the scratch holds this one expert: its "expert 0" is expert e, and its rows
+                    // are the tensors' rows in order)
+                    throw CheckpointError(
+                        "\(label) of expert \(e) (\(names(e).joined(separator: ", "))) cannot be quantized to \(q): \(detail)")
+                }
             }
             guard let pq = piece.quantized else {
                 throw SwitchyardError.unsupported("\(label): quantization \(q) gave float weights")

@@ -141,15 +141,30 @@ public final class HFCheckpoint: @unchecked Sendable {
     /// model does (checked here, before any weight is read).
     public func moeConfig(layer: Int) throws -> MoEConfig {
         let c = try storedMoEConfig(layer: layer)
+        let (ffnKey, expertsKey) = switch modelType {
+        case "mixtral": ("intermediate_size", "num_local_experts")
+        case "olmoe": ("intermediate_size", "num_experts")
+        case "deepseek_v3": ("moe_intermediate_size", "n_routed_experts")
+        case "gpt_oss": ("intermediate_size", "num_local_experts")
+        default: ("moe_intermediate_size", "num_experts")
+        }
         guard c.hidden >= 1, c.ffn >= 1, c.experts >= 1, (1...c.experts).contains(c.router.k) else {
             throw CheckpointError(
                 "config.json (\(modelType)): hidden size \(c.hidden), expert width \(c.ffn), \(c.experts) experts, "
-                    + "k = \(c.router.k): expected positive sizes and 1 ≤ k ≤ experts")
+                    + "k = \(c.router.k) (hidden_size, \(ffnKey), \(expertsKey), num_experts_per_tok): expected positive sizes "
+                    + "and 1 ≤ k ≤ experts")
+        }
+        do {
+            try c.checkSizes()
+        } catch {
+            throw CheckpointError("config.json (\(modelType)): \(error) (a shared expert's width is \(ffnKey) × n_shared_experts)")
         }
         do {
             try c.router.validate(experts: c.experts)
         } catch {
-            throw CheckpointError("config.json (\(modelType)): the routing it gives is invalid: \(error)")
+            throw CheckpointError(
+                "config.json (\(modelType)): the routing it gives is invalid (\(expertsKey), num_experts_per_tok, n_group, "
+                    + "topk_group, routed_scaling_factor): \(error)")
         }
         if modelType != "gpt_oss", let act = config["hidden_act"] {
             // Every model type but gpt_oss gates its experts with act(gate) · up, act from

@@ -54,8 +54,6 @@ public struct MoEConfig: Sendable, Hashable {
     /// gpt-oss's routing and experts at a benchmark shape: hidden 1024, ffn 1024, 32 experts, top-4
     /// (gpt-oss-20b: hidden and ffn 2880, 32 experts, top-4).
     public static let gptOssSmall = MoEConfig.gptOss(hidden: 1024, ffn: 1024, experts: 32, k: 4)
-    /// A gpt-oss block: router linear with bias, top-k over the logits and softmax over the k
-    /// chosen (= softmax, top-k, renormalize), experts with biases and the clamped SwiGLU.
     /// The sizes in range before any shape is computed from them: hidden and ffn in
     /// 1...Int32.max, sharedFFN in 0...Int32.max (the kernels take them as 32-bit ints; 2·ffn
     /// then cannot overflow). Routing is checked by `RouterConfig.validate`.
@@ -68,6 +66,8 @@ public struct MoEConfig: Sendable, Hashable {
         }
     }
 
+    /// A gpt-oss block: router linear with bias, top-k over the logits and softmax over the k
+    /// chosen (= softmax, top-k, renormalize), experts with biases and the clamped SwiGLU.
     public static func gptOss(hidden: Int, ffn: Int, experts: Int, k: Int, alpha: Float = 1.702, limit: Float = 7)
         -> MoEConfig
     {

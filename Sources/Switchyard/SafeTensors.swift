@@ -134,8 +134,6 @@ public final class SafeTensorsFile: @unchecked Sendable {
         close(fd)
     }
 
-    /// `count` bytes at `offset`, or an error when the file is shorter (it may have shrunk since
-    /// it was opened).
     /// The bytes of a small JSON file beside the weights (config.json, the shard index): nil when
     /// it does not exist; an error when it is not a regular file (a FIFO would block the open, a
     /// link to /dev/zero would never end) or is larger than `limit` bytes.
@@ -157,6 +155,8 @@ public final class SafeTensorsFile: @unchecked Sendable {
         return Data(try read(fd, path, offset: 0, count: Int(info.st_size)))
     }
 
+    /// `count` bytes at `offset`, or an error when the file is shorter (it may have shrunk since
+    /// it was opened).
     static func read(_ fd: Int32, _ path: String, offset: Int, count: Int) throws -> [UInt8] {
         var out = [UInt8](repeating: 0, count: count)
         try out.withUnsafeMutableBytes { try read(fd, path, offset: offset, into: $0) }

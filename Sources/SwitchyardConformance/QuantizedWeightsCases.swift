@@ -102,12 +102,14 @@ enum QuantizedWeightsCases {
         }
         // Refused: no quantization, bad groups, a long int8 row, integer weights, and u8 tensors
         // given to ops that take floats.
-        func refused(_ shape: String, _ what: String, _ body: @escaping @Sendable (any ComputeBackend) throws -> Void)
-            -> ConformanceCase
-        {
+        func refused(
+            _ shape: String, _ what: String, naming words: String? = nil,
+            _ body: @escaping @Sendable (any ComputeBackend) throws -> Void
+        ) -> ConformanceCase {
             ConformanceCase(
                 op: "quantize_weights", shape: shape, dtype: .f32, options: "refused \(what)",
-                seed: Conformance.seed("quantize_weights refused \(what)"), flops: 0, bytes: 0, expectsError: true
+                seed: Conformance.seed("quantize_weights refused \(what)"), flops: 0, bytes: 0, expectsError: true,
+                errorMatch: words
             ) { backend in
                 { try body(backend); return [] }
             }
@@ -123,12 +125,12 @@ enum QuantizedWeightsCases {
             },
             // A group of finite weights whose int4 scale rounds past f16's range: refused (it
             // would be an infinite scale, and every output reading the group NaN).
-            refused("E=2 rows=3 K=64", "int4 scale past f16") { b in
+            refused("E=2 rows=3 K=64", "int4 scale past f16", naming: "expert 1 row 2") { b in
                 var w = [Float](repeating: 0.5, count: 2 * 3 * 64)
                 w[(1 * 3 + 2) * 64 + 40] = 5e5  // expert 1, row 2, group 1 of 32: 5e5 / 7 rounds to f16's infinity
                 _ = try b.quantizeWeights(try b.tensor(w, shape: [2, 3, 64], dtype: .f32), .int4(group: 32, zeroPoint: false))
             },
-            refused("E=1 rows=2 K=64", "int4-zp range past f16") { b in
+            refused("E=1 rows=2 K=64", "int4-zp range past f16", naming: "expert 0 row 1") { b in
                 var w = [Float](repeating: 0.5, count: 2 * 64)
                 w[64 + 3] = 6e5
                 w[64 + 4] = -6e5  // a range of 1.2e6: (1.2e6) / 15 = 8e4, past f16's largest finite

@@ -293,6 +293,9 @@ struct Run: ParsableCommand {
         if model == nil, !ep, layer != nil || input != nil {
             throw ValidationError("--layer and --input need --model")
         }
+        if ep, output != nil || (model == nil && layer != nil) {
+            throw ValidationError("--output, and --layer without --model, do not apply with --ep")
+        }
         if ep {
             // (the expert-parallel layer runs the float weights: a quantization asked for would
             // otherwise be silently ignored)

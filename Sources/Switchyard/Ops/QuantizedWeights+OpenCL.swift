@@ -33,8 +33,9 @@ extension OpenCLBackend {
         let sb = scales.buffer!
         let zb = zeros?.buffer ?? codes.buffer!
         let common: [Arg] = [.int(op.rows), .int(op.inFeatures), .int(op.group), .int(op.groups), .int(mode)]
-        // Set by quantize_scales where a group of finite weights has no finite f16 scale.
-        let flag = try tensor(codes: [0, 0, 0, 0], shape: [4])
+        // Lowered by quantize_scales from Int32.max to the first row with a group of finite
+        // weights and no finite f16 scale.
+        let flag = try tensor(codes: [0xFF, 0xFF, 0xFF, 0x7F], shape: [4])
         // Rows are strided over the grids' second dimension, capped at `rowGroups` work-groups
         // (some drivers cap a grid's second and third dimensions at 65,535 work-groups; a whole
         // stacked layer has more rows than that).
@@ -47,11 +48,14 @@ extension OpenCLBackend {
             "quantized_weights.cl", "quantize_codes", defines: defines,
             args: [.buffer(wb), .buffer(sb), .buffer(sb), .buffer(zb), .buffer(codes.buffer!)] + common,
             global: [rounded([op.inFeatures], [16])[0], min(op.rows, rowGroups)], local: [16, 1])
-        if try self.codes(flag) != [0, 0, 0, 0] {
+        let status = try self.codes(flag)
+        let row = Int(status[0]) | Int(status[1]) << 8 | Int(status[2]) << 16 | Int(status[3]) << 24
+        if row != Int(Int32.max) {
             throw SwitchyardError.invalidValues(
                 argument: "expert weights",
-                detail: "a group of finite weights too large for \(q)'s f16 scale (its largest |w| from about 7 × 65520 on, "
-                    + "or with a zero point its range from about 15 × 65520 on): the group cannot be quantized")
+                detail: "expert \(row / op.weightRows) row \(row % op.weightRows): finite weights too large for \(q)'s f16 "
+                    + "scale (its largest |w| from about 7 × 65520 on, or with a zero point its range from about 15 × 65520 "
+                    + "on): the group cannot be quantized")
         }
         return QuantizedCodes(codes: codes, scales: scales, zeros: zeros)
     }

@@ -95,7 +95,7 @@ public enum WeightFormat: Sendable, Hashable, CustomStringConvertible {
     public func bytes(rows: Int, k: Int) -> Double {
         let r = Double(rows)
         // (a group below 1, which validation refuses, counts as one group a row: no division by 0)
-        let groups = Double(group(k: k).map { $0 >= 1 ? (k + $0 - 1) / $0 : 1 } ?? 0)
+        let groups = Double(group(k: k).map { $0 >= 1 && k >= 1 ? (k - 1) / $0 + 1 : 1 } ?? 0)
         switch self {
         case .float(let d): return r * Double(k * d.size)
         case .int8: return r * Double(k) + r * 4
@@ -200,7 +200,7 @@ public struct QuantizeWeights: OpDescriptor, Hashable {
 
     public var rows: Int { experts * weightRows }
     public var group: Int { quantization.format(for: dtype).group(k: inFeatures) ?? inFeatures }
-    public var groups: Int { group >= 1 ? (inFeatures + group - 1) / group : 1 }  // (group < 1: refused by validation)
+    public var groups: Int { group >= 1 && inFeatures >= 1 ? (inFeatures - 1) / group + 1 : 1 }  // (refused by validation otherwise)
     public var zeroPoint: Bool {
         if case .int4(_, true) = quantization { return true }
         return false
@@ -343,7 +343,7 @@ extension ReferenceBackend {
                 let (row, group) = (i / op.groups, i % op.groups)
                 throw SwitchyardError.invalidValues(
                     argument: "expert weights",
-                    detail: "expert \(row / op.weightRows) row \(row % op.weightRows) group \(group): finite weights too large "
+                    detail: "expert \(row / op.weightRows) row \(row % op.weightRows) (group \(group)): finite weights too large "
                         + "for \(q)'s f16 scale (its largest |w| from about 7 × 65520 on, or with a zero point its range from "
                         + "about 15 × 65520 on): the group cannot be quantized")
             }
