@@ -207,6 +207,33 @@ struct FP8CheckpointTests {
         for y in outputs.dropLast() { #expect(ErrorMeasure.nmse(y, outputs.last!) < 1e-5) }
     }
 
+    /// A float checkpoint quantized at load whose expert 2 holds a weight no int4 f16 scale can
+    /// cover (1e6: 1e6 / 7 is past f16's largest finite): refused on every backend, naming the
+    /// expert and its tensors (each expert is quantized alone, in a one-expert scratch tensor).
+    @Test func unquantizableExpertIsNamed() throws {
+        let (folder, layer) = try makeFolder("mixtral", "f32", "single")
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let path = folder + "/model.safetensors"
+        let file = try SafeTensorsFile(path: path)
+        let broken = "model.layers.\(layer).block_sparse_moe.experts.2.w3.weight"
+        let tensors = try file.entries.keys.sorted().map { name -> (name: String, values: [Float], shape: [Int], dtype: DType) in
+            let t = try file.floats(name)
+            var values = t.values
+            if name == broken { values[5] = 1e6 }
+            return (name, values, t.shape, t.dtype)
+        }
+        try SafeTensorsFile.write(tensors, to: path)
+        let checkpoint = try HFCheckpoint(folder: folder)
+        for backend in try Self.backends() {
+            do {
+                _ = try checkpoint.loadLayer(layer, backend: backend, quantize: .int4(group: 32, zeroPoint: false))
+                Issue.record("\(backend.name): an unquantizable expert loaded")
+            } catch let error as CheckpointError {
+                #expect(error.message.contains("of expert 2 (") && error.message.contains(broken), "\(error.message)")
+            }
+        }
+    }
+
     /// FP8 experts quantized at load: dequantized one expert at a time, then quantized.
     @Test func fp8CheckpointQuantizedToInt4() throws {
         let (folder, layer) = try makeFolder("deepseek_v3", "fp8", "single")
