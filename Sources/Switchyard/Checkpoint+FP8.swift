@@ -239,7 +239,11 @@ extension HFCheckpoint {
         // The quantization against the layer's row lengths, before anything is read or allocated.
         let c = try moeConfig(layer: layer)
         for k in [c.hidden, c.ffn] + (c.sharedFFN > 0 ? [c.sharedFFN] : []) {
-            try Self.checkQuantization(quantize, k: k)
+            do {
+                try quantize.check(rowLength: k)
+            } catch {
+                throw CheckpointError("layer \(layer) cannot be quantized to \(quantize): \(error)")
+            }
         }
         if modelType == "gpt_oss" {
             // Fused expert tensors (not one per expert): loaded whole, then quantized whole (MXFP4 as stored is refused).
@@ -250,27 +254,6 @@ extension HFCheckpoint {
         return try loadByExpert(
             layer, backend: backend, pack: pack, weightType: weightType, quantize: quantize, stagingBytes: stagingBytes,
             progress: progress)
-    }
-
-    /// Whether `quantize` can quantize weight rows of length `k`: int4 groups and int8 rows in
-    /// 1...`QuantizeWeights.maxGroup`, MXFP4 rows a multiple of 32.
-    static func checkQuantization(_ quantize: WeightQuantization, k: Int) throws {
-        let most = QuantizeWeights.maxGroup
-        switch quantize {
-        case .none: return
-        case .int8:
-            guard k <= most else {
-                throw CheckpointError("quantization int8: a weight row of \(k) values is longer than int8's \(most) (its single group)")
-            }
-        case .int4(let group, _):
-            guard (1...most).contains(group) else {
-                throw CheckpointError("quantization int4: group \(group) is out of range 1...\(most)")
-            }
-        case .mxfp4:
-            guard k % 32 == 0 else {
-                throw CheckpointError("quantization mxfp4: a weight row of \(k) values is not a multiple of 32 (MXFP4's block)")
-            }
-        }
     }
 
     /// Whether layer `layer`'s routed experts are stored as FP8 (expert 0's gate is F8_E4M3).

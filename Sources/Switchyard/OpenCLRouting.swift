@@ -37,6 +37,11 @@ extension OpenCLBackend {
 
     func roundUp(_ n: Int, _ m: Int) -> Int { max(m, (n + m - 1) / m * m) }
 
+    /// The most work-groups a launch puts in its grid's second or third dimension where the count
+    /// there grows with the data (rows, tokens): some drivers cap those dimensions at 65,535
+    /// work-groups (CUDA's grid limit), so kernels stride the rest over the capped grid.
+    static let stridedGridGroups = 49152
+
     public func gating(_ logits: Tensor, bias: Tensor?, config c: RouterConfig) throws -> Gating {
         let op = try GatingOp(validating: logits, bias: bias, config: c)
         let (tokens, experts) = (op.tokens, op.experts)
@@ -64,9 +69,8 @@ extension OpenCLBackend {
                 args: [.buffer(lb), .buffer(biasBuffer), .buffer(rowStats), .buffer(rowGroups), .buffer(ids.buffer!),
                        .buffer(weights.buffer!), .int(tokens), .int(experts), .int(c.k), .int(sigmoid), .int(hasBias),
                        .int(c.expertGroups)],
-                // (tokens strided over at most 49,152 rows of work-groups: some drivers cap a
-                // grid's second dimension at 65,535 work-groups)
-                global: [roundUp(experts, group), min(tokens, 49152)], local: [group, 1])
+                // (tokens strided over the capped second dimension)
+                global: [roundUp(experts, group), min(tokens, Self.stridedGridGroups)], local: [group, 1])
             holdScratch([rowStats, rowGroups], until: try launch(
                 "routing.cl", "gating_finish",
                 args: [.buffer(weights.buffer!), .int(tokens), .int(c.k), .int(c.renormalize ? 1 : 0),

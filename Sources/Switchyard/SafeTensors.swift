@@ -53,17 +53,11 @@ public final class SafeTensorsFile: @unchecked Sendable {
     /// Opens a .safetensors file and checks its header strictly (size, JSON, dtypes, shapes against byte ranges, ranges inside the file, contiguous and non-overlapping); reads no tensor data.
     public init(path: String) throws {
         self.path = path
-        // O_NONBLOCK: opening a FIFO must not wait for a writer (it is then refused below).
-        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
-        guard fd >= 0 else { throw CheckpointError("cannot open \(path): \(String(cString: strerror(errno)))") }
+        guard let (fd, length) = try Self.openRegularFile(path) else {
+            throw CheckpointError("cannot open \(path): \(String(cString: strerror(ENOENT)))")
+        }
         var ok = false
         defer { if !ok { close(fd) } }
-        var info = stat()
-        guard fstat(fd, &info) == 0 else { throw CheckpointError("cannot stat \(path)") }
-        guard info.st_mode & S_IFMT == S_IFREG else {
-            throw CheckpointError("\(path) is not a regular file (a FIFO, device or folder cannot be a safetensors file)")
-        }
-        let length = Int(info.st_size)
         guard length >= 8 else { throw CheckpointError("\(path) is not a safetensors file (\(length) bytes)") }
         let prefix = try Self.read(fd, path, offset: 0, count: 8)
         let declared = prefix.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
@@ -138,21 +132,27 @@ public final class SafeTensorsFile: @unchecked Sendable {
     /// it does not exist; an error when it is not a regular file (a FIFO would block the open, a
     /// link to /dev/zero would never end) or is larger than `limit` bytes.
     static func readSmallFile(_ path: String, limit: Int = maxHeaderBytes) throws -> Data? {
+        guard let (fd, length) = try openRegularFile(path) else { return nil }
+        defer { close(fd) }
+        guard length <= limit else { throw CheckpointError("\(path) has \(length) bytes; the limit is \(limit)") }
+        return Data(try read(fd, path, offset: 0, count: length))
+    }
+
+    /// `path` opened for reading and its length; nil when it does not exist; an error when it
+    /// is not a regular file. O_NONBLOCK: opening a FIFO must not wait for a writer (it is then
+    /// refused). The caller closes the descriptor.
+    static func openRegularFile(_ path: String) throws -> (fd: Int32, length: Int)? {
         let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else {
             if errno == ENOENT { return nil }
             throw CheckpointError("cannot open \(path): \(String(cString: strerror(errno)))")
         }
-        defer { close(fd) }
         var info = stat()
-        guard fstat(fd, &info) == 0 else { throw CheckpointError("cannot stat \(path)") }
-        guard info.st_mode & S_IFMT == S_IFREG else {
-            throw CheckpointError("\(path) is not a regular file (a FIFO, device or folder)")
+        guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_size >= 0 else {
+            close(fd)
+            throw CheckpointError("\(path) is not a regular file (a FIFO, device or folder cannot be read as one)")
         }
-        guard info.st_size >= 0, info.st_size <= limit else {
-            throw CheckpointError("\(path) has \(info.st_size) bytes; the limit is \(limit)")
-        }
-        return Data(try read(fd, path, offset: 0, count: Int(info.st_size)))
+        return (fd, Int(info.st_size))
     }
 
     /// `count` bytes at `offset`, or an error when the file is shorter (it may have shrunk since

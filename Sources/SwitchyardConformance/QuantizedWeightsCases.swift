@@ -6,10 +6,14 @@ import SwitchyardReference
 /// int8, int4, MXFP4 and FP8 weights against the reference matmul of the dequantized weights
 /// (exact f32 values, so the float matmul's NMSE applies).
 enum QuantizedWeightsCases {
+    /// The factor of the "special" weights' huge row for a quantization: int8's f32 scale holds
+    /// 1e7; int4's f16 scale holds groups up to about 7 × 65520, so 1e5 (scales near 10^4);
+    /// groups past that are refused (the "refused" cases).
+    static func huge(for q: WeightQuantization?) -> Float { q == .int8 ? 1e7 : 1e5 }
+
     /// Float weights `[E, rows, K]` of a kind: "normal", "special" (an all-zero row/group, a
     /// tiny one, a huge one (× `huge`), one holding NaN), "grid" (quarters up to ±`range`, so
-    /// quotients hit ties). int4's f16 scale holds groups up to about 7 × 65520: its cases take
-    /// `huge` 1e5 (scales near 10^4); groups past that are refused (the "refused" cases).
+    /// quotients hit ties).
     static func floatWeights(
         _ count: Int, k: Int, kind: String, seed: UInt64, range: Float = 63.5, huge: Float = 1e7
     ) -> [Float] {
@@ -89,9 +93,8 @@ enum QuantizedWeightsCases {
                 case .int4(_, true): 3.75
                 default: 63.5
                 }
-                let huge: Float = s.q == .int8 ? 1e7 : 1e5
                 let w = try backend.tensor(
-                    floatWeights(s.experts * s.rows * s.k, k: s.k, kind: s.kind, seed: seed, range: range, huge: huge),
+                    floatWeights(s.experts * s.rows * s.k, k: s.k, kind: s.kind, seed: seed, range: range, huge: huge(for: s.q)),
                     shape: [s.experts, s.rows, s.k], dtype: s.dtype)
                 return {
                     let c = try backend.quantizeWeights(w, s.q)
@@ -297,8 +300,7 @@ enum QuantizedWeightsCases {
         default:
             var w = g.normals(s.experts * wrows * s.inFeatures, scale: 0.2)
             if extreme {
-                let huge: Float = s.format.quantization == .int8 ? 1e7 : 1e5
-                w = floatWeights(w.count, k: s.inFeatures, kind: "special", seed: g.next(), huge: huge)
+                w = floatWeights(w.count, k: s.inFeatures, kind: "special", seed: g.next(), huge: huge(for: s.format.quantization))
             }
             return try backend.prepareWeights(
                 try backend.tensor(w, shape: [s.experts, wrows, s.inFeatures], dtype: s.dtype), swiglu: swiglu, pack: true,

@@ -607,6 +607,7 @@ struct Tune: ParsableCommand {
     /// does, so larger thresholds time the same). Split-k gives the same bits, so no reference
     /// check. Kept as `tuning` has it unless another is at least 3 % faster.
     func tuneSplitRows(_ tuning: Tuning, on dev: Device) throws -> Tuning {
+        func label(_ rows: Int) -> String { rows == 0 ? "never" : "up to \(rows) rows an expert" }
         say("split-k threshold  decode forwards (T = 1 and 16, wall clock) of mixtral-small and deepseek-like, bf16 and int4-g128")
         var timed: [(Tuning, Double)] = []
         for rows in [tuning.splitKRows, 0, 1, 2, 8] where !timed.contains(where: { $0.0.splitKRows == rows }) {
@@ -615,15 +616,15 @@ struct Tune: ParsableCommand {
             let seconds = try measureDecode(t, on: dev)
             timed.append((t, seconds))
             say(String(format: "  %9.2f ms  split-k %@%@", seconds * 1e3,
-                       rows == 0 ? "never" : "up to \(rows) rows an expert", rows == tuning.splitKRows ? "  (current)" : ""))
+                       label(rows), rows == tuning.splitKRows ? "  (current)" : ""))
         }
         guard let best = timed.min(by: { $0.1 < $1.1 }), best.0 != tuning else {
-            say("split-k threshold  kept at \(tuning.splitKRows)")
+            say("split-k threshold  kept: \(label(tuning.splitKRows))")
             return tuning
         }
         let gain = try confirmedGain(of: best.0, over: tuning) { try measureDecode($0, on: dev) }
         if gain < 1.03 {
-            say("split-k threshold  kept at \(tuning.splitKRows == 0 ? "never" : "\(tuning.splitKRows) rows") (the best measured \(String(format: "%.2f", gain))× it "
+            say("split-k threshold  kept: \(label(tuning.splitKRows)) (the best measured \(String(format: "%.2f", gain))× it "
                 + "when timed again: under 1.03×)")
             return tuning
         }

@@ -36,10 +36,9 @@ extension OpenCLBackend {
         // Lowered by quantize_scales from Int32.max to the first row with a group of finite
         // weights and no finite f16 scale.
         let flag = try tensor(codes: [0xFF, 0xFF, 0xFF, 0x7F], shape: [4])
-        // Rows are strided over the grids' second dimension, capped at `rowGroups` work-groups
-        // (some drivers cap a grid's second and third dimensions at 65,535 work-groups; a whole
-        // stacked layer has more rows than that).
-        let rowGroups = 49152
+        // Rows are strided over the grids' second dimension (a whole stacked layer can have more
+        // rows than `stridedGridGroups`).
+        let rowGroups = Self.stridedGridGroups
         try launch(
             "quantized_weights.cl", "quantize_scales", defines: defines,
             args: [.buffer(wb), .buffer(sb), .buffer(sb), .buffer(zb), .buffer(flag.buffer!)] + common,

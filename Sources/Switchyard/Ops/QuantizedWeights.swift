@@ -48,6 +48,28 @@ public enum WeightQuantization: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// Whether it can quantize weight rows of `k` values: int8's row (its one group) and int4's
+    /// group in 1...`QuantizeWeights.maxGroup` (a group need not divide K), MXFP4's rows a multiple
+    /// of 32. The one check for `quantizeWeights`, the MXFP4 conversion and checkpoints (before
+    /// they load anything).
+    public func check(rowLength k: Int) throws {
+        let most = QuantizeWeights.maxGroup
+        switch self {
+        case .none: return
+        case .int8:
+            if k > most {
+                throw SwitchyardError.outOfRange(argument: "int8 quantization K (weight row length)", value: k, range: "1...\(most)")
+            }
+        case .int4(let g, _):
+            if !(1...most).contains(g) { throw SwitchyardError.outOfRange(argument: "int4 group", value: g, range: "1...\(most)") }
+        case .mxfp4:
+            if k % 32 != 0 {
+                throw SwitchyardError.outOfRange(
+                    argument: "MXFP4 quantization K (weight row length)", value: k, range: "multiples of 32 (its block)")
+            }
+        }
+    }
+
     /// The stored format it produces.
     public func format(for dtype: DType) -> WeightFormat {
         switch self {
@@ -179,21 +201,12 @@ public struct QuantizeWeights: OpDescriptor, Hashable {
     /// int4 with a group in 1...32768 (K need not be a multiple: the last group is shorter).
     public init(validating w: Tensor, _ q: WeightQuantization, swiglu: Bool = false) throws {
         let p = try PrepareWeights(validating: w, swiglu: swiglu)
-        switch q {
-        case .none, .mxfp4:
+        if q == .none || q == .mxfp4 {
             throw SwitchyardError.unsupported(
                 "quantizeWeights needs .int8 or .int4(group:zeroPoint:), not .\(q) (MXFP4 converts on the host: "
                     + "prepareWeights(quantize: .mxfp4))")
-        case .int8:
-            if p.inFeatures > Self.maxGroup {
-                throw SwitchyardError.outOfRange(
-                    argument: "int8 quantization K (weight row length)", value: p.inFeatures, range: "1...\(Self.maxGroup)")
-            }
-        case .int4(let g, _):
-            if g < 1 || g > Self.maxGroup {
-                throw SwitchyardError.outOfRange(argument: "int4 group", value: g, range: "1...\(Self.maxGroup)")
-            }
         }
+        try q.check(rowLength: p.inFeatures)
         try checkKernelSizes(rows: p.experts * p.weightRows, k: p.inFeatures, "expert weights")
         self.init(experts: p.experts, weightRows: p.weightRows, inFeatures: p.inFeatures, dtype: w.dtype, quantization: q)
     }
@@ -293,10 +306,7 @@ extension ComputeBackend {
     /// as a checkpoint's MXFP4 tensors.
     func convertedToMXFP4(_ w: Tensor, swiglu: Bool) throws -> ExpertWeights {
         let p = try PrepareWeights(validating: w, swiglu: swiglu)
-        guard p.inFeatures % 32 == 0 else {
-            throw SwitchyardError.shape(argument: "weights for MXFP4", expected: "[experts, out, in] with in a multiple of 32",
-                                        actual: w.shape)
-        }
+        try WeightQuantization.mxfp4.check(rowLength: p.inFeatures)
         let rows = p.experts * p.weightRows
         let r = Quantization.quantizeMXFP4(try floats(w), rows: rows, k: p.inFeatures)
         return try prepareMXFP4(
